@@ -36,7 +36,7 @@ class Endpoint:
     """
 
     address: Address
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     identity: str | None = None
     meshed: bool = False
     protocol: str | None = None
@@ -76,7 +76,7 @@ class Destination:
 
     target: str
     endpoints: tuple[Endpoint, ...] = ()
-    labels: Mapping[str, str] = field(default=_EMPTY)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     opaque: bool = False
 
     def to_json(self) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""The results of a run as plain frozen data, with the JSON form written to ``bench/results``.
+
+One :class:`CaseResult` per case: its load phases (:class:`Phase`: what wrk saw plus the CPU the
+measured process spent; each phase is run once per round, and :class:`PhaseSummary` takes the
+median over the rounds), its memory after them, its volume samples (:class:`VolumeSample`) and its
+streaming transfers (:class:`Transfer`). :func:`from_json` reads a results file back, so a table can
+be rendered again from an earlier run (``python -m bench.run --report FILE``).
+
+Units: latencies in microseconds, CPU in seconds (and microseconds per request), memory in KiB as
+``/proc`` reports it; :func:`mb` converts KiB to decimal megabytes for display and targets.
+
+Not for: measuring (that is :mod:`bench.load`, :mod:`bench.stream`, :mod:`bench.procfs`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def mb(kib: int) -> float:
+    """KiB (as in ``/proc``) to decimal megabytes (10^6 bytes), the unit of the targets."""
+    return kib * 1024 / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Latency percentiles of one wrk run, in microseconds."""
+
+    p50: int
+    p90: int
+    p99: int
+    p999: int
+    max: int
+    mean: float
+
+
+@dataclass(frozen=True, slots=True)
+class WrkRun:
+    """What wrk reported: completed requests, time, latency, errors and (paced) late sends."""
+
+    requests: int
+    duration_s: float
+    bytes: int
+    latency: Latency
+    errors: dict[str, int]
+    late: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One measured load phase: wrk's view plus the CPU the measured process tree spent in it."""
+
+    name: str
+    round: int
+    target_rps: int | None
+    wrk: WrkRun
+    cpu_user_s: float
+    cpu_system_s: float
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.wrk.requests == 0:
+            return None
+        return (self.cpu_user_s + self.cpu_system_s) * 1e6 / self.wrk.requests
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseSummary:
+    """One phase over all rounds: medians, the spread of CPU per request, totals of trouble."""
+
+    rounds: int
+    rps: float
+    p50_us: float
+    p99_us: float
+    cpu_us_per_request: float | None
+    cpu_min: float | None
+    cpu_max: float | None
+    errors: int
+    late: int
+
+    @classmethod
+    def of(cls, phases: list[Phase]) -> PhaseSummary | None:
+        if not phases:
+            return None
+        cpus = [c for p in phases if (c := p.cpu_us_per_request) is not None]
+        return cls(
+            rounds=len(phases),
+            rps=statistics.median(p.wrk.rps for p in phases),
+            p50_us=statistics.median(p.wrk.latency.p50 for p in phases),
+            p99_us=statistics.median(p.wrk.latency.p99 for p in phases),
+            cpu_us_per_request=statistics.median(cpus) if cpus else None,
+            cpu_min=min(cpus) if cpus else None,
+            cpu_max=max(cpus) if cpus else None,
+            errors=sum(p.wrk.error_count for p in phases),
+            late=sum(p.wrk.late for p in phases),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSample:
+    """Memory of the measured process after ``requests`` requests in total had gone through it."""
+
+    requests: int
+    rss_kib: int
+    hwm_kib: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """One large-body transfer and the measured process's resident memory around it."""
+
+    direction: str  # "upload" (request body) or "download" (response body)
+    bytes_expected: int
+    bytes_done: int
+    status: int | None
+    seconds: float
+    rss_before_kib: int
+    rss_peak_kib: int
+    samples: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200 and self.bytes_done == self.bytes_expected
+
+    @property
+    def growth_kib(self) -> int:
+        return max(0, self.rss_peak_kib - self.rss_before_kib)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    """Everything measured for one case; ``status`` is ``ok``, ``skipped`` or ``failed``."""
+
+    name: str
+    status: str
+    reason: str | None = None
+    measured: str | None = None  # which process was measured, e.g. "envoy pid 1234"
+    phases: tuple[Phase, ...] = ()
+    rss_kib: int | None = None
+    hwm_kib: int | None = None
+    volume: tuple[VolumeSample, ...] = ()
+    volume_error: str | None = None
+    transfers: tuple[Transfer, ...] = ()
+    config: str | None = None
+
+    def summary(self, phase: str) -> PhaseSummary | None:
+        """Medians of ``phase`` ("saturation" or "fixed") over the rounds."""
+        return PhaseSummary.of([p for p in self.phases if p.name == phase])
+
+    def transfer(self, direction: str) -> Transfer | None:
+        return next((t for t in self.transfers if t.direction == direction), None)
+
+    def volume_at(self, requests: int) -> VolumeSample | None:
+        """The first sample taken once ``requests`` requests had gone through."""
+        return next((v for v in self.volume if v.requests >= requests), None)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """A whole run: when, how, on what, and the cases."""
+
+    started: str
+    command: list[str]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    cases: tuple[CaseResult, ...]
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+    def case(self, name: str) -> CaseResult | None:
+        return next((c for c in self.cases if c.name == name and c.status == "ok"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for case, data in zip(self.cases, out["cases"], strict=True):
+            for phase, pdata in zip(case.phases, data["phases"], strict=True):
+                pdata["rps"] = phase.wrk.rps
+                pdata["cpu_us_per_request"] = phase.cpu_us_per_request
+            for name in ("saturation", "fixed"):
+                s = case.summary(name)
+                data.setdefault("summary", {})[name] = None if s is None else asdict(s)
+            for tr, tdata in zip(case.transfers, data["transfers"], strict=True):
+                tdata["ok"] = tr.ok
+                tdata["growth_kib"] = tr.growth_kib
+        return out
+
+
+def from_json(data: dict[str, Any]) -> RunResult:
+    """Read back what :meth:`RunResult.to_json` wrote (derived fields are recomputed)."""
+    cases = []
+    for c in data["cases"]:
+        phases = tuple(
+            Phase(
+                name=p["name"],
+                round=p["round"],
+                target_rps=p["target_rps"],
+                wrk=WrkRun(
+                    requests=p["wrk"]["requests"],
+                    duration_s=p["wrk"]["duration_s"],
+                    bytes=p["wrk"]["bytes"],
+                    latency=Latency(**p["wrk"]["latency"]),
+                    errors=dict(p["wrk"]["errors"]),
+                    late=p["wrk"]["late"],
+                ),
+                cpu_user_s=p["cpu_user_s"],
+                cpu_system_s=p["cpu_system_s"],
+            )
+            for p in c["phases"]
+        )
+        transfers = tuple(
+            Transfer(**{k: v for k, v in t.items() if k not in ("ok", "growth_kib")})
+            for t in c["transfers"]
+        )
+        cases.append(
+            CaseResult(
+                name=c["name"],
+                status=c["status"],
+                reason=c["reason"],
+                measured=c["measured"],
+                phases=phases,
+                rss_kib=c["rss_kib"],
+                hwm_kib=c["hwm_kib"],
+                volume=tuple(VolumeSample(**v) for v in c["volume"]),
+                volume_error=c["volume_error"],
+                transfers=transfers,
+                config=c["config"],
+            )
+        )
+    return RunResult(
+        started=data["started"],
+        command=list(data["command"]),
+        settings=dict(data["settings"]),
+        machine=dict(data["machine"]),
+        cases=tuple(cases),
+        seconds=data["seconds"],
+        notes=tuple(data.get("notes", ())),
+    )

@@ -1,0 +1,446 @@
+"""``python -m bench.run``: the command line of the benchmark and the order of its phases.
+
+One run: start the backend; start every case, check that ``GET /`` through it answers the
+backend's ``ok`` and warm it up; then, for each round, let the cases take turns (rotated each
+round) at a saturation phase and a fixed-rate phase (wrk, with the measured process's CPU time
+read around each); then for each case read its memory, run it up to the volume milestones (by
+default one million requests in total, for weft), stream a large body up and a large body down
+while sampling its memory, and stop it. The cases not under load sit idle meanwhile. A case that
+cannot run is reported as skipped or failed with the reason, and the run goes on without it.
+Everything started is stopped when the run ends, also on Ctrl-C, SIGTERM or an error.
+
+Output: a table on stdout, the raw results in ``bench/results/<timestamp>.json``, and with
+``--markdown`` the block for ``docs/benchmarks.md``. ``--report FILE`` renders an earlier results
+file again without running anything.
+
+Not for: CI. The exit status is 0 when the run completed (whatever the figures), 1 when no case
+could be measured, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+
+from bench import procfs, stream
+from bench.load import LoadFailed, measured_phase, run_wrk
+from bench.model import CaseResult, Phase, RunResult, Transfer, VolumeSample, from_json, mb
+from bench.processes import ServerFailed, Supervisor
+from bench.report import markdown, print_console
+from bench.settings import ALL_CASES, Settings
+from bench.targets import REPO, Skipped, Target, start_backend, start_case, tool
+
+RESULTS = REPO / "bench" / "results"
+MAX_CHUNK_S = 60
+
+
+def _case_list(text: str) -> tuple[str, ...]:
+    if text in ("", "none"):
+        return ()
+    if text == "all":
+        return ALL_CASES
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Weft proxy benchmark against nginx and Envoy (all traffic on 127.0.0.1).",
+    )
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="smoke run, well under a minute")
+    preset.add_argument(
+        "--long", action="store_true", help="volume samples at 1M..5M requests (memory growth)"
+    )
+    p.add_argument("--cases", help=f"comma-separated, of: {', '.join(ALL_CASES)}")
+    p.add_argument(
+        "--volume-cases",
+        help="cases that get the volume run: comma-separated, 'all' or 'none' (default: weft)",
+    )
+    p.add_argument("--connections", type=int, help="wrk connections (default 16)")
+    p.add_argument("--duration", type=int, help="seconds per measured phase (default 10)")
+    p.add_argument("--warmup", type=int, help="seconds of unmeasured warm-up (default 2)")
+    p.add_argument("--rounds", type=int, help="rounds of both phases per case (default 3)")
+    p.add_argument("--rate", type=int, help="fixed request rate, rps (default 2000)")
+    p.add_argument("--stream-mib", type=int, help="size of the streamed bodies in MiB (100)")
+    p.add_argument("--requests", type=int, help="one volume milestone instead of the preset's")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--cpu-load", type=int, help="CPU of wrk, backend and client (default 0)")
+    p.add_argument("--cpu-server", type=int, help="CPU of the measured proxy (default 1)")
+    p.add_argument("--markdown", action="store_true", help="also print the docs' Markdown block")
+    p.add_argument("--report", type=Path, metavar="FILE", help="render a results file, no run")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON results")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    base = Settings.for_preset("quick" if args.quick else "long" if args.long else "default")
+    changes: dict[str, object] = {}
+    if args.cases is not None:
+        changes["cases"] = _case_list(args.cases)
+    if args.volume_cases is not None:
+        changes["volume_cases"] = _case_list(args.volume_cases)
+    for arg, name in (
+        ("connections", "connections"),
+        ("duration", "duration_s"),
+        ("warmup", "warmup_s"),
+        ("rounds", "rounds"),
+        ("rate", "rate"),
+        ("cpu_load", "cpu_load"),
+        ("cpu_server", "cpu_server"),
+    ):
+        if getattr(args, arg) is not None:
+            changes[name] = getattr(args, arg)
+    if args.stream_mib is not None:
+        changes["stream_bytes"] = args.stream_mib * 1024 * 1024
+    if args.requests is not None:
+        changes["volume_milestones"] = (args.requests,)
+    if args.no_pin:
+        changes["pin"] = False
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _first_line(argv: list[str], *, stderr: bool = False) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = (done.stderr if stderr else done.stdout) or done.stdout or done.stderr
+    return text.strip().splitlines()[0] if text.strip() else "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    envoy, weft = tool("envoy"), tool("weft")
+    rev = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    try:
+        porcelain = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        src_state = ", src modified" if porcelain.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        src_state = ", src state unknown"
+    envoy_version = _first_line([str(envoy), "--version"]) if envoy else "missing"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": _first_line(["nginx", "-v"], stderr=True).rpartition("/")[2],
+        # "<sha>/1.40.0/Clean/RELEASE/BoringSSL": the second field is the release.
+        "envoy": [*envoy_version.split("version: ")[-1].split("/"), "?"][1] if envoy else "missing",
+        "envoy_build": envoy_version,
+        "wrk": _first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
+        "weft": (_first_line([str(weft), "--version"]).removeprefix("weft ") if weft else "missing")
+        + f" (git {rev}{src_state})",
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[0],
+        "clock_ticks": procfs.CLOCK_TICKS,
+    }
+
+
+def _progress(console: Console, text: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}", highlight=False)
+
+
+class _Case:
+    """One case across the run: its target while it runs, what it measured, how it ended."""
+
+    def __init__(self, name: str, settings: Settings, workdir: Path, console: Console):
+        self.name = name
+        self.s = settings
+        self.workdir = workdir
+        self.console = console
+        self.load_cpu = settings.cpu_load if settings.pin else None
+        self.target: Target | None = None
+        self.status = "ok"
+        self.reason: str | None = None
+        self.requests = 0  # requests sent through the target so far (for volume milestones)
+        self.phases: list[Phase] = []
+        self.rss_kib: int | None = None
+        self.hwm_kib: int | None = None
+        self.volume: list[VolumeSample] = []
+        self.volume_error: str | None = None
+        self.transfers: list[Transfer] = []
+
+    @property
+    def running(self) -> bool:
+        return self.status == "ok" and self.target is not None
+
+    def running_target(self) -> Target:
+        assert self.target is not None, "the case was not started"
+        return self.target
+
+    def fail(self, e: Exception) -> None:
+        """Record why the case failed; a crash of its server explains more than the symptom."""
+        self.status = "failed"
+        if isinstance(e, ServerFailed):
+            _progress(self.console, f"{self.name}: failed: {e}")
+            self.reason = e.brief
+            return
+        _progress(self.console, f"{self.name}: failed: {e}")
+        self.reason = str(e).splitlines()[0]
+        if self.target is not None:
+            try:
+                self.target.server.check_alive()
+            except ServerFailed as crash:
+                _progress(self.console, f"{self.name}: {crash}")
+                self.reason = crash.brief
+
+    def warmup(self) -> None:
+        if self.s.warmup_s > 0:
+            run = run_wrk(
+                self.running_target().port,
+                workdir=self.workdir,
+                connections=self.s.connections,
+                duration_s=self.s.warmup_s,
+                cpu=self.load_cpu,
+            )
+            self.requests += run.requests
+
+    def phase(self, name: str, rnd: int, rate: int | None) -> None:
+        t = self.running_target()
+        p = measured_phase(
+            name,
+            rnd,
+            t.pid,
+            t.port,
+            workdir=self.workdir,
+            connections=self.s.connections,
+            duration_s=self.s.duration_s,
+            rate=rate,
+            cpu=self.load_cpu,
+        )
+        self.phases.append(p)
+        self.requests += p.wrk.requests
+        _progress(
+            self.console,
+            f"{self.name}: round {rnd + 1} {name}: {p.wrk.rps:,.0f} rps, "
+            f"p50 {p.wrk.latency.p50} us, p99 {p.wrk.latency.p99} us, "
+            f"CPU {p.cpu_us_per_request or 0:.1f} us/request"
+            + (f", {p.wrk.error_count} errors" if p.wrk.error_count else "")
+            + (f", {p.wrk.late} late" if p.wrk.late else ""),
+        )
+
+    def snapshot(self) -> None:
+        mem = procfs.memory(self.running_target().pid)
+        self.rss_kib, self.hwm_kib = mem.rss_kib, mem.hwm_kib
+
+    def run_volume(self) -> None:
+        """Load at saturation in chunks until each milestone; sample memory at each."""
+        t = self.running_target()
+        sat = [p.wrk.rps for p in self.phases if p.name == "saturation"]
+        rps = max(max(sat, default=0.0), 100.0)
+        start = time.monotonic()
+        deadline = start + self.s.volume_timeout_s
+        for milestone in self.s.volume_milestones:
+            while self.requests < milestone:
+                left_s = deadline - time.monotonic()
+                if left_s < 1:
+                    self.volume_error = (
+                        f"volume timeout ({self.s.volume_timeout_s:g} s) at "
+                        f"{self.requests:,} requests"
+                    )
+                    return
+                need_s = math.ceil((milestone - self.requests) / rps * 1.03)
+                dur = int(max(1, min(need_s, MAX_CHUNK_S, left_s)))
+                run = run_wrk(
+                    t.port,
+                    workdir=self.workdir,
+                    connections=self.s.connections,
+                    duration_s=dur,
+                    cpu=self.load_cpu,
+                )
+                if run.requests == 0:
+                    self.volume_error = f"no request completed in a {dur} s chunk"
+                    return
+                self.requests += run.requests
+                rps = max(run.rps, 1.0)
+                mem = procfs.memory(t.pid)
+                _progress(
+                    self.console,
+                    f"{self.name}: volume {self.requests:,}/{milestone:,} requests, "
+                    f"{run.rps:,.0f} rps, RSS {mb(mem.rss_kib):.1f} MB"
+                    + (f", {run.error_count} errors" if run.error_count else ""),
+                )
+            mem = procfs.memory(t.pid)
+            self.volume.append(
+                VolumeSample(self.requests, mem.rss_kib, mem.hwm_kib, time.monotonic() - start)
+            )
+
+    def transfer(self, direction: str) -> None:
+        t = self.running_target()
+        tr = stream.sampled(direction, t.pid, t.port, self.s.stream_bytes)
+        self.transfers.append(tr)
+        rate = tr.bytes_done / 1e6 / tr.seconds if tr.seconds > 0 else 0.0
+        _progress(
+            self.console,
+            f"{self.name}: {direction} {tr.bytes_done / 1e6:.0f} MB in {tr.seconds:.2f} s "
+            f"({rate:,.0f} MB/s), RSS {mb(tr.rss_before_kib):.1f} -> peak "
+            f"{mb(tr.rss_peak_kib):.1f} MB" + (f", error: {tr.error}" if tr.error else ""),
+        )
+
+    def result(self) -> CaseResult:
+        return CaseResult(
+            name=self.name,
+            status=self.status,
+            reason=self.reason,
+            measured=None if self.target is None else self.target.describe(),
+            phases=tuple(self.phases),
+            rss_kib=self.rss_kib,
+            hwm_kib=self.hwm_kib,
+            volume=tuple(self.volume),
+            volume_error=self.volume_error,
+            transfers=tuple(self.transfers),
+            config=None if self.target is None else self.target.config,
+        )
+
+
+_FAILURES = (ServerFailed, LoadFailed, ProcessLookupError)
+
+
+def _measure(
+    cases: list[_Case], sup: Supervisor, workdir: Path, backend: Target, s: Settings
+) -> None:
+    """Start every case, then run the rounds with the cases taking turns, then the rest."""
+    for c in cases:
+        _progress(c.console, f"{c.name}: starting")
+        try:
+            c.target = start_case(c.name, sup, workdir, backend, s)
+            c.warmup()
+        except Skipped as e:
+            _progress(c.console, f"{c.name}: skipped: {e}")
+            c.status, c.reason = "skipped", str(e)
+        except _FAILURES as e:
+            c.fail(e)
+
+    def stop(c: _Case) -> None:
+        if c.target is not None and c.target.server is not backend.server:
+            sup.stop(c.target.server)
+
+    for rnd in range(s.rounds):
+        order = cases[rnd % len(cases) :] + cases[: rnd % len(cases)]
+        for c in order:
+            if not c.running:
+                continue
+            try:
+                c.phase("saturation", rnd, None)
+                c.phase("fixed", rnd, s.rate)
+            except _FAILURES as e:
+                c.fail(e)
+                stop(c)
+    for c in cases:
+        if not c.running:
+            continue
+        try:
+            c.snapshot()
+            if c.name in s.volume_cases and s.volume_milestones:
+                c.run_volume()
+            for direction in ("upload", "download"):
+                c.transfer(direction)
+            c.running_target().server.check_alive()
+        except _FAILURES as e:
+            c.fail(e)
+        finally:
+            stop(c)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(s: Settings, argv: Sequence[str], console: Console) -> RunResult:
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.monotonic()
+    if s.pin:
+        os.sched_setaffinity(0, {s.cpu_load})  # this process: the streaming client and sampler
+    machine = machine_info()
+    notes: list[str] = []
+    if s.pin:
+        notes.append(
+            f"pinned with taskset: servers under test on CPU {s.cpu_server}; wrk, the backend "
+            f"and the streaming client on CPU {s.cpu_load}"
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp,
+        Supervisor(Path(tmp)) as sup,
+    ):
+        workdir = Path(tmp)
+        _progress(console, f"backend: starting (work dir {workdir})")
+        backend = start_backend(sup, workdir, s)
+        cases = [_Case(name, s, workdir, console) for name in s.cases]
+        _measure(cases, sup, workdir, backend, s)
+    machine["loadavg_after"] = Path("/proc/loadavg").read_text().split()[0]
+    return RunResult(
+        started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        command=["python", "-m", "bench.run", *argv],
+        settings=asdict(s),
+        machine=machine,
+        cases=tuple(c.result() for c in cases),
+        seconds=round(time.monotonic() - t0, 1),
+        notes=tuple(notes),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    # Off a terminal (make bench | tee), rich would wrap the tables at 80 columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    if args.report is not None:
+        result = from_json(json.loads(args.report.read_text()))
+    else:
+        try:
+            s = settings_from(args)
+        except ValueError as e:
+            console.print(f"bench: {e}")
+            return 2
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            result = run(s, argv, console)
+        except ServerFailed as e:
+            console.print(f"bench: the backend did not start: {e}")
+            return 1
+        except KeyboardInterrupt:
+            console.print("bench: interrupted; every server it started has been stopped")
+            return 130
+        except SystemExit:
+            console.print("bench: terminated; every server it started has been stopped")
+            raise
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{result.started.replace(':', '').replace('-', '')}.json"
+        path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        console.print(f"results: {path}")
+    print_console(result, console)
+    if args.markdown:
+        print()
+        print(markdown(result))
+    return 0 if any(c.status == "ok" for c in result.cases) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

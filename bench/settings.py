@@ -1,0 +1,121 @@
+"""Settings of one benchmark run: a frozen, validated dataclass and the three presets.
+
+Presets: ``default`` (10 s phases, 2,000 rps fixed rate, 100 MB bodies, one million requests
+through weft), ``quick`` (a smoke run of well under a minute that exercises every phase with tiny
+numbers) and ``long`` (``default`` plus samples up to five million requests). Command-line flags
+override single fields of a preset; :meth:`Settings.__post_init__` rejects values that make no
+sense, naming the field and the value.
+
+Not for: anything about how a case is started (that is :mod:`bench.targets`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ALL_CASES = ("direct", "weft", "weft-inbound", "nginx", "envoy")
+DEFAULT_CASES = ("direct", "weft", "nginx", "envoy")
+PROXY_CASES = ("weft", "weft-inbound", "nginx", "envoy")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What one run measures and for how long.
+
+    ``connections``: wrk connections (one wrk thread). ``duration_s``: length in whole seconds
+    (wrk's unit) of the saturation phase and of the fixed-rate phase. ``warmup_s``: unmeasured
+    load before them (0: none). ``rounds``: how many times each case runs both phases, the
+    cases taking turns (in a rotated order each round) so that a noisy moment on a shared
+    machine lands on one round of one case and the median over rounds shrugs it off.
+    ``rate``: the fixed request rate, the same for every case. ``stream_bytes``: size of the
+    body sent and of the body received in the streaming phase. ``volume_milestones``:
+    cumulative request counts through a case at which its memory is sampled (empty: no volume
+    run); ``volume_cases``: which cases get the volume run. ``pin``: pin the servers under test
+    to ``cpu_server`` and wrk, the backend and this process to ``cpu_load`` (``taskset``), so
+    the proxy under load has a core to itself (the others sit idle on it).
+    ``volume_timeout_s``: bound on one case's volume run.
+    """
+
+    preset: str = "default"
+    cases: tuple[str, ...] = DEFAULT_CASES
+    connections: int = 16
+    duration_s: int = 10
+    warmup_s: int = 2
+    rounds: int = 3
+    rate: int = 2000
+    stream_bytes: int = 100 * 1024 * 1024
+    volume_milestones: tuple[int, ...] = (1_000_000,)
+    volume_cases: tuple[str, ...] = ("weft",)
+    volume_timeout_s: float = 1800.0
+    pin: bool = True
+    cpu_load: int = 0
+    cpu_server: int = 1
+    ready_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("default", "quick", "long"):
+            raise ValueError(f"preset: unknown preset {self.preset!r}")
+        if not self.cases:
+            raise ValueError("cases: at least one case is needed")
+        for name in (*self.cases, *self.volume_cases):
+            if name not in ALL_CASES:
+                raise ValueError(f"cases: unknown case {name!r} (known: {', '.join(ALL_CASES)})")
+        if len(set(self.cases)) != len(self.cases):
+            raise ValueError(f"cases: duplicate case in {','.join(self.cases)!r}")
+        _positive("connections", self.connections)
+        _positive("duration_s", self.duration_s)
+        _positive("rounds", self.rounds)
+        if self.warmup_s < 0:
+            raise ValueError(f"warmup_s: must be >= 0, got {self.warmup_s!r}")
+        _positive("rate", self.rate)
+        if self.rate < self.connections:
+            raise ValueError(
+                f"rate: {self.rate!r} rps is below one request per second per connection "
+                f"(connections={self.connections})"
+            )
+        _positive("stream_bytes", self.stream_bytes)
+        if list(self.volume_milestones) != sorted(set(self.volume_milestones)):
+            raise ValueError(
+                f"volume_milestones: must be strictly increasing, got {self.volume_milestones!r}"
+            )
+        for m in self.volume_milestones:
+            _positive("volume_milestones", m)
+        _positive("volume_timeout_s", self.volume_timeout_s)
+        _positive("ready_timeout_s", self.ready_timeout_s)
+        ncpu = os.cpu_count() or 1
+        for name, cpu in (("cpu_load", self.cpu_load), ("cpu_server", self.cpu_server)):
+            if self.pin and not 0 <= cpu < ncpu:
+                raise ValueError(f"{name}: CPU {cpu!r} does not exist (this machine has {ncpu})")
+        if self.pin and self.cpu_load == self.cpu_server and ncpu > 1:
+            raise ValueError(
+                f"cpu_server: same CPU as cpu_load ({self.cpu_server!r}); pinning would only "
+                "make them compete"
+            )
+
+    @classmethod
+    def for_preset(cls, preset: str) -> Settings:
+        if preset == "quick":
+            return cls(
+                preset="quick",
+                duration_s=1,
+                warmup_s=1,
+                rounds=1,
+                stream_bytes=8 * 1024 * 1024,
+                volume_milestones=(50_000,),
+                volume_cases=("weft",),
+                volume_timeout_s=20.0,
+                ready_timeout_s=15.0,
+            )
+        if preset == "long":
+            return cls(
+                preset="long",
+                volume_milestones=(1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000),
+                volume_timeout_s=7200.0,
+            )
+        return cls(preset=preset)
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name}: must be > 0, got {value!r}")

@@ -1,0 +1,1 @@
+"""The ``weft`` command line: one module per subcommand under :mod:`weft.cli.commands`."""

@@ -1,0 +1,86 @@
+"""``weft node``: the local runtime agent (started by ``weft up``; not usually run by hand).
+
+Watches Deployments, Services and Pods through the control plane, runs each pod as a network
+namespace with a ``weft proxy`` sidecar, rolls Deployments, and reports Pod status. Reads the
+mesh's ranges and iptables flavour from ``<state dir>/mesh.json`` (written by ``weft up``). On
+SIGTERM it stops every pod (SIGTERM, grace period) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from weft.control.client import ControlClient
+from weft.runtime.local.agent import NodeAgent, NodeConfig
+from weft.runtime.local.state import StateDir, StateDirError, resolve_state_dir
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("node", help="run the local runtime agent", description=__doc__)
+    p.add_argument(
+        "--state-dir", default=None, help="the mesh's state directory ($WEFT_STATE_DIR, /run/weft)"
+    )
+    p.add_argument(
+        "--control", default=None, help="control plane endpoint (unix:<state dir>/control.sock)"
+    )
+    p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=1.5,
+        help="seconds a leaving pod keeps serving after discovery dropped it (1.5)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="longest grace period pods get when the agent stops (10)",
+    )
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument("--proxy-log-level", default="info", help="log level of the sidecars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from weft import logs
+
+    logs.configure(args.log_level, args.log_format)
+    state = StateDir(resolve_state_dir(args.state_dir))
+    try:
+        record = state.read_record()
+    except StateDirError as exc:
+        print(f"weft node: {exc}", file=sys.stderr)
+        return 2
+    if record is None:
+        print(
+            f"weft node: {state.record_path} is missing: start the mesh with `weft up`",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = NodeConfig(
+            state_dir=state.root,
+            network=record.network,
+            iptables=record.iptables,
+            control_endpoint=args.control or state.control_endpoint,
+            drain_delay=args.drain_delay,
+            shutdown_timeout=args.shutdown_timeout,
+            proxy_log_level=args.proxy_log_level,
+        )
+    except ValueError as exc:
+        print(f"weft node: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_main(config))
+    return 0
+
+
+async def _main(config: NodeConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = NodeAgent(config, ControlClient(config.control_endpoint))
+    await agent.run(stop)

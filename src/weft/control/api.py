@@ -1,0 +1,289 @@
+"""The control-plane HTTP API: routes requests to the store, destinations and stats.
+
+Endpoints (reference with examples in docs/control-plane-api.md):
+
+- ``GET /healthz``
+- ``POST /api/v1/apply`` ``{"documents": [...], "source": "file"}`` (all-or-nothing; 422 with
+  field details)
+- ``POST /api/v1/delete`` ``{"documents": [{"kind", "metadata": {"name", "namespace"}}]}``
+- ``GET /api/v1/resources/<Kind>[?namespace=ns]``, ``GET /api/v1/resources/<Kind>/<ns>/<name>``
+- ``PUT /api/v1/resources/<Kind>/<ns>/<name>/status`` ``{"status": {...}}``
+- ``GET /api/v1/watch?kinds=Pod,Service[&resourceVersion=N]``: NDJSON events, heartbeat BOOKMARKs
+- ``GET /api/v1/destinations?target=ip:port|name:port[&namespace=ns]``: NDJSON snapshots,
+  heartbeat ``{}``
+- ``GET /api/v1/stat?kind=deploy|svc|pod[&name=][&namespace=][&window=60]``
+
+Streams never wait on a slow reader: a watch whose queue overflows is cut (the client re-watches);
+a destination stream only ever sends the latest snapshot.
+
+Not for: HTTP parsing and connection handling (:mod:`weft.control.httpserver`), nor the logic of
+the store, destinations or stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from weft.control.destinations import DestinationService
+from weft.control.httpserver import HttpError, Request, Response, Streaming, StreamWriter
+from weft.control.store import Expired, NotFound, Store, Watch, bookmark
+from weft.discovery import Destination
+from weft.resources.errors import InvalidResources
+from weft.resources.models import KINDS, resolve_kind
+
+HEARTBEAT = 5.0
+MAX_WINDOW = 3600.0
+
+
+class StatSource(Protocol):
+    """What the API needs from metrics aggregation."""
+
+    def stat(
+        self, kind: str, name: str | None, namespace: str | None, window: float
+    ) -> list[dict[str, Any]]: ...
+
+
+def _line(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _invalid(exc: InvalidResources) -> HttpError:
+    return HttpError(422, exc.summary, [e.to_json() for e in exc.errors])
+
+
+def _kind(name: str) -> str:
+    try:
+        return resolve_kind(name).kind
+    except ValueError as exc:
+        raise HttpError(404, str(exc)) from None
+
+
+def _documents(request: Request) -> Sequence[Any]:
+    body = request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
+        raise HttpError(400, 'request body must be {"documents": [...]}')
+    docs: list[Any] = body["documents"]
+    return docs
+
+
+class Api:
+    """Routes one request; ``handle`` is the :class:`HttpServer` handler."""
+
+    def __init__(
+        self,
+        store: Store,
+        destinations: DestinationService,
+        stats: StatSource | None = None,
+        *,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
+        self.store = store
+        self.destinations = destinations
+        self.stats = stats
+        self.heartbeat = heartbeat
+
+    async def handle(self, request: Request) -> Response | Streaming:
+        path = request.path.rstrip("/") or "/"
+        parts = [p for p in path.split("/") if p]
+        method = request.method
+        if path in ("/healthz", "/ready", "/live"):
+            self._method(method, "GET")
+            return Response.json(
+                200, {"status": "ok", "resourceVersion": self.store.resource_version}
+            )
+        if parts[:2] != ["api", "v1"] or len(parts) < 3:
+            raise HttpError(404, f"no such endpoint: {request.path}")
+        route = parts[2]
+        if route == "apply" and len(parts) == 3:
+            self._method(method, "POST")
+            return self._apply(request)
+        if route == "delete" and len(parts) == 3:
+            self._method(method, "POST")
+            return self._delete(request)
+        if route == "resources":
+            return self._resources(request, parts[3:])
+        if route == "watch" and len(parts) == 3:
+            self._method(method, "GET")
+            return self._watch(request)
+        if route == "destinations" and len(parts) == 3:
+            self._method(method, "GET")
+            return self._destinations(request)
+        if route == "stat" and len(parts) == 3:
+            self._method(method, "GET")
+            return self._stat(request)
+        raise HttpError(404, f"no such endpoint: {request.path}")
+
+    @staticmethod
+    def _method(method: str, allowed: str) -> None:
+        if method != allowed:
+            raise HttpError(405, f"method {method} not allowed here; use {allowed}")
+
+    # -- resources ---------------------------------------------------------------------------
+
+    def _apply(self, request: Request) -> Response:
+        body = request.json()
+        docs = _documents(request)
+        source = body.get("source") if isinstance(body, dict) else None
+        try:
+            results = self.store.apply(docs, source=source if isinstance(source, str) else None)
+        except InvalidResources as exc:
+            raise _invalid(exc) from None
+        return Response.json(
+            200,
+            {"applied": [r.object for r in results], "actions": [r.action for r in results]},
+        )
+
+    def _delete(self, request: Request) -> Response:
+        try:
+            results = self.store.delete(_documents(request))
+        except InvalidResources as exc:
+            raise _invalid(exc) from None
+        return Response.json(
+            200, {"results": [{"action": r.action, "object": r.object} for r in results]}
+        )
+
+    def _resources(self, request: Request, rest: list[str]) -> Response:
+        if not rest:
+            raise HttpError(404, "missing kind: /api/v1/resources/<Kind>")
+        kind = _kind(rest[0])
+        namespaced = KINDS[kind].namespaced
+        if len(rest) == 1:
+            self._method(request.method, "GET")
+            ns = request.query.get("namespace") or None
+            return Response.json(200, {"items": self.store.list(kind, ns if namespaced else None)})
+        status = rest[-1] == "status" and len(rest) in (3, 4)
+        ident = rest[1:-1] if status else rest[1:]
+        if len(ident) == 1 and not namespaced:
+            ns, name = "", ident[0]
+        elif len(ident) == 2:
+            ns, name = ident
+        else:
+            raise HttpError(404, f"no such endpoint: {request.path}")
+        if status:
+            self._method(request.method, "PUT")
+            body = request.json()
+            if not isinstance(body, dict) or "status" not in body:
+                raise HttpError(400, 'request body must be {"status": {...}}')
+            try:
+                obj = self.store.put_status(kind, ns or None, name, body["status"])
+            except NotFound as exc:
+                raise HttpError(404, str(exc)) from None
+            except InvalidResources as exc:
+                raise _invalid(exc) from None
+            return Response.json(200, obj)
+        self._method(request.method, "GET")
+        found = self.store.get(kind, ns or None, name)
+        if found is None:
+            raise HttpError(404, str(NotFound(kind, ns if namespaced else "", name)))
+        return Response.json(200, found)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def _watch(self, request: Request) -> Streaming:
+        raw_kinds = request.query.get("kinds", "")
+        kinds = [_kind(k) for k in raw_kinds.split(",") if k.strip()] or None
+        rv_text = request.query.get("resourceVersion")
+        rv: int | None = None
+        if rv_text not in (None, ""):
+            if not rv_text.isdigit():
+                raise HttpError(400, f"resourceVersion must be an integer, got {rv_text!r}")
+            rv = int(rv_text)
+        try:
+            watch = self.store.watch(kinds, rv)
+        except Expired as exc:
+            raise HttpError(410, str(exc)) from None
+        return Streaming(lambda writer: self._pump_watch(watch, writer))
+
+    async def _pump_watch(self, watch: Watch, writer: StreamWriter) -> None:
+        wake = asyncio.Event()
+        watch.notify = wake.set
+        try:
+            while True:
+                wake.clear()
+                events = watch.take()
+                if events:
+                    await writer.send(b"".join(_line(e.to_json()) for e in events))
+                if watch.closed is not None:
+                    raise ConnectionError(watch.closed)
+                if not await _wait(wake, self.heartbeat):
+                    await writer.send(_line(bookmark(self.store.resource_version).to_json()))
+        finally:
+            watch.close()
+
+    def _destinations(self, request: Request) -> Streaming:
+        target = request.query.get("target", "").strip()
+        if not target:
+            raise HttpError(400, "missing query parameter: target=<ip:port|name:port>")
+        namespace = request.query.get("namespace") or None
+        return Streaming(lambda writer: self._pump_destinations(target, namespace, writer))
+
+    async def _pump_destinations(
+        self, target: str, namespace: str | None, writer: StreamWriter
+    ) -> None:
+        wake = asyncio.Event()
+        latest: list[Destination | None] = []
+
+        def on_change(dest: Destination | None) -> None:
+            latest[:] = [dest]
+            wake.set()
+
+        current, unsubscribe = self.destinations.subscribe(target, on_change, namespace)
+        try:
+            await writer.send(_destination_line(current))
+            while True:
+                if not await _wait(wake, self.heartbeat):
+                    await writer.send(b"{}\n")
+                    continue
+                wake.clear()
+                if latest:
+                    dest = latest.pop()
+                    await writer.send(_destination_line(dest))
+        finally:
+            unsubscribe()
+
+    # -- stat --------------------------------------------------------------------------------
+
+    def _stat(self, request: Request) -> Response:
+        if self.stats is None:
+            raise HttpError(503, "metrics aggregation is not running")
+        kind_text = request.query.get("kind", "")
+        kind = {"deploy": "deploy", "deployment": "deploy", "deployments": "deploy",
+                "svc": "svc", "service": "svc", "services": "svc",
+                "pod": "pod", "pods": "pod", "po": "pod"}.get(kind_text.lower())  # fmt: skip
+        if kind is None:
+            raise HttpError(400, f"kind must be deploy, svc or pod, got {kind_text!r}")
+        window_text = request.query.get("window", "60")
+        try:
+            window = float(window_text)
+        except ValueError:
+            window = math.nan
+        if not (math.isfinite(window) and 0 < window <= MAX_WINDOW):
+            raise HttpError(
+                400,
+                f"window must be a number of seconds in (0, {MAX_WINDOW:g}], got {window_text!r}",
+            )
+        rows = self.stats.stat(
+            kind, request.query.get("name") or None, request.query.get("namespace") or None, window
+        )
+        return Response.json(200, {"rows": rows, "window": window})
+
+
+def _destination_line(dest: Destination | None) -> bytes:
+    return _line({"destination": None if dest is None else dest.to_json()})
+
+
+async def _wait(event: asyncio.Event, within: float) -> bool:
+    """Wait for ``event`` at most ``within`` seconds; True when it was set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), within)
+        return True
+    return event.is_set()
+
+
+def handler(api: Api) -> Callable[[Request], Awaitable[Response | Streaming]]:
+    return api.handle

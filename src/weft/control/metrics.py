@@ -1,0 +1,605 @@
+"""Metrics aggregation: scrape every proxy's ``/metrics``; golden-metric queries over a window.
+
+:class:`Scraper` fetches ``http://<weft.io/proxy-admin>/metrics`` of every pod that has a sidecar,
+every ``interval`` seconds (plain HTTP/1.1, bounded in time and size, and only to addresses in the
+allowed networks: the pod range and loopback), parses the text with
+``prometheus_client.parser.text_string_to_metric_families`` and keeps the *inbound* series
+:class:`Stats` needs.
+
+:class:`Stats` keeps each pod's samples (also after the pod is gone, so that a window spanning a
+rollout still counts the pods that left) and computes, like ``linkerd viz stat``:
+
+- increase of a counter over the window: the sum of its rises between consecutive samples from the
+  last sample at or before the window's start; a fall is a counter reset (proxy restart) and counts
+  the new value; a series that first appears inside the window counts from zero; a pod first
+  scraped inside the window counts from zero when it was created inside the window (its counters
+  started there), otherwise its first sample is the baseline;
+- SUCCESS = increase(response_total{classification="success"}) / increase(response_total);
+- RPS = increase(response_total) / window;
+- LATENCY_Pxx = :func:`histogram_quantile` (Prometheus' linear interpolation) over the summed
+  increases of ``response_latency_ms_bucket``;
+- TCP_CONN = the latest ``tcp_open_connections`` (peer ``src``) of the current pods;
+- READ/WRITE bytes per second = increase(tcp_read/write_bytes_total, peer ``src``) / window.
+
+A deploy's (or pod's) row is the inbound traffic of its pods; a svc's row that of the pods its
+selector matches. All computations are synchronous with an injected clock.
+
+Not for: the proxy's own metrics registry (:mod:`weft.metrics`) nor output formatting (the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import ipaddress
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from prometheus_client.parser import text_string_to_metric_families
+
+from weft.addr import parse_hostport
+from weft.control.store import Store
+from weft.resources.models import ANNOTATION_DEPLOYMENT, ANNOTATION_PROXY_ADMIN, selector_matches
+
+log = logging.getLogger("weft.control.metrics")
+
+Labels = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, Labels]
+
+KEPT_SAMPLES = frozenset(
+    {
+        "request_total",
+        "response_total",
+        "response_latency_ms_bucket",
+        "tcp_open_total",
+        "tcp_close_total",
+        "tcp_open_connections",
+        "tcp_read_bytes_total",
+        "tcp_write_bytes_total",
+    }
+)
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+# --------------------------------------------------------------------------------------------
+# parsing and math
+
+
+def parse_metrics(text: str, direction: str = "inbound") -> dict[SeriesKey, float]:
+    """The series of ``text`` that stats use, for one traffic ``direction``.
+
+    Raises ValueError when the text is not Prometheus exposition format.
+    """
+    out: dict[SeriesKey, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name not in KEPT_SAMPLES:
+                continue
+            labels = sample.labels
+            if labels.get("direction") != direction:
+                continue
+            key = (sample.name, tuple(sorted(labels.items())))
+            out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
+
+
+def increase(values: Iterable[float | None], *, from_zero: bool) -> float:
+    """How much a counter rose over consecutive observations (None: absent in that scrape).
+
+    With ``from_zero`` the first observation counts whole (the counter started inside the
+    window); otherwise it is the baseline. A fall is a reset: the new value counts whole.
+    """
+    total = 0.0
+    prev: float | None = None
+    first = True
+    for v in values:
+        if v is None:
+            continue
+        if prev is None:
+            if not first or from_zero:
+                total += v
+        elif v >= prev:
+            total += v - prev
+        else:
+            total += v
+        prev = v
+        first = False
+    return total
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """Prometheus' ``histogram_quantile`` over ``(upper bound, cumulative count)`` pairs.
+
+    Linear interpolation inside the bucket holding the rank; the first bucket's lower bound is 0;
+    a rank in the ``+Inf`` bucket gives the highest finite bound. None when there are no
+    observations or no ``+Inf`` bucket.
+    """
+    pairs = sorted(buckets)
+    if not pairs or not math.isinf(pairs[-1][0]):
+        return None
+    # cumulative counts summed from several series can be slightly non-monotonic: fix as Prometheus
+    fixed: list[tuple[float, float]] = []
+    running = 0.0
+    for upper, count in pairs:
+        running = max(running, count)
+        fixed.append((upper, running))
+    total = fixed[-1][1]
+    if total <= 0:
+        return None
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    rank = q * total
+    for i, (upper, count) in enumerate(fixed):
+        if count >= rank:
+            if math.isinf(upper):
+                return fixed[i - 1][0] if i > 0 else None
+            if i == 0:
+                if upper <= 0:
+                    return upper
+                lower, below = 0.0, 0.0
+            else:
+                lower, below = fixed[i - 1]
+            if count == below:
+                return upper
+            return lower + (upper - lower) * (rank - below) / (count - below)
+    return None
+
+
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# samples and stats
+
+
+@dataclass
+class PodHistory:
+    """The samples of one pod (by uid), with the metadata stats group it by."""
+
+    uid: str
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    deployment: str | None
+    created: float | None
+    samples: deque[tuple[float, Mapping[SeriesKey, float]]] = field(default_factory=deque)
+
+    def window(self, start: float, end: float) -> tuple[list[Mapping[SeriesKey, float]], bool]:
+        """The samples to compute increases over ``(start, end]`` from, and whether they count
+        from zero (no baseline at or before ``start`` and the pod was created inside the window)."""
+        base: Mapping[SeriesKey, float] | None = None
+        inside: list[Mapping[SeriesKey, float]] = []
+        for t, values in self.samples:
+            if t <= start:
+                base = values
+            elif t <= end:
+                inside.append(values)
+        if base is not None:
+            return [base, *inside], False
+        # a creation time has second precision: allow for the truncation
+        new = self.created is not None and self.created >= start - 1.0
+        return inside, new
+
+    def latest(self, since: float) -> Mapping[SeriesKey, float] | None:
+        if self.samples and self.samples[-1][0] >= since:
+            return self.samples[-1][1]
+        return None
+
+
+@dataclass
+class _Totals:
+    responses: float = 0.0
+    successes: float = 0.0
+    read_bytes: float = 0.0
+    write_bytes: float = 0.0
+    connections: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+    has_metrics: bool = False
+
+
+def _is_src(labels: Labels) -> bool:
+    peer = dict(labels).get("peer")
+    return peer in (None, "src")
+
+
+def _accumulate(totals: _Totals, hist: PodHistory, start: float, end: float, live: bool) -> None:
+    samples, from_zero = hist.window(start, end)
+    if not samples:
+        return
+    totals.has_metrics = True
+    keys: set[SeriesKey] = set()
+    for s in samples:
+        keys.update(s)
+    for key in keys:
+        name, labels = key
+        if name not in ("response_total", "response_latency_ms_bucket",
+                        "tcp_read_bytes_total", "tcp_write_bytes_total"):  # fmt: skip
+            continue
+        inc = increase((s.get(key) for s in samples), from_zero=from_zero)
+        if name == "response_total":
+            totals.responses += inc
+            if dict(labels).get("classification") == "success":
+                totals.successes += inc
+        elif name == "response_latency_ms_bucket":
+            le = dict(labels).get("le", "+Inf")
+            try:
+                upper = float(le)
+            except ValueError:
+                continue
+            totals.buckets[upper] = totals.buckets.get(upper, 0.0) + inc
+        elif _is_src(labels):
+            if name == "tcp_read_bytes_total":
+                totals.read_bytes += inc
+            else:
+                totals.write_bytes += inc
+    if live:
+        latest = hist.latest(start)
+        if latest is not None:
+            totals.connections += sum(
+                v for (n, lb), v in latest.items() if n == "tcp_open_connections" and _is_src(lb)
+            )
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class Stats:
+    """Per-pod sample histories and window queries (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        retention: float = 3900.0,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.retention = retention
+        self._pods: dict[str, PodHistory] = {}
+
+    def __repr__(self) -> str:
+        n = sum(len(h.samples) for h in self._pods.values())
+        return f"<Stats pods={len(self._pods)} samples={n}>"
+
+    def record(self, pod: Mapping[str, Any], at: float, values: Mapping[SeriesKey, float]) -> None:
+        """Add one scrape of ``pod`` (a store object) taken at ``at``."""
+        meta = pod["metadata"]
+        uid = str(meta.get("uid") or f"{meta.get('namespace')}/{meta['name']}")
+        hist = self._pods.get(uid)
+        annotations = meta.get("annotations") or {}
+        if hist is None:
+            hist = PodHistory(
+                uid=uid,
+                namespace=str(meta.get("namespace") or "default"),
+                name=str(meta["name"]),
+                labels=dict(meta.get("labels") or {}),
+                deployment=annotations.get(ANNOTATION_DEPLOYMENT),
+                created=_parse_time(meta.get("creationTimestamp")),
+            )
+            self._pods[uid] = hist
+        else:
+            hist.labels = dict(meta.get("labels") or {})
+            hist.deployment = annotations.get(ANNOTATION_DEPLOYMENT)
+        hist.samples.append((at, dict(values)))
+        self.prune(at)
+
+    def prune(self, now: float) -> None:
+        """Drop samples older than the retention (keeping one baseline), and empty histories."""
+        horizon = now - self.retention
+        for uid in list(self._pods):
+            samples = self._pods[uid].samples
+            while len(samples) > 1 and samples[1][0] <= horizon:
+                samples.popleft()
+            if samples and samples[-1][0] <= horizon:
+                del self._pods[uid]
+
+    def histories(self) -> list[PodHistory]:
+        return list(self._pods.values())
+
+    def stat(
+        self, kind: str, name: str | None, namespace: str | None, window: float
+    ) -> list[dict[str, Any]]:
+        """Rows for ``deploy``, ``svc`` or ``pod`` (one when ``name`` is given), sorted by
+        namespace and name. Raises ValueError for another kind."""
+        now = self._clock()
+        start = now - window
+        pods = self._store.list("Pod", namespace)
+        rows: list[dict[str, Any]] = []
+        if kind == "deploy":
+            for d in self._store.list("Deployment", namespace):
+                dns, dname = d["metadata"]["namespace"], d["metadata"]["name"]
+                if name is not None and dname != name:
+                    continue
+                current = [p for p in pods if p["metadata"]["namespace"] == dns
+                           and _annotation(p, ANNOTATION_DEPLOYMENT) == dname]  # fmt: skip
+                hists = [h for h in self._pods.values()
+                         if h.namespace == dns and h.deployment == dname]  # fmt: skip
+                rows.append(self._row("deployment", dns, dname, current, hists, start, now, window))
+        elif kind == "svc":
+            for svc in self._store.list("Service", namespace):
+                sns, sname = svc["metadata"]["namespace"], svc["metadata"]["name"]
+                if name is not None and sname != name:
+                    continue
+                selector = svc["spec"].get("selector")
+                current = [
+                    p
+                    for p in pods
+                    if p["metadata"]["namespace"] == sns
+                    and selector_matches(selector, p["metadata"].get("labels") or {})
+                ]
+                hists = [
+                    h
+                    for h in self._pods.values()
+                    if h.namespace == sns and selector_matches(selector, h.labels)
+                ]
+                rows.append(self._row("service", sns, sname, current, hists, start, now, window))
+        elif kind == "pod":
+            for p in pods:
+                pns, pname = p["metadata"]["namespace"], p["metadata"]["name"]
+                if name is not None and pname != name:
+                    continue
+                uid = p["metadata"].get("uid")
+                hists = [h for h in self._pods.values() if h.uid == uid]
+                rows.append(self._row("pod", pns, pname, [p], hists, start, now, window))
+        else:
+            raise ValueError(f"kind must be deploy, svc or pod, got {kind!r}")
+        return rows
+
+    def _row(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        current: Sequence[Mapping[str, Any]],
+        hists: Sequence[PodHistory],
+        start: float,
+        now: float,
+        window: float,
+    ) -> dict[str, Any]:
+        running = [p for p in current if _running(p)]
+        meshed = [p for p in running if _annotation(p, ANNOTATION_PROXY_ADMIN)]
+        live_uids = {p["metadata"].get("uid") for p in current}
+        totals = _Totals()
+        for h in hists:
+            _accumulate(totals, h, start, now, h.uid in live_uids)
+        has_traffic = totals.responses > 0
+        row: dict[str, Any] = {
+            "namespace": namespace,
+            "kind": kind,
+            "name": name,
+            "meshed": f"{len(meshed)}/{len(running)}",
+            "meshed_pods": len(meshed),
+            "total_pods": len(running),
+            "requests": round(totals.responses),
+            "successes": round(totals.successes),
+            "success": _round(totals.successes / totals.responses) if has_traffic else None,
+            "rps": _round(totals.responses / window) if has_traffic else None,
+        }
+        buckets = list(totals.buckets.items())
+        for q in QUANTILES:
+            key = f"latency_ms_p{round(q * 100)}"
+            row[key] = _round(histogram_quantile(q, buckets)) if has_traffic else None
+        row["tcp_open_connections"] = round(totals.connections) if totals.has_metrics else None
+        row["tcp_read_bytes_rate"] = (
+            _round(totals.read_bytes / window) if totals.has_metrics else None
+        )
+        row["tcp_write_bytes_rate"] = (
+            _round(totals.write_bytes / window) if totals.has_metrics else None
+        )
+        return row
+
+
+def _annotation(pod: Mapping[str, Any], key: str) -> str | None:
+    value = (pod["metadata"].get("annotations") or {}).get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _running(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") in ("Pending", "Running") and not status.get("terminating")
+
+
+# --------------------------------------------------------------------------------------------
+# scraping
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeConfig:
+    interval: float = 2.0
+    timeout: float = 1.5
+    allowed_networks: tuple[str, ...] = ("10.244.0.0/16", "127.0.0.0/8")
+    max_bytes: int = 8 * 1024 * 1024
+    concurrency: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"scrape interval must be positive, got {self.interval!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"scrape timeout must be positive, got {self.timeout!r}")
+        for net in self.allowed_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"allowed scrape network {net!r} is not a network") from None
+        if self.concurrency < 1:
+            raise ValueError(f"scrape concurrency must be >= 1, got {self.concurrency!r}")
+
+
+class ScrapeError(Exception):
+    pass
+
+
+class _Collect:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.body: list[bytes] = []
+        self.size = 0
+        self.done = False
+
+    def on_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise ScrapeError(f"metrics larger than {self.limit} bytes")
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def fetch_metrics(host: str, port: int, *, time_limit: float, max_bytes: int) -> str:
+    """``GET /metrics`` over plain HTTP/1.1; the body text. Raises ScrapeError."""
+
+    async def go() -> str:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            writer.write(
+                f"GET /metrics HTTP/1.1\r\nHost: {hostport}\r\nAccept: text/plain\r\n"
+                "Connection: close\r\n\r\n".encode("latin-1")
+            )
+            collect = _Collect(max_bytes)
+            parser = httptools.HttpResponseParser(collect)
+            while not collect.done:
+                data = await reader.read(65536)
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError as exc:
+                    inner = exc.__context__
+                    raise ScrapeError(str(inner or exc)) from None
+                if not data:
+                    break
+            status = parser.get_status_code()
+            if status != 200:
+                raise ScrapeError(f"HTTP {status}")
+            if not collect.done:
+                raise ScrapeError("connection closed before the end of the response")
+            return b"".join(collect.body).decode("utf-8", errors="replace")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(go(), time_limit)
+    except TimeoutError:
+        raise ScrapeError(f"no answer within {time_limit:g}s") from None
+    except OSError as exc:
+        raise ScrapeError(exc.strerror or str(exc)) from None
+
+
+class Scraper:
+    """Scrapes every meshed pod's metrics into :class:`Stats` (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        stats: Stats,
+        config: ScrapeConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.config = config or ScrapeConfig()
+        self._clock = clock
+        self._networks = [
+            ipaddress.ip_network(n, strict=False) for n in self.config.allowed_networks
+        ]
+        self.failures: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Scraper every {self.config.interval:g}s failing={len(self.failures)}>"
+
+    def allowed(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._networks)
+
+    def targets(self) -> list[tuple[Mapping[str, Any], str, int]]:
+        """``(pod, host, port)`` of every pod with a sidecar whose admin address may be scraped."""
+        out: list[tuple[Mapping[str, Any], str, int]] = []
+        for pod in self.store.list("Pod"):
+            admin = _annotation(pod, ANNOTATION_PROXY_ADMIN)
+            if admin is None:
+                continue
+            ident = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
+            try:
+                host, port = parse_hostport(admin)
+            except ValueError:
+                self._warn_once(ident, f"pod {ident}: invalid {ANNOTATION_PROXY_ADMIN} {admin!r}")
+                continue
+            if not self.allowed(host):
+                self._warn_once(
+                    ident,
+                    f"pod {ident}: not scraping {admin}: outside the allowed networks "
+                    f"{', '.join(self.config.allowed_networks)}",
+                )
+                continue
+            out.append((pod, host, port))
+        return out
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
+
+    async def scrape_once(self) -> int:
+        """Scrape every target once; returns how many answered."""
+        sem = asyncio.Semaphore(self.config.concurrency)
+        ok = 0
+
+        async def one(pod: Mapping[str, Any], host: str, port: int) -> None:
+            nonlocal ok
+            ident = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
+            async with sem:
+                try:
+                    text = await fetch_metrics(
+                        host, port, time_limit=self.config.timeout, max_bytes=self.config.max_bytes
+                    )
+                    values = parse_metrics(text)
+                except (ScrapeError, ValueError) as exc:
+                    if self.failures.get(ident) is None:
+                        log.debug("scrape of %s at %s:%d failed: %s", ident, host, port, exc)
+                    self.failures[ident] = str(exc)
+                    return
+            self.failures.pop(ident, None)
+            self.stats.record(pod, self._clock(), values)
+            ok += 1
+
+        await asyncio.gather(*(one(p, h, port) for p, h, port in self.targets()))
+        self.stats.prune(self._clock())
+        return ok
+
+    async def run(self) -> None:
+        """Scrape every ``interval`` seconds until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.scrape_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("metrics scrape failed")
+            elapsed = loop.time() - started
+            await asyncio.sleep(max(0.0, self.config.interval - elapsed))

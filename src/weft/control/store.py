@@ -1,0 +1,561 @@
+"""The resource store: validated objects, a global resourceVersion, watches, and snapshots.
+
+Synchronous and free of I/O: the API server (an asyncio shell) calls :meth:`Store.apply`,
+:meth:`Store.delete`, :meth:`Store.put_status`, reads with :meth:`Store.get`/:meth:`Store.list`, and
+streams :class:`Watch` queues; persistence is a commit hook (:mod:`weft.control.persist`). The clock
+and the uid source are injected.
+
+Semantics (those of the Kubernetes API server, reduced to what Weft needs):
+
+- Objects are Kubernetes-shaped dicts, keyed by kind, namespace (``""`` for cluster-scoped kinds)
+  and name. Stored dicts are never mutated in place; callers must treat them as read-only.
+- ``resourceVersion`` is one global counter; every change (create, update, status, delete) takes
+  the next value and is one event. Applying an identical document changes nothing ("unchanged").
+- ``apply`` is all-or-nothing: every document is validated, namespaces must exist (or be created
+  by the same batch), Service cluster IPs are checked or allocated, and only then is anything
+  changed. ``status`` in an applied document is taken only when the object is created.
+- ``metadata.generation`` starts at 1 and grows when ``spec`` changes.
+- A Service keeps its ``spec.clusterIP`` for its whole life, across updates and restarts.
+- Deleting a Namespace deletes every object in it except Pods: Pods belong to the runtime, which
+  drains and deletes them once their Deployment is gone.
+- A watch starts with the current objects as ``ADDED`` events (or, from a given resourceVersion,
+  the recorded events after it), then a ``BOOKMARK``, then every change in order. Watch queues are
+  bounded: a watcher that falls behind is closed (it re-watches), never waited on.
+
+Not for: networking, the destination view (:mod:`weft.control.destinations`), or metrics.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from weft.control.ipam import RangeFull, ServiceIPAllocator
+from weft.resources.errors import FieldError, InvalidResources
+from weft.resources.models import DEFAULT_NAMESPACE, KINDS, parse_resource, parse_status
+from weft.resources.validate import show
+
+Key = tuple[str, str, str]
+Obj = dict[str, Any]
+
+SNAPSHOT_VERSION = 1
+
+
+class NotFound(LookupError):
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        self.kind, self.namespace, self.name = kind, namespace, name
+        where = f"{namespace}/{name}" if namespace else name
+        super().__init__(f"{kind} {where} not found")
+
+
+class Expired(Exception):
+    """A watch asked for a resourceVersion the store can no longer replay from (HTTP 410)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK."""
+
+    type: str
+    object: Mapping[str, Any]
+    resource_version: int
+
+    @property
+    def kind(self) -> str:
+        return str(self.object.get("kind", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "object": self.object}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one applied document: ``created``, ``configured`` or ``unchanged``."""
+
+    action: str
+    object: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """The outcome of one delete: ``deleted`` or ``not found``; ``object`` is the reference or
+    the last state of the deleted object."""
+
+    action: str
+    object: Mapping[str, Any]
+
+
+def key_of(obj: Mapping[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return (str(obj["kind"]), str(meta.get("namespace") or ""), str(meta["name"]))
+
+
+def bookmark(resource_version: int) -> Event:
+    obj = {"kind": "Bookmark", "metadata": {"resourceVersion": str(resource_version)}}
+    return Event("BOOKMARK", obj, resource_version)
+
+
+class Watch:
+    """A bounded queue of events for one watcher.
+
+    The store pushes synchronously; the consumer drains with :meth:`take` when ``notify`` (set by
+    the consumer) tells it there is something new. When more than ``limit`` events wait, the watch
+    is closed with a reason and dropped by the store: the consumer re-watches.
+    """
+
+    __slots__ = ("_events", "_store", "closed", "kinds", "limit", "notify")
+
+    def __init__(
+        self, store: Store, kinds: frozenset[str] | None, limit: int, initial: Iterable[Event]
+    ) -> None:
+        self._store = store
+        self.kinds = kinds
+        self.limit = limit
+        self._events: deque[Event] = deque(initial)
+        self.closed: str | None = None
+        self.notify: Callable[[], None] | None = None
+
+    def wants(self, event: Event) -> bool:
+        return self.kinds is None or event.kind in self.kinds
+
+    def push(self, event: Event) -> None:
+        if self.closed is not None:
+            return
+        if len(self._events) >= self.limit:
+            self.close(f"watcher fell behind by more than {self.limit} events")
+            return
+        self._events.append(event)
+        if self.notify is not None:
+            self.notify()
+
+    def take(self) -> list[Event]:
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._store._drop_watch(self)
+            if self.notify is not None:
+                self.notify()
+
+    def __repr__(self) -> str:
+        kinds = ",".join(sorted(self.kinds)) if self.kinds else "*"
+        state = f"closed: {self.closed}" if self.closed else f"pending={len(self._events)}"
+        return f"<Watch {kinds} {state}>"
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal apart from the resourceVersion."""
+
+    def strip(o: Mapping[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in o["metadata"].items() if k != "resourceVersion"}
+        return {**o, "metadata": meta}
+
+    return strip(a) == strip(b)
+
+
+class Store:
+    """Resources by kind/namespace/name with watches; see the module docstring for semantics."""
+
+    def __init__(
+        self,
+        *,
+        service_cidr: str = "10.96.0.0/16",
+        clock: Callable[[], float] = time.time,
+        uid: Callable[[], str] = lambda: str(uuid.uuid4()),
+        history: int = 4096,
+        watch_limit: int = 10_000,
+        on_commit: Callable[[Store], None] | None = None,
+    ) -> None:
+        self.ips = ServiceIPAllocator(service_cidr)
+        self._clock = clock
+        self._uid = uid
+        self._objects: dict[Key, Obj] = {}
+        self._rv = 0
+        self._history: deque[Event] = deque(maxlen=history)
+        self._replay_floor = 0
+        self._watches: builtins.list[Watch] = []
+        self._listeners: builtins.list[Callable[[Event], None]] = []
+        self.watch_limit = watch_limit
+        self.on_commit = on_commit
+        self._ensure_default_namespace()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
+        info = KINDS.get(kind)
+        if info is None:
+            return None
+        ns = (namespace or DEFAULT_NAMESPACE) if info.namespaced else ""
+        return self._objects.get((kind, ns, name))
+
+    def list(self, kind: str, namespace: str | None = None) -> builtins.list[Obj]:
+        """Objects of ``kind`` (in ``namespace``, or all), ordered by namespace and name."""
+        keys = sorted(
+            k for k in self._objects if k[0] == kind and (namespace is None or k[1] == namespace)
+        )
+        return [self._objects[k] for k in keys]
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Store objects={len(self._objects)} rv={self._rv} watches={len(self._watches)} "
+            f"ips={len(self.ips)}>"
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def apply(self, docs: Sequence[Any], *, source: str | None = None) -> builtins.list[Applied]:
+        """Create or update every document, or none. Raises InvalidResources naming document
+        index (and ``source``), field path and value of every problem."""
+        errors: builtins.list[FieldError] = []
+        parsed: builtins.list[tuple[int, Obj]] = []
+        for i, doc in enumerate(docs):
+            try:
+                resource = parse_resource(doc)
+            except InvalidResources as exc:
+                errors.extend(e.located(document=i, source=source) for e in exc.errors)
+                continue
+            obj = resource.to_dict()
+            if not isinstance(doc, Mapping) or "status" not in doc:
+                obj.pop("status", None)
+            parsed.append((i, obj))
+
+        def fail(i: int, path: str, message: str) -> None:
+            errors.append(FieldError(path, message, document=i, source=source))
+
+        seen: dict[Key, int] = {}
+        batch_namespaces = {o["metadata"]["name"] for _, o in parsed if o["kind"] == "Namespace"}
+        planned_ips: set[str] = set()
+        ip_plan: dict[int, str] = {}
+        for i, obj in parsed:
+            key = key_of(obj)
+            if key in seen:
+                fail(i, "metadata.name", f"duplicate of document {seen[key] + 1} in this request")
+                continue
+            seen[key] = i
+            ns = key[1]
+            if ns and (ns not in batch_namespaces and ("Namespace", "", ns) not in self._objects):
+                fail(i, "metadata.namespace", f"namespace {show(ns)} does not exist")
+            if obj["kind"] == "Service":
+                ip = self._plan_cluster_ip(i, obj, planned_ips, fail)
+                if ip is not None:
+                    ip_plan[i] = ip
+                    planned_ips.add(ip)
+        if errors:
+            raise InvalidResources(errors)
+
+        results: builtins.list[Applied] = []
+        changed = False
+        for i, obj in parsed:
+            if obj["kind"] == "Service":
+                obj["spec"]["clusterIP"] = ip_plan[i]
+            applied = self._put(obj)
+            changed = changed or applied.action != "unchanged"
+            results.append(applied)
+        if changed:
+            self._commit()
+        return results
+
+    def _plan_cluster_ip(
+        self, i: int, obj: Obj, planned: set[str], fail: Callable[[int, str, str], None]
+    ) -> str | None:
+        current = self._objects.get(key_of(obj))
+        wanted = obj["spec"].get("clusterIP")
+        if current is not None:
+            have = current["spec"].get("clusterIP")
+            if wanted is not None and wanted != have:
+                fail(
+                    i, "spec.clusterIP", f"field is immutable: is {show(have)}, got {show(wanted)}"
+                )
+                return None
+            return str(have)
+        if wanted is not None:
+            if not self.ips.usable(wanted):
+                fail(
+                    i,
+                    "spec.clusterIP",
+                    f"{show(wanted)} is not a usable address of the service range {self.ips.cidr}",
+                )
+                return None
+            if self.ips.taken(wanted) or wanted in planned:
+                fail(i, "spec.clusterIP", f"{show(wanted)} is already allocated")
+                return None
+            return str(wanted)
+        try:
+            return self.ips.next_free(planned)
+        except RangeFull as exc:
+            fail(i, "spec.clusterIP", str(exc))
+            return None
+
+    def _put(self, obj: Obj) -> Applied:
+        key = key_of(obj)
+        current = self._objects.get(key)
+        meta = obj["metadata"]
+        if current is None:
+            meta["uid"] = self._uid()
+            meta["creationTimestamp"] = _rfc3339(self._clock())
+            meta["generation"] = 1
+            if "status" not in obj:
+                obj["status"] = self._default_status(obj["kind"])
+            if obj["kind"] == "Service":
+                self.ips.reserve(obj["spec"]["clusterIP"])
+            return Applied("created", self._record("ADDED", obj))
+        cmeta = current["metadata"]
+        meta["uid"] = cmeta["uid"]
+        meta["creationTimestamp"] = cmeta["creationTimestamp"]
+        same_spec = obj.get("spec") == current.get("spec")
+        meta["generation"] = cmeta.get("generation", 1) + (0 if same_spec else 1)
+        obj["status"] = current.get("status", {})
+        meta["resourceVersion"] = cmeta.get("resourceVersion")
+        if _same(obj, current):
+            return Applied("unchanged", current)
+        return Applied("configured", self._record("MODIFIED", obj))
+
+    @staticmethod
+    def _default_status(kind: str) -> dict[str, Any]:
+        return parse_status(kind, {}) if kind == "Pod" else {}
+
+    def put_status(self, kind: str, namespace: str | None, name: str, status: Any) -> Obj:
+        """Replace an object's ``status``. Raises NotFound or InvalidResources."""
+        if kind not in KINDS:
+            raise NotFound(kind, namespace or "", name)
+        current = self.get(kind, namespace, name)
+        if current is None:
+            ns = (namespace or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
+            raise NotFound(kind, ns, name)
+        new_status = parse_status(kind, status)
+        if new_status == current.get("status"):
+            return current
+        obj = self._record("MODIFIED", {**current, "status": new_status})
+        self._commit()
+        return obj
+
+    def delete(self, refs: Sequence[Any]) -> builtins.list[Deleted]:
+        """Delete the objects named by ``refs`` (``kind`` and ``metadata.name``/``namespace``);
+        absent ones are reported ``not found``. Raises InvalidResources for malformed refs."""
+        errors: builtins.list[FieldError] = []
+        keys: builtins.list[Key] = []
+        for i, ref in enumerate(refs):
+            key = self._ref_key(i, ref, errors)
+            if key is not None:
+                keys.append(key)
+        if errors:
+            raise InvalidResources(errors)
+        # namespaces last, so that a file listing a namespace before its contents deletes each
+        # of them by name rather than reporting them "not found" after the cascade
+        order = sorted(range(len(keys)), key=lambda n: keys[n][0] == "Namespace")
+        out: dict[int, Deleted] = {}
+        for n in order:
+            key = keys[n]
+            current = self._objects.get(key)
+            if current is None:
+                ref = {"kind": key[0], "metadata": {"name": key[2]}}
+                if key[1]:
+                    ref["metadata"]["namespace"] = key[1]
+                out[n] = Deleted("not found", ref)
+                continue
+            if key[0] == "Namespace":
+                for other in sorted(self._objects):
+                    if other[1] == key[2] and other[0] != "Pod":
+                        self._remove(other)
+            out[n] = Deleted("deleted", self._remove(key))
+        if any(d.action == "deleted" for d in out.values()):
+            self._commit()
+        return [out[n] for n in range(len(keys))]
+
+    def _ref_key(self, i: int, ref: Any, errors: builtins.list[FieldError]) -> Key | None:
+        def fail(path: str, message: str) -> None:
+            errors.append(FieldError(path, message, document=i))
+
+        if not isinstance(ref, Mapping):
+            fail("", f"must be a mapping with kind and metadata.name, got {show(ref)}")
+            return None
+        kind = ref.get("kind")
+        if not isinstance(kind, str) or kind not in KINDS:
+            fail("kind", f"unknown kind {show(kind)}; known kinds: {', '.join(sorted(KINDS))}")
+            return None
+        meta = ref.get("metadata")
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+            fail("metadata.name", "required field is missing")
+            return None
+        name = str(meta["name"])
+        if not KINDS[kind].namespaced:
+            if kind == "Namespace" and name == DEFAULT_NAMESPACE:
+                fail("metadata.name", 'the "default" namespace may not be deleted')
+                return None
+            return (kind, "", name)
+        ns = meta.get("namespace") or DEFAULT_NAMESPACE
+        if not isinstance(ns, str):
+            fail("metadata.namespace", f"must be a string, got {show(ns)}")
+            return None
+        return (kind, ns, name)
+
+    def _remove(self, key: Key) -> Obj:
+        current = self._objects[key]
+        if key[0] == "Service" and current["spec"].get("clusterIP"):
+            self.ips.release(current["spec"]["clusterIP"])
+        return self._record("DELETED", current)
+
+    def _record(self, type_: str, obj: Obj) -> Obj:
+        """Store (or drop) ``obj`` under the next resourceVersion, tell watchers; the stored
+        object."""
+        self._rv += 1
+        meta = dict(obj["metadata"])
+        meta["resourceVersion"] = str(self._rv)
+        obj = {**obj, "metadata": meta}
+        key = key_of(obj)
+        if type_ == "DELETED":
+            self._objects.pop(key, None)
+        else:
+            self._objects[key] = obj
+        event = Event(type_, obj, self._rv)
+        if len(self._history) == self._history.maxlen:
+            self._replay_floor = self._history[0].resource_version
+        self._history.append(event)
+        for w in list(self._watches):
+            if w.wants(event):
+                w.push(event)
+        for listener in list(self._listeners):
+            listener(event)
+        return obj
+
+    def _commit(self) -> None:
+        if self.on_commit is not None:
+            self.on_commit(self)
+
+    def _ensure_default_namespace(self) -> None:
+        if ("Namespace", "", DEFAULT_NAMESPACE) not in self._objects:
+            ns = parse_resource(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEFAULT_NAMESPACE}}
+            ).to_dict()
+            self._put(ns)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def watch(
+        self, kinds: Collection[str] | None = None, resource_version: int | None = None
+    ) -> Watch:
+        """A watch of ``kinds`` (all when None). Without ``resource_version``: the current
+        objects as ADDED, a BOOKMARK, then changes. With one: the recorded events after it, a
+        BOOKMARK, then changes; raises Expired when those events are no longer known."""
+        wanted = frozenset(kinds) if kinds else None
+        if wanted is not None:
+            unknown = sorted(k for k in wanted if k not in KINDS)
+            if unknown:
+                raise ValueError(
+                    f"unknown kind {unknown[0]!r}; known kinds: {', '.join(sorted(KINDS))}"
+                )
+        initial: builtins.list[Event]
+        if resource_version is None:
+            objs = [o for k, o in self._objects.items() if wanted is None or k[0] in wanted]
+            objs.sort(key=lambda o: int(o["metadata"]["resourceVersion"]))
+            initial = [Event("ADDED", o, int(o["metadata"]["resourceVersion"])) for o in objs]
+        else:
+            if resource_version > self._rv or resource_version < self._replay_floor:
+                raise Expired(
+                    f"resourceVersion {resource_version} is too old or unknown (this store can "
+                    f"replay from {self._replay_floor} to {self._rv}); watch without it to "
+                    "start from the current state"
+                )
+            initial = [
+                e
+                for e in self._history
+                if e.resource_version > resource_version and (wanted is None or e.kind in wanted)
+            ]
+        initial.append(bookmark(self._rv))
+        w = Watch(self, wanted, max(self.watch_limit, len(initial) + 1), initial)
+        self._watches.append(w)
+        return w
+
+    def _drop_watch(self, w: Watch) -> None:
+        if w in self._watches:
+            self._watches.remove(w)
+
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener`` synchronously on every change (it must not block)."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to restore this store: a JSON-ready dict."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "resourceVersion": self._rv,
+            "objects": [self._objects[k] for k in sorted(self._objects)],
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> builtins.list[str]:
+        """Replace the contents with a snapshot (at start, before any watch). Objects that no
+        longer validate are skipped; returns a warning for each one skipped or adjusted."""
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"unsupported state snapshot version {snapshot.get('version')!r} "
+                f"(expected {SNAPSHOT_VERSION})"
+            )
+        rv = snapshot.get("resourceVersion")
+        objects = snapshot.get("objects")
+        if not isinstance(rv, int) or not isinstance(objects, list):
+            raise ValueError(
+                "state snapshot needs an integer resourceVersion and a list of objects"
+            )
+        warnings: builtins.list[str] = []
+        self._objects.clear()
+        self.ips = ServiceIPAllocator(self.ips.cidr)
+        for raw in objects:
+            try:
+                parse_resource(raw)
+                key = key_of(raw)
+            except (InvalidResources, KeyError, TypeError) as exc:
+                warnings.append(f"skipped an object that no longer validates: {exc}")
+                continue
+            obj: Obj = dict(raw)
+            if key[0] == "Service":
+                ip = obj["spec"].get("clusterIP")
+                if not ip or not self.ips.reserve(ip):
+                    warnings.append(
+                        f"Service {key[1]}/{key[2]} keeps clusterIP {ip} outside the service "
+                        f"range {self.ips.cidr}"
+                    )
+            self._objects[key] = obj
+        self._rv = max(rv, self._max_object_rv())
+        self._history.clear()
+        self._replay_floor = self._rv
+        self._ensure_default_namespace()
+        return warnings
+
+    def _max_object_rv(self) -> int:
+        best = 0
+        for o in self._objects.values():
+            try:
+                best = max(best, int(o["metadata"].get("resourceVersion", 0)))
+            except (TypeError, ValueError):
+                continue
+        return best

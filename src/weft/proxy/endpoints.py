@@ -1,0 +1,228 @@
+"""Concrete backends and their endpoints: balancer membership and keep-alive connection pools.
+
+A :class:`Concrete` is one destination as the proxy sees it: a balancer over
+:class:`EndpointState` objects, each holding idle upstream connections. Discovery updates change
+membership at any moment; an endpoint that leaves keeps serving the requests already on its
+connections and closes them when they finish (no in-flight request fails because of an update).
+
+Decide, then do: ``pick`` and ``take_idle`` are synchronous decisions; dialing is the only await,
+and it happens in a task whose result is handed back through a future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from weft.addr import Address, format_addr
+from weft.core.balancer import Balancer
+from weft.discovery import Destination, Endpoint
+from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
+
+log = logging.getLogger("weft.proxy")
+
+
+class PooledConn(Protocol):
+    """What a pool keeps: an upstream connection that can say whether it may be reused."""
+
+    def reusable(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class EndpointState:
+    """One endpoint of a concrete: metric labels, series cache and idle connections."""
+
+    __slots__ = ("addr", "closing", "endpoint", "http_series", "idle", "label_items", "tcp_series")
+
+    def __init__(self, endpoint: Endpoint, base_labels: LabelItems) -> None:
+        self.endpoint = endpoint
+        self.addr = endpoint.address
+        self.idle: list[tuple[PooledConn, float]] = []
+        self.closing = False
+        labels = dict(base_labels)
+        for key in ("pod", "deployment", "namespace", "serviceaccount"):
+            value = endpoint.labels.get(key)
+            if value is not None:
+                labels[f"dst_{key}"] = value
+        self.label_items: LabelItems = tuple(sorted(labels.items()))
+        self.http_series: dict[bytes, HttpSeries] = {}
+        self.tcp_series: TcpSeries | None = None
+
+    def take_idle(self) -> PooledConn | None:
+        """An idle connection that may be reused, most recently used first."""
+        idle = self.idle
+        while idle:
+            conn, _ = idle.pop()
+            if conn.reusable():
+                return conn
+            conn.close()
+        return None
+
+    def close_idle(self) -> None:
+        for conn, _ in self.idle:
+            conn.close()
+        self.idle.clear()
+
+    def __repr__(self) -> str:
+        state = " closing" if self.closing else ""
+        return f"<Endpoint {format_addr(self.addr)} idle={len(self.idle)}{state}>"
+
+
+class Concrete:
+    """A balanced set of endpoints for one destination (or a single forwarded address).
+
+    ``direction`` is ``"outbound"`` or ``"inbound"``; ``labels`` are the destination's metric
+    labels (``dst_service``, ``dst_namespace``...). Waiters are callbacks parked until an endpoint
+    appears (fail-fast after ``fail_fast`` seconds is the caller's timer).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        direction: str,
+        metrics: ProxyMetrics,
+        connect_timeout: float,
+        pool_max_idle: int,
+        labels: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.direction = direction
+        self.metrics = metrics
+        self.connect_timeout = connect_timeout
+        self.pool_max_idle = pool_max_idle
+        self.clock = clock
+        self.balancer: Balancer[Address] = Balancer(clock=clock)
+        self.endpoints: dict[Address, EndpointState] = {}
+        self.opaque = False
+        self.known = True
+        self.waiters: list[Callable[[], None]] = []
+        self._base: LabelItems = ()
+        self.set_labels(labels or {})
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        base = {"direction": self.direction, "target_addr": self.name, "tls": "disabled"}
+        base.update(labels)
+        self._base = tuple(sorted(base.items()))
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        """Replace membership; survivors keep their pools and balancer statistics."""
+        new: dict[Address, EndpointState] = {}
+        for ep in endpoints:
+            current = self.endpoints.get(ep.address)
+            if current is not None and current.endpoint == ep and not current.closing:
+                new[ep.address] = current
+            else:
+                new[ep.address] = EndpointState(ep, self._base)
+        for addr, state in self.endpoints.items():
+            if new.get(addr) is not state:
+                state.closing = True
+                state.close_idle()
+        self.endpoints = new
+        self.balancer.update(new.keys())
+        if new and self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for wake in waiters:
+                wake()
+
+    def apply(self, dest: Destination | None, fallback: Address | None) -> None:
+        """Apply a discovery snapshot; ``None`` (unknown) forwards to ``fallback`` as is."""
+        if dest is None:
+            self.known = False
+            self.opaque = False
+            self.set_labels({})
+            self.set_endpoints([Endpoint(fallback)] if fallback is not None else [])
+            return
+        self.known = True
+        self.opaque = dest.opaque
+        labels = {}
+        for key in ("service", "namespace"):
+            value = dest.labels.get(key)
+            if value is not None:
+                labels[f"dst_{key}"] = value
+        if labels != {k: v for k, v in self._base if k.startswith("dst_")}:
+            self.set_labels(labels)
+            self.endpoints = {}  # endpoints re-derive their label sets below
+        self.set_endpoints(dest.endpoints)
+
+    # -- picking and pooling --------------------------------------------------------------------
+
+    def pick(self) -> EndpointState | None:
+        addr = self.balancer.pick()
+        return None if addr is None else self.endpoints[addr]
+
+    def release(self, state: EndpointState, conn: PooledConn) -> None:
+        """Return a connection after a completed exchange; close it if it may not be reused."""
+        if state.closing or not conn.reusable() or len(state.idle) >= self.pool_max_idle:
+            conn.close()
+            return
+        state.idle.append((conn, self.clock()))
+
+    def sweep(self, max_idle_age: float) -> None:
+        """Close pooled connections idle for longer than ``max_idle_age`` seconds."""
+        deadline = self.clock() - max_idle_age
+        for state in self.endpoints.values():
+            idle = state.idle
+            if idle and idle[0][1] < deadline:
+                keep = [(c, t) for c, t in idle if t >= deadline]
+                for c, t in idle:
+                    if t < deadline:
+                        c.close()
+                state.idle = keep
+
+    def connect(
+        self,
+        state: EndpointState,
+        factory: Callable[[], asyncio.Protocol],
+    ) -> asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]:
+        """Dial ``state`` with a connect timeout; feeds the outcome to the balancer."""
+        return asyncio.get_running_loop().create_task(self._connect(state, factory))
+
+    async def _connect(
+        self, state: EndpointState, factory: Callable[[], asyncio.Protocol]
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
+        host, port = state.addr
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                transport, protocol = await loop.create_connection(factory, host, port)
+        except (OSError, TimeoutError) as exc:
+            self.balancer.failed(state.addr)
+            log.debug("connect to %s failed: %r", format_addr(state.addr), exc)
+            raise
+        self.balancer.succeeded_connect(state.addr)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return transport, protocol
+
+    def http_series(self, state: EndpointState, authority: bytes) -> HttpSeries:
+        series = state.http_series.get(authority)
+        if series is None or series.expired:
+            labels = (*state.label_items, ("authority", authority.decode("latin-1")))
+            series = state.http_series[authority] = self.metrics.http(tuple(sorted(labels)))
+        return series
+
+    def tcp_series(self, state: EndpointState) -> TcpSeries:
+        series = state.tcp_series
+        if series is None or series.expired:
+            labels = (*state.label_items, ("peer", "dst"))
+            series = state.tcp_series = self.metrics.tcp(tuple(sorted(labels)))
+        return series
+
+    def close(self) -> None:
+        for state in self.endpoints.values():
+            state.closing = True
+            state.close_idle()
+
+    def __repr__(self) -> str:
+        eps = ", ".join(repr(s) for s in self.endpoints.values())
+        return f"<Concrete {self.direction} {self.name} [{eps}] waiters={len(self.waiters)}>"

@@ -1,0 +1,998 @@
+"""HTTP/1.1 proxying, per request: the client-facing server side and the upstream client side.
+
+:class:`Http1Downstream` is the ``asyncio.Protocol`` of an accepted client connection, parsed with
+httptools (llhttp). Each request becomes an :class:`Exchange`, which picks an endpoint of its
+:class:`~weft.proxy.endpoints.Concrete` through the balancer, takes a pooled
+:class:`Http1Upstream` connection (or dials one), and streams the request and response through
+with backpressure: a full write buffer on one side pauses reading on the other, and request bytes
+waiting for a connection are bounded (reading pauses above ``buffer_high``).
+
+The fast path is callbacks only (no task or future per request): parser callbacks drive the
+exchange, and only dialing awaits. Pipelined requests are parsed ahead, queued, and answered in
+order. Message framing is re-derived on each side (RFC 9112): hop-by-hop headers are dropped,
+Content-Length is kept, chunked bodies are re-chunked (trailers forwarded), close-delimited
+responses go chunked to HTTP/1.1 clients. ``Upgrade`` requests become a TCP tunnel after a 101.
+
+Errors the proxy makes itself carry a ``weft-proxy-error`` header: 503 no endpoint, 502 connect
+failure or broken upstream, 504 upstream timeout, 400 malformed or smuggling-prone request (and
+close), 431 oversized headers (and close), 408 a request head not received in time.
+
+Not for: choosing the destination (the caller hands a Concrete), TLS, HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from weft.metrics.proxy import HttpSeries, ProxyMetrics
+from weft.proxy.endpoints import Concrete, EndpointState
+
+if TYPE_CHECKING:
+    from weft.proxy.config import ProxyConfig
+
+log = logging.getLogger("weft.proxy")
+access_log = logging.getLogger("weft.access")
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+ERROR_HEADER = b"weft-proxy-error"
+REPLAY_LIMIT = 64 * 1024
+MAX_CONNECT_ATTEMPTS = 3
+_monotonic = time.monotonic
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class Http1Context:
+    """What every HTTP/1 connection of one listener shares: config, metrics, live connections."""
+
+    def __init__(self, config: ProxyConfig, metrics: ProxyMetrics, direction: str) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.direction = direction
+        self.connections: set[Http1Downstream] = set()
+        self.draining = False
+        self.access_log = config.access_log is not None
+        self.response_timeout = config.response_timeout
+        self.max_header_bytes = config.max_header_bytes
+        self.buffer_high = config.buffer_high
+        self.fail_fast = (
+            config.fail_fast_outbound if direction == "outbound" else config.fail_fast_inbound
+        )
+
+    def reap(self, now: float) -> None:
+        """Enforce header and idle timeouts; called about once a second by the server."""
+        header_deadline = now - self.config.header_timeout
+        idle_deadline = now - self.config.idle_timeout
+        for conn in list(self.connections):
+            conn.check_timeouts(header_deadline, idle_deadline)
+
+    def drain(self) -> None:
+        """Graceful shutdown: close idle connections now, the others after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+
+def error_response(status: int, reason: str, *, close: bool, detail: str = "") -> bytes:
+    """A complete response the proxy sends on its own behalf."""
+    body = f"weft proxy: {detail or reason}\n".encode()
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(body),
+        ERROR_HEADER + b": " + reason.encode() + b"\r\n",
+    ]
+    if close:
+        head.append(b"connection: close\r\n")
+    return b"".join(head) + b"\r\n" + body
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _trailer_block(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % kv for kv in trailers)
+
+
+class Exchange:
+    """One request and its response, from head parsed to response complete."""
+
+    __slots__ = (
+        "attempts",
+        "authority",
+        "body_sent",
+        "chunked_in",
+        "chunked_out",
+        "closing_up",
+        "down",
+        "expect_continue",
+        "finished",
+        "head",
+        "interim",
+        "is_head",
+        "method",
+        "replay",
+        "req_buf",
+        "req_buf_size",
+        "req_done",
+        "resp_started",
+        "series",
+        "started",
+        "state",
+        "status",
+        "timer",
+        "trailers",
+        "tunnel_buf",
+        "up",
+        "upgrade",
+        "url",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        down: Http1Downstream,
+        method: bytes,
+        url: bytes,
+        head: bytes,
+        authority: bytes,
+        *,
+        chunked: bool,
+        expect_continue: bool,
+        upgrade: bool,
+    ) -> None:
+        self.down = down
+        self.method = method
+        self.url = url
+        self.head = head
+        self.authority = authority
+        self.chunked_in = chunked
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.is_head = method == b"HEAD"
+        self.req_buf: list[bytes] = []
+        self.req_buf_size = 0
+        self.req_done = False
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.replay: list[bytes] | None = []
+        self.body_sent = 0
+        self.tunnel_buf = b""
+        self.up: Http1Upstream | None = None
+        self.state: EndpointState | None = None
+        self.series: HttpSeries | None = None
+        self.started = 0.0
+        self.status = 0
+        self.resp_started = False
+        self.chunked_out = False
+        self.interim = False
+        self.finished = False
+        self.closing_up = False
+        self.attempts = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiting: asyncio.TimerHandle | None = None
+
+    # -- request side ---------------------------------------------------------------------------
+
+    def on_request_body(self, data: bytes) -> None:
+        up = self.up
+        if up is not None and not self.req_buf:
+            self._send_body(up, data)
+            return
+        self.req_buf.append(data)
+        self.req_buf_size += len(data)
+        if self.req_buf_size > self.down.ctx.buffer_high:
+            self.down.pause("request-buffer")
+
+    def on_request_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.req_done = True
+        self.trailers = trailers
+        up = self.up
+        if up is not None and not self.req_buf:
+            self._send_end(up)
+        if self.finished:
+            self.down.exchange_finished(self)
+
+    def _send_body(self, up: Http1Upstream, data: bytes) -> None:
+        if self.replay is not None:
+            if self.body_sent + len(data) <= REPLAY_LIMIT:
+                self.replay.append(data)
+            else:
+                self.replay = None
+        self.body_sent += len(data)
+        up.transport.write(_chunk(data) if self.chunked_in and data else data)
+
+    def _send_end(self, up: Http1Upstream) -> None:
+        if self.chunked_in:
+            up.transport.write(b"0\r\n" + _trailer_block(self.trailers) + b"\r\n")
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Pick an endpoint and attach a connection (pooled, or dialed)."""
+        down = self.down
+        concrete = down.concrete
+        if self.started == 0.0:
+            self.started = _monotonic()
+            if down.ctx.response_timeout is not None:
+                self.timer = asyncio.get_running_loop().call_later(
+                    down.ctx.response_timeout, self._timed_out
+                )
+        state = concrete.pick()
+        if state is None:
+            self._wait_for_endpoints()
+            return
+        self.state = state
+        if self.series is None:
+            self.series = concrete.http_series(state, self.authority)
+            self.series.requests += 1
+        concrete.balancer.start(state.addr)
+        conn = state.take_idle()
+        if conn is not None:
+            assert isinstance(conn, Http1Upstream)
+            self.attach(conn, reused=True)
+            return
+        self.attempts += 1
+        task = concrete.connect(state, lambda: Http1Upstream(concrete, state))
+        task.add_done_callback(self._connected)
+
+    def _wait_for_endpoints(self) -> None:
+        down = self.down
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            if self.waiting is not None:
+                self.waiting.cancel()
+                self.waiting = None
+                if not self.finished:
+                    self.dispatch()
+
+        def give_up() -> None:
+            self.waiting = None
+            if wake in down.concrete.waiters:
+                down.concrete.waiters.remove(wake)
+            self.fail(503, "no-endpoints", f"no endpoints available for {down.concrete.name}")
+
+        down.concrete.waiters.append(wake)
+        self.waiting = loop.call_later(down.ctx.fail_fast, give_up)
+
+    def _connected(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        state = self.state
+        assert state is not None
+        if task.cancelled() or task.exception() is not None:
+            if self.finished:
+                return
+            exc = None if task.cancelled() else task.exception()
+            self.down.concrete.balancer.finish(state.addr, self.started, success=False)
+            others = len(self.down.concrete.endpoints)
+            if self.attempts < min(MAX_CONNECT_ATTEMPTS, max(others, 1) + 1) and others:
+                self.dispatch()
+                return
+            self.fail(502, "connect-failed", f"connect to {state.addr[0]}:{state.addr[1]}: {exc}")
+            return
+        _, proto = task.result()
+        assert isinstance(proto, Http1Upstream)
+        if self.finished:
+            self.down.concrete.release(state, proto)
+            return
+        self.attach(proto, reused=False)
+
+    def attach(self, up: Http1Upstream, *, reused: bool) -> None:
+        self.up = up
+        up.exchange = self
+        up.reused = reused
+        up.transport.write(self.head)
+        if self.req_buf:
+            buf, self.req_buf = self.req_buf, []
+            self.req_buf_size = 0
+            for data in buf:
+                self._send_body(up, data)
+            self.down.resume("request-buffer")
+        if self.req_done:
+            self._send_end(up)
+        if self.upgrade and self.tunnel_buf:
+            up.transport.write(self.tunnel_buf)
+            self.tunnel_buf = b""
+
+    # -- response side --------------------------------------------------------------------------
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        down = self.down
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            if status != 100 or self.expect_continue:
+                if down.version == b"1.1":
+                    down.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            return
+        self.interim = False
+        self.status = status
+        self.resp_started = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        series = self.series
+        if series is not None:
+            series.response(status, status < 500).observe((_monotonic() - self.started) * 1000.0)
+        if not keep_alive:
+            self.closing_up = True
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        append = out.append
+        has_length = False
+        connection_tokens: list[bytes] = []
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"connection":
+                    connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+                continue
+            if lname == b"content-length":
+                has_length = True
+            append(b"%s: %s\r\n" % (name, value))
+        if connection_tokens:
+            out = [out[0]] + [
+                line for line in out[1:] if line.split(b":", 1)[0].lower() not in connection_tokens
+            ]
+            append = out.append
+        if status == 101 and self.upgrade:
+            for name, value in headers:
+                if name.lower() == b"upgrade":
+                    append(b"upgrade: %s\r\n" % value)
+            append(b"connection: upgrade\r\n\r\n")
+            down.write(b"".join(out))
+            return
+        no_body = self.is_head or status in (204, 304)
+        if not has_length and not no_body:
+            if down.version == b"1.1":
+                self.chunked_out = True
+                append(b"transfer-encoding: chunked\r\n")
+            else:
+                down.closing = True
+        if self.upgrade or not self.req_done:
+            # a refused upgrade, or a response before the request body: this client connection
+            # cannot be trusted to be in sync, and neither can the upstream one
+            down.closing = True
+            self.closing_up = True
+        if down.closing or down.ctx.draining:
+            append(b"connection: close\r\n\r\n")
+        elif down.version == b"1.0":
+            append(b"connection: keep-alive\r\n\r\n")
+        else:
+            append(b"\r\n")
+        down.write(b"".join(out))
+        if self.is_head:
+            self.closing_up = True  # the response parser cannot skip a HEAD body; don't reuse
+            self.on_response_end([])
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.down.write(_chunk(data) if self.chunked_out else data)
+
+    def on_response_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.finished:
+            return
+        if self.chunked_out:
+            self.down.write(b"0\r\n" + _trailer_block(trailers) + b"\r\n")
+        self._complete(success=self.status < 500)
+
+    def on_upgraded(self, upstream_rest: bytes) -> None:
+        """The upstream said 101: both connections become one TCP tunnel."""
+        from weft.proxy.tcp import Relay
+
+        up, state = self.up, self.state
+        assert up is not None and state is not None
+        self.finished = True
+        self.down.concrete.balancer.finish(state.addr, self.started)
+        up.exchange = None
+        down = self.down
+        down.ctx.connections.discard(down)
+        series = down.concrete.tcp_series(state)
+        Relay(
+            down.transport,
+            up.transport,
+            series,
+            client_rest=down.take_tunnel_bytes(self),
+            server_rest=upstream_rest,
+        )
+
+    def on_upstream_lost(self, exc: BaseException | None) -> None:
+        """The upstream connection closed before the response completed."""
+        if self.finished:
+            return
+        up = self.up
+        if up is not None and up.close_delimited and self.resp_started:
+            self.on_response_end([])
+            return
+        if not self.resp_started:
+            state = self.state
+            if up is not None and up.reused and self.replay is not None and not up.got_bytes:
+                # a pooled connection the server had closed: nothing was processed; try again
+                self.up = None
+                if state is not None:
+                    self.down.concrete.balancer.finish(state.addr, self.started, success=False)
+                self.req_buf = list(self.replay) + self.req_buf
+                self.req_buf_size = sum(len(b) for b in self.req_buf)
+                self.replay, self.body_sent = [], 0
+                self.dispatch()
+                return
+            self.fail(502, "upstream-closed", f"upstream closed the connection: {exc or 'EOF'}")
+            return
+        self._abort("upstream closed mid-response")
+
+    def on_upstream_error(self, message: str) -> None:
+        if self.finished:
+            return
+        if self.up is not None:
+            self.up.close()
+        if not self.resp_started:
+            self.fail(502, "upstream-protocol-error", f"invalid response from upstream: {message}")
+        else:
+            self._abort(f"invalid response from upstream: {message}")
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        if self.up is not None:
+            self.up.close()
+        if not self.resp_started:
+            self.fail(504, "response-timeout", "upstream did not respond in time")
+        else:
+            self._abort("response timeout")
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def fail(self, status: int, reason: str, detail: str) -> None:
+        """Answer with a proxy error (before any response byte went to the client)."""
+        if self.finished:
+            return
+        down = self.down
+        if not self.req_done:
+            down.closing = True
+        close = down.closing or down.ctx.draining
+        down.write(error_response(status, reason, close=close, detail=detail))
+        self.status = status
+        series = self.series
+        if series is None:
+            series = self.series = down.no_endpoint_series(self.authority)
+            series.requests += 1
+        series.response(status, False).observe((_monotonic() - self.started) * 1000.0)
+        if self.up is not None:
+            self.up.exchange = None
+            self.up.close()
+            self.up = None
+        self._complete(success=False)
+
+    def _abort(self, why: str) -> None:
+        log.info("aborting %s %s: %s", self.method.decode(), self.url.decode("latin-1"), why)
+        self.status = self.status or 502
+        down = self.down
+        down.closing = True
+        self._complete(success=False)
+        down.transport.abort()
+
+    def _complete(self, *, success: bool) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
+        down = self.down
+        state, up = self.state, self.up
+        if state is not None and up is not None:
+            down.concrete.balancer.finish(state.addr, self.started, success=success)
+            up.exchange = None
+            self.up = None
+            if self.closing_up or not self.req_done:
+                up.close()
+            else:
+                down.concrete.release(state, up)
+            up.resume_from(down)
+        if down.ctx.access_log:
+            self._log_access()
+        if self.req_done:
+            down.exchange_finished(self)
+
+    def _log_access(self) -> None:
+        down = self.down
+        access_log.info(
+            json.dumps(
+                {
+                    "ts": time.time(),
+                    "direction": down.ctx.direction,
+                    "client": down.peer,
+                    "method": self.method.decode("latin-1"),
+                    "authority": self.authority.decode("latin-1"),
+                    "path": self.url.decode("latin-1"),
+                    "status": self.status,
+                    "upstream": None if self.state is None else "%s:%d" % self.state.addr,
+                    "duration_ms": round((_monotonic() - self.started) * 1000.0, 3),
+                    "request_bytes": self.body_sent,
+                }
+            )
+        )
+
+
+class Http1Downstream(asyncio.Protocol):
+    """The server side of one client connection."""
+
+    def __init__(
+        self, ctx: Http1Context, concrete: Concrete, transport: asyncio.Transport, peer: str
+    ) -> None:
+        self.ctx = ctx
+        self.concrete = concrete
+        self.transport = transport
+        self.peer = peer
+        self.parser = httptools.HttpRequestParser(self)
+        self.version = b"1.1"
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.closing = False
+        self.upgraded = False
+        self._paused: set[str] = set()
+        self._write_paused = False
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._head_started = 0.0
+        self._last_active = _monotonic()
+        self._no_endpoint: dict[bytes, HttpSeries] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.on_close: Callable[[Http1Downstream], None] | None = None
+        ctx.connections.add(self)
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.upgraded:
+            exchange = self.queue[0] if self.queue else None
+            if exchange is not None and exchange.up is not None:
+                exchange.up.transport.write(data)
+            elif exchange is not None:
+                exchange.tunnel_buf += data
+            return
+        if self.closing and not self.queue:
+            return
+        self._last_active = _monotonic()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade_bytes(data[int(exc.args[0]) :] if exc.args else b"")
+        except httptools.HttpParserCallbackError as exc:
+            inner = exc.__cause__ or exc.__context__
+            if isinstance(inner, _Reject):
+                self._reject(inner.status, inner.reason, inner.detail)
+            else:
+                log.error("internal error while parsing a request: %r", inner)
+                self._reject(500, "internal-error", "internal proxy error")
+        except httptools.HttpParserError as exc:
+            self._reject(400, "malformed-request", f"malformed request: {exc}")
+        else:
+            if self._in_head:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.ctx.max_header_bytes:
+                    self._reject(431, "headers-too-large", "request headers too large")
+
+    def eof_received(self) -> bool:
+        # Half-close from the client: answer what is in flight, then close.
+        self.closing = True
+        if self.upgraded:
+            exchange = self.queue[0] if self.queue else None
+            if exchange is not None and exchange.up is not None:
+                exchange.up.transport.write_eof()
+                return True
+            return False
+        return bool(self.queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.connections.discard(self)
+        if self.on_close is not None:
+            self.on_close(self)
+        for exchange in self.queue:
+            if not exchange.finished:
+                exchange.finished = True
+                if exchange.timer is not None:
+                    exchange.timer.cancel()
+                if exchange.waiting is not None:
+                    exchange.waiting.cancel()
+                up, state = exchange.up, exchange.state
+                if up is not None:
+                    up.exchange = None
+                    up.close()
+                if state is not None:
+                    self.concrete.balancer.finish(state.addr, exchange.started, success=False)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.queue and self.queue[0].up is not None:
+            self.queue[0].up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.queue and self.queue[0].up is not None:
+            self.queue[0].up.transport.resume_reading()
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_started = _monotonic()
+        self.parsing = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        self.version = b"1.0" if version == "1.0" else b"1.1"
+        method: bytes = parser.get_method()
+        url = b"".join(self._url)
+        headers = self._headers
+        self._headers = []
+        out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
+        append = out.append
+        authority = b""
+        lengths: list[bytes] = []
+        te: bytes | None = None
+        connection_tokens: list[bytes] = []
+        expect_continue = False
+        upgrade_value: bytes | None = None
+        hosts = 0
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+                authority = value
+            elif lname == b"content-length":
+                lengths.append(value)
+            elif lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    te = value if te is None else te + b", " + value
+                elif lname == b"connection":
+                    connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            elif lname == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+            append(b"%s: %s\r\n" % (name, value))
+        if method == b"CONNECT":
+            raise _Reject(501, "connect-not-supported", "CONNECT is not supported")
+        if hosts > 1 or (hosts == 0 and self.version == b"1.1"):
+            raise _Reject(400, "bad-host", "exactly one Host header is required")
+        if te is not None and lengths:
+            raise _Reject(400, "smuggling", "both Transfer-Encoding and Content-Length")
+        if len(set(lengths)) > 1 or any(not v.strip().isdigit() for v in lengths):
+            raise _Reject(400, "bad-content-length", "conflicting or invalid Content-Length")
+        chunked = False
+        if te is not None:
+            codings = [c.strip().lower() for c in te.split(b",")]
+            if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+                raise _Reject(400, "bad-transfer-encoding", "Transfer-Encoding must end in chunked")
+            chunked = True
+            append(b"transfer-encoding: %s\r\n" % te)
+        if connection_tokens:
+            out = [out[0]] + [
+                line for line in out[1:] if line.split(b":", 1)[0].lower() not in connection_tokens
+            ]
+            append = out.append
+        upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
+        if upgrade:
+            append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value)
+        if not authority:
+            authority = self.concrete.name.encode()
+        if self.version == b"1.0":
+            if b"keep-alive" not in connection_tokens:
+                self.closing = True
+        elif b"close" in connection_tokens:
+            self.closing = True
+        append(b"\r\n")
+        exchange = Exchange(
+            self,
+            method,
+            url,
+            b"".join(out),
+            authority,
+            chunked=chunked,
+            expect_continue=expect_continue,
+            upgrade=upgrade,
+        )
+        self.parsing = exchange
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            exchange.dispatch()
+        elif len(self.queue) > 16:
+            self.pause("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        if exchange is None:
+            return
+        self.parsing = None
+        # headers seen after the head are trailers (chunked requests only)
+        trailers, self._headers = self._headers, []
+        exchange.on_request_end(trailers)
+
+    # -- exchange lifecycle ---------------------------------------------------------------------
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if not self.queue or self.queue[0] is not exchange:
+            return
+        self.queue.popleft()
+        self._last_active = _monotonic()
+        if self.closing or self.ctx.draining:
+            if not self.queue or self.closing:
+                self.transport.close()
+                return
+        if self.queue:
+            nxt = self.queue[0]
+            if len(self.queue) <= 16:
+                self.resume("pipeline")
+            nxt.dispatch()
+
+    def no_endpoint_series(self, authority: bytes) -> HttpSeries:
+        series = self._no_endpoint.get(authority)
+        if series is None or series.expired:
+            labels = {"direction": self.ctx.direction, "target_addr": self.concrete.name}
+            labels["authority"] = authority.decode("latin-1")
+            labels["tls"] = "disabled"
+            series = self.ctx.metrics.http(tuple(sorted(labels.items())))
+            self._no_endpoint[authority] = series
+        return series
+
+    def take_tunnel_bytes(self, exchange: Exchange) -> bytes:
+        rest, exchange.tunnel_buf = exchange.tunnel_buf, b""
+        self.queue.clear()
+        return rest
+
+    def _on_upgrade_bytes(self, rest: bytes) -> None:
+        exchange = self.queue[-1] if self.queue else None
+        if exchange is None or not exchange.upgrade:
+            self._reject(400, "malformed-request", "unexpected protocol upgrade")
+            return
+        self.upgraded = True
+        if exchange.up is not None:
+            if rest:
+                exchange.up.transport.write(rest)
+        else:
+            exchange.tunnel_buf += rest
+
+    def _reject(self, status: int, reason: str, detail: str) -> None:
+        """Answer a bad request and close; what is in flight for earlier requests is dropped."""
+        if self.queue and (self.queue[0].resp_started or len(self.queue) > 1):
+            self.transport.abort()
+            return
+        for exchange in self.queue:
+            exchange.finished = True
+            if exchange.up is not None:
+                exchange.up.exchange = None
+                exchange.up.close()
+        self.queue.clear()
+        self.closing = True
+        log.info("rejecting request from %s: %d %s", self.peer, status, detail)
+        series = self.no_endpoint_series(b"")
+        series.requests += 1
+        series.response(status, False).observe(0.0)
+        self.write(error_response(status, reason, close=True, detail=detail))
+        self.transport.close()
+
+    def pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def check_timeouts(self, header_deadline: float, idle_deadline: float) -> None:
+        if self._in_head and self._head_started < header_deadline:
+            self._reject(408, "header-timeout", "request head not received in time")
+        elif not self.queue and not self._in_head and self._last_active < idle_deadline:
+            self.transport.close()
+
+    def drain(self) -> None:
+        if not self.queue and not self._in_head:
+            self.transport.close()
+        else:
+            self.closing = True
+
+    def __repr__(self) -> str:
+        return (
+            f"<Http1Downstream {self.peer} queue={len(self.queue)} closing={self.closing} "
+            f"paused={sorted(self._paused)}>"
+        )
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class Http1Upstream(asyncio.Protocol):
+    """A pooled client connection to one endpoint; one exchange at a time."""
+
+    def __init__(self, concrete: Concrete, state: EndpointState) -> None:
+        self.concrete = concrete
+        self.state = state
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.alive = False
+        self.reused = False
+        self.got_bytes = False
+        self.close_delimited = False
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_body = False
+        self._paused_by: Http1Downstream | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.alive = True
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # bytes nobody asked for: the connection is out of sync
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = int(exc.args[0]) if exc.args else len(data)
+            if exchange.upgrade and exchange.status == 101:
+                exchange.on_upgraded(data[offset:])
+            else:
+                exchange.on_upstream_error("unexpected upgrade")
+        except httptools.HttpParserCallbackError as exc:
+            log.exception("internal error while relaying a response: %r", exc.__context__)
+            exchange.on_upstream_error("internal error")
+        except httptools.HttpParserError as exc:
+            exchange.on_upstream_error(str(exc))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_upstream_lost(exc)
+        elif self._paused_by is not None:
+            self._paused_by.resume("upstream-write")
+
+    def pause_writing(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            self._paused_by = exchange.down
+            exchange.down.pause("upstream-write")
+
+    def resume_writing(self) -> None:
+        if self._paused_by is not None:
+            self._paused_by.resume("upstream-write")
+            self._paused_by = None
+
+    def resume_from(self, down: Http1Downstream) -> None:
+        """Undo any pause this connection put on ``down`` (its exchange is over)."""
+        if self._paused_by is down:
+            down.resume("upstream-write")
+            self._paused_by = None
+        if down._write_paused and self.alive:
+            self.transport.resume_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+        self._in_body = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        parser = self.parser
+        status: int = parser.get_status_code()
+        headers = self._headers
+        self._headers = []
+        self._in_body = True
+        self.close_delimited = (
+            not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
+            and status not in (204, 304)
+            and not 100 <= status < 200
+        )
+        exchange.on_response_head(
+            status, self._reason or b"-", headers, bool(parser.should_keep_alive())
+        )
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            trailers, self._headers = self._headers, []
+            exchange.on_response_end(trailers)
+
+    # pool interface
+
+    def reusable(self) -> bool:
+        return self.alive and self.exchange is None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self.alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def __repr__(self) -> str:
+        busy = "busy" if self.exchange is not None else "idle"
+        return f"<Http1Upstream {self.state.addr[0]}:{self.state.addr[1]} {busy}>"

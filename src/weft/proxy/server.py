@@ -1,0 +1,576 @@
+"""The proxy process: listeners, accept and protocol detection, lifecycle and graceful shutdown.
+
+Every accepted connection goes through :class:`Accept`:
+
+1. its target is the original destination (``SO_ORIGINAL_DST`` after an iptables REDIRECT), or the
+   configured ``--*-target`` when the connection was not redirected;
+2. the target resolves to a :class:`~weft.proxy.endpoints.Concrete` (discovery for outbound, the
+   local app for inbound);
+3. opaque ports (and destinations discovery marks opaque) are relayed as TCP at once;
+4. otherwise the proxy dials the upstream *as soon as it accepts* and detects the protocol on the
+   first bytes of whichever side speaks first. A server that greets first (MySQL, SMTP, NATS) is
+   opaque TCP immediately, with no detection timeout; a client's HTTP/1 request line hands the
+   connection to :mod:`weft.proxy.http1` (and the early connection joins the endpoint's pool);
+   anything else (TLS, HTTP/2 for now, unknown bytes) is relayed as opaque TCP.
+
+Shutdown (SIGTERM, or ``POST /shutdown`` on the admin port): stop accepting, close idle keep-alive
+connections, let in-flight requests finish within the grace period, then close the rest and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+import contextlib
+import logging
+import signal
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+
+from weft.addr import Address, format_addr
+from weft.core.detect import Protocol as Detected
+from weft.core.detect import detect
+from weft.discovery import Discovery, Endpoint, Resolution
+from weft.metrics.proxy import ProxyMetrics, TcpSeries
+from weft.proxy.admin import AdminServer
+from weft.proxy.config import ProxyConfig
+from weft.proxy.endpoints import Concrete, EndpointState
+from weft.proxy.http1 import Http1Context, Http1Downstream, Http1Upstream
+from weft.proxy.tcp import Relay
+
+log = logging.getLogger("weft.proxy")
+
+SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
+DETECT_MAX = 1024
+EVICT_IDLE = 60.0
+
+
+def original_dst(sock: socket.socket) -> Address | None:
+    """The pre-REDIRECT destination of an accepted socket, or None when it was not redirected."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            addr: Address = (socket.inet_ntoa(raw[4:8]), port)
+        elif sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            addr = (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port)
+        else:
+            return None
+    except OSError:
+        return None
+    local = sock.getsockname()
+    if (addr[0], addr[1]) == (local[0], local[1]):
+        return None
+    return addr
+
+
+class Listener:
+    """One direction's listener: resolves targets to concretes and owns its HTTP context."""
+
+    def __init__(
+        self,
+        direction: str,
+        config: ProxyConfig,
+        metrics: ProxyMetrics,
+        discovery: Discovery | None,
+    ) -> None:
+        self.direction = direction
+        self.config = config
+        self.metrics = metrics
+        self.discovery = discovery
+        self.http = Http1Context(config, metrics, direction)
+        self.default_target = (
+            config.outbound_target if direction == "outbound" else config.inbound_target
+        )
+        self.connect_timeout = (
+            config.connect_timeout_outbound
+            if direction == "outbound"
+            else config.connect_timeout_inbound
+        )
+        self.concretes: dict[str, Concrete] = {}
+        self.users: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}
+        self._pending: dict[str, asyncio.Future[Concrete]] = {}
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
+        self.relays: set[Relay] = set()
+        self.accepting: set[Accept] = set()
+        self.server: asyncio.Server | None = None
+        self._src_series: dict[str, TcpSeries] = {}
+
+    def target_for(self, orig: Address | None) -> Address | None:
+        return orig if orig is not None else self.default_target
+
+    async def concrete_for(self, target: Address) -> Concrete:
+        key = format_addr(target)
+        concrete = self.concretes.get(key)
+        if concrete is not None:
+            return concrete
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Concrete] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            concrete = await self._build(key, target)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: concurrent waiters get it through shield
+            raise
+        finally:
+            self._pending.pop(key, None)
+        self.concretes[key] = concrete
+        fut.set_result(concrete)
+        return concrete
+
+    async def _build(self, key: str, target: Address) -> Concrete:
+        concrete = Concrete(
+            key,
+            direction=self.direction,
+            metrics=self.metrics,
+            connect_timeout=self.connect_timeout,
+            pool_max_idle=self.config.pool_max_idle,
+        )
+        if self.direction == "inbound" or self.discovery is None:
+            concrete.apply(None, target)
+            return concrete
+        resolution: Resolution = await self.discovery.resolve(key)
+        concrete.apply(resolution.current, target)
+        self._unsubscribe[key] = resolution.subscribe(lambda d: concrete.apply(d, target))
+        return concrete
+
+    def src_series(self, target: str) -> TcpSeries:
+        series = self._src_series.get(target)
+        if series is None or series.expired:
+            labels = (
+                ("direction", self.direction),
+                ("peer", "src"),
+                ("target_addr", target),
+                ("tls", "disabled"),
+            )
+            series = self._src_series[target] = self.metrics.tcp(labels)
+        return series
+
+    def acquire(self, concrete: Concrete) -> None:
+        self.users[concrete.name] = self.users.get(concrete.name, 0) + 1
+
+    def release(self, concrete: Concrete) -> None:
+        n = self.users.get(concrete.name, 1) - 1
+        self.users[concrete.name] = n
+        self.last_used[concrete.name] = time.monotonic()
+
+    def reap(self, now: float) -> None:
+        self.http.reap(now)
+        for key, concrete in list(self.concretes.items()):
+            concrete.sweep(self.config.pool_idle_timeout)
+            if self.users.get(key, 0) <= 0 and now - self.last_used.get(key, now) > EVICT_IDLE:
+                concrete.close()
+                del self.concretes[key]
+                self.users.pop(key, None)
+                self.last_used.pop(key, None)
+                unsubscribe = self._unsubscribe.pop(key, None)
+                if unsubscribe is not None:
+                    unsubscribe()
+
+    def active(self) -> int:
+        return len(self.http.connections) + len(self.relays) + len(self.accepting)
+
+
+class _Probe(asyncio.Protocol):
+    """The early upstream connection while the protocol is not known: buffers what arrives."""
+
+    def __init__(self, on_data: Callable[[], None]) -> None:
+        self.buffer = b""
+        self.eof = False
+        self.lost = False
+        self._on_data = on_data
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._on_data()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._on_data()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._on_data()
+
+
+class Accept(asyncio.Protocol):
+    """An accepted connection until its protocol is known."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.client_eof = False
+        self.client_lost = False
+        self.event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.peer = "-"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = format_addr((peer[0], peer[1]))
+        orig = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            orig = original_dst(sock)
+        self.listener.accepting.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._run(orig))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > 65536 and self.transport is not None:
+            self.transport.pause_reading()
+        self.event.set()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        self.event.set()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_lost = True
+        self.event.set()
+        self.listener.accepting.discard(self)
+
+    async def _run(self, orig: Address | None) -> None:
+        transport = self.transport
+        assert transport is not None
+        listener = self.listener
+        try:
+            target = listener.target_for(orig)
+            if target is None:
+                log.warning("connection from %s has no target (not redirected, no --%s-target)",
+                            self.peer, listener.direction)  # fmt: skip
+                transport.abort()
+                return
+            concrete = await listener.concrete_for(target)
+            if self.client_lost:
+                return
+            if target[1] in listener.config.opaque_ports or concrete.opaque:
+                await self._opaque(concrete, None)
+                return
+            await self._detect(concrete)
+        except Exception:
+            log.exception("error handling connection from %s", self.peer)
+            transport.abort()
+        finally:
+            listener.accepting.discard(self)
+
+    async def _detect(self, concrete: Concrete) -> None:
+        listener = self.listener
+        loop = asyncio.get_running_loop()
+        state = concrete.pick()
+        probe: _Probe | None = None
+        dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]] | None = None
+        if state is not None:
+            concrete.balancer.start(state.addr)
+            started = time.monotonic()
+            probe = _Probe(self.event.set)
+            p = probe
+            dial = concrete.connect(state, lambda: p)
+            dial.add_done_callback(lambda _: self.event.set())
+        decided: Detected | None = None
+        deadline = loop.time() + listener.config.detect_timeout
+        server_first = False
+        while True:
+            if self.buffer:
+                decided = detect(self.buffer[:DETECT_MAX], max_bytes=DETECT_MAX)
+                if decided is not None:
+                    break
+            if probe is not None and (probe.buffer or probe.eof):
+                server_first = True
+                break
+            if self.client_lost:
+                break
+            if self.client_eof:
+                decided = Detected.OPAQUE
+                break
+            if (
+                dial is not None
+                and dial.done()
+                and dial.exception() is not None
+                and not self.buffer
+            ):
+                # the upstream refused: wait for client bytes with no early connection
+                dial = None
+                probe = None
+                if state is not None:
+                    concrete.balancer.finish(state.addr, started, success=False)
+                    state = None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                decided = Detected.OPAQUE
+                break
+            self.event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.event.wait()
+        if state is not None:
+            concrete.balancer.finish(state.addr, started)
+        if self.client_lost:
+            if dial is not None:
+                dial.cancel()
+                with contextlib.suppress(BaseException):
+                    t, _ = await dial
+                    t.close()
+            return
+        if decided is Detected.HTTP1 and not server_first:
+            self._to_http1(concrete)
+            if dial is not None and state is not None:
+                self._pool_probe(concrete, state, dial)
+            return
+        early = None
+        if dial is not None:
+            try:
+                early = await dial
+            except (OSError, TimeoutError):
+                early = None
+        await self._opaque(concrete, early)
+
+    def _to_http1(self, concrete: Concrete) -> None:
+        transport = self.transport
+        assert transport is not None
+        listener = self.listener
+        down = Http1Downstream(listener.http, concrete, transport, self.peer)
+        series = listener.src_series(concrete.name)
+        series.opened()
+        listener.acquire(concrete)
+
+        def closed(d: Http1Downstream) -> None:
+            series.closed(read=d.bytes_in, written=d.bytes_out)
+            listener.release(concrete)
+
+        down.on_close = closed
+        transport.set_protocol(down)
+        buffered, self.buffer = self.buffer, b""
+        transport.resume_reading()
+        if buffered:
+            down.data_received(buffered)
+        if self.client_eof:
+            if not down.eof_received():
+                transport.close()
+
+    def _pool_probe(
+        self,
+        concrete: Concrete,
+        state: EndpointState,
+        dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]],
+    ) -> None:
+        def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                return
+            t, probe = task.result()
+            assert isinstance(probe, _Probe)
+            if probe.buffer or probe.eof or probe.lost:
+                t.close()
+                return
+            up = Http1Upstream(concrete, state)
+            t.set_protocol(up)
+            up.connection_made(t)
+            concrete.release(state, up)
+
+        if dial.done():
+            done(dial)
+        else:
+            dial.add_done_callback(done)
+
+    async def _opaque(
+        self,
+        concrete: Concrete,
+        early: tuple[asyncio.Transport, asyncio.Protocol] | None,
+    ) -> None:
+        transport = self.transport
+        assert transport is not None
+        listener = self.listener
+        server_rest = b""
+        state: EndpointState | None = None
+        upstream: asyncio.Transport | None
+        if early is not None:
+            upstream, probe = early
+            assert isinstance(probe, _Probe)
+            server_rest = probe.buffer
+            state = self._state_of(concrete, upstream)
+        else:
+            transport.pause_reading()
+            upstream = None
+            tried: set[Address] = set()
+            for _ in range(3):
+                state = concrete.pick()
+                if state is None or state.addr in tried:
+                    break
+                tried.add(state.addr)
+                try:
+                    upstream, _ = await concrete.connect(state, lambda: _Probe(lambda: None))
+                    break
+                except (OSError, TimeoutError):
+                    continue
+            if upstream is None or state is None:
+                log.info("opaque connection from %s to %s: no reachable endpoint",
+                         self.peer, concrete.name)  # fmt: skip
+                transport.abort()
+                return
+            if self.client_lost:
+                upstream.close()
+                return
+        src = listener.src_series(concrete.name)
+        src.opened()
+        listener.acquire(concrete)
+        dst = concrete.tcp_series(state) if state is not None else None
+        relays = listener.relays
+
+        def closed(relay: Relay) -> None:
+            relays.discard(relay)
+            src.closed(read=relay.counts[0], written=relay.counts[1])
+            listener.release(concrete)
+
+        buffered, self.buffer = self.buffer, b""
+        assert upstream is not None
+        relay = Relay(
+            transport, upstream, dst, client_rest=buffered, server_rest=server_rest, on_close=closed
+        )
+        relays.add(relay)
+        if self.client_eof:
+            relay.eof(0)
+        if early is not None and isinstance(early[1], _Probe) and early[1].eof:
+            relay.eof(1)
+
+    @staticmethod
+    def _state_of(concrete: Concrete, upstream: asyncio.Transport) -> EndpointState | None:
+        peer = upstream.get_extra_info("peername")
+        if not peer:
+            return None
+        return concrete.endpoints.get((peer[0], peer[1]))
+
+
+class ProxyServer:
+    """A running proxy: outbound, inbound and admin listeners around shared metrics."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        metrics: ProxyMetrics | None = None,
+        discovery: Discovery | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or ProxyMetrics()
+        self.discovery = discovery
+        self.outbound = Listener("outbound", config, self.metrics, discovery)
+        self.inbound = Listener("inbound", config, self.metrics, None)
+        self.admin: AdminServer | None = None
+        self.addresses: dict[str, Address] = {}
+        self.ready = False
+        self.draining = False
+        self._stopped = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener, addr in ((self.outbound, self.config.outbound),
+                               (self.inbound, self.config.inbound)):  # fmt: skip
+            if addr is None:
+                continue
+            server = await loop.create_server(
+                lambda lst=listener: Accept(lst),  # type: ignore[misc]
+                addr[0],
+                addr[1],
+                reuse_address=True,
+                backlog=1024,
+            )
+            listener.server = server
+            sockname = server.sockets[0].getsockname()
+            self.addresses[listener.direction] = (sockname[0], sockname[1])
+        if self.config.admin is not None:
+            self.admin = AdminServer(self)
+            self.addresses["admin"] = await self.admin.start(self.config.admin)
+        self._reaper = loop.create_task(self._reap())
+        self.ready = True
+        log.info(
+            "proxy ready: %s",
+            ", ".join(f"{k}={format_addr(v)}" for k, v in self.addresses.items()),
+        )
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            self.outbound.reap(now)
+            self.inbound.reap(now)
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown (idempotent); :meth:`wait` returns when it is over."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self.shutdown())
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.draining = True
+        listeners = (self.outbound, self.inbound)
+        for listener in listeners:
+            if listener.server is not None:
+                listener.server.close()
+            listener.http.drain()
+        log.info("draining: %d connections in flight", sum(x.active() for x in listeners))
+        deadline = time.monotonic() + grace
+        while any(x.http.connections or x.accepting for x in listeners):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for listener in listeners:
+            for conn in list(listener.http.connections):
+                conn.transport.abort()
+            for relay in list(listener.relays):
+                relay.close()
+            for acc in list(listener.accepting):
+                if acc.task is not None:
+                    acc.task.cancel()
+                if acc.transport is not None:
+                    acc.transport.abort()
+            for concrete in listener.concretes.values():
+                concrete.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.discovery is not None:
+            await self.discovery.close()
+        self._stopped.set()
+        log.info("proxy stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    def endpoint_for_tests(self) -> dict[str, Address]:
+        return dict(self.addresses)
+
+
+async def run(
+    config: ProxyConfig, discovery_factory: Callable[[], Awaitable[Discovery | None]]
+) -> int:
+    """Run a proxy until SIGTERM/SIGINT or ``POST /shutdown``; returns the exit status."""
+    discovery = await discovery_factory()
+    proxy = ProxyServer(config, discovery=discovery)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proxy.request_shutdown)
+    await proxy.start()
+    await proxy.wait()
+    return 0
+
+
+__all__ = ["Accept", "Endpoint", "Listener", "ProxyServer", "original_dst", "run"]

@@ -1,0 +1,553 @@
+"""The local mesh's lifecycle: ``weft up``, ``down``, ``check``, ``exec`` and ``logs`` on this host.
+
+:class:`LocalMesh` implements :class:`~weft.runtime.base.Runtime`:
+
+- :meth:`~LocalMesh.up` checks the host first (root, network namespaces, a usable iptables,
+  ``setpriv``) and fails at once naming what is missing; removes leftovers of a crashed run;
+  creates the node namespace and the host's blackhole routes; starts ``weft control`` inside the
+  node namespace (so it can scrape pods' admin ports) and ``weft node`` on the host, both
+  detached (own session, logs and process records in the state directory); and returns once the
+  API answers. On a mesh that is already up it only restarts a component that died.
+- :meth:`~LocalMesh.down` stops the node agent (which drains its pods), then the control plane,
+  then removes whatever is left (:mod:`~weft.runtime.local.cleanup`).
+- :meth:`~LocalMesh.exec` and :meth:`~LocalMesh.logs` find a pod through the API (or its log
+  directory) and run in its namespace / read its log files.
+
+Not for: the pods themselves (the node agent runs them) or resources (the control plane's API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.runtime.base import CONTAINER_ALIASES, PROXY_CONTAINER, Check, PodRef, RuntimeFailure
+from weft.runtime.local import cleanup, net, procs
+from weft.runtime.local.pod import base_env
+from weft.runtime.local.state import (
+    MeshRecord,
+    StateDir,
+    StateDirError,
+    read_host_record,
+    write_host_record,
+)
+
+# How long `weft up` waits for the control plane's API before giving up.
+CONTROL_START_TIMEOUT = 20.0
+# sun_path holds 108 bytes including the terminating NUL
+MAX_UNIX_PATH = 107
+
+
+class LocalMesh:
+    """A mesh of network-namespace pods on this machine (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        network: net.MeshNetwork | None = None,
+        *,
+        python: str = sys.executable,
+        echo: Any = None,
+    ) -> None:
+        self.state = StateDir(state_dir)
+        self.network = network or net.MeshNetwork.parse()
+        self.python = python
+        self._echo = echo
+        self._iptables: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<LocalMesh {self.state.root} pods={self.network.pod_cidr}>"
+
+    def _say(self, text: str) -> None:
+        if self._echo is not None:
+            self._echo(text)
+
+    @property
+    def control_endpoint(self) -> str:
+        return self.state.control_endpoint
+
+    def client(self, timeout: float = 5.0) -> ControlClient:
+        return ControlClient(self.control_endpoint, timeout=timeout)
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def host_checks(self) -> list[Check]:
+        checks = [
+            Check(
+                "running as root",
+                os.geteuid() == 0,
+                "" if os.geteuid() == 0 else f"euid is {os.geteuid()}",
+                "run weft with sudo: pods need network namespaces and iptables",
+            )
+        ]
+        missing = [tool for tool in ("ip", "setpriv") if shutil.which(tool) is None]
+        checks.append(
+            Check(
+                "tools: ip (iproute2), setpriv (util-linux)",
+                not missing,
+                f"missing: {', '.join(missing)}" if missing else "",
+                "install them: apt-get install iproute2 util-linux",
+            )
+        )
+        checks.append(
+            Check(
+                "/proc/sys/net is available",
+                Path("/proc/sys/net/ipv4").is_dir(),
+                "",
+                "mount /proc (pods need per-namespace network settings)",
+            )
+        )
+        if os.geteuid() != 0 or missing:
+            checks.append(
+                Check(
+                    "network namespaces work",
+                    False,
+                    "not checked (needs root and ip)",
+                    "run as root with iproute2",
+                )
+            )
+            return checks
+        probe = f"{net.NETNS_PREFIX}-check-{os.getpid()}"
+        try:
+            net.run_plan([net.Cmd(("ip", "netns", "add", probe))])
+            net.run_plan([net.Cmd(("ip", "-n", probe, "link", "set", "lo", "up"))])
+            checks.append(Check("network namespaces work", True, "ip netns add/exec/del"))
+        except net.NetError as exc:
+            checks.append(
+                Check(
+                    "network namespaces work",
+                    False,
+                    str(exc),
+                    "the kernel needs CONFIG_NET_NS and the process CAP_SYS_ADMIN "
+                    "(in a container: --privileged)",
+                )
+            )
+            return checks
+        finally:
+            with contextlib.suppress(net.NetError):
+                net.run_plan(net.netns_delete_plan(probe))
+        try:
+            self._iptables = net.detect_iptables(probe)
+            checks.append(Check("iptables nat table usable in a namespace", True, self._iptables))
+        except net.NetError as exc:
+            checks.append(
+                Check(
+                    "iptables nat table usable in a namespace",
+                    False,
+                    str(exc),
+                    "install iptables (nft or legacy) with the nat table, owner, multiport, "
+                    "comment and REDIRECT support",
+                )
+            )
+        return checks
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _component(self, component: str) -> procs.ProcRecord | None:
+        rec = procs.read_record(self.state.pid_path(component))
+        if rec is None or not rec.alive():
+            return None
+        if procs.environ(rec.pid).get(procs.MESH_ENV) != str(self.state.root):
+            return None
+        return rec
+
+    def running_components(self) -> dict[str, procs.ProcRecord]:
+        out = {}
+        for component in ("control", "node"):
+            rec = self._component(component)
+            if rec is not None:
+                out[component] = rec
+        return out
+
+    def _other_mesh(self) -> str | None:
+        """The state directory of another live mesh on this host, if any."""
+        record = read_host_record()
+        if record is None or Path(record.state_dir) == self.state.root:
+            return None
+        other = LocalMesh(Path(record.state_dir), record.network)
+        return record.state_dir if other.running_components() else None
+
+    # -- up ----------------------------------------------------------------------------------
+
+    def up(self, *, timeout: float = CONTROL_START_TIMEOUT) -> None:
+        failed = [c for c in self.host_checks() if not c.ok]
+        if failed:
+            lines = [f"{c.name}: {c.detail} ({c.hint})" if c.detail else c.name for c in failed]
+            raise RuntimeFailure("this host cannot run the mesh:\n  " + "\n  ".join(lines))
+        assert self._iptables is not None
+        if len(os.fsencode(self.state.control_sock)) > MAX_UNIX_PATH:
+            raise RuntimeFailure(
+                f"state directory {self.state.root} is too long: unix socket paths are limited "
+                f"to {MAX_UNIX_PATH} bytes; choose a shorter --state-dir"
+            )
+        other = self._other_mesh()
+        if other is not None:
+            raise RuntimeFailure(
+                f"another Weft mesh is running on this host (state directory {other}); "
+                f"stop it first: weft down --state-dir {other}"
+            )
+        running = self.running_components()
+        record = self._read_record()
+        if running and record is not None:
+            if (record.pod_cidr, record.service_cidr) != (
+                str(self.network.pod_cidr),
+                str(self.network.service_cidr),
+            ):
+                self._say(
+                    f"mesh already up with pod range {record.pod_cidr} and service range "
+                    f"{record.service_cidr}; keeping them (weft down first to change them)"
+                )
+            self._repair(record, running, timeout)
+            return
+        leftovers = cleanup.find_leftovers([self.state.root])
+        if not leftovers.empty:
+            self._say("removing leftovers of a previous run: " + "; ".join(leftovers.describe()))
+            try:
+                cleanup.remove(leftovers)
+            except cleanup.CleanupError as exc:
+                raise RuntimeFailure(str(exc)) from None
+        conflicts = net.host_route_conflicts(self.network)
+        if conflicts:
+            raise RuntimeFailure(
+                "the mesh's address ranges overlap routes of this host:\n  "
+                + "\n  ".join(conflicts)
+                + "\nchoose other ranges with --pod-cidr/--service-cidr"
+            )
+        try:
+            self.state.prepare()
+        except (StateDirError, OSError) as exc:
+            raise RuntimeFailure(str(exc)) from None
+        record = MeshRecord(
+            state_dir=str(self.state.root),
+            pod_cidr=str(self.network.pod_cidr),
+            service_cidr=str(self.network.service_cidr),
+            iptables=self._iptables,
+        )
+        self.state.write_record(record)
+        write_host_record(record)
+        try:
+            net.run_plan(net.node_up_plan(self.network))
+            net.run_plan(net.host_routes_plan(self.network))
+            self._start_control(record)
+            self._wait_control(timeout)
+            self._start_node()
+            self._wait_alive("node", 0.5)
+        except (net.NetError, RuntimeFailure, OSError) as exc:
+            self._say(f"weft up failed: {exc}; cleaning up")
+            with contextlib.suppress(RuntimeFailure, cleanup.CleanupError):
+                self.down(timeout=5.0)
+            if isinstance(exc, RuntimeFailure):
+                raise
+            raise RuntimeFailure(str(exc)) from None
+
+    def _read_record(self) -> MeshRecord | None:
+        try:
+            return self.state.read_record()
+        except StateDirError:
+            return None
+
+    def _repair(
+        self, record: MeshRecord, running: dict[str, procs.ProcRecord], timeout: float
+    ) -> None:
+        self.network = record.network
+        if "control" not in running:
+            self._say("control plane is not running: restarting it")
+            self._start_control(record)
+        self._wait_control(timeout)
+        if "node" not in running:
+            self._say("node agent is not running: restarting it")
+            self._start_node()
+            self._wait_alive("node", 0.5)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[procs.MESH_ENV] = str(self.state.root)
+        env["WEFT_STATE_DIR"] = str(self.state.root)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, component: str, argv: list[str]) -> procs.ProcRecord:
+        self.state.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state.log_path(component), "ab") as logf:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                cwd="/",
+                start_new_session=True,
+            )
+        rec = procs.ProcRecord.of(proc.pid)
+        if rec is None:
+            raise RuntimeFailure(
+                f"{component} exited at once; see {self.state.log_path(component)}"
+            )
+        procs.write_record(self.state.pid_path(component), rec)
+        # The process is detached on purpose: it outlives this command. Forget the Popen
+        # object without waiting for it.
+        proc.returncode = 0
+        return rec
+
+    def _start_control(self, record: MeshRecord) -> None:
+        self._spawn(
+            "control",
+            [
+                "ip", "netns", "exec", net.NODE_NETNS,
+                self.python, "-m", "weft", "control",
+                "--state-dir", str(self.state.root),
+                "--pod-cidr", record.pod_cidr,
+                "--service-cidr", record.service_cidr,
+            ],
+        )  # fmt: skip
+
+    def _start_node(self) -> None:
+        self._spawn(
+            "node", [self.python, "-m", "weft", "node", "--state-dir", str(self.state.root)]
+        )
+
+    def _wait_control(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = self.client(timeout=1.0)
+        while time.monotonic() < deadline:
+            if asyncio.run(client.healthz()):
+                return
+            if self._component("control") is None:
+                raise RuntimeFailure(
+                    "the control plane exited during start-up:\n" + self._log_tail("control")
+                )
+            time.sleep(0.1)
+        raise RuntimeFailure(
+            f"the control plane did not answer within {timeout:g}s:\n" + self._log_tail("control")
+        )
+
+    def _wait_alive(self, component: str, seconds: float) -> None:
+        time.sleep(seconds)
+        if self._component(component) is None:
+            raise RuntimeFailure(
+                f"the {component} process exited during start-up:\n" + self._log_tail(component)
+            )
+
+    def _log_tail(self, component: str, lines: int = 20) -> str:
+        try:
+            text = self.state.log_path(component).read_text(errors="replace")
+        except OSError:
+            return "  (no log)"
+        return "\n".join("  " + line for line in text.splitlines()[-lines:])
+
+    # -- down --------------------------------------------------------------------------------
+
+    def down(self, *, timeout: float = 30.0) -> list[str]:
+        removed: list[str] = []
+        node = self._component("node")
+        if node is not None:
+            # the agent drains its pods (SIGTERM, grace) before it exits
+            procs.terminate([node.pid], timeout=timeout)
+            removed.append("node agent")
+        control = self._component("control")
+        if control is not None:
+            procs.terminate([control.pid], timeout=min(timeout, 10.0))
+            removed.append("control plane")
+        leftovers = cleanup.find_leftovers([self.state.root])
+        try:
+            removed += cleanup.remove(leftovers, grace=2.0)
+        except cleanup.CleanupError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        return removed
+
+    # -- mesh checks -------------------------------------------------------------------------
+
+    def mesh_checks(self) -> list[Check]:
+        checks: list[Check] = []
+        running = self.running_components()
+        checks.append(
+            Check(
+                "node agent running",
+                "node" in running,
+                f"pid {running['node'].pid}" if "node" in running else "",
+                "start the mesh: weft up",
+            )
+        )
+        healthy = asyncio.run(self.client(timeout=2.0).healthz())
+        checks.append(
+            Check(
+                "control plane reachable",
+                healthy,
+                self.control_endpoint,
+                "start the mesh (weft up); its log: " + str(self.state.log_path("control")),
+            )
+        )
+        if not healthy:
+            return checks
+        try:
+            pods = asyncio.run(self.client().list("Pod"))
+        except (ControlUnavailable, ApiError) as exc:
+            checks.append(Check("pods listed", False, str(exc), "see the control plane's log"))
+            return checks
+        results = asyncio.run(_probe_proxies(pods))
+        for pod, ok, detail in results:
+            meta = pod.get("metadata") or {}
+            ref = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+            checks.append(
+                Check(
+                    f"proxy of {ref} ready",
+                    ok,
+                    detail,
+                    f"weft logs {meta.get('name')} -n {meta.get('namespace', 'default')} -c proxy",
+                )
+            )
+        return checks
+
+    # -- exec and logs -----------------------------------------------------------------------
+
+    def find_pod(
+        self, name: str, namespace: str | None = None
+    ) -> tuple[PodRef, dict[str, Any] | None]:
+        """The pod called ``name`` (in ``namespace``, or the only one of that name), and its
+        object when the control plane answers. Raises RuntimeFailure when there is none or
+        several."""
+        objects: list[dict[str, Any]] = []
+        with contextlib.suppress(ControlUnavailable, ApiError, OSError):
+            objects = asyncio.run(self.client(timeout=3.0).list("Pod", namespace))
+        matches = [o for o in objects if (o.get("metadata") or {}).get("name") == name]
+        if not matches:
+            # the control plane may be down: the pod's log directory still knows its namespace
+            dirs = [
+                d
+                for d in self.state.pods_dir.glob(f"*/{name}")
+                if namespace is None or d.parent.name == namespace
+            ]
+            if len(dirs) == 1:
+                return PodRef(dirs[0].parent.name, name), None
+            where = f" in namespace {namespace}" if namespace else ""
+            raise RuntimeFailure(f"no pod {name!r}{where}; list them with: weft get pods -A")
+        if len(matches) > 1:
+            spaces = sorted((m.get("metadata") or {}).get("namespace", "") for m in matches)
+            raise RuntimeFailure(
+                f"pod {name!r} exists in several namespaces ({', '.join(spaces)}): pass -n"
+            )
+        meta = matches[0].get("metadata") or {}
+        return PodRef(meta.get("namespace") or "default", name), matches[0]
+
+    def exec(self, pod: PodRef, argv: Sequence[str]) -> int:
+        if not argv:
+            raise RuntimeFailure("nothing to run: weft exec POD -- COMMAND [ARGS...]")
+        netns = net.pod_netns_name(pod.namespace, pod.name)
+        if not net.netns_exists(netns):
+            raise RuntimeFailure(f"pod {pod} is not running here (no namespace {netns})")
+        env = base_env(state_dir=str(self.state.root), python=self.python)
+        env.update(
+            {
+                "HOSTNAME": pod.name,
+                "WEFT_POD_NAME": pod.name,
+                "WEFT_POD_NAMESPACE": pod.namespace,
+                "TERM": os.environ.get("TERM", "dumb"),
+            }
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvpe("ip", ["ip", "netns", "exec", netns, *argv], env)
+
+    def container_names(self, pod: PodRef, obj: dict[str, Any] | None) -> list[str]:
+        """App containers first (spec order), then the sidecar."""
+        names: list[str] = []
+        if obj is not None:
+            for c in (obj.get("spec") or {}).get("containers") or []:
+                if isinstance(c, dict) and c.get("name"):
+                    names.append(str(c["name"]))
+        if not names:
+            with contextlib.suppress(OSError):
+                names = sorted(
+                    p.name[: -len(".log")]
+                    for p in self.state.pod_dir(pod.namespace, pod.name).glob("*.log")
+                    if p.name != f"{PROXY_CONTAINER}.log"
+                )
+        return [*names, PROXY_CONTAINER]
+
+    def log_path(self, pod: PodRef, container: str | None, obj: dict[str, Any] | None) -> Path:
+        names = self.container_names(pod, obj)
+        wanted = CONTAINER_ALIASES.get(container or "app", container)
+        if wanted in (None, "app"):
+            wanted = names[0]
+        if wanted not in names:
+            raise RuntimeFailure(
+                f"pod {pod} has no container {container!r}; containers: "
+                + ", ".join(["proxy", *names[:-1]])
+            )
+        return self.state.container_log(pod.namespace, pod.name, wanted)
+
+    def logs(self, pod: PodRef, container: str | None, *, follow: bool, out: BinaryIO) -> int:
+        obj: dict[str, Any] | None = None
+        with contextlib.suppress(ControlUnavailable, ApiError, OSError):
+            obj = asyncio.run(self.client(timeout=3.0).get("Pod", pod.namespace, pod.name))
+        path = self.log_path(pod, container, obj)
+        if not path.exists() and not follow:
+            raise RuntimeFailure(f"no log yet for {pod} ({path.name})")
+        return follow_file(path, out, follow=follow, until_gone=path.parent)
+
+
+async def _probe_proxies(pods: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool, str]]:
+    async def one(pod: dict[str, Any]) -> tuple[dict[str, Any], bool, str]:
+        admin = ((pod.get("metadata") or {}).get("annotations") or {}).get(
+            "weft.io/proxy-admin", ""
+        )
+        host, _, port = admin.rpartition(":")
+        if not host or not port.isdigit():
+            return pod, False, f"bad proxy-admin annotation {admin!r}"
+        ok = await net.http_probe(net.NODE_NETNS, host, int(port), "/ready", time_limit=2.0)
+        return pod, ok, f"http://{admin}/ready" + ("" if ok else " does not answer 200")
+
+    candidates = [
+        p
+        for p in pods
+        if ((p.get("metadata") or {}).get("annotations") or {}).get("weft.io/proxy-admin")
+        and (p.get("status") or {}).get("phase") == "Running"
+        and not (p.get("status") or {}).get("terminating")
+    ]
+    return list(await asyncio.gather(*(one(p) for p in candidates)))
+
+
+def follow_file(
+    path: Path,
+    out: BinaryIO,
+    *,
+    follow: bool,
+    until_gone: Path | None = None,
+    poll: float = 0.2,
+) -> int:
+    """Copy ``path`` to ``out``; with ``follow``, keep copying what is appended (reopening when
+    the file is rotated) until ``until_gone`` disappears. Returns 0."""
+    position = 0
+    inode: int | None = None
+    while True:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if inode is not None and (st.st_ino != inode or st.st_size < position):
+                position = 0  # rotated or truncated: start over on the new file
+            inode = st.st_ino
+            if st.st_size > position:
+                with open(path, "rb") as f:
+                    f.seek(position)
+                    while chunk := f.read(65536):
+                        out.write(chunk)
+                        position += len(chunk)
+                out.flush()
+        if not follow:
+            return 0
+        if until_gone is not None and not until_gone.exists():
+            return 0
+        time.sleep(poll)

@@ -1,0 +1,846 @@
+"""The local runtime's network: node namespace, bridge, pod namespaces, addresses, iptables, names.
+
+Layout (see docs/local-runtime.md):
+
+- the node namespace ``weft-node`` holds the bridge ``weft0`` with the first address of the pod
+  range (the pods' gateway); it has no uplink, forwards only between pods and answers "unreachable"
+  for the service range (so an unredirected connection to a service IP fails at once);
+- each pod gets a namespace ``weft-<ns>-<pod>``, a veth pair into the bridge (``eth0`` inside), an
+  address from the pod range (:class:`Ipam`, next-fit so a released address is not reused at once),
+  and routes for the pod range and the service range only: no default route;
+- the host namespace gets only ``blackhole`` routes for both ranges (tagged with protocol
+  :data:`ROUTE_PROTO` so cleanup finds them), so those addresses can never leave the machine;
+- inside a pod with a sidecar, iptables ``nat`` rules (:func:`proxy_init_rules`, as Linkerd's
+  proxy-init) redirect inbound TCP to the proxy's inbound port and the app's outbound TCP to its
+  outbound port, leaving out the proxy's own uid, loopback and skip ports;
+- service names resolve through ``/etc/netns/<pod-netns>/hosts`` (:func:`hosts_file`), which
+  ``ip netns exec`` bind-mounts over ``/etc/hosts``; updates are written in place
+  (:func:`write_in_place`) because a bind mount pins the file's inode.
+
+Everything that changes the system is a *plan* first: a list of :class:`Cmd` built by pure functions
+(tested without root), then run by :func:`run_plan` (blocking, for the CLI) or
+:func:`run_plan_async` (for the node agent). :func:`netns_socket` opens a socket inside a namespace
+(for probes) without moving the calling process.
+
+Not for: processes (:mod:`weft.runtime.local.pod`) or deciding which pods exist
+(:mod:`weft.runtime.local.agent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import hashlib
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# -- names and numbers shared with the proxy and the control plane -----------------------------
+
+NETNS_PREFIX = "weft-"
+NODE_NETNS = "weft-node"
+BRIDGE = "weft0"
+VETH_PREFIX = "wv"
+NETNS_DIR = Path("/run/netns")
+ETC_NETNS_DIR = Path("/etc/netns")
+# Host routes Weft adds carry this routing protocol number, so cleanup finds them even when the
+# state directory is gone. 247 is not assigned in /etc/iproute2/rt_protos.
+ROUTE_PROTO = 247
+
+PROXY_UID = 2102
+PROXY_OUTBOUND_PORT = 4140
+PROXY_INBOUND_PORT = 4143
+PROXY_ADMIN_PORT = 4191
+PROXY_CONTROL_PORT = 4190
+# Linkerd's default skip ports (both directions): traffic that bypasses the proxy entirely.
+DEFAULT_SKIP_PORTS = "4567,4568"
+ANNOTATION_SKIP_INBOUND = "config.weft.io/skip-inbound-ports"
+ANNOTATION_SKIP_OUTBOUND = "config.weft.io/skip-outbound-ports"
+
+DEFAULT_POD_CIDR = "10.244.0.0/16"
+DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
+CLUSTER_DOMAIN = "cluster.local"
+
+_IFNAMSIZ = 15
+# Longest pod namespace name before it is shortened with a hash (names live under /run/netns and
+# /etc/netns; keep them readable in `ip netns` output).
+_MAX_NETNS_NAME = 100
+
+
+class NetError(Exception):
+    """A network command failed; the message names the command and its error output."""
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MeshNetwork:
+    """The two address ranges of a local mesh, validated so nothing can route off the machine.
+
+    Both ranges must be private IPv4 networks (RFC 1918 and the like) and must not overlap; the pod
+    range needs room for the gateway and at least a few pods.
+    """
+
+    pod_cidr: ipaddress.IPv4Network
+    service_cidr: ipaddress.IPv4Network
+
+    @classmethod
+    def parse(
+        cls, pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR
+    ) -> MeshNetwork:
+        return cls(
+            pod_cidr=_parse_range("pod_cidr", pod_cidr),
+            service_cidr=_parse_range("service_cidr", service_cidr),
+        )
+
+    def __post_init__(self) -> None:
+        for name in ("pod_cidr", "service_cidr"):
+            value = getattr(self, name)
+            if not isinstance(value, ipaddress.IPv4Network):
+                raise ValueError(f"{name} must be an IPv4 network, got {value!r}")
+            _check_private(name, value)
+        if self.pod_cidr.prefixlen > 28:
+            raise ValueError(
+                f"pod_cidr {self.pod_cidr} is too small: use a /28 or larger (e.g. /16)"
+            )
+        if self.pod_cidr.overlaps(self.service_cidr):
+            raise ValueError(
+                f"pod_cidr {self.pod_cidr} and service_cidr {self.service_cidr} overlap"
+            )
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The bridge's address: the first host of the pod range."""
+        return self.pod_cidr.network_address + 1
+
+    @property
+    def ranges(self) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Network]:
+        return (self.pod_cidr, self.service_cidr)
+
+
+def _parse_range(name: str, text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{name}: invalid network {text!r}: {exc}") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise ValueError(f"{name}: {text!r} is not an IPv4 network (IPv6 is not supported yet)")
+    return net
+
+
+def _check_private(name: str, net: ipaddress.IPv4Network) -> None:
+    # Blackholing a public range on the host would cut the host off from real addresses.
+    if not net.is_private or net.is_loopback or net.is_link_local or net.is_multicast:
+        raise ValueError(
+            f"{name} {net} must be a private range (e.g. 10.0.0.0/8, 172.16.0.0/12, "
+            "192.168.0.0/16) that is not loopback, link-local or multicast"
+        )
+
+
+# -- address allocation ---------------------------------------------------------------------
+
+
+class IpamExhausted(Exception):
+    """Every address of the pod range is in use."""
+
+
+class Ipam:
+    """Pod addresses from the pod range: next-fit, so a just-released address is reused last.
+
+    The network address, the gateway (first host) and the broadcast address are never handed out.
+    """
+
+    __slots__ = ("_cursor", "_first", "_last", "_owners", "network")
+
+    def __init__(self, network: ipaddress.IPv4Network) -> None:
+        if network.num_addresses < 4:
+            raise ValueError(f"pod range {network} is too small")
+        self.network = network
+        self._first = int(network.network_address) + 2
+        self._last = int(network.broadcast_address) - 1
+        self._owners: dict[int, str] = {}
+        self._cursor = self._first
+
+    @property
+    def capacity(self) -> int:
+        return self._last - self._first + 1
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def owner(self, ip: ipaddress.IPv4Address) -> str | None:
+        return self._owners.get(int(ip))
+
+    def allocate(self, owner: str) -> ipaddress.IPv4Address:
+        """The next free address after the last one handed out (wrapping around)."""
+        if len(self._owners) >= self.capacity:
+            raise IpamExhausted(f"no free address left in the pod range {self.network}")
+        n = self._cursor
+        while n in self._owners:
+            n = self._first if n >= self._last else n + 1
+        self._owners[n] = owner
+        self._cursor = self._first if n >= self._last else n + 1
+        return ipaddress.IPv4Address(n)
+
+    def reserve(self, ip: ipaddress.IPv4Address, owner: str) -> None:
+        """Mark ``ip`` used by ``owner`` (an address found in use at start-up)."""
+        n = int(ip)
+        if not self._first <= n <= self._last:
+            raise ValueError(f"{ip} is not a pod address of {self.network}")
+        current = self._owners.get(n)
+        if current is not None and current != owner:
+            raise ValueError(f"{ip} is already used by {current}")
+        self._owners[n] = owner
+
+    def release(self, ip: ipaddress.IPv4Address) -> None:
+        self._owners.pop(int(ip), None)
+
+    def __repr__(self) -> str:
+        return f"<Ipam {self.network} used={len(self._owners)}/{self.capacity}>"
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def pod_netns_name(namespace: str, pod: str) -> str:
+    """``weft-<ns>-<pod>``; very long names are shortened with a hash to stay unique."""
+    name = f"{NETNS_PREFIX}{namespace}-{pod}"
+    if len(name) <= _MAX_NETNS_NAME:
+        return name
+    digest = hashlib.sha256(f"{namespace}/{pod}".encode()).hexdigest()[:10]
+    return f"{NETNS_PREFIX}{namespace[:30]}-{pod[:50]}-{digest}"
+
+
+def is_weft_netns(name: str) -> bool:
+    return name.startswith(NETNS_PREFIX)
+
+
+def veth_name(network: ipaddress.IPv4Network, ip: ipaddress.IPv4Address) -> str:
+    """The node-side veth of the pod with address ``ip``: ``wv`` + the address's offset in hex.
+
+    Unique as long as addresses are, and within the kernel's 15-character limit.
+    """
+    offset = int(ip) - int(network.network_address)
+    name = f"{VETH_PREFIX}{offset:08x}"
+    assert len(name) <= _IFNAMSIZ
+    return name
+
+
+# -- ports ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first <= self.last < 65536:
+            raise ValueError(f"invalid port range {self.first}-{self.last}")
+
+    def iptables(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}:{self.last}"
+
+
+def parse_ports(text: str, field_name: str) -> tuple[PortRange, ...]:
+    """``"4567,4568,5000-5010"`` -> port ranges. Raises ValueError naming ``field_name``."""
+    out: list[PortRange] = []
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        first_s, dash, last_s = part.partition("-")
+        try:
+            first = int(first_s)
+            last = int(last_s) if dash else first
+            out.append(PortRange(first, last))
+        except ValueError:
+            raise ValueError(
+                f"{field_name}: invalid port or range {part!r} in {text!r} "
+                "(expected e.g. 4567,5000-5010)"
+            ) from None
+    return tuple(sorted(set(out)))
+
+
+# -- iptables (proxy-init) ------------------------------------------------------------------
+
+CHAIN_INBOUND = "WEFT_INBOUND"
+CHAIN_OUTBOUND = "WEFT_OUTBOUND"
+_MULTIPORT_MAX = 15  # the multiport match takes at most 15 ports (a range counts as two)
+
+
+def proxy_init_rules(
+    *,
+    skip_inbound: Iterable[PortRange] = (),
+    skip_outbound: Iterable[PortRange] = (),
+    proxy_uid: int = PROXY_UID,
+    inbound_port: int = PROXY_INBOUND_PORT,
+    outbound_port: int = PROXY_OUTBOUND_PORT,
+) -> str:
+    """The ``iptables-restore --noflush`` input that meshes a pod, as Linkerd's proxy-init does.
+
+    Inbound: every TCP connection to the pod, except to the proxy's own admin and control ports and
+    the skip ports, goes to the proxy's inbound port. Outbound: every TCP connection the pod makes,
+    except the proxy's own (by uid), over loopback, or to skip ports, goes to the proxy's outbound
+    port. The original destination stays readable with ``SO_ORIGINAL_DST``.
+    """
+    inbound_skips = sorted(
+        {PortRange(PROXY_CONTROL_PORT, PROXY_CONTROL_PORT)}
+        | {PortRange(PROXY_ADMIN_PORT, PROXY_ADMIN_PORT)}
+        | set(skip_inbound)
+    )
+    lines = [
+        "*nat",
+        f":{CHAIN_INBOUND} - [0:0]",
+        f":{CHAIN_OUTBOUND} - [0:0]",
+        f'-A PREROUTING -m comment --comment "weft/proxy-init inbound" -j {CHAIN_INBOUND}',
+    ]
+    for ports in _multiport_groups(inbound_skips):
+        lines.append(
+            f"-A {CHAIN_INBOUND} -p tcp -m multiport --dports {ports} "
+            f'-m comment --comment "weft/proxy-init skip inbound" -j RETURN'
+        )
+    lines += [
+        f"-A {CHAIN_INBOUND} -p tcp -m comment --comment "
+        f'"weft/proxy-init redirect to the proxy inbound" -j REDIRECT --to-ports {inbound_port}',
+        f'-A OUTPUT -m comment --comment "weft/proxy-init outbound" -j {CHAIN_OUTBOUND}',
+        f"-A {CHAIN_OUTBOUND} -m owner --uid-owner {proxy_uid} "
+        f'-m comment --comment "weft/proxy-init skip the proxy" -j RETURN',
+        f'-A {CHAIN_OUTBOUND} -o lo -m comment --comment "weft/proxy-init skip loopback" -j RETURN',
+    ]
+    for ports in _multiport_groups(sorted(set(skip_outbound))):
+        lines.append(
+            f"-A {CHAIN_OUTBOUND} -p tcp -m multiport --dports {ports} "
+            f'-m comment --comment "weft/proxy-init skip outbound" -j RETURN'
+        )
+    lines += [
+        f"-A {CHAIN_OUTBOUND} -p tcp -m comment --comment "
+        f'"weft/proxy-init redirect to the proxy outbound" -j REDIRECT --to-ports {outbound_port}',
+        "COMMIT",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _multiport_groups(ranges: Sequence[PortRange]) -> list[str]:
+    groups: list[str] = []
+    current: list[str] = []
+    weight = 0
+    for r in ranges:
+        w = 1 if r.first == r.last else 2
+        if weight + w > _MULTIPORT_MAX:
+            groups.append(",".join(current))
+            current, weight = [], 0
+        current.append(r.iptables())
+        weight += w
+    if current:
+        groups.append(",".join(current))
+    return groups
+
+
+# -- names inside pods ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ServiceName:
+    """A Service as pods see it: its name, namespace and virtual IP."""
+
+    namespace: str
+    name: str
+    cluster_ip: str
+
+
+def hosts_file(*, pod: str, pod_ip: str, namespace: str, services: Iterable[ServiceName]) -> str:
+    """``/etc/hosts`` of a pod: itself, then every Service by ``svc.ns`` and
+    ``svc.ns.svc.cluster.local``, and the pod's own namespace's Services also by bare ``svc``
+    (what a Kubernetes pod's DNS search path gives)."""
+    lines = [
+        "# Written by weft node; rewritten when Services change. Do not edit.",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"{pod_ip}\t{pod}",
+    ]
+    for svc in sorted(set(services)):
+        names = [
+            f"{svc.name}.{svc.namespace}.svc.{CLUSTER_DOMAIN}",
+            f"{svc.name}.{svc.namespace}.svc",
+            f"{svc.name}.{svc.namespace}",
+        ]
+        if svc.namespace == namespace:
+            names.insert(0, svc.name)
+        lines.append(f"{svc.cluster_ip}\t{' '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
+# A pod has no DNS server: every name it may use is in its hosts file. Pointing the resolver at the
+# pod's own loopback makes other lookups fail at once instead of waiting on an unreachable server.
+RESOLV_CONF = (
+    "# Written by weft node: names resolve from /etc/hosts only.\n"
+    "nameserver 127.0.0.1\n"
+    "options timeout:1 attempts:1\n"
+)
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """Replace a file's content without replacing its inode.
+
+    ``ip netns exec`` bind-mounts ``/etc/netns/<ns>/hosts`` over ``/etc/hosts`` of every process
+    it starts; a bind mount pins the inode, so a rename would go unseen. Writing the new content
+    first and truncating after means a concurrent reader sees either complete new content, or new
+    content followed by a stale tail, never an empty file.
+    """
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def write_pod_etc(netns: str, hosts: str, *, etc_netns: Path = ETC_NETNS_DIR) -> Path:
+    """Create ``/etc/netns/<netns>/{hosts,resolv.conf}``; returns the directory."""
+    directory = etc_netns / netns
+    directory.mkdir(parents=True, exist_ok=True)
+    write_in_place(directory / "hosts", hosts)
+    write_in_place(directory / "resolv.conf", RESOLV_CONF)
+    return directory
+
+
+def remove_pod_etc(netns: str, *, etc_netns: Path = ETC_NETNS_DIR) -> None:
+    if not is_weft_netns(netns) or "/" in netns:
+        raise ValueError(f"refusing to remove /etc/netns entry {netns!r}: not a Weft namespace")
+    shutil.rmtree(etc_netns / netns, ignore_errors=True)
+
+
+# -- command plans --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cmd:
+    """One command of a plan. ``ok_if`` lists error-output fragments that still mean success
+    (e.g. ``"File exists"`` for an idempotent add); ``optional`` commands may fail."""
+
+    argv: tuple[str, ...]
+    stdin: str | None = None
+    ok_if: tuple[str, ...] = ()
+    optional: bool = False
+
+    def __str__(self) -> str:
+        text = " ".join(self.argv)
+        if self.stdin is not None:
+            first = self.stdin.strip().splitlines()[:1]
+            text += f" <<< {first[0]!r}..." if first else ""
+        return text
+
+
+def _ip_batch(netns: str, lines: Sequence[str]) -> Cmd:
+    return Cmd(("ip", "-n", netns, "-batch", "-"), stdin="\n".join(lines) + "\n")
+
+
+_FORWARD_ON = "echo 1 > /proc/sys/net/ipv4/ip_forward"
+
+
+def node_up_plan(net: MeshNetwork) -> list[Cmd]:
+    """Create the node namespace and bridge (no uplink; forwarding only for ICMP errors)."""
+    plen = net.pod_cidr.prefixlen
+    return [
+        Cmd(("ip", "netns", "add", NODE_NETNS)),
+        _ip_batch(
+            NODE_NETNS,
+            [
+                "link set lo up",
+                f"link add {BRIDGE} type bridge",
+                f"addr add {net.gateway}/{plen} dev {BRIDGE}",
+                f"link set {BRIDGE} up",
+                # Unredirected connections to a service IP fail at once (ICMP unreachable).
+                f"route add unreachable {net.service_cidr}",
+            ],
+        ),
+        Cmd(("ip", "-n", NODE_NETNS, "link", "set", BRIDGE, "addrgenmode", "none"), optional=True),
+        # With forwarding off, the kernel drops packets for the unreachable route silently and
+        # clients wait for a timeout; with it on, they get an ICMP error. There is no uplink, so
+        # forwarding cannot take anything off the machine.
+        Cmd(("ip", "netns", "exec", NODE_NETNS, "sh", "-c", _FORWARD_ON)),
+    ]
+
+
+def host_routes_plan(net: MeshNetwork) -> list[Cmd]:
+    """Blackhole routes for both ranges in the host namespace (the only host change)."""
+    return [
+        Cmd(
+            ("ip", "route", "add", "blackhole", str(cidr), "proto", str(ROUTE_PROTO)),
+            ok_if=("File exists",),
+        )
+        for cidr in net.ranges
+    ]
+
+
+def host_routes_delete_plan(cidrs: Iterable[str]) -> list[Cmd]:
+    return [
+        Cmd(
+            ("ip", "route", "del", "blackhole", cidr, "proto", str(ROUTE_PROTO)),
+            ok_if=("No such process", "Cannot find"),
+        )
+        for cidr in cidrs
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PodNet:
+    """The network identity of one pod."""
+
+    netns: str
+    ip: ipaddress.IPv4Address
+    veth: str
+    meshed: bool = True
+    skip_inbound: tuple[PortRange, ...] = field(default=())
+    skip_outbound: tuple[PortRange, ...] = field(default=())
+
+
+def pod_up_plan(pod: PodNet, net: MeshNetwork, *, iptables: str) -> list[Cmd]:
+    """Namespace, veth into the bridge, address, routes (pod and service ranges only) and, for a
+    meshed pod, the proxy-init rules."""
+    plen = net.pod_cidr.prefixlen
+    plan = [
+        Cmd(("ip", "netns", "add", pod.netns)),
+        _ip_batch(
+            NODE_NETNS,
+            [
+                f"link add {pod.veth} type veth peer name eth0 netns {pod.netns}",
+                f"link set {pod.veth} master {BRIDGE}",
+                f"link set {pod.veth} up",
+            ],
+        ),
+        Cmd(
+            ("ip", "-n", NODE_NETNS, "link", "set", pod.veth, "addrgenmode", "none"), optional=True
+        ),
+        # No IPv6 link-local address on eth0: pods talk IPv4 through the proxy only.
+        Cmd(("ip", "-n", pod.netns, "link", "set", "eth0", "addrgenmode", "none"), optional=True),
+        _ip_batch(
+            pod.netns,
+            [
+                "link set lo up",
+                f"addr add {pod.ip}/{plen} dev eth0",
+                "link set eth0 up",
+                f"route add {net.service_cidr} via {net.gateway} dev eth0",
+            ],
+        ),
+    ]
+    if pod.meshed:
+        rules = proxy_init_rules(skip_inbound=pod.skip_inbound, skip_outbound=pod.skip_outbound)
+        plan.append(
+            Cmd(("ip", "netns", "exec", pod.netns, f"{iptables}-restore", "--noflush"), rules)
+        )
+    return plan
+
+
+def netns_delete_plan(netns: str) -> list[Cmd]:
+    """Deleting a namespace removes its links (the veth pair too), addresses and iptables rules."""
+    return [Cmd(("ip", "netns", "del", netns), ok_if=("No such file",))]
+
+
+# -- running plans --------------------------------------------------------------------------
+
+
+def _failed(cmd: Cmd, code: int, err: str) -> NetError | None:
+    if code == 0:
+        return None
+    if any(fragment in err for fragment in cmd.ok_if):
+        return None
+    if cmd.optional:
+        return None
+    return NetError(f"`{cmd}` failed (exit {code}): {err.strip() or 'no error output'}")
+
+
+def run_cmd(cmd: Cmd, *, timeout: float = 10.0) -> str:
+    """Run one command, blocking; returns its output. Raises NetError."""
+    try:
+        proc = subprocess.run(
+            cmd.argv,
+            input=cmd.stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise NetError(f"`{cmd.argv[0]}` is not installed (needed for `{cmd}`)") from None
+    except subprocess.TimeoutExpired:
+        raise NetError(f"`{cmd}` did not finish within {timeout:g}s") from None
+    error = _failed(cmd, proc.returncode, proc.stderr)
+    if error is not None:
+        raise error
+    return proc.stdout
+
+
+def run_plan(plan: Iterable[Cmd], *, timeout: float = 10.0) -> None:
+    """Run a plan in order, blocking; stops at the first failure (raises NetError)."""
+    for cmd in plan:
+        run_cmd(cmd, timeout=timeout)
+
+
+async def run_cmd_async(cmd: Cmd, *, time_limit: float = 10.0) -> str:
+    """Run one command from asyncio; returns its output. Raises NetError."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd.argv,
+            stdin=subprocess.PIPE if cmd.stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError:
+        raise NetError(f"`{cmd.argv[0]}` is not installed (needed for `{cmd}`)") from None
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(cmd.stdin.encode() if cmd.stdin is not None else None), time_limit
+        )
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise NetError(f"`{cmd}` did not finish within {time_limit:g}s") from None
+    assert proc.returncode is not None
+    error = _failed(cmd, proc.returncode, err.decode(errors="replace"))
+    if error is not None:
+        raise error
+    return out.decode(errors="replace")
+
+
+async def run_plan_async(plan: Iterable[Cmd], *, time_limit: float = 10.0) -> None:
+    for cmd in plan:
+        await run_cmd_async(cmd, time_limit=time_limit)
+
+
+# -- inspection -----------------------------------------------------------------------------
+
+
+def list_netns(netns_dir: Path = NETNS_DIR) -> list[str]:
+    """Names of the named network namespaces (what ``ip netns list`` shows)."""
+    try:
+        return sorted(p.name for p in netns_dir.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def netns_exists(name: str, netns_dir: Path = NETNS_DIR) -> bool:
+    return (netns_dir / name).exists()
+
+
+def netns_pids(name: str) -> list[int]:
+    """Processes whose network namespace is ``name`` (as ``ip netns pids``)."""
+    try:
+        out = run_cmd(Cmd(("ip", "netns", "pids", name)), timeout=10.0)
+    except NetError:
+        return []
+    return sorted({int(tok) for tok in out.split() if tok.isdigit()})
+
+
+def weft_host_routes() -> list[str]:
+    """Destinations of the host routes Weft added (tagged with :data:`ROUTE_PROTO`)."""
+    try:
+        out = run_cmd(Cmd(("ip", "route", "show", "proto", str(ROUTE_PROTO))))
+    except NetError:
+        return []
+    dests: list[str] = []
+    for line in out.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        # "blackhole 10.244.0.0/16" or "10.244.0.0/16 ..." depending on the route type
+        dest = parts[1] if parts[0] in ("blackhole", "unreachable", "prohibit") else parts[0]
+        dests.append(dest)
+    return dests
+
+
+def host_route_conflicts(net: MeshNetwork) -> list[str]:
+    """Host routes (not Weft's) that overlap the mesh's ranges: using them would cut the host off
+    from those addresses, so ``weft up`` refuses."""
+    try:
+        out = run_cmd(Cmd(("ip", "-4", "route", "show", "table", "all")))
+    except NetError:
+        return []
+    conflicts: list[str] = []
+    for line in out.splitlines():
+        parts = line.split()
+        if not parts or ("proto" in parts and _after(parts, "proto") == str(ROUTE_PROTO)):
+            continue
+        if parts[0] in ("broadcast", "local", "multicast", "anycast"):
+            continue
+        dest = (
+            parts[1]
+            if parts[0] in ("blackhole", "unreachable", "prohibit", "unicast")
+            else parts[0]
+        )
+        if dest == "default":
+            continue
+        try:
+            network = ipaddress.ip_network(dest, strict=False)
+        except ValueError:
+            continue
+        if not isinstance(network, ipaddress.IPv4Network):
+            continue
+        if any(network.overlaps(r) for r in net.ranges):
+            conflicts.append(line.strip())
+    return conflicts
+
+
+def _after(parts: list[str], key: str) -> str | None:
+    try:
+        return parts[parts.index(key) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
+# -- iptables flavour -----------------------------------------------------------------------
+
+IPTABLES_CANDIDATES = ("iptables-nft", "iptables-legacy", "iptables")
+
+
+def detect_iptables(probe_netns: str | None = None) -> str:
+    """The iptables binary whose ``nat`` table, ``owner``, ``multiport``, ``comment`` and
+    ``REDIRECT`` work inside a fresh namespace here; raises NetError listing what failed.
+
+    Both flavours work per namespace (rules vanish with the namespace), so the first that passes
+    wins; nft first because that is what current distributions default to.
+    """
+    name = probe_netns or f"{NETNS_PREFIX}-probe-{os.getpid()}"
+    rules = proxy_init_rules(skip_inbound=(PortRange(4567, 4568),), skip_outbound=())
+    failures: list[str] = []
+    run_cmd(Cmd(("ip", "netns", "add", name), ok_if=("File exists",)))
+    try:
+        for binary in IPTABLES_CANDIDATES:
+            if shutil.which(f"{binary}-restore") is None:
+                failures.append(f"{binary}: {binary}-restore not installed")
+                continue
+            try:
+                run_cmd(Cmd(("ip", "netns", "exec", name, f"{binary}-restore", "--noflush"), rules))
+                run_cmd(Cmd(("ip", "netns", "exec", name, binary, "-t", "nat", "-S")))
+            except NetError as exc:
+                failures.append(f"{binary}: {exc}")
+                continue
+            return binary
+    finally:
+        run_plan(netns_delete_plan(name))
+    raise NetError("no usable iptables in a network namespace: " + "; ".join(failures))
+
+
+# -- sockets inside a namespace -------------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def netns_socket(
+    netns: str | None,
+    family: int = socket.AF_INET,
+    kind: int = socket.SOCK_STREAM,
+    *,
+    netns_dir: Path = NETNS_DIR,
+) -> socket.socket:
+    """A socket that lives in network namespace ``netns`` (``None``: this process's).
+
+    A socket keeps the namespace it was created in, so a short-lived thread enters the namespace,
+    creates the socket and exits; the calling thread never moves.
+    """
+    if netns is None:
+        return socket.socket(family, kind)
+    result: list[socket.socket] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(netns_dir / netns, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            failure.append(OSError(errno.ENOENT, f"network namespace {netns!r} does not exist"))
+            return
+        try:
+            _setns(fd)
+            result.append(socket.socket(family, kind))
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=work, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+async def tcp_probe(netns: str | None, host: str, port: int, *, time_limit: float = 1.0) -> bool:
+    """True when a TCP connection to ``host:port`` from inside ``netns`` succeeds."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await asyncio.to_thread(netns_socket, netns)
+    except OSError:
+        return False
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), time_limit)
+        return True
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        sock.close()
+
+
+async def http_probe(
+    netns: str | None, host: str, port: int, path: str = "/", *, time_limit: float = 1.0
+) -> bool:
+    """True when ``GET path`` on ``host:port`` from inside ``netns`` answers 2xx or 3xx (as a
+    Kubernetes httpGet probe)."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await asyncio.to_thread(netns_socket, netns)
+    except OSError:
+        return False
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(time_limit):
+            await loop.sock_connect(sock, (host, port))
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: weft-probe\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            await loop.sock_sendall(sock, request)
+            head = b""
+            while b"\r\n" not in head and len(head) < 1024:
+                chunk = await loop.sock_recv(sock, 1024)
+                if not chunk:
+                    break
+                head += chunk
+        status_line = head.split(b"\r\n", 1)[0].split()
+        return (
+            len(status_line) >= 2
+            and status_line[0].startswith(b"HTTP/")
+            and status_line[1].isdigit()
+            and 200 <= int(status_line[1]) < 400
+        )
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        sock.close()

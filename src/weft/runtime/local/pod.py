@@ -1,0 +1,894 @@
+"""One pod's processes: the sidecar first, then the app containers; supervision, readiness,
+job completion, draining, log files.
+
+:class:`PodRunner` runs a pod whose network already exists (the agent builds it with
+:mod:`weft.runtime.local.net`):
+
+1. the ``weft proxy`` sidecar starts first (as uid 2102, excluded from redirection) and the app
+   containers wait until its ``/ready`` answers, so an app never starts without its proxy;
+2. each app container runs its ``command + args`` unchanged inside the pod's namespace (through
+   ``ip netns exec``, which also bind-mounts the pod's hosts file);
+3. a container that exits is restarted as its pod's ``restartPolicy`` says, with exponential
+   backoff (:class:`~weft.core.backoff.ExponentialBackoff`, reset after a minute of good running);
+   the sidecar is always restarted while the pod runs;
+4. readiness: the pod is ready while the proxy's ``/ready`` answers and every app container passes
+   its readiness probe (``readinessProbe`` httpGet/tcpSocket, or by default a TCP connect to its
+   first declared port; a container without ports is ready once it runs);
+5. when every app container has finished for good (a job: ``restartPolicy: OnFailure``/``Never``),
+   the pod is ``Succeeded`` (all exited 0) or ``Failed``, and its proxy is stopped;
+6. :meth:`PodRunner.terminate` drains: SIGTERM to the apps, up to the grace period, then to the
+   proxy (which finishes in-flight requests), SIGKILL to whatever is left.
+
+Each start of a container appends to ``<state>/pods/<ns>/<pod>/<container>.log``. Every process
+gets ``PR_SET_PDEATHSIG`` (via ``setpriv``) so pods never outlive a killed agent.
+
+The decisions (what to do after an exit, when a probe result flips readiness) are pure functions
+and small classes tested without processes; :class:`PodRunner` is the asyncio shell around them.
+
+Not for: networks, names, or which pods should exist (see :mod:`weft.runtime.local.agent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from weft.core.backoff import ExponentialBackoff
+from weft.resources.models import ContainerStatus, Pod, PodStatus
+from weft.runtime.base import PROXY_CONTAINER
+from weft.runtime.local import net
+from weft.runtime.local.procs import MESH_ENV
+
+log = logging.getLogger("weft.node.pod")
+
+ANNOTATION_INJECT = "weft.io/inject"
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+# A container that ran this long without exiting is healthy again: its backoff starts over.
+BACKOFF_RESET_AFTER = 60.0
+LOG_ROTATE_BYTES = 16 * 1024 * 1024
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class PodSpecError(ValueError):
+    """A pod cannot run locally; the message names the field and the value."""
+
+
+# -- what to run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A readiness check: ``http`` GET (2xx/3xx passes) or ``tcp`` connect, on the pod's IP."""
+
+    kind: str
+    port: int
+    path: str = "/"
+    period: float = 1.0
+    initial_delay: float = 0.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("http", "tcp"):
+            raise ValueError(f"Probe.kind must be http or tcp, got {self.kind!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"Probe.port must be 1-65535, got {self.port!r}")
+        for name in ("period", "timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Probe.{name} must be positive, got {getattr(self, name)!r}")
+        if self.initial_delay < 0:
+            raise ValueError(f"Probe.initial_delay must be >= 0, got {self.initial_delay!r}")
+        if self.failure_threshold < 1 or self.success_threshold < 1:
+            raise ValueError("Probe thresholds must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """One app container as the local runtime runs it (``argv`` already expanded)."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    readiness: Probe | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("ContainerSpec.name must not be empty")
+        if not self.argv:
+            raise ValueError(f"container {self.name!r}: argv must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class PodSpec:
+    """A pod as the local runtime runs it, read from a Pod resource by :func:`pod_spec`."""
+
+    namespace: str
+    name: str
+    ip: str
+    containers: tuple[ContainerSpec, ...]
+    restart_policy: str = "Always"
+    grace: float = 30.0
+    meshed: bool = True
+    deployment: str | None = None
+    service_account: str = "default"
+    skip_inbound: tuple[net.PortRange, ...] = ()
+    skip_outbound: tuple[net.PortRange, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.restart_policy not in RESTART_POLICIES:
+            raise ValueError(
+                f"restart_policy must be one of {', '.join(RESTART_POLICIES)}, "
+                f"got {self.restart_policy!r}"
+            )
+        if not self.containers:
+            raise ValueError(f"pod {self.namespace}/{self.name} has no containers")
+        if self.grace < 0:
+            raise ValueError(f"grace must be >= 0, got {self.grace!r}")
+        names = [c.name for c in self.containers]
+        if PROXY_CONTAINER in names:
+            raise ValueError(f"container name {PROXY_CONTAINER!r} is reserved for the sidecar")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate container names in {names}")
+
+    @property
+    def netns(self) -> str:
+        return net.pod_netns_name(self.namespace, self.name)
+
+
+_VAR = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion in command and args: defined variables are replaced,
+    undefined references stay as written, ``$$`` is a literal ``$``."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env.get(name, m.group(0))
+
+    return _VAR.sub(sub, text)
+
+
+def _probe_from(raw: Any, path: str, ports: Mapping[str, int]) -> Probe | None:
+    """A ``readinessProbe`` mapping -> Probe; None for kinds the local runtime cannot run."""
+    if not isinstance(raw, Mapping):
+        raise PodSpecError(f"{path}: must be a mapping, got {raw!r}")
+    kind: str
+    spec: Any
+    if "httpGet" in raw:
+        kind, spec = "http", raw["httpGet"]
+    elif "tcpSocket" in raw:
+        kind, spec = "tcp", raw["tcpSocket"]
+    else:
+        return None  # exec/grpc probes: fall back to the default readiness
+    sub = f"{path}.{'httpGet' if kind == 'http' else 'tcpSocket'}"
+    if not isinstance(spec, Mapping):
+        raise PodSpecError(f"{sub}: must be a mapping, got {spec!r}")
+    port_raw = spec.get("port")
+    if isinstance(port_raw, str) and not port_raw.isdigit():
+        if port_raw not in ports:
+            raise PodSpecError(f"{sub}.port: no container port named {port_raw!r}")
+        port = ports[port_raw]
+    else:
+        try:
+            port = int(str(port_raw))
+        except (TypeError, ValueError):
+            raise PodSpecError(
+                f"{sub}.port: must be a port number or name, got {port_raw!r}"
+            ) from None
+    probe_path = str(spec.get("path") or "/") if kind == "http" else "/"
+
+    def num(key: str, default: float) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PodSpecError(f"{path}.{key}: must be a number, got {value!r}")
+        return float(value)
+
+    try:
+        return Probe(
+            kind=kind,
+            port=port,
+            path=probe_path if probe_path.startswith("/") else "/" + probe_path,
+            period=num("periodSeconds", 1.0),
+            initial_delay=num("initialDelaySeconds", 0.0),
+            timeout=num("timeoutSeconds", 1.0),
+            failure_threshold=int(num("failureThreshold", 3)),
+            success_threshold=int(num("successThreshold", 1)),
+        )
+    except ValueError as exc:
+        raise PodSpecError(f"{path}: {exc}") from None
+
+
+def pod_spec(pod: Pod, ip: str) -> PodSpec:
+    """What to run for a Pod resource at address ``ip``. Raises PodSpecError naming the field."""
+    meta = pod.metadata
+    namespace = meta.namespace or "default"
+    annotations = meta.annotations
+    meshed = annotations.get(ANNOTATION_INJECT, "enabled").lower() != "disabled"
+    try:
+        skip_in = net.parse_ports(
+            annotations.get(net.ANNOTATION_SKIP_INBOUND, net.DEFAULT_SKIP_PORTS),
+            f"metadata.annotations[{net.ANNOTATION_SKIP_INBOUND!r}]",
+        )
+        skip_out = net.parse_ports(
+            annotations.get(net.ANNOTATION_SKIP_OUTBOUND, net.DEFAULT_SKIP_PORTS),
+            f"metadata.annotations[{net.ANNOTATION_SKIP_OUTBOUND!r}]",
+        )
+    except ValueError as exc:
+        raise PodSpecError(str(exc)) from None
+    base_env = {
+        "WEFT_POD_NAME": meta.name,
+        "WEFT_POD_NAMESPACE": namespace,
+        "WEFT_POD_IP": ip,
+        "WEFT_NODE_NAME": pod.spec.node_name or "local",
+        "WEFT_SERVICE_ACCOUNT": pod.spec.service_account_name,
+    }
+    containers: list[ContainerSpec] = []
+    for i, c in enumerate(pod.spec.containers):
+        cpath = f"spec.containers[{i}]"
+        env = dict(base_env)
+        env.update((e.name, expand(e.value, env)) for e in c.env)
+        argv = tuple(expand(a, env) for a in c.argv)
+        if not argv:
+            raise PodSpecError(f"{cpath}.command: must not be empty")
+        ports = {p.name: p.container_port for p in c.ports if p.name}
+        readiness: Probe | None = None
+        raw_probe = c.extra.get("readinessProbe")
+        if raw_probe is not None:
+            readiness = _probe_from(raw_probe, f"{cpath}.readinessProbe", ports)
+        if readiness is None:
+            tcp = [p.container_port for p in c.ports if p.protocol == "TCP"]
+            if tcp:
+                readiness = Probe(kind="tcp", port=tcp[0])
+        containers.append(
+            ContainerSpec(
+                name=c.name,
+                argv=argv,
+                env=tuple(env.items()),
+                working_dir=c.working_dir,
+                readiness=readiness,
+            )
+        )
+    try:
+        return PodSpec(
+            namespace=namespace,
+            name=meta.name,
+            ip=ip,
+            containers=tuple(containers),
+            restart_policy=pod.spec.restart_policy,
+            grace=float(pod.spec.termination_grace_period_seconds),
+            meshed=meshed,
+            deployment=pod.deployment,
+            service_account=pod.spec.service_account_name,
+            skip_inbound=skip_in,
+            skip_outbound=skip_out,
+        )
+    except ValueError as exc:
+        raise PodSpecError(f"spec: {exc}") from None
+
+
+def proxy_argv(
+    spec: PodSpec, *, python: str, control_endpoint: str, log_level: str = "info"
+) -> list[str]:
+    """The sidecar's command line (the contract in docs/local-runtime.md)."""
+    argv = [
+        python, "-m", "weft", "proxy",
+        "--outbound", f"127.0.0.1:{net.PROXY_OUTBOUND_PORT}",
+        "--inbound", f"0.0.0.0:{net.PROXY_INBOUND_PORT}",
+        "--admin", f"0.0.0.0:{net.PROXY_ADMIN_PORT}",
+        "--control", control_endpoint,
+        "--label", f"pod={spec.name}",
+        "--label", f"namespace={spec.namespace}",
+    ]  # fmt: skip
+    if spec.deployment:
+        argv += ["--label", f"deployment={spec.deployment}"]
+    argv += [
+        "--label", f"serviceaccount={spec.service_account}",
+        "--shutdown-grace", f"{max(spec.grace, 1.0):g}",
+        "--log-level", log_level,
+    ]  # fmt: skip
+    return argv
+
+
+# -- decisions ------------------------------------------------------------------------------
+
+
+class AfterExit(enum.Enum):
+    RESTART = "restart"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def after_exit(policy: str, exit_code: int) -> AfterExit:
+    """What a container's exit means under the pod's ``restartPolicy`` (Kubernetes semantics)."""
+    if policy == "Always":
+        return AfterExit.RESTART
+    if policy == "OnFailure":
+        return AfterExit.SUCCEEDED if exit_code == 0 else AfterExit.RESTART
+    if policy == "Never":
+        return AfterExit.SUCCEEDED if exit_code == 0 else AfterExit.FAILED
+    raise ValueError(f"unknown restartPolicy {policy!r}")
+
+
+def exit_code_of(returncode: int) -> int:
+    """Shell convention: killed by signal N -> 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Readiness:
+    """Probe results -> ready, with Kubernetes' thresholds (one success makes ready by default,
+    three failures in a row make unready)."""
+
+    __slots__ = ("_failures", "_successes", "failure_threshold", "ready", "success_threshold")
+
+    def __init__(self, success_threshold: int = 1, failure_threshold: int = 3) -> None:
+        if success_threshold < 1 or failure_threshold < 1:
+            raise ValueError("thresholds must be >= 1")
+        self.success_threshold = success_threshold
+        self.failure_threshold = failure_threshold
+        self.ready = False
+        self._successes = 0
+        self._failures = 0
+
+    def observe(self, ok: bool) -> bool:
+        """Record one probe result; returns whether readiness changed."""
+        before = self.ready
+        if ok:
+            self._failures = 0
+            self._successes += 1
+            if self._successes >= self.success_threshold:
+                self.ready = True
+        else:
+            self._successes = 0
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self.ready = False
+        return self.ready != before
+
+    def reset(self) -> None:
+        self.ready = False
+        self._successes = 0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        return f"<Readiness ready={self.ready} ok={self._successes} fail={self._failures}>"
+
+
+class CrashLoop:
+    """Restart delays of one container: exponential backoff, forgotten after a good run."""
+
+    __slots__ = ("_attempt", "backoff", "reset_after")
+
+    def __init__(
+        self, backoff: ExponentialBackoff, reset_after: float = BACKOFF_RESET_AFTER
+    ) -> None:
+        self.backoff = backoff
+        self.reset_after = reset_after
+        self._attempt = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        """Delay before the next start, given how long the last run lasted."""
+        if ran_for >= self.reset_after:
+            self._attempt = 0
+        delay = self.backoff.delay(self._attempt)
+        self._attempt += 1
+        return delay
+
+    def __repr__(self) -> str:
+        return f"<CrashLoop attempt={self._attempt}>"
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- seams of the shell ---------------------------------------------------------------------
+
+
+class Launcher(Protocol):
+    """How a container's argv becomes a process's argv (namespace entry, user, parent-death)."""
+
+    def wrap(self, argv: Sequence[str], *, proxy: bool) -> list[str]: ...
+
+
+class Probes(Protocol):
+    """Readiness checks of one pod, wherever it runs."""
+
+    async def proxy_ready(self) -> bool: ...
+
+    async def check(self, probe: Probe) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NetnsLauncher:
+    """Runs containers inside network namespace ``netns`` with ``ip netns exec``; the sidecar
+    as ``proxy_uid`` with only CAP_DAC_OVERRIDE (to read a virtualenv and the control socket
+    wherever they are), every process with ``PR_SET_PDEATHSIG=KILL``. ``netns=None`` runs in
+    this process's namespace (how the unit tests run real processes without root)."""
+
+    netns: str | None
+    proxy_uid: int | None = net.PROXY_UID
+
+    def wrap(self, argv: Sequence[str], *, proxy: bool) -> list[str]:
+        out: list[str] = []
+        if self.netns is not None:
+            out += ["ip", "netns", "exec", self.netns]
+        out += ["setpriv"]
+        if proxy and self.proxy_uid is not None:
+            uid = str(self.proxy_uid)
+            out += [
+                "--reuid", uid, "--regid", uid, "--clear-groups",
+                "--inh-caps=-all,+dac_override", "--ambient-caps=+dac_override",
+                "--bounding-set=-all,+dac_override", "--no-new-privs",
+            ]  # fmt: skip
+        out += ["--pdeathsig=KILL", "--", *argv]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class NetnsProbes:
+    """Probes as the kubelet runs them: the proxy's ``/ready`` on ``ip:4191`` from ``probe_netns``
+    (the node namespace), app probes on ``ip:port`` from inside the pod (over loopback, so not
+    redirected to the proxy)."""
+
+    pod_netns: str | None
+    ip: str
+    probe_netns: str | None
+    admin_port: int = net.PROXY_ADMIN_PORT
+
+    async def proxy_ready(self) -> bool:
+        return await net.http_probe(self.probe_netns, self.ip, self.admin_port, "/ready")
+
+    async def check(self, probe: Probe) -> bool:
+        if probe.kind == "http":
+            return await net.http_probe(
+                self.pod_netns, self.ip, probe.port, probe.path, time_limit=probe.timeout
+            )
+        return await net.tcp_probe(self.pod_netns, self.ip, probe.port, time_limit=probe.timeout)
+
+
+# -- the shell ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Container:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str | None
+    log_path: Path
+    proxy: bool
+    probe: Probe | None
+    crash: CrashLoop
+    readiness: Readiness
+    proc: asyncio.subprocess.Process | None = None
+    restart_count: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: {"waiting": {"reason": "Pending"}})
+    started_mono: float = 0.0
+    finished: AfterExit | None = None
+    ran_once: bool = False
+
+
+StatusCallback = Callable[[dict[str, Any]], None]
+
+
+class PodRunner:
+    """The processes of one pod (see the module docstring). ``run()`` returns when the pod
+    has finished (a completed job) or was terminated; :attr:`phase` says which."""
+
+    def __init__(
+        self,
+        spec: PodSpec,
+        *,
+        launcher: Launcher,
+        probes: Probes,
+        log_dir: Path,
+        on_status: StatusCallback,
+        proxy_argv: Sequence[str] | None,
+        base_env: Mapping[str, str],
+        backoff: ExponentialBackoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        ready_poll: float = 0.1,
+    ) -> None:
+        if spec.meshed and proxy_argv is None:
+            raise ValueError(f"pod {spec.namespace}/{spec.name} is meshed but has no proxy argv")
+        self.spec = spec
+        self._launcher = launcher
+        self._probes = probes
+        self._on_status = on_status
+        self._clock = clock
+        self._wall = wall
+        self._ready_poll = ready_poll
+        backoff = backoff or ExponentialBackoff(base=1.0, maximum=60.0, jitter=0.1)
+        env = {**base_env, "HOSTNAME": spec.name}
+        self._proxy: _Container | None = None
+        if spec.meshed and proxy_argv is not None:
+            self._proxy = _Container(
+                name=PROXY_CONTAINER,
+                argv=list(proxy_argv),
+                env=dict(env),
+                cwd="/",
+                log_path=log_dir / f"{PROXY_CONTAINER}.log",
+                proxy=True,
+                probe=None,
+                crash=CrashLoop(backoff),
+                readiness=Readiness(),
+            )
+        self._apps = [
+            _Container(
+                name=c.name,
+                argv=list(c.argv),
+                env={**env, **dict(c.env)},
+                cwd=c.working_dir or "/",
+                log_path=log_dir / f"{c.name}.log",
+                proxy=False,
+                probe=c.readiness,
+                crash=CrashLoop(backoff),
+                readiness=Readiness(
+                    c.readiness.success_threshold if c.readiness else 1,
+                    c.readiness.failure_threshold if c.readiness else 3,
+                ),
+            )
+            for c in spec.containers
+        ]
+        self._log_dir = log_dir
+        self.phase = "Pending"
+        self.terminating = False
+        self.message: str | None = None
+        self._start_time = iso(wall())
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_report: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<PodRunner {self.spec.namespace}/{self.spec.name} {self.phase} "
+            f"ready={self.ready} terminating={self.terminating}>"
+        )
+
+    # -- observed state ----------------------------------------------------------------------
+
+    @property
+    def containers(self) -> list[_Container]:
+        return ([self._proxy] if self._proxy else []) + self._apps
+
+    @property
+    def ready(self) -> bool:
+        if self.terminating or self.phase != "Running":
+            return False
+        return all(c.proc is not None and c.readiness.ready for c in self.containers)
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restart_count for c in self.containers)
+
+    def container_pids(self) -> dict[str, int]:
+        return {c.name: c.proc.pid for c in self.containers if c.proc is not None}
+
+    def status(self) -> dict[str, Any]:
+        """The Pod's ``status`` as the agent reports it (Kubernetes shape)."""
+        extra: dict[str, Any] = {}
+        if self.message:
+            extra["message"] = self.message
+        reason = self._reason()
+        if reason:
+            extra["reason"] = reason
+        return PodStatus(
+            phase=self.phase,
+            pod_ip=self.spec.ip,
+            ready=self.ready,
+            container_statuses=tuple(
+                ContainerStatus(
+                    name=c.name,
+                    restart_count=c.restart_count,
+                    ready=c.proc is not None and c.readiness.ready and not self.terminating,
+                    state=dict(c.state),
+                )
+                for c in self.containers
+            ),
+            start_time=self._start_time,
+            terminating=self.terminating,
+            extra=extra,
+        ).to_dict()
+
+    def _reason(self) -> str | None:
+        if self.terminating:
+            return "Terminating"
+        if self.phase in ("Succeeded", "Failed"):
+            return "Completed" if self.phase == "Succeeded" else "Error"
+        for c in self.containers:
+            waiting = c.state.get("waiting")
+            if isinstance(waiting, dict) and waiting.get("reason") == "CrashLoopBackOff":
+                return "CrashLoopBackOff"
+        return None
+
+    def report(self) -> None:
+        """Tell the agent the current status if it changed."""
+        status = self.status()
+        if status != self._last_report:
+            self._last_report = status
+            self._on_status(status)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run the pod until it finishes or is terminated; returns the final phase."""
+        self.report()
+        try:
+            if self._proxy is not None:
+                self._spawn_task(self._supervise(self._proxy))
+                if not await self._wait_proxy_ready():
+                    await self._finished.wait()
+                    return self.phase
+            if self._stopping.is_set():
+                await self._finished.wait()
+                return self.phase
+            for c in self._apps:
+                self._spawn_task(self._supervise(c))
+            self._spawn_task(self._readiness_loop())
+            await self._finished.wait()
+            return self.phase
+        finally:
+            self.report()
+
+    def mark_terminating(self) -> None:
+        """The pod is leaving: not ready from now on, so discovery drops it before it drains."""
+        if not self.terminating:
+            self.terminating = True
+            self.report()
+
+    async def terminate(self, grace: float | None = None) -> str:
+        """Drain and stop the pod: SIGTERM the apps, wait up to ``grace`` (default: the pod's),
+        then SIGTERM the proxy, then SIGKILL anything left. Returns the final phase."""
+        grace = self.spec.grace if grace is None else grace
+        self.mark_terminating()
+        if self._stopping.is_set():
+            await self._finished.wait()
+            return self.phase
+        self._stopping.set()
+        self._wake.set()
+        deadline = self._clock() + grace
+        await self._stop_containers(self._apps, deadline)
+        if self._proxy is not None:
+            await self._stop_containers([self._proxy], max(deadline, self._clock() + 2.0))
+        await self._cancel_tasks()
+        if self.phase not in ("Succeeded", "Failed"):
+            self.phase = "Succeeded" if self._apps_exited_cleanly() else "Failed"
+        self._finished.set()
+        self.report()
+        return self.phase
+
+    def _apps_exited_cleanly(self) -> bool:
+        for c in self._apps:
+            term = c.state.get("terminated")
+            if isinstance(term, dict) and term.get("exitCode") not in (0, 143):
+                return False
+        return True
+
+    async def _stop_containers(self, containers: list[_Container], deadline: float) -> None:
+        procs = [c.proc for c in containers if c.proc is not None and c.proc.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        if procs:
+            timeout = max(0.0, deadline - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout)
+        for proc in procs:
+            # also whatever the container started and left behind in its process group
+            self._kill_group(proc.pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+
+    @staticmethod
+    def _kill_group(pid: int) -> None:
+        # each container runs in its own session: its pid is its process group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "pod %s/%s: internal error",
+                self.spec.namespace,
+                self.spec.name,
+                exc_info=task.exception(),
+            )
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the pod stops first; returns False when it stopped."""
+        if self._stopping.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return not self._stopping.is_set()
+
+    async def _wait_proxy_ready(self) -> bool:
+        assert self._proxy is not None
+        self.message = "waiting for the proxy to be ready"
+        self.report()
+        started = self._clock()
+        while not self._stopping.is_set():
+            if self._proxy.proc is not None and await self._probes.proxy_ready():
+                self._proxy.readiness.observe(True)
+                self.message = None
+                self.report()
+                return True
+            # poll fast at first (a proxy is usually ready within a second), then back off
+            delay = self._ready_poll if self._clock() - started < 10 else 1.0
+            if not await self._sleep(delay):
+                break
+        return False
+
+    @staticmethod
+    def _open_log(path: Path) -> BinaryIO:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size > LOG_ROTATE_BYTES:
+                path.replace(path.with_suffix(".log.1"))
+        return open(path, "ab")  # the caller closes it once the child has its own copy
+
+    async def _spawn(self, c: _Container) -> asyncio.subprocess.Process:
+        logf = self._open_log(c.log_path)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *self._launcher.wrap(c.argv, proxy=c.proxy),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                env=c.env,
+                cwd=c.cwd,
+                start_new_session=True,
+            )
+        finally:
+            logf.close()
+
+    async def _supervise(self, c: _Container) -> None:
+        while not self._stopping.is_set():
+            started = False
+            try:
+                proc = await self._spawn(c)
+            except OSError as exc:
+                log.warning("pod %s/%s: cannot start %s: %s", *self._ids(), c.name, exc)
+                c.state = {"waiting": {"reason": "StartError", "message": str(exc)}}
+                returncode = 127
+            else:
+                started = True
+                c.proc = proc
+                c.started_mono = self._clock()
+                c.state = {"running": {"startedAt": iso(self._wall())}}
+                if not c.proxy and not c.ran_once:
+                    c.ran_once = True
+                    if all(a.ran_once for a in self._apps) and self.phase == "Pending":
+                        self.phase = "Running"
+                self._wake.set()
+                self.report()
+                returncode = await proc.wait()
+            ran_for = self._clock() - c.started_mono if started else 0.0
+            code = exit_code_of(returncode)
+            c.proc = None
+            c.readiness.reset()
+            c.state = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": "Completed" if code == 0 else "Error",
+                    "finishedAt": iso(self._wall()),
+                }
+            }
+            if self._stopping.is_set():
+                self.report()
+                return
+            decision = AfterExit.RESTART if c.proxy else after_exit(self.spec.restart_policy, code)
+            if decision is not AfterExit.RESTART:
+                c.finished = decision
+                self.report()
+                self._spawn_task(self._maybe_finish())
+                return
+            delay = c.crash.next_delay(ran_for)
+            log.info(
+                "pod %s/%s: container %s exited with %d; restarting in %.1fs",
+                *self._ids(),
+                c.name,
+                code,
+                delay,
+            )
+            c.restart_count += 1
+            c.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"exited with {code}; back-off {delay:.1f}s",
+                }
+            }
+            self.report()
+            if not await self._sleep(delay):
+                self.report()
+                return
+
+    async def _maybe_finish(self) -> None:
+        """When every app container is done for good, the pod is: stop the proxy."""
+        if not all(c.finished is not None for c in self._apps) or self._stopping.is_set():
+            return
+        failed = any(c.finished is AfterExit.FAILED for c in self._apps)
+        self._stopping.set()
+        self._wake.set()
+        if self._proxy is not None:
+            # a finished job's proxy has nothing left to serve: a short drain is enough
+            await self._stop_containers([self._proxy], self._clock() + min(self.spec.grace, 5.0))
+        self.phase = "Failed" if failed else "Succeeded"
+        self._finished.set()
+        self.report()
+
+    async def _readiness_loop(self) -> None:
+        while not self._stopping.is_set():
+            checks: list[tuple[_Container, Awaitable[bool]]] = []
+            now = self._clock()
+            for c in self.containers:
+                if c.proc is None:
+                    continue
+                if c.proxy:
+                    checks.append((c, self._probes.proxy_ready()))
+                elif c.probe is None:
+                    c.readiness.observe(True)
+                elif now - c.started_mono >= c.probe.initial_delay:
+                    checks.append((c, self._probes.check(c.probe)))
+            if checks:
+                results = await asyncio.gather(*(aw for _, aw in checks))
+                for (c, _), ok in zip(checks, results, strict=True):
+                    if c.proc is not None:
+                        c.readiness.observe(ok)
+            self.report()
+            all_ready = all(c.proc is not None and c.readiness.ready for c in self.containers)
+            period = min((c.probe.period for c in self._apps if c.probe), default=1.0)
+            # until everything is ready, probe quickly: new pods join discovery sooner
+            delay = period if all_ready else min(period, self._ready_poll * 2)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _ids(self) -> tuple[str, str]:
+        return (self.spec.namespace, self.spec.name)
+
+
+def base_env(*, state_dir: str, python: str) -> dict[str, str]:
+    """The environment every pod process starts from (Kubernetes containers do not inherit the
+    node's): a PATH that finds this Python first, so ``python -m ...`` commands run in Weft's
+    environment, and the mesh marker cleanup uses to find stray processes."""
+    bindir = os.path.dirname(python)
+    return {
+        "PATH": f"{bindir}:{SYSTEM_PATH}",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        MESH_ENV: state_dir,
+    }

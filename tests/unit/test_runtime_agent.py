@@ -1,0 +1,182 @@
+"""Unit and property tests for the node agent's pure parts: pod names, template hashes, and the
+rollout planner (maxSurge/maxUnavailable invariants over whole simulated rollouts)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weft.resources.models import RollingUpdate
+from weft.runtime.local.agent import (
+    NodeConfig,
+    PodView,
+    plan_rollout,
+    pod_name,
+    rollout_limits,
+    template_hash,
+)
+from weft.runtime.local.net import MeshNetwork
+
+TEMPLATE = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "w"}]}}
+
+
+def test_template_hash_is_stable_and_sensitive() -> None:
+    h = template_hash(TEMPLATE)
+    assert len(h) == 10 and set(h) <= set("bcdfghjklmnpqrstvwxz2456789")
+    reordered = {"spec": {"containers": [{"name": "w"}]}, "metadata": {"labels": {"app": "web"}}}
+    assert template_hash(reordered) == h
+    changed = {**TEMPLATE, "spec": {"containers": [{"name": "w", "env": []}]}}
+    assert template_hash(changed) != h
+
+
+def test_pod_names() -> None:
+    rng = random.Random(7)
+    name = pod_name("web", "bcdfghjklm", rng)
+    prefix, hash10, suffix = name.rsplit("-", 2)
+    assert (prefix, hash10, len(suffix)) == ("web", "bcdfghjklm", 5)
+    long = pod_name("a" * 60 + "-" + "b" * 100, "bcdfghjklm", rng)
+    assert len(long) <= 63 and not long.split("-bcdfghjklm-")[0].endswith("-")
+    assert pod_name("web", "h", random.Random(1)) == pod_name("web", "h", random.Random(1))
+
+
+def test_rollout_limits_follow_kubernetes_rounding() -> None:
+    default = RollingUpdate()  # 25% / 25%
+    assert rollout_limits(default, 1) == (1, 0)
+    assert rollout_limits(default, 3) == (1, 0)
+    assert rollout_limits(default, 4) == (1, 1)
+    assert rollout_limits(default, 10) == (3, 2)
+    assert rollout_limits(RollingUpdate(0, 0), 3) == (1, 0)
+    assert rollout_limits(RollingUpdate(2, 1), 3) == (2, 1)
+    assert rollout_limits(default, 3, "Recreate") == (0, 3)
+
+
+def v(name: str, h: str, ready: bool, seq: int, **kw: bool) -> PodView:
+    return PodView(name=name, template_hash=h, ready=ready, seq=seq, **kw)
+
+
+def test_fresh_deployment_creates_all_replicas() -> None:
+    plan = plan_rollout(replicas=3, template_hash="h2", pods=[], max_surge=1, max_unavailable=0)
+    assert (plan.create, plan.terminate) == (3, ())
+
+
+def test_rolling_update_one_at_a_time_without_unavailability() -> None:
+    old = [v("o1", "h1", True, 1), v("o2", "h1", True, 2)]
+    plan = plan_rollout(replicas=2, template_hash="h2", pods=old, max_surge=1, max_unavailable=0)
+    assert (plan.create, plan.terminate) == (1, ())
+    # the new pod exists but is not ready: nothing else happens
+    pods = [*old, v("n1", "h2", False, 3)]
+    plan = plan_rollout(replicas=2, template_hash="h2", pods=pods, max_surge=1, max_unavailable=0)
+    assert plan.idle
+    # ready: one old pod goes (the newest of the old), and room for the next new pod opens once
+    # it is gone
+    pods = [*old, v("n1", "h2", True, 3)]
+    plan = plan_rollout(replicas=2, template_hash="h2", pods=pods, max_surge=1, max_unavailable=0)
+    assert (plan.create, plan.terminate) == (0, ("o2",))
+
+
+def test_unready_old_pods_are_removed_first_and_at_once() -> None:
+    pods = [v("o1", "h1", False, 1), v("o2", "h1", True, 2), v("o3", "h1", False, 3)]
+    plan = plan_rollout(replicas=3, template_hash="h2", pods=pods, max_surge=1, max_unavailable=0)
+    assert set(plan.terminate) == {"o1", "o3"}
+    assert plan.create == 1
+
+
+def test_scale_down_prefers_unready_then_newest() -> None:
+    pods = [v("a", "h", True, 1), v("b", "h", False, 2), v("c", "h", True, 3), v("d", "h", True, 4)]
+    plan = plan_rollout(replicas=2, template_hash="h", pods=pods, max_surge=1, max_unavailable=0)
+    assert plan.terminate == ("b", "d") and plan.create == 0
+
+
+def test_terminating_and_finished_pods_do_not_count() -> None:
+    pods = [v("a", "h", True, 1, terminating=True), v("b", "h", False, 2, finished=True)]
+    plan = plan_rollout(replicas=1, template_hash="h", pods=pods, max_surge=1, max_unavailable=0)
+    assert (plan.create, plan.terminate) == (1, ())
+
+
+def test_recreate_waits_for_old_pods_to_be_gone() -> None:
+    pods = [v("o1", "h1", True, 1)]
+    plan = plan_rollout(
+        replicas=1, template_hash="h2", pods=pods, max_surge=0, max_unavailable=1, recreate=True
+    )
+    assert (plan.create, plan.terminate) == (0, ("o1",))
+    leaving = [v("o1", "h1", False, 1, terminating=True)]
+    plan = plan_rollout(
+        replicas=1, template_hash="h2", pods=leaving, max_surge=0, max_unavailable=1, recreate=True
+    )
+    assert plan.idle
+    plan = plan_rollout(
+        replicas=1, template_hash="h2", pods=[], max_surge=0, max_unavailable=1, recreate=True
+    )
+    assert plan.create == 1
+
+
+def test_plan_rejects_negative_numbers() -> None:
+    with pytest.raises(ValueError):
+        plan_rollout(replicas=-1, template_hash="h", pods=[], max_surge=1, max_unavailable=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    old_replicas=st.integers(0, 6),
+    replicas=st.integers(0, 6),
+    surge=st.integers(0, 3),
+    unavailable=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_simulated_rollouts_converge_within_the_limits(
+    old_replicas: int, replicas: int, surge: int, unavailable: int, seed: int
+) -> None:
+    """Drive the planner like the agent does (new pods become ready at random later steps,
+    terminated pods leave at once) and check the invariants at every step."""
+    if surge == 0 and unavailable == 0:
+        surge = 1
+    rng = random.Random(seed)
+    seq = 0
+    pods: list[PodView] = []
+    for _ in range(old_replicas):
+        seq += 1
+        pods.append(v(f"p{seq}", "old", True, seq))
+    min_ready = min(old_replicas, max(0, replicas - unavailable))
+    for _step in range(200):
+        plan = plan_rollout(
+            replicas=replicas,
+            template_hash="new",
+            pods=pods,
+            max_surge=surge,
+            max_unavailable=unavailable,
+        )
+        doomed = set(plan.terminate)
+        assert len(doomed) == len(plan.terminate)
+        pods = [p for p in pods if p.name not in doomed]
+        ready = sum(p.ready for p in pods)
+        # never below the floor because of the planner (scale-downs excepted)
+        if replicas >= old_replicas:
+            assert ready >= min_ready
+        for _ in range(plan.create):
+            seq += 1
+            pods.append(v(f"p{seq}", "new", False, seq))
+        assert len(pods) <= max(old_replicas, replicas + surge)
+        if plan.idle and all(p.ready for p in pods) and all(p.template_hash == "new" for p in pods):
+            break
+        # some not-ready pods become ready
+        pods = [
+            v(p.name, p.template_hash, True, p.seq) if not p.ready and rng.random() < 0.5 else p
+            for p in pods
+        ]
+    assert len(pods) == replicas
+    assert all(p.template_hash == "new" and p.ready for p in pods)
+
+
+def test_node_config_validation(tmp_path: Path) -> None:
+    network = MeshNetwork.parse()
+    NodeConfig(tmp_path, network, "iptables-nft", "unix:/x")
+    with pytest.raises(ValueError, match="drain_delay"):
+        NodeConfig(tmp_path, network, "iptables-nft", "unix:/x", drain_delay=-1)
+    with pytest.raises(ValueError, match="iptables must name"):
+        NodeConfig(tmp_path, network, "rm", "unix:/x")
+    with pytest.raises(ValueError, match="absolute"):
+        NodeConfig(Path("rel"), network, "iptables", "unix:/x")
