@@ -12,11 +12,17 @@ host blackholes).
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The test modules import their helpers from meshlib next to this file; pytest's importlib mode
+# does not put test directories on sys.path, so this conftest (loaded first) does.
+sys.path.insert(0, str(Path(__file__).parent))
+
 from meshlib import E2EMesh, HostSnapshot, e2e_unavailable
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import tempfile
@@ -345,3 +346,33 @@ async def test_http_errors_and_pipelining(plane: ControlPlane) -> None:
     )
     assert both.count(b"HTTP/1.1 200 OK") == 2
     assert both.index(b'"status":"ok"') < both.index(b'"items"')
+
+
+async def test_garbage_from_the_network_never_breaks_the_server(plane: ControlPlane) -> None:
+    rng = random.Random(3)
+    valid = b"POST /api/v1/apply HTTP/1.1\r\nContent-Length: 20\r\n\r\n" + b'{"documents":[1,2]}\n'
+    for i in range(60):
+        if i % 3 == 0:
+            blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+        else:  # mutate a valid request: flip, drop or duplicate bytes
+            data = bytearray(valid)
+            for _ in range(rng.randrange(1, 6)):
+                pos = rng.randrange(len(data))
+                op = rng.randrange(3)
+                if op == 0:
+                    data[pos] = rng.randrange(256)
+                elif op == 1:
+                    del data[pos]
+                else:
+                    data.insert(pos, data[pos])
+            blob = bytes(data) + b"\r\n\r\n"
+        reader, writer = await asyncio.open_unix_connection(plane.config.socket_path)
+        writer.write(blob)
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(1 << 16), WAIT)
+        writer.close()
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:80]
+        status = int(answer.split(b" ")[1]) if answer else 0
+        assert status != 500, answer
+    assert await ControlClient(plane.endpoint).healthz()
+    assert plane.store.list("Deployment") == []

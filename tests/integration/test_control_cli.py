@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -192,6 +193,12 @@ async def test_server_side_rejection_names_file_and_line(
     assert await ControlClient(plane.endpoint).list("Service") == []
 
 
+def leftovers(state_dir: str) -> tuple[bool, dict[str, Any]]:
+    """Whether the socket file is still there, and the saved store."""
+    saved = json.loads(Path(state_dir, "store.json").read_text())
+    return os.path.exists(f"{state_dir}/control.sock"), saved
+
+
 async def test_weft_control_process_serves_and_stops_cleanly(state_dir: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "weft", "control", "--state-dir", state_dir, "--http-listen", "",
@@ -202,7 +209,7 @@ async def test_weft_control_process_serves_and_stops_cleanly(state_dir: str) -> 
         client = ControlClient(f"unix:{state_dir}/control.sock")
 
         async def up() -> None:
-            while not await client.healthz():
+            while not await client.healthz():  # noqa: ASYNC110 - polling another process
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(up(), 30)
@@ -213,8 +220,8 @@ async def test_weft_control_process_serves_and_stops_cleanly(state_dir: str) -> 
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err
-        assert not os.path.exists(f"{state_dir}/control.sock")
-        saved = json.loads(Path(state_dir, "store.json").read_text())
+        socket_left, saved = leftovers(state_dir)
+        assert not socket_left
         assert [o["metadata"]["name"] for o in saved["objects"]] == ["default", "shop"]
     finally:
         if proc.returncode is None:

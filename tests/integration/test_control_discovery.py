@@ -1,4 +1,4 @@
-"""Integration tests: the proxy's ControlDiscovery against a real control plane that comes and goes."""
+"""Integration tests: the proxy's ControlDiscovery and a real control plane that comes and goes."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ async def until(predicate: Callable[[], bool]) -> None:
     """Wait (bounded) until ``predicate`` holds; fails the test otherwise."""
 
     async def poll() -> None:
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - the state lives in another component
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), WAIT)

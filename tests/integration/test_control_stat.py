@@ -16,6 +16,7 @@ from weft.control.server import ControlConfig, ControlPlane
 from weft.testing.clock import FakeClock
 
 T0 = 1_700_000_000.0
+INBOUND = 'direction="inbound"'
 BOUNDS = [1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000]
 
 
@@ -56,8 +57,8 @@ class FakeProxy:
             "# TYPE request_total counter",
             f'request_total{{direction="inbound",authority="web:8080"}} {n}',
             "# TYPE response_total counter",
-            f'response_total{{direction="inbound",status_code="200",classification="success"}} {ok}',
-            f'response_total{{direction="inbound",status_code="503",classification="failure"}} {fail}',
+            f'response_total{{{INBOUND},status_code="200",classification="success"}} {ok}',
+            f'response_total{{{INBOUND},status_code="503",classification="failure"}} {fail}',
             "# TYPE response_latency_ms histogram",
         ]
         for b in BOUNDS:

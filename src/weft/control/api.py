@@ -63,8 +63,7 @@ def _kind(name: str) -> str:
         raise HttpError(404, str(exc)) from None
 
 
-def _documents(request: Request) -> Sequence[Any]:
-    body = request.json()
+def _documents(body: Any) -> Sequence[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
         raise HttpError(400, 'request body must be {"documents": [...]}')
     docs: list[Any] = body["documents"]
@@ -127,8 +126,8 @@ class Api:
 
     def _apply(self, request: Request) -> Response:
         body = request.json()
-        docs = _documents(request)
-        source = body.get("source") if isinstance(body, dict) else None
+        docs = _documents(body)
+        source = body.get("source")
         try:
             results = self.store.apply(docs, source=source if isinstance(source, str) else None)
         except InvalidResources as exc:
@@ -140,7 +139,7 @@ class Api:
 
     def _delete(self, request: Request) -> Response:
         try:
-            results = self.store.delete(_documents(request))
+            results = self.store.delete(_documents(request.json()))
         except InvalidResources as exc:
             raise _invalid(exc) from None
         return Response.json(

@@ -134,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._keep_alive = True
+        self._eof = False
         self._stream: StreamWriter | None = None
         self.writable = asyncio.Event()
         self.writable.set()
@@ -163,6 +164,7 @@ class _Connection(asyncio.Protocol):
                 self._fail(400, f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
+        self._eof = True
         if self._worker is None and not self._pending:
             self.abort()
         return True  # keep the transport open to answer what was already received
@@ -242,6 +244,8 @@ class _Connection(asyncio.Protocol):
                 if not self._keep_alive or self._server.closing:
                     self.close()
                     return
+            if self._eof:
+                self.close()  # the client sent all it will: nothing more to answer
         except asyncio.CancelledError:
             self.abort()
             raise

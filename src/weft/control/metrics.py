@@ -540,8 +540,8 @@ class Scraper:
         out: list[tuple[Mapping[str, Any], str, int]] = []
         for pod in self.store.list("Pod"):
             admin = _annotation(pod, ANNOTATION_PROXY_ADMIN)
-            if admin is None:
-                continue
+            if admin is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue  # no sidecar, or a finished pod whose proxy has stopped
             ident = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
             try:
                 host, port = parse_hostport(admin)

@@ -118,9 +118,11 @@ class ControlPlane:
                 self.store.resource_version,
                 self._state.path,
             )
+        # listen first: a second control plane on the same state dir fails here, before it
+        # could write over the running one's state
+        await self.http.listen_unix(self.config.socket_path)
         self.store.on_commit = self._save
         self._save(self.store)
-        await self.http.listen_unix(self.config.socket_path)
         if self.config.http_listen is not None:
             host, port = self.config.http_listen
             try:

@@ -37,13 +37,18 @@ class PooledConn(Protocol):
 class EndpointState:
     """One endpoint of a concrete: metric labels, series cache and idle connections."""
 
-    __slots__ = ("addr", "closing", "endpoint", "http_series", "idle", "label_items", "tcp_series")
+    __slots__ = (
+        "addr", "closing", "endpoint", "http_series", "idle", "label_items", "spare", "tcp_series",
+    )  # fmt: skip
 
     def __init__(self, endpoint: Endpoint, base_labels: LabelItems) -> None:
         self.endpoint = endpoint
         self.addr = endpoint.address
         self.idle: list[tuple[PooledConn, float]] = []
         self.closing = False
+        # a connection being dialed ahead of need (at accept, for detection) that the next
+        # request may claim instead of dialing its own
+        self.spare: asyncio.Future[PooledConn | None] | None = None
         labels = dict(base_labels)
         for key in ("pod", "deployment", "namespace", "serviceaccount"):
             value = endpoint.labels.get(key)

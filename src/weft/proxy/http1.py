@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from weft.metrics.proxy import HttpSeries, ProxyMetrics
-from weft.proxy.endpoints import Concrete, EndpointState
+from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 
 if TYPE_CHECKING:
     from weft.proxy.config import ProxyConfig
@@ -131,6 +131,7 @@ class Exchange:
         "body_sent",
         "chunked_in",
         "chunked_out",
+        "close_after",
         "closing_up",
         "down",
         "expect_continue",
@@ -168,8 +169,10 @@ class Exchange:
         chunked: bool,
         expect_continue: bool,
         upgrade: bool,
+        close_after: bool,
     ) -> None:
         self.down = down
+        self.close_after = close_after
         self.method = method
         self.url = url
         self.head = head
@@ -259,9 +262,31 @@ class Exchange:
             assert isinstance(conn, Http1Upstream)
             self.attach(conn, reused=True)
             return
+        spare = state.spare
+        if spare is not None:
+            state.spare = None
+            spare.add_done_callback(self._spare_ready)
+            return
+        self._dial(state)
+
+    def _dial(self, state: EndpointState) -> None:
+        concrete = self.down.concrete
         self.attempts += 1
         task = concrete.connect(state, lambda: Http1Upstream(concrete, state))
         task.add_done_callback(self._connected)
+
+    def _spare_ready(self, fut: asyncio.Future[PooledConn | None]) -> None:
+        state = self.state
+        assert state is not None
+        up = None if fut.cancelled() or fut.exception() is not None else fut.result()
+        if self.finished:
+            if up is not None:
+                self.down.concrete.release(state, up)
+            return
+        if isinstance(up, Http1Upstream) and up.reusable():
+            self.attach(up, reused=False)
+        else:
+            self._dial(state)
 
     def _wait_for_endpoints(self) -> None:
         down = self.down
@@ -375,13 +400,13 @@ class Exchange:
                 self.chunked_out = True
                 append(b"transfer-encoding: chunked\r\n")
             else:
-                down.closing = True
+                self.close_after = True
         if self.upgrade or not self.req_done:
             # a refused upgrade, or a response before the request body: this client connection
             # cannot be trusted to be in sync, and neither can the upstream one
-            down.closing = True
+            self.close_after = True
             self.closing_up = True
-        if down.closing or down.ctx.draining:
+        if self.close_after or down.closing or down.ctx.draining:
             append(b"connection: close\r\n\r\n")
         elif down.version == b"1.0":
             append(b"connection: keep-alive\r\n\r\n")
@@ -401,8 +426,8 @@ class Exchange:
         if self.interim:
             self.interim = False
             return
-        if self.finished:
-            return
+        if self.finished or (self.status == 101 and self.upgrade):
+            return  # a 101 ends in on_upgraded
         if self.chunked_out:
             self.down.write(b"0\r\n" + _trailer_block(trailers) + b"\r\n")
         self._complete(success=self.status < 500)
@@ -480,8 +505,8 @@ class Exchange:
             return
         down = self.down
         if not self.req_done:
-            down.closing = True
-        close = down.closing or down.ctx.draining
+            self.close_after = True
+        close = self.close_after or down.closing or down.ctx.draining
         down.write(error_response(status, reason, close=close, detail=detail))
         self.status = status
         series = self.series
@@ -732,10 +757,9 @@ class Http1Downstream(asyncio.Protocol):
         if not authority:
             authority = self.concrete.name.encode()
         if self.version == b"1.0":
-            if b"keep-alive" not in connection_tokens:
-                self.closing = True
-        elif b"close" in connection_tokens:
-            self.closing = True
+            close_after = b"keep-alive" not in connection_tokens
+        else:
+            close_after = b"close" in connection_tokens
         append(b"\r\n")
         exchange = Exchange(
             self,
@@ -746,6 +770,7 @@ class Http1Downstream(asyncio.Protocol):
             chunked=chunked,
             expect_continue=expect_continue,
             upgrade=upgrade,
+            close_after=close_after,
         )
         self.parsing = exchange
         self.queue.append(exchange)
@@ -774,15 +799,15 @@ class Http1Downstream(asyncio.Protocol):
             return
         self.queue.popleft()
         self._last_active = _monotonic()
-        if self.closing or self.ctx.draining:
-            if not self.queue or self.closing:
-                self.transport.close()
-                return
+        if exchange.close_after:
+            self.transport.close()
+            return
         if self.queue:
-            nxt = self.queue[0]
             if len(self.queue) <= 16:
                 self.resume("pipeline")
-            nxt.dispatch()
+            self.queue[0].dispatch()
+        elif self.closing or self.ctx.draining:
+            self.transport.close()
 
     def no_endpoint_series(self, authority: bytes) -> HttpSeries:
         series = self._no_endpoint.get(authority)

@@ -36,7 +36,7 @@ from weft.discovery import Discovery, Endpoint, Resolution
 from weft.metrics.proxy import ProxyMetrics, TcpSeries
 from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
-from weft.proxy.endpoints import Concrete, EndpointState
+from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 from weft.proxy.http1 import Http1Context, Http1Downstream, Http1Upstream
 from weft.proxy.tcp import Relay
 
@@ -329,9 +329,9 @@ class Accept(asyncio.Protocol):
                     t.close()
             return
         if decided is Detected.HTTP1 and not server_first:
-            self._to_http1(concrete)
             if dial is not None and state is not None:
                 self._pool_probe(concrete, state, dial)
+            self._to_http1(concrete)
             return
         early = None
         if dial is not None:
@@ -370,22 +370,31 @@ class Accept(asyncio.Protocol):
         state: EndpointState,
         dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]],
     ) -> None:
+        """Turn the early connection into a pooled HTTP/1 upstream (or hand it to a request)."""
+        spare: asyncio.Future[PooledConn | None] = asyncio.get_running_loop().create_future()
+
         def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
-            if task.cancelled() or task.exception() is not None:
-                return
-            t, probe = task.result()
-            assert isinstance(probe, _Probe)
-            if probe.buffer or probe.eof or probe.lost:
-                t.close()
-                return
-            up = Http1Upstream(concrete, state)
-            t.set_protocol(up)
-            up.connection_made(t)
-            concrete.release(state, up)
+            up: Http1Upstream | None = None
+            if not task.cancelled() and task.exception() is None:
+                t, probe = task.result()
+                assert isinstance(probe, _Probe)
+                if probe.buffer or probe.eof or probe.lost:
+                    t.close()
+                else:
+                    up = Http1Upstream(concrete, state)
+                    t.set_protocol(up)
+                    up.connection_made(t)
+            if state.spare is spare:  # nobody claimed it: pool it
+                state.spare = None
+                if up is not None:
+                    concrete.release(state, up)
+            spare.set_result(up)
 
         if dial.done():
             done(dial)
         else:
+            if state.spare is None:
+                state.spare = spare
             dial.add_done_callback(done)
 
     async def _opaque(

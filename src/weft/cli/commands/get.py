@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     info = kind_arg("weft get", args.kind)
     client = client_for(args)
     namespace = None if args.all_namespaces else (args.namespace or "default")
+    pods: list[dict[str, Any]] = []
     try:
         if args.name:
             obj = call("weft get", client, client.get(info.kind, namespace, args.name))
@@ -172,12 +173,11 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             items = [obj]
         else:
-            items = call(
-                "weft get", client, client.list(info.kind, namespace if info.namespaced else None)
-            )
-            pods: list[dict[str, Any]] = []
-            if info.kind == "Deployment":
-                pods = call("weft get", client, client.list("Pod", namespace))
+            scope = namespace if info.namespaced else None
+            items = call("weft get", client, client.list(info.kind, scope))
+        if info.kind == "Deployment" and args.output is None:
+            # READY/AVAILABLE fall back to counting pods when the runtime wrote no status yet
+            pods = call("weft get", client, client.list("Pod", namespace))
     except ApiError as exc:
         print(api_error("weft get", exc), file=sys.stderr)
         return 1
@@ -192,9 +192,7 @@ def run(args: argparse.Namespace) -> int:
         where = f" in {namespace} namespace" if namespace and info.namespaced else ""
         print(f"No resources found{where}.", file=sys.stderr)
         return 0
-    if args.name and info.kind == "Deployment":
-        pods = call("weft get", client, client.list("Pod", namespace))
-    columns, rows = table_for(info.kind, items, pods if info.kind == "Deployment" else [])
+    columns, rows = table_for(info.kind, items, pods)
     if args.all_namespaces and info.namespaced:
         columns = ["NAMESPACE", *columns]
         rows = [
