@@ -31,7 +31,7 @@ spec:
       containers:
         - name: backend
           command: [python, -m, weft.demo.backend]
-          env: [{name: DEMO_NAME, value: VERSION}]
+          env: [{name: DEMO_NAME, value: VERSION}, {name: LATENCY_MS, value: "100"}]
           ports: [{name: http, containerPort: 8080}]
 ---
 apiVersion: v1

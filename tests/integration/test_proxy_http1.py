@@ -22,32 +22,32 @@ def sample(proxy: ProxyServer, name: str, **labels: str) -> float:
 
 
 async def test_get_through_outbound_and_inbound_with_keepalive_pooling() -> None:
-    async with Backend() as backend:
-        async with running_proxy(
-            outbound_target=backend.address, inbound_target=backend.address
-        ) as proxy:
-            for direction in ("outbound", "inbound"):
-                async with HttpClient(proxy.addresses[direction]) as client:
-                    for i in range(5):
-                        reply = await client.request("GET", f"/{direction}/{i}")
-                        assert reply.status == 200
-                        assert reply.body == f"GET /{direction}/{i}".encode()
-            # 10 requests over 2 client connections reuse pooled upstream connections
-            assert len(backend.requests) == 10
-            assert backend.connections <= 2
-            assert sample(proxy, "request_total", direction="outbound") == 5
-            assert sample(proxy, "request_total", direction="inbound") == 5
-            assert (
-                sample(
-                    proxy,
-                    "response_total",
-                    direction="outbound",
-                    status_code="200",
-                    classification="success",
-                )
-                == 5
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address, inbound_target=backend.address) as proxy,
+    ):
+        for direction in ("outbound", "inbound"):
+            async with HttpClient(proxy.addresses[direction]) as client:
+                for i in range(5):
+                    reply = await client.request("GET", f"/{direction}/{i}")
+                    assert reply.status == 200
+                    assert reply.body == f"GET /{direction}/{i}".encode()
+        # 10 requests over 2 client connections reuse pooled upstream connections
+        assert len(backend.requests) == 10
+        assert backend.connections <= 2
+        assert sample(proxy, "request_total", direction="outbound") == 5
+        assert sample(proxy, "request_total", direction="inbound") == 5
+        assert (
+            sample(
+                proxy,
+                "response_total",
+                direction="outbound",
+                status_code="200",
+                classification="success",
             )
-            assert sample(proxy, "response_latency_ms_count", direction="inbound") == 5
+            == 5
+        )
+        assert sample(proxy, "response_latency_ms_count", direction="inbound") == 5
 
 
 async def test_failure_classification_and_status_codes() -> None:
@@ -138,7 +138,8 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
     async with Backend(handler) as backend, running_proxy(outbound_target=backend.address) as proxy:
         data = b"".join(b"GET /%d HTTP/1.1\r\nhost: t\r\n\r\n" % i for i in (1, 2, 3))
         out = await raw_exchange(
-            proxy.addresses["outbound"], data + b"GET /4 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+            proxy.addresses["outbound"],
+            data + b"GET /4 HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
         )
         bodies = [part.rsplit(b"\r\n\r\n", 1)[-1][:2] for part in out.split(b"HTTP/1.1 ")[1:]]
         assert bodies == [b"/1", b"/2", b"/3", b"/4"]
@@ -222,5 +223,7 @@ async def test_access_log_is_json(caplog) -> None:  # type: ignore[no-untyped-de
             with caplog.at_level(logging.INFO, logger="weft.access"):
                 async with HttpClient(proxy.addresses["outbound"]) as client:
                     await client.request("GET", "/logged")
-            entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "weft.access"]
+            entries = [
+                json.loads(r.getMessage()) for r in caplog.records if r.name == "weft.access"
+            ]
             assert entries and entries[0]["path"] == "/logged" and entries[0]["status"] == 200

@@ -36,6 +36,7 @@ import ipaddress
 import logging
 import math
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,27 +178,46 @@ class PodHistory:
     labels: Mapping[str, str]
     deployment: str | None
     created: float | None
-    samples: deque[tuple[float, Mapping[SeriesKey, float]]] = field(default_factory=deque)
+    # compact storage: each series gets a column once; a sample is its time and an array of
+    # values by column (NaN where the series was absent from that scrape)
+    columns: dict[SeriesKey, int] = field(default_factory=dict)
+    samples: deque[tuple[float, array[float]]] = field(default_factory=deque)
 
-    def window(self, start: float, end: float) -> tuple[list[Mapping[SeriesKey, float]], bool]:
+    def add(self, at: float, values: Mapping[SeriesKey, float]) -> None:
+        for key in values:
+            if key not in self.columns:
+                self.columns[key] = len(self.columns)
+        row = array("d", [math.nan]) * len(self.columns)
+        for key, value in values.items():
+            row[self.columns[key]] = value
+        self.samples.append((at, row))
+
+    def _as_mapping(self, row: array[float]) -> dict[SeriesKey, float]:
+        return {
+            key: row[col]
+            for key, col in self.columns.items()
+            if col < len(row) and not math.isnan(row[col])
+        }
+
+    def window(self, start: float, end: float) -> tuple[list[dict[SeriesKey, float]], bool]:
         """The samples to compute increases over ``(start, end]`` from, and whether they count
         from zero (no baseline at or before ``start`` and the pod was created inside the window)."""
-        base: Mapping[SeriesKey, float] | None = None
-        inside: list[Mapping[SeriesKey, float]] = []
-        for t, values in self.samples:
+        base: array[float] | None = None
+        inside: list[array[float]] = []
+        for t, row in self.samples:
             if t <= start:
-                base = values
+                base = row
             elif t <= end:
-                inside.append(values)
+                inside.append(row)
         if base is not None:
-            return [base, *inside], False
+            return [self._as_mapping(r) for r in (base, *inside)], False
         # a creation time has second precision: allow for the truncation
         new = self.created is not None and self.created >= start - 1.0
-        return inside, new
+        return [self._as_mapping(r) for r in inside], new
 
-    def latest(self, since: float) -> Mapping[SeriesKey, float] | None:
+    def latest(self, since: float) -> dict[SeriesKey, float] | None:
         if self.samples and self.samples[-1][0] >= since:
-            return self.samples[-1][1]
+            return self._as_mapping(self.samples[-1][1])
         return None
 
 
@@ -297,7 +317,7 @@ class Stats:
         else:
             hist.labels = dict(meta.get("labels") or {})
             hist.deployment = annotations.get(ANNOTATION_DEPLOYMENT)
-        hist.samples.append((at, dict(values)))
+        hist.add(at, values)
         self.prune(at)
 
     def prune(self, now: float) -> None:

@@ -3,14 +3,17 @@
 Environment: ``DEMO_NAME`` (``books`` or ``authors``: which items; default ``books``), ``PORT``
 (8080), ``FAILURE_RATE`` (0.0-1.0, default 0): request number ``n`` fails when ``floor(n * rate)``
 grows, so after N requests exactly ``floor(N * rate)`` have failed, spread evenly (rate 0.2 fails
-every 5th request). The answer names the pod and the peer address it saw (behind an inbound proxy
-the peer is the pod's own address, which the tests use to show the proxy was on the path).
+every 5th request); ``LATENCY_MS`` (default 0): time each answer takes, so that requests are in
+flight when the pod is told to stop. The answer names the pod and the peer address it saw
+(behind an inbound proxy the peer is the pod's own address, which the tests use to show the proxy
+was on the path).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from fractions import Fraction
 from typing import Any
 
@@ -65,11 +68,16 @@ def main() -> int:
     schedule = FailureSchedule(parse_rate(os.environ.get("FAILURE_RATE", "0")))
     pod = os.environ.get("WEFT_POD_NAME") or os.environ.get("HOSTNAME", "")
     pod_ip = os.environ.get("WEFT_POD_IP", "")
+    latency = float(os.environ.get("LATENCY_MS", "0")) / 1000.0
+    if latency < 0:
+        raise SystemExit(f"LATENCY_MS must be >= 0, got {latency * 1000:g}")
 
     def handle(req: Request) -> tuple[int, Any]:
         if req.path == "/healthz":
             return 200, {"ok": True}
         n, fail = schedule.next()
+        if latency:
+            time.sleep(latency)
         base = {"service": name, "pod": pod, "pod_ip": pod_ip, "peer": req.peer, "request": n}
         if fail:
             return 500, {**base, "error": "injected failure (FAILURE_RATE)"}

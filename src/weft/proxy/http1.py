@@ -145,6 +145,7 @@ class Exchange:
         "req_buf_size",
         "req_done",
         "resp_started",
+        "sent_at",
         "series",
         "started",
         "state",
@@ -192,6 +193,7 @@ class Exchange:
         self.state: EndpointState | None = None
         self.series: HttpSeries | None = None
         self.started = 0.0
+        self.sent_at = 0.0
         self.status = 0
         self.resp_started = False
         self.chunked_out = False
@@ -256,7 +258,7 @@ class Exchange:
         if self.series is None:
             self.series = concrete.http_series(state, self.authority)
             self.series.requests += 1
-        concrete.balancer.start(state.addr)
+        self.sent_at = concrete.balancer.start(state.addr)
         conn = state.take_idle()
         if conn is not None:
             assert isinstance(conn, Http1Upstream)
@@ -315,7 +317,7 @@ class Exchange:
             if self.finished:
                 return
             exc = None if task.cancelled() else task.exception()
-            self.down.concrete.balancer.finish(state.addr, self.started, success=False)
+            self.down.concrete.balancer.finish(state.addr, self.sent_at, success=False)
             others = len(self.down.concrete.endpoints)
             if self.attempts < min(MAX_CONNECT_ATTEMPTS, max(others, 1) + 1) and others:
                 self.dispatch()
@@ -330,6 +332,8 @@ class Exchange:
         self.attach(proto, reused=False)
 
     def attach(self, up: Http1Upstream, *, reused: bool) -> None:
+        if not reused:
+            self.sent_at = _monotonic()  # dialing time is not the endpoint's latency
         self.up = up
         up.exchange = self
         up.reused = reused
@@ -439,7 +443,7 @@ class Exchange:
         up, state = self.up, self.state
         assert up is not None and state is not None
         self.finished = True
-        self.down.concrete.balancer.finish(state.addr, self.started)
+        self.down.concrete.balancer.finish(state.addr, self.sent_at)
         up.exchange = None
         down = self.down
         down.ctx.connections.discard(down)
@@ -466,7 +470,7 @@ class Exchange:
                 # a pooled connection the server had closed: nothing was processed; try again
                 self.up = None
                 if state is not None:
-                    self.down.concrete.balancer.finish(state.addr, self.started, success=False)
+                    self.down.concrete.balancer.finish(state.addr, self.sent_at, success=False)
                 self.req_buf = list(self.replay) + self.req_buf
                 self.req_buf_size = sum(len(b) for b in self.req_buf)
                 self.replay, self.body_sent = [], 0
@@ -539,7 +543,7 @@ class Exchange:
         down = self.down
         state, up = self.state, self.up
         if state is not None and up is not None:
-            down.concrete.balancer.finish(state.addr, self.started, success=success)
+            down.concrete.balancer.finish(state.addr, self.sent_at, success=success)
             up.exchange = None
             self.up = None
             if self.closing_up or not self.req_done:
@@ -666,7 +670,7 @@ class Http1Downstream(asyncio.Protocol):
                     up.exchange = None
                     up.close()
                 if state is not None:
-                    self.concrete.balancer.finish(state.addr, exchange.started, success=False)
+                    self.concrete.balancer.finish(state.addr, exchange.sent_at, success=False)
         self.queue.clear()
 
     def pause_writing(self) -> None:

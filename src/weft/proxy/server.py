@@ -20,7 +20,6 @@ connections, let in-flight requests finish within the grace period, then close t
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import contextlib
 import logging
 import signal
@@ -28,6 +27,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from weft.addr import Address, format_addr
 from weft.core.detect import Protocol as Detected
@@ -46,6 +46,8 @@ SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
 DETECT_MAX = 1024
 EVICT_IDLE = 60.0
+# how long a client gets to speak first once every endpoint refused the early connection
+UNREACHABLE_GRACE = 1.0
 
 
 def original_dst(sock: socket.socket) -> Address | None:
@@ -285,6 +287,9 @@ class Accept(asyncio.Protocol):
             dial.add_done_callback(lambda _: self.event.set())
         decided: Detected | None = None
         deadline = loop.time() + listener.config.detect_timeout
+        unreachable = False
+        dials = 1
+        failed: set[Address] = {state.addr} if state is not None else set()
         server_first = False
         while True:
             if self.buffer:
@@ -305,14 +310,33 @@ class Accept(asyncio.Protocol):
                 and dial.exception() is not None
                 and not self.buffer
             ):
-                # the upstream refused: wait for client bytes with no early connection
-                dial = None
-                probe = None
+                # the early dial failed: try another endpoint, else give a client that speaks
+                # first (HTTP) a moment to do so, for a specific error, then close
                 if state is not None:
                     concrete.balancer.finish(state.addr, started, success=False)
+                dial = probe = None
+                state = concrete.pick() if dials < 3 else None
+                if state is not None and state.addr not in failed:
+                    failed.add(state.addr)
+                    dials += 1
+                    concrete.balancer.start(state.addr)
+                    started = time.monotonic()
+                    probe = _Probe(self.event.set)
+                    p2 = probe
+                    dial = concrete.connect(state, lambda: p2)
+                    dial.add_done_callback(lambda _: self.event.set())
+                else:
                     state = None
+                    unreachable = True
+                    deadline = min(deadline, loop.time() + UNREACHABLE_GRACE)
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if unreachable and not self.buffer:
+                    log.info("connection from %s to %s: no reachable endpoint",
+                             self.peer, concrete.name)  # fmt: skip
+                    assert self.transport is not None
+                    self.transport.abort()
+                    return
                 decided = Detected.OPAQUE
                 break
             self.event.clear()

@@ -108,9 +108,7 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        if self.backend.expect_continue and any(
-            k.lower() == "expect" for k, _ in self.headers
-        ):
+        if self.backend.expect_continue and any(k.lower() == "expect" for k, _ in self.headers):
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -121,7 +119,9 @@ class _Conn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode()
         version = self.parser.get_http_version()
-        req = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body), version)
+        req = Request(
+            method, self.url.decode("latin-1"), self.headers, b"".join(self.body), version
+        )
         self.backend.requests.append(req)
         self.queue.put_nowait(req)
 
