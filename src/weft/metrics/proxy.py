@@ -10,18 +10,21 @@ Families (names as Linkerd's proxy, so dashboards carry over):
   ``response_latency_ms`` histogram (time to response headers);
 - ``tcp_open_total``, ``tcp_close_total``, ``tcp_open_connections``, ``tcp_read_bytes_total``,
   ``tcp_write_bytes_total``;
-- process metrics (``process_*``) from prometheus_client.
+- process metrics (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, ...).
+
+The text exposition is rendered here rather than through ``prometheus_client``: importing that
+library costs the proxy 5.4 MB of RSS (measured: ``import prometheus_client`` on this machine),
+a fifth of the sidecar's 30 MB budget, to format a few lines of text. Tests parse the output with
+``prometheus_client.parser`` to hold it to the format.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.process_collector import ProcessCollector
+import os
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
@@ -101,10 +104,11 @@ class TcpSeries:
 
 
 class ProxyMetrics:
-    """All series of one proxy, plus a registry for exposition.
+    """All series of one proxy and their text exposition.
 
-    ``registry`` is created fresh per instance (tests make their own proxies and assert on
-    sample values); pass ``process=False`` to leave out process metrics.
+    Created fresh per proxy (tests make their own and assert on sample values); pass
+    ``process=False`` to leave out process metrics. ``extra`` holds callables returning more
+    exposition text (identity metrics and the like).
     """
 
     def __init__(
@@ -116,13 +120,10 @@ class ProxyMetrics:
     ) -> None:
         self._clock = clock
         self.idle_expiry = idle_expiry
+        self.process = process
         self._http: dict[LabelItems, HttpSeries] = {}
         self._tcp: dict[LabelItems, TcpSeries] = {}
-        self.extra: list[Callable[[], Iterable[Metric]]] = []
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))
-        if process:
-            ProcessCollector(registry=self.registry)
+        self.extra: list[Callable[[], str]] = []
 
     def http(self, labels: LabelItems) -> HttpSeries:
         """The HTTP series for ``labels`` (created on first use)."""
@@ -141,9 +142,17 @@ class ProxyMetrics:
         return series
 
     def expose(self) -> bytes:
-        """The Prometheus text exposition of every live series."""
+        """The Prometheus text exposition (format 0.0.4) of every live series."""
         self._expire()
-        return bytes(generate_latest(self.registry))
+        out: list[str] = []
+        self._render_http(out)
+        self._render_tcp(out)
+        if self.process:
+            _render_process(out)
+        text = "".join(out)
+        for extra in self.extra:
+            text += extra()
+        return text.encode()
 
     def _expire(self) -> None:
         """Drop series with no activity for ``idle_expiry`` seconds.
@@ -166,67 +175,91 @@ class ProxyMetrics:
             for key in stale:
                 table.pop(key).expired = True
 
-    def collect(self) -> Iterator[Metric]:
-        yield from self._collect_http()
-        yield from self._collect_tcp()
-        for extra in self.extra:
-            yield from extra()
-
-    def _collect_http(self) -> Iterator[Metric]:
+    def _render_http(self, out: list[str]) -> None:
         if not self._http:
             return
-        req = Metric("request", "Total HTTP requests", "counter")
-        rsp = Metric("response", "Total HTTP responses", "counter")
-        lat = Metric(
-            "response_latency_ms",
-            "Elapsed times between a request's headers being received and its response's "
-            "headers being sent, in milliseconds",
-            "histogram",
-        )
+        req = ["# HELP request_total Total HTTP requests\n# TYPE request_total counter\n"]
+        rsp = ["# HELP response_total Total HTTP responses\n# TYPE response_total counter\n"]
+        lat = [
+            "# HELP response_latency_ms Elapsed times between a request's headers being received "
+            "and its response's headers being sent, in milliseconds\n"
+            "# TYPE response_latency_ms histogram\n"
+        ]
         for s in list(self._http.values()):
-            labels = dict(s.labels)
-            req.add_sample("request_total", labels, s.requests)
+            base = _labels(s.labels)
+            req.append(f"request_total{{{base}}} {s.requests}\n")
             by_status: dict[int, list[ResponseSeries]] = {}
             for (status, success), r in s.responses.items():
                 cls = "success" if success else "failure"
-                rsp.add_sample(
-                    "response_total",
-                    {**labels, "status_code": str(status), "classification": cls},
-                    r.count,
+                rsp.append(
+                    f'response_total{{{base},status_code="{status}",classification="{cls}"}} '
+                    f"{r.count}\n"
                 )
                 by_status.setdefault(status, []).append(r)
             for status, parts in by_status.items():
-                slabels = {**labels, "status_code": str(status)}
+                sl = f'{base},status_code="{status}"'
                 running = 0
                 for i, bound in enumerate(_BOUNDS_TEXT):
                     running += sum(p.buckets[i] for p in parts)
-                    lat.add_sample("response_latency_ms_bucket", {**slabels, "le": bound}, running)
-                lat.add_sample("response_latency_ms_count", slabels, running)
-                lat.add_sample("response_latency_ms_sum", slabels, sum(p.sum_ms for p in parts))
-        yield req
-        yield rsp
-        yield lat
+                    lat.append(f'response_latency_ms_bucket{{{sl},le="{bound}"}} {running}\n')
+                lat.append(f"response_latency_ms_count{{{sl}}} {running}\n")
+                total_ms = sum(p.sum_ms for p in parts)
+                lat.append(f"response_latency_ms_sum{{{sl}}} {total_ms!r}\n")
+        out.extend(req)
+        out.extend(rsp)
+        out.extend(lat)
 
-    def _collect_tcp(self) -> Iterator[Metric]:
+    def _render_tcp(self, out: list[str]) -> None:
         if not self._tcp:
             return
         fams = (
-            ("opens", Metric("tcp_open", "Total TCP connections opened", "counter"), "_total"),
-            ("closes", Metric("tcp_close", "Total TCP connections closed", "counter"), "_total"),
-            ("open", Metric("tcp_open_connections", "TCP connections open", "gauge"), ""),
-            ("read_bytes", Metric("tcp_read_bytes", "Bytes read from peers", "counter"), "_total"),
-            (
-                "write_bytes",
-                Metric("tcp_write_bytes", "Bytes written to peers", "counter"),
-                "_total",
-            ),
+            ("opens", "tcp_open_total", "counter", "Total TCP connections opened"),
+            ("closes", "tcp_close_total", "counter", "Total TCP connections closed"),
+            ("open", "tcp_open_connections", "gauge", "TCP connections currently open"),
+            ("read_bytes", "tcp_read_bytes_total", "counter", "Total bytes read from peers"),
+            ("write_bytes", "tcp_write_bytes_total", "counter", "Total bytes written to peers"),
         )
-        for s in list(self._tcp.values()):
-            labels = dict(s.labels)
-            for attr, fam, suffix in fams:
-                fam.add_sample(fam.name + suffix, labels, getattr(s, attr))
-        for _, fam, _ in fams:
-            yield fam
+        series = [(s, _labels(s.labels)) for s in list(self._tcp.values())]
+        for attr, name, kind, doc in fams:
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+            for s, base in series:
+                out.append(f"{name}{{{base}}} {getattr(s, attr)}\n")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(items: LabelItems) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in items)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _render_process(out: list[str]) -> None:
+    """Standard process metrics from /proc/self (Linux); nothing elsewhere."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            btime = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return
+    cpu = (int(fields[11]) + int(fields[12])) / _TICKS
+    start = btime + int(fields[19]) / _TICKS
+    rss = int(fields[21]) * _PAGE
+    vsz = int(fields[20])
+    for name, kind, doc, value in (
+        ("process_cpu_seconds_total", "counter", "Total user and system CPU time", cpu),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes", rss),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes", vsz),
+        ("process_start_time_seconds", "gauge", "Start time since the epoch", start),
+        ("process_open_fds", "gauge", "Number of open file descriptors", fds),
+    ):
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n{name} {value!r}\n")
 
 
 def _activity(series: HttpSeries | TcpSeries) -> int:
@@ -240,11 +273,3 @@ def _fmt_bound(bound: float) -> str:
 
 
 _BOUNDS_TEXT: tuple[str, ...] = (*(_fmt_bound(b) for b in LATENCY_BUCKETS_MS), "+Inf")
-
-
-class _Collector:
-    def __init__(self, metrics: ProxyMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return self._metrics.collect()

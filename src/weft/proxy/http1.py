@@ -442,6 +442,7 @@ class Exchange:
 
         up, state = self.up, self.state
         assert up is not None and state is not None
+        self.down.uncork()  # the 101 goes out before any tunnelled byte
         self.finished = True
         self.down.concrete.balancer.finish(state.addr, self.sent_at)
         up.exchange = None
@@ -603,6 +604,7 @@ class Http1Downstream(asyncio.Protocol):
         self._no_endpoint: dict[bytes, HttpSeries] = {}
         self.bytes_in = 0
         self.bytes_out = 0
+        self._corked: list[bytes] | None = None
         self.on_close: Callable[[Http1Downstream], None] | None = None
         ctx.connections.add(self)
 
@@ -610,7 +612,26 @@ class Http1Downstream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.transport.write(data)
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close after what is written (corked writes included) has been sent."""
+        self.uncork()
+        self.transport.close()
+
+    def cork(self) -> None:
+        """Collect writes until :meth:`uncork`: one send for a response's head and body."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        out = self._corked
+        self._corked = None
+        if out and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -804,14 +825,14 @@ class Http1Downstream(asyncio.Protocol):
         self.queue.popleft()
         self._last_active = _monotonic()
         if exchange.close_after:
-            self.transport.close()
+            self.close()
             return
         if self.queue:
             if len(self.queue) <= 16:
                 self.resume("pipeline")
             self.queue[0].dispatch()
         elif self.closing or self.ctx.draining:
-            self.transport.close()
+            self.close()
 
     def no_endpoint_series(self, authority: bytes) -> HttpSeries:
         series = self._no_endpoint.get(authority)
@@ -857,7 +878,7 @@ class Http1Downstream(asyncio.Protocol):
         series.requests += 1
         series.response(status, False).observe(0.0)
         self.write(error_response(status, reason, close=True, detail=detail))
-        self.transport.close()
+        self.close()
 
     def pause(self, reason: str) -> None:
         if not self._paused:
@@ -874,11 +895,11 @@ class Http1Downstream(asyncio.Protocol):
         if self._in_head and self._head_started < header_deadline:
             self._reject(408, "header-timeout", "request head not received in time")
         elif not self.queue and not self._in_head and self._last_active < idle_deadline:
-            self.transport.close()
+            self.close()
 
     def drain(self) -> None:
         if not self.queue and not self._in_head:
-            self.transport.close()
+            self.close()
         else:
             self.closing = True
 
@@ -925,6 +946,8 @@ class Http1Upstream(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection is out of sync
             return
         self.got_bytes = True
+        down = exchange.down
+        down.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -938,6 +961,8 @@ class Http1Upstream(asyncio.Protocol):
             exchange.on_upstream_error("internal error")
         except httptools.HttpParserError as exc:
             exchange.on_upstream_error(str(exc))
+        finally:
+            down.uncork()
 
     def eof_received(self) -> bool:
         return False

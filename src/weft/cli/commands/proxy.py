@@ -137,7 +137,7 @@ async def make_discovery(config: ProxyConfig) -> Discovery | None:
     if config.control:
         from weft.proxy.control_discovery import ControlDiscovery
 
-        return ControlDiscovery(config.control)
+        return ControlDiscovery(config.control, namespace=config.labels.get("namespace"))
     return None
 
 

@@ -845,13 +845,14 @@ class NodeAgent:
         runner = pod.runner
         if runner is None:
             return  # still starting: its lifecycle notices ``terminating`` and cleans up
-        if False:
+        runner.mark_terminating()
+        if drain and pod.became_ready:
             # endpoints leave discovery when the store has the status; then proxies need a
             # moment to act on it before the pod stops accepting
             await self._reporter.flush("Pod", pod.key, time_limit=2.0)
             await asyncio.sleep(self.config.drain_delay)
         log.info("pod %s/%s: stopping (grace %gs)", *pod.key, runner.spec.grace)
-        await runner.terminate(grace=0.0)
+        await runner.terminate()
 
     async def _setup_network(self, pod: _Pod, spec: RunSpec) -> None:
         if net.netns_exists(pod.netns):

@@ -659,6 +659,7 @@ class PodRunner:
         """Drain and stop the pod: SIGTERM the apps, wait up to ``grace`` (default: the pod's),
         then SIGTERM the proxy, then SIGKILL anything left. Returns the final phase."""
         grace = self.spec.grace if grace is None else grace
+        self.mark_terminating()
         if self._stopping.is_set():
             await self._finished.wait()
             return self.phase
