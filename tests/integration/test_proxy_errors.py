@@ -393,11 +393,17 @@ async def test_unrequested_switching_protocols_is_502() -> None:
         return Response(raw=raw) if req.path == "/switch" else Response(body=b"plain")
 
     async with Backend(handler) as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            reply = await client.request("GET", "/switch")
-            assert_proxy_error(reply, 502, "upstream-protocol-error")
-            follow = await client.request("GET", "/next")
-            assert follow.status == 200 and follow.body == b"plain"
+        client = await RawClient.connect(proxy.addresses["outbound"])
+        client.send(b"GET /switch HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert await wait_until(lambda: b"\r\n\r\n" in client.received)
+        assert client.received.startswith(b"HTTP/1.1 502 "), bytes(client.received)
+        (reply,) = client.replies()
+        assert_proxy_error(reply, 502, "upstream-protocol-error")
+        assert client.transport is not None
+        client.transport.write(b"GET /next HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert await wait_until(lambda: len(client.replies()) == 2)
+        assert client.replies()[1].body == b"plain"
+        client.close()
 
 
 @pytest.mark.xfail(

@@ -346,3 +346,11 @@ def test_detect_iptables_names_a_working_binary() -> None:
     assert binary in net.IPTABLES_CANDIDATES
     assert not any(n.startswith("weft--probe") for n in net.list_netns())
     subprocess.run([binary, "--version"], check=True, capture_output=True)
+
+
+def test_pod_namespaces_are_told_apart_from_node_and_probes() -> None:
+    assert net.is_weft_pod_netns("weft-shop-web-1")
+    assert not net.is_weft_pod_netns(net.NODE_NETNS)
+    assert not net.is_weft_pod_netns("weft--probe-123")
+    assert not net.is_weft_pod_netns("other-ns")
+    assert net.is_weft_netns("weft--probe-123")

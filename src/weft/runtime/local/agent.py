@@ -351,6 +351,7 @@ class NodeAgent:
         self._clock = clock
         self._ipam = net.Ipam(config.network.pod_cidr)
         self._pods: dict[Key, _Pod] = {}
+        self._deleting: set[Key] = set()
         self._seq = 0
         self._cache: dict[str, dict[Key, dict[str, Any]]] = {k: {} for k in WATCH_KINDS}
         self._synced = False
@@ -395,7 +396,7 @@ class NodeAgent:
         """Pod namespaces left by an earlier agent (their processes died with it): remove them."""
         removed = []
         for name in net.list_netns():
-            if not net.is_weft_netns(name) or name == net.NODE_NETNS:
+            if not net.is_weft_pod_netns(name):
                 continue
             if any(p.netns == name for p in self._pods.values()):
                 continue
@@ -495,7 +496,8 @@ class NodeAgent:
             annotations = meta.get("annotations") or {}
             if annotations.get(ANNOTATION_DEPLOYMENT):
                 # a pod of an earlier agent (or of a deployment pod that already ended here)
-                self._spawn(self._delete_pod_object(key))
+                if key not in self._deleting:
+                    self._spawn(self._delete_pod_object(key))
                 continue
             phase = (doc.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed"):
@@ -813,21 +815,25 @@ class NodeAgent:
 
     async def _delete_pod_object(self, key: Key) -> None:
         self._reporter.forget("Pod", key)
+        self._deleting.add(key)
         backoff = ExponentialBackoff(base=0.1, maximum=2.0, jitter=0.2, rng=self._rng)
         attempt = 0
-        while not self._stopping:
-            try:
-                await self.client.delete(
-                    [{"kind": "Pod", "metadata": {"name": key[1], "namespace": key[0]}}]
-                )
-                return
-            except ControlUnavailable:
-                await asyncio.sleep(backoff.delay(attempt))
-                attempt += 1
-            except ApiError as exc:
-                if exc.status != 404:
-                    log.warning("cannot delete pod object %s/%s: %s", *key, exc)
-                return
+        try:
+            while not self._stopping:
+                try:
+                    await self.client.delete(
+                        [{"kind": "Pod", "metadata": {"name": key[1], "namespace": key[0]}}]
+                    )
+                    return
+                except ControlUnavailable:
+                    await asyncio.sleep(backoff.delay(attempt))
+                    attempt += 1
+                except ApiError as exc:
+                    if exc.status != 404:
+                        log.warning("cannot delete pod object %s/%s: %s", *key, exc)
+                    return
+        finally:
+            self._deleting.discard(key)
 
     def _forget_pod(self, pod: _Pod) -> None:
         """Drop a pod that has ended (its network is gone) and delete its object."""

@@ -221,7 +221,17 @@ def pod_netns_name(namespace: str, pod: str) -> str:
 
 
 def is_weft_netns(name: str) -> bool:
+    """Any namespace Weft creates: the node's, pods', and short-lived probes (``weft--*``)."""
     return name.startswith(NETNS_PREFIX)
+
+
+def is_weft_pod_netns(name: str) -> bool:
+    """A pod's namespace (``weft-<ns>-<pod>``): not the node's, not a probe's."""
+    return (
+        name.startswith(NETNS_PREFIX)
+        and name != NODE_NETNS
+        and not name.startswith(NETNS_PREFIX + "-")
+    )
 
 
 def veth_name(network: ipaddress.IPv4Network, ip: ipaddress.IPv4Address) -> str:
