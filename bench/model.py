@@ -148,6 +148,7 @@ class CaseResult:
     reason: str | None = None
     measured: str | None = None  # which process was measured, e.g. "envoy pid 1234"
     phases: tuple[Phase, ...] = ()
+    rss_start_kib: int | None = None  # just after it became ready, before any load
     rss_kib: int | None = None
     hwm_kib: int | None = None
     volume: tuple[VolumeSample, ...] = ()
@@ -230,6 +231,7 @@ def from_json(data: dict[str, Any]) -> RunResult:
                 reason=c["reason"],
                 measured=c["measured"],
                 phases=phases,
+                rss_start_kib=c.get("rss_start_kib"),
                 rss_kib=c["rss_kib"],
                 hwm_kib=c["hwm_kib"],
                 volume=tuple(VolumeSample(**v) for v in c["volume"]),

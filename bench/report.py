@@ -65,6 +65,7 @@ LOAD_HEADERS = (
     "p99 ms (fixed)",
     "CPU us/req (sat)",
     "CPU us/req (fixed)",
+    "RSS MB (start)",
     "RSS MB",
     "HWM MB",
 )
@@ -87,6 +88,7 @@ def load_rows(run: RunResult) -> list[list[str]]:
                 row += [f"{s.rps:,.0f}{trouble}", _ms(s.p50_us), _ms(s.p99_us)]
         row += [_cpu_cell(sat), _cpu_cell(fixed)]
         row += [
+            _num(None if c.rss_start_kib is None else mb(c.rss_start_kib)),
             _num(None if c.rss_kib is None else mb(c.rss_kib)),
             _num(None if c.hwm_kib is None else mb(c.hwm_kib)),
         ]

@@ -181,6 +181,7 @@ class _Case:
         self.reason: str | None = None
         self.requests = 0  # requests sent through the target so far (for volume milestones)
         self.phases: list[Phase] = []
+        self.rss_start_kib: int | None = None
         self.rss_kib: int | None = None
         self.hwm_kib: int | None = None
         self.volume: list[VolumeSample] = []
@@ -311,6 +312,7 @@ class _Case:
             reason=self.reason,
             measured=None if self.target is None else self.target.describe(),
             phases=tuple(self.phases),
+            rss_start_kib=self.rss_start_kib,
             rss_kib=self.rss_kib,
             hwm_kib=self.hwm_kib,
             volume=tuple(self.volume),
@@ -327,20 +329,23 @@ def _measure(
     cases: list[_Case], sup: Supervisor, workdir: Path, backend: Target, s: Settings
 ) -> None:
     """Start every case, then run the rounds with the cases taking turns, then the rest."""
+
+    def stop(c: _Case) -> None:
+        if c.target is not None and c.target.server is not backend.server:
+            sup.stop(c.target.server)
+
     for c in cases:
         _progress(c.console, f"{c.name}: starting")
         try:
             c.target = start_case(c.name, sup, workdir, backend, s)
+            c.rss_start_kib = procfs.memory(c.target.pid).rss_kib
             c.warmup()
         except Skipped as e:
             _progress(c.console, f"{c.name}: skipped: {e}")
             c.status, c.reason = "skipped", str(e)
         except _FAILURES as e:
             c.fail(e)
-
-    def stop(c: _Case) -> None:
-        if c.target is not None and c.target.server is not backend.server:
-            sup.stop(c.target.server)
+            stop(c)
 
     for rnd in range(s.rounds):
         order = cases[rnd % len(cases) :] + cases[: rnd % len(cases)]

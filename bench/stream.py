@@ -131,7 +131,13 @@ def download(port: int, n: int) -> tuple[int, int]:
 
 def sampled(direction: str, pid: int, port: int, n: int, timeout_s: float = 300.0) -> Transfer:
     """Run one transfer in a thread while sampling the measured process tree's RSS."""
-    fn: Callable[[int, int], tuple[int, int]] = upload if direction == "upload" else download
+    transfers: dict[str, Callable[[int, int], tuple[int, int]]] = {
+        "upload": upload,
+        "download": download,
+    }
+    if direction not in transfers:
+        raise ValueError(f"direction: expected 'upload' or 'download', got {direction!r}")
+    fn = transfers[direction]
     pids = procfs.tree(pid)
     before = procfs.rss_kib(pids)
     result: list[tuple[int, int]] = []

@@ -96,6 +96,8 @@ def test_job_pod_completes_and_its_sidecar_stops(mesh: E2EMesh, echo: dict[str, 
     assert proxy_log.strip()
     mesh.weft("delete", "-f", "-", input=JOB)
     wait_for(lambda: _pod(mesh, "fetch-once") is None, "the job pod to be deleted")
+    logs_dir = mesh.state_dir / "pods" / NAMESPACE / "fetch-once"
+    wait_for(lambda: not logs_dir.exists(), "the deleted pod's logs to go with it")
 
 
 def test_invalid_manifest_is_rejected_whole_with_the_field_named(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -42,10 +43,10 @@ def unused_port() -> int:
     return port
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; returns its last value."""
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``within`` seconds pass; returns its last value."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() >= deadline:
             return predicate()
@@ -53,11 +54,11 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> boo
     return True
 
 
-async def is_closed(client: HttpClient, timeout: float = 3.0) -> bool:
-    """True when the proxy closed (FIN or RST) the client connection within ``timeout``."""
+async def is_closed(client: HttpClient, within: float = 3.0) -> bool:
+    """True when the proxy closed (FIN or RST) the client connection within ``within`` s."""
     assert client.reader is not None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             data = await client.reader.read(65536)
     except TimeoutError:
         return False
@@ -116,9 +117,9 @@ class RawClient(asyncio.Protocol):
         self.transport.write(data)
         return True
 
-    async def closed(self, timeout: float = 3.0) -> bool:
+    async def closed(self, within: float = 3.0) -> bool:
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self.ended.wait()
         return self.ended.is_set()
 
@@ -176,6 +177,10 @@ def abort_socket(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def has_accepted(backend: Backend, count: int) -> Callable[[], bool]:
+    return lambda: backend.connections >= count
+
+
 async def assert_serves(proxy: ProxyServer, path: str = "/alive") -> None:
     """A fresh client still gets a normal answer: the proxy survived what came before."""
     async with HttpClient(proxy.addresses["outbound"]) as client:
@@ -212,13 +217,16 @@ async def test_application_errors_carry_no_proxy_error_header() -> None:
     def handler(req: Request) -> Response:
         return Response(status=int(req.path.strip("/")), body=b"from the app")
 
-    async with Backend(handler) as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            for code in (400, 502, 503, 504):
-                reply = await client.request("GET", f"/{code}")
-                assert reply.status == code
-                assert reply.body == b"from the app"
-                assert reply.header(ERROR_HEADER) is None
+    async with (
+        Backend(handler) as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        for code in (400, 502, 503, 504):
+            reply = await client.request("GET", f"/{code}")
+            assert reply.status == code
+            assert reply.body == b"from the app"
+            assert reply.header(ERROR_HEADER) is None
 
 
 # -- 503: no endpoint ---------------------------------------------------------------------------
@@ -227,36 +235,40 @@ async def test_application_errors_carry_no_proxy_error_header() -> None:
 async def test_no_endpoints_fails_fast_with_503_and_keeps_the_connection(tmp_path: Path) -> None:
     port = unused_port()
     target = f"127.0.0.1:{port}"
-    async with discovery_file(tmp_path, destinations_yaml(target, [])) as (_, discovery):
-        async with running_proxy(
+    async with (
+        discovery_file(tmp_path, destinations_yaml(target, [])) as (_, discovery),
+        running_proxy(
             discovery, outbound_target=("127.0.0.1", port), fail_fast_outbound=0.2
-        ) as proxy:
-            async with HttpClient(proxy.addresses["outbound"]) as client:
-                for _ in range(2):  # keep-alive: the request was complete, the connection lives
-                    reply = await client.request("GET", "/nothing-there")
-                    assert_proxy_error(reply, 503, "no-endpoints")
-                    assert reply.header("connection") is None
-                reply = await client.request("POST", "/with-body", body=b"x" * 100)
+        ) as proxy,
+    ):
+        async with HttpClient(proxy.addresses["outbound"]) as client:
+            for _ in range(2):  # keep-alive: the request was complete, the connection lives
+                reply = await client.request("GET", "/nothing-there")
                 assert_proxy_error(reply, 503, "no-endpoints")
-            assert await wait_until(lambda: not proxy.outbound.http.connections)
+                assert reply.header("connection") is None
+            reply = await client.request("POST", "/with-body", body=b"x" * 100)
+            assert_proxy_error(reply, 503, "no-endpoints")
+        assert await wait_until(lambda: not proxy.outbound.http.connections)
 
 
 async def test_request_waiting_for_endpoints_is_served_when_one_appears(tmp_path: Path) -> None:
     port = unused_port()
     target = f"127.0.0.1:{port}"
-    async with Backend() as backend:
-        async with discovery_file(tmp_path, destinations_yaml(target, [])) as (path, discovery):
-            async with running_proxy(
-                discovery, outbound_target=("127.0.0.1", port), fail_fast_outbound=5.0
-            ) as proxy:
-                async with HttpClient(proxy.addresses["outbound"]) as client:
-                    pending = asyncio.create_task(client.request("GET", "/late"))
-                    await asyncio.sleep(0.1)
-                    assert not pending.done()
-                    path.write_text(destinations_yaml(target, [backend.address]))
-                    reply = await asyncio.wait_for(pending, 5.0)
-                assert reply.status == 200
-                assert reply.body == b"GET /late"
+    async with (
+        Backend() as backend,
+        discovery_file(tmp_path, destinations_yaml(target, [])) as (path, discovery),
+        running_proxy(
+            discovery, outbound_target=("127.0.0.1", port), fail_fast_outbound=5.0
+        ) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        pending = asyncio.create_task(client.request("GET", "/late"))
+        await asyncio.sleep(0.1)
+        assert not pending.done()  # parked until discovery has an endpoint
+        path.write_text(destinations_yaml(target, [backend.address]))
+        reply = await asyncio.wait_for(pending, 5.0)
+        assert reply.status == 200
+        assert reply.body == b"GET /late"
 
 
 @pytest.mark.xfail(
@@ -273,30 +285,52 @@ async def test_error_before_the_body_is_read_closes_the_connection(
     status = 503 if failure == "no-endpoints" else 502
     # no endpoints: discovery lists the target with none; connect failure: nothing listens
     yaml_text = destinations_yaml(target, [] if status == 503 else [("127.0.0.1", port)])
-    async with discovery_file(tmp_path, yaml_text) as (_, discovery):
-        async with running_proxy(
+    async with (
+        discovery_file(tmp_path, yaml_text) as (_, discovery),
+        running_proxy(
             discovery, outbound_target=("127.0.0.1", port), fail_fast_outbound=0.2
-        ) as proxy:
-            async with HttpClient(proxy.addresses["outbound"]) as client:
-                head = b"POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: 1000000\r\n\r\n"
-                reply = await send_raw(client, head + b"x" * 1000)
-                assert_proxy_error(reply, status, failure)
-                assert reply.header("connection") == "close"
-                assert await is_closed(client, timeout=2.0)
-            assert await wait_until(lambda: not proxy.outbound.http.connections)
+        ) as proxy,
+    ):
+        async with HttpClient(proxy.addresses["outbound"]) as client:
+            head = b"POST /upload HTTP/1.1\r\nhost: t\r\ncontent-length: 1000000\r\n\r\n"
+            reply = await send_raw(client, head + b"x" * 1000)
+            assert_proxy_error(reply, status, failure)
+            assert reply.header("connection") == "close"
+            assert await is_closed(client, within=2.0)
+        assert await wait_until(lambda: not proxy.outbound.http.connections)
 
 
 # -- 502: connect failure, broken upstream ------------------------------------------------------
 
 
 async def test_connect_refused_is_502_and_the_connection_stays_usable() -> None:
+    async with (
+        running_proxy(outbound_target=("127.0.0.1", unused_port())) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        for _ in range(2):
+            reply = await client.request("GET", "/")
+            assert_proxy_error(reply, 502, "connect-failed")
+            assert b"connect to 127.0.0.1:" in reply.body
+            assert reply.header("connection") is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: proxy error responses to HEAD carry a body, which a keep-alive client reads as "
+    "the start of the next response",
+)
+async def test_proxy_error_to_a_head_request_has_no_body() -> None:
     async with running_proxy(outbound_target=("127.0.0.1", unused_port())) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            for _ in range(2):
-                reply = await client.request("GET", "/")
-                assert_proxy_error(reply, 502, "connect-failed")
-                assert b"connect to 127.0.0.1:" in reply.body
-                assert reply.header("connection") is None
+        client = await RawClient.connect(proxy.addresses["outbound"])
+        client.send(b"HEAD /h HTTP/1.1\r\nhost: t\r\n\r\nGET /g HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert await wait_until(lambda: client.received.count(b"weft-proxy-error") == 2)
+        head, _, rest = bytes(client.received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 502 ")
+        assert b"weft-proxy-error: connect-failed" in head
+        # a HEAD response ends with its head: the next bytes are the next response
+        assert rest.startswith(b"HTTP/1.1 502 "), rest[:80]
+        client.close()
 
 
 @pytest.mark.parametrize(
@@ -322,25 +356,30 @@ async def test_malformed_upstream_response_is_502(raw: bytes) -> None:
             return Response(raw=raw)
         return Response(body=b"good")
 
-    async with Backend(handler) as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            reply = await client.request("GET", "/bad")
-            assert_proxy_error(reply, 502, "upstream-protocol-error")
-            # the out-of-sync upstream connection is dropped, the client's is not
-            assert await wait_until(lambda: not backend.live)
-            follow = await client.request("GET", "/good")
-            assert follow.status == 200 and follow.body == b"good"
+    async with (
+        Backend(handler) as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        reply = await client.request("GET", "/bad")
+        assert_proxy_error(reply, 502, "upstream-protocol-error")
+        # the out-of-sync upstream connection is dropped, the client's is not
+        assert await wait_until(lambda: not backend.live)
+        follow = await client.request("GET", "/good")
+        assert follow.status == 200 and follow.body == b"good"
 
 
 async def test_bad_chunk_in_upstream_response_body_aborts_the_client_connection() -> None:
     raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
-    async with Backend(lambda r: Response(raw=raw)) as backend:
-        async with running_proxy(outbound_target=backend.address) as proxy:
-            async with HttpClient(proxy.addresses["outbound"]) as client:
-                with pytest.raises(ConnectionError):
-                    await client.request("GET", "/")
-            assert await wait_until(lambda: not backend.live)
-            assert await wait_until(lambda: not proxy.outbound.http.connections)
+    async with (
+        Backend(lambda r: Response(raw=raw)) as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+    ):
+        async with HttpClient(proxy.addresses["outbound"]) as client:
+            with pytest.raises(ConnectionError):
+                await client.request("GET", "/")
+        assert await wait_until(lambda: not backend.live)
+        assert await wait_until(lambda: not proxy.outbound.http.connections)
 
 
 @pytest.mark.parametrize(
@@ -417,12 +456,15 @@ async def test_bytes_after_a_complete_response_do_not_poison_the_pool() -> None:
             return Response(raw=b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokGARBAGE")
         return Response(body=b"innocent")
 
-    async with Backend(handler) as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            first = await client.request("GET", "/extra")
-            assert first.status == 200 and first.body == b"ok"
-            second = await client.request("GET", "/innocent")
-            assert second.status == 200 and second.body == b"innocent", second.body
+    async with (
+        Backend(handler) as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        first = await client.request("GET", "/extra")
+        assert first.status == 200 and first.body == b"ok"
+        second = await client.request("GET", "/innocent")
+        assert second.status == 200 and second.body == b"innocent", second.body
         assert [r.path for r in backend.requests] == ["/extra", "/innocent"]
 
 
@@ -475,18 +517,20 @@ async def test_upstream_that_never_answers_is_504_and_its_connection_is_closed()
             await never.wait()
         return Response(body=b"quick")
 
-    async with Backend(handler) as backend:
-        async with running_proxy(outbound_target=backend.address, response_timeout=0.3) as proxy:
-            async with HttpClient(proxy.addresses["outbound"]) as client:
-                reply = await client.request("GET", "/hang")
-                assert_proxy_error(reply, 504, "response-timeout")
-                assert reply.header("connection") is None
-                # the upstream connection carrying the abandoned request is closed, not pooled
-                assert await wait_until(lambda: not backend.live)
-                assert upstream_pool_sizes(proxy) == 0
-                follow = await client.request("GET", "/fast")  # same client connection
-                assert follow.status == 200 and follow.body == b"quick"
-            assert len(backend.requests) == 2
+    async with (
+        Backend(handler) as backend,
+        running_proxy(outbound_target=backend.address, response_timeout=0.3) as proxy,
+    ):
+        async with HttpClient(proxy.addresses["outbound"]) as client:
+            reply = await client.request("GET", "/hang")
+            assert_proxy_error(reply, 504, "response-timeout")
+            assert reply.header("connection") is None
+            # the upstream connection carrying the abandoned request is closed, not pooled
+            assert await wait_until(lambda: not backend.live)
+            assert upstream_pool_sizes(proxy) == 0
+            follow = await client.request("GET", "/fast")  # same client connection
+            assert follow.status == 200 and follow.body == b"quick"
+        assert len(backend.requests) == 2
 
 
 # -- 400 and close: malformed requests and smuggling attempts ----------------------------------
@@ -581,30 +625,36 @@ SMUGGLING_AND_MALFORMED = [
 async def test_malformed_or_smuggling_request_is_400_and_close(
     request_bytes: bytes, reasons: set[str]
 ) -> None:
-    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            reply = await send_raw(client, request_bytes)
-            assert reply.status == 400, (reply.status, reply.body)
-            assert reply.header(ERROR_HEADER) in reasons, reply.headers
-            assert reply.header("connection") == "close"
-            assert await is_closed(client)
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        reply = await send_raw(client, request_bytes)
+        assert reply.status == 400, (reply.status, reply.body)
+        assert reply.header(ERROR_HEADER) in reasons, reply.headers
+        assert reply.header("connection") == "close"
+        assert await is_closed(client)
         # nothing of an ambiguous request reaches the application
         assert backend.requests == []
         await assert_serves(proxy)
 
 
 async def test_malformed_request_after_a_good_one_on_the_same_connection() -> None:
-    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            assert (await client.request("GET", "/first")).status == 200
-            reply = await send_raw(
-                client,
-                b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n"
-                b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
-            )
-            assert reply.status == 400
-            assert reply.header(ERROR_HEADER) in {"smuggling", "malformed-request"}
-            assert await is_closed(client)
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        assert (await client.request("GET", "/first")).status == 200
+        reply = await send_raw(
+            client,
+            b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\n"
+            b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        assert reply.status == 400
+        assert reply.header(ERROR_HEADER) in {"smuggling", "malformed-request"}
+        assert await is_closed(client)
         assert [r.path for r in backend.requests] == ["/first"]
 
 
@@ -633,11 +683,14 @@ async def test_malformed_pipelined_request_is_not_answered_for_a_forwarded_one()
 
 
 async def test_connect_method_is_refused_with_501_and_close() -> None:
-    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
-        async with HttpClient(proxy.addresses["outbound"]) as client:
-            reply = await send_raw(client, b"CONNECT example:443 HTTP/1.1\r\nhost: example\r\n\r\n")
-            assert_proxy_error(reply, 501, "connect-not-supported")
-            assert await is_closed(client)
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        reply = await send_raw(client, b"CONNECT example:443 HTTP/1.1\r\nhost: example\r\n\r\n")
+        assert_proxy_error(reply, 501, "connect-not-supported")
+        assert await is_closed(client)
         assert backend.requests == []
 
 
@@ -645,21 +698,23 @@ async def test_connect_method_is_refused_with_501_and_close() -> None:
 
 
 async def test_oversized_head_dribbled_in_pieces_is_431_and_close() -> None:
-    async with Backend() as backend:
-        async with running_proxy(outbound_target=backend.address, max_header_bytes=2048) as proxy:
-            client = await RawClient.connect(proxy.addresses["outbound"])
-            client.send(b"GET / HTTP/1.1\r\nhost: t\r\n")
-            lines = 0
-            while lines < 40 and client.send(b"x-filler: " + b"a" * 190 + b"\r\n"):
-                lines += 1
-                await asyncio.sleep(0.01)
-            assert lines < 40, "the proxy kept reading a head far beyond max_header_bytes"
-            assert await client.closed()
-            (reply,) = client.replies()
-            assert_proxy_error(reply, 431, "headers-too-large")
-            assert reply.header("connection") == "close"
-            assert backend.requests == []
-            await assert_serves(proxy)
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address, max_header_bytes=2048) as proxy,
+    ):
+        client = await RawClient.connect(proxy.addresses["outbound"])
+        client.send(b"GET / HTTP/1.1\r\nhost: t\r\n")
+        lines = 0
+        while lines < 40 and client.send(b"x-filler: " + b"a" * 190 + b"\r\n"):
+            lines += 1
+            await asyncio.sleep(0.01)
+        assert lines < 40, "the proxy kept reading a head far beyond max_header_bytes"
+        assert await client.closed()
+        (reply,) = client.replies()
+        assert_proxy_error(reply, 431, "headers-too-large")
+        assert reply.header("connection") == "close"
+        assert backend.requests == []
+        await assert_serves(proxy)
 
 
 @pytest.mark.xfail(
@@ -668,14 +723,16 @@ async def test_oversized_head_dribbled_in_pieces_is_431_and_close() -> None:
     "read, so a whole oversized head arriving in one read is forwarded",
 )
 async def test_oversized_head_in_one_write_is_431_and_close() -> None:
-    async with Backend() as backend:
-        async with running_proxy(outbound_target=backend.address, max_header_bytes=2048) as proxy:
-            async with HttpClient(proxy.addresses["outbound"]) as client:
-                head = b"GET / HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 8000 + b"\r\n\r\n"
-                reply = await send_raw(client, head)
-                assert_proxy_error(reply, 431, "headers-too-large")
-                assert await is_closed(client)
-            assert backend.requests == []
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address, max_header_bytes=2048) as proxy,
+    ):
+        async with HttpClient(proxy.addresses["outbound"]) as client:
+            head = b"GET / HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * 8000 + b"\r\n\r\n"
+            reply = await send_raw(client, head)
+            assert_proxy_error(reply, 431, "headers-too-large")
+            assert await is_closed(client)
+        assert backend.requests == []
 
 
 @pytest.mark.xfail(
@@ -684,44 +741,49 @@ async def test_oversized_head_in_one_write_is_431_and_close() -> None:
     "next pipelined head in the same read are charged to the new head (false 431)",
 )
 async def test_body_bytes_do_not_count_against_the_next_head() -> None:
-    async with Backend() as backend:
-        async with running_proxy(outbound_target=backend.address, max_header_bytes=2048) as proxy:
-            async with HttpClient(proxy.addresses["outbound"]) as client:
-                assert client.writer is not None
-                body = b"b" * 8000
-                client.writer.write(
-                    b"POST /one HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(body)
-                    + body
-                    + b"GET /two HTTP/1.1\r\n"  # the next head is not complete yet
-                )
-                first = await client.read_reply(timeout=5.0)
-                assert first.status == 200 and first.header(ERROR_HEADER) is None
-                client.writer.write(b"host: t\r\n\r\n")
-                second = await client.read_reply(timeout=5.0)
-                assert second.status == 200 and second.body == b"GET /two"
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address, max_header_bytes=2048) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        assert client.writer is not None
+        body = b"b" * 8000
+        client.writer.write(
+            b"POST /one HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(body)
+            + body
+            + b"GET /two HTTP/1.1\r\n"  # the next head is not complete yet
+        )
+        first = await client.read_reply(timeout=5.0)
+        assert first.status == 200 and first.header(ERROR_HEADER) is None
+        client.writer.write(b"host: t\r\n\r\n")
+        second = await client.read_reply(timeout=5.0)
+        assert second.status == 200 and second.body == b"GET /two"
+        assert [r.path for r in backend.requests] == ["/one", "/two"]
 
 
 # -- 408: slowloris -----------------------------------------------------------------------------
 
 
 async def test_head_dribbled_byte_by_byte_gets_408_and_close() -> None:
-    async with Backend() as backend:
-        async with running_proxy(outbound_target=backend.address, header_timeout=0.3) as proxy:
-            client = await RawClient.connect(proxy.addresses["outbound"])
-            client.send(b"GET /slow HTTP/1.1\r\n")
-            dribble = b"host: t\r\nx-slow: " + b"z" * 200
-            sent = 0
-            # a byte every 50 ms, for far longer than the header timeout: the proxy must cut in
-            while sent < len(dribble) and client.send(dribble[sent : sent + 1]):
-                sent += 1
-                await asyncio.sleep(0.05)
-            assert sent < len(dribble), "the proxy let a head dribble in for 10 s"
-            assert await client.closed()
-            (reply,) = client.replies()
-            assert_proxy_error(reply, 408, "header-timeout")
-            assert reply.header("connection") == "close"
-            assert backend.requests == []
-            await assert_serves(proxy)
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address, header_timeout=0.3) as proxy,
+    ):
+        client = await RawClient.connect(proxy.addresses["outbound"])
+        client.send(b"GET /slow HTTP/1.1\r\n")
+        dribble = b"host: t\r\nx-slow: " + b"z" * 200
+        sent = 0
+        # a byte every 50 ms, for far longer than the header timeout: the proxy must cut in
+        while sent < len(dribble) and client.send(dribble[sent : sent + 1]):
+            sent += 1
+            await asyncio.sleep(0.05)
+        assert sent < len(dribble), "the proxy let a head dribble in for 10 s"
+        assert await client.closed()
+        (reply,) = client.replies()
+        assert_proxy_error(reply, 408, "header-timeout")
+        assert reply.header("connection") == "close"
+        assert backend.requests == []
+        await assert_serves(proxy)
 
 
 # -- clients that go away -----------------------------------------------------------------------
@@ -729,7 +791,7 @@ async def test_head_dribbled_byte_by_byte_gets_408_and_close() -> None:
 
 async def test_client_reset_mid_request_body_closes_the_upstream() -> None:
     async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
-        reader, writer = await asyncio.open_connection(*proxy.addresses["outbound"])
+        _, writer = await asyncio.open_connection(*proxy.addresses["outbound"])
         writer.write(b"POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + b"x" * 500)
         await writer.drain()
         assert await wait_until(lambda: backend.body_bytes >= 500)
@@ -748,13 +810,13 @@ async def test_client_reset_mid_request_body_closes_the_upstream() -> None:
 )
 async def test_client_closing_mid_request_body_closes_the_upstream() -> None:
     async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
-        reader, writer = await asyncio.open_connection(*proxy.addresses["outbound"])
+        _, writer = await asyncio.open_connection(*proxy.addresses["outbound"])
         writer.write(b"POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n" + b"x" * 500)
         await writer.drain()
         assert await wait_until(lambda: backend.body_bytes >= 500)
         writer.close()  # FIN: the rest of the body will never come
-        assert await wait_until(lambda: not backend.live, timeout=2.0)
-        assert await wait_until(lambda: not proxy.outbound.http.connections, timeout=1.0)
+        assert await wait_until(lambda: not backend.live, within=2.0)
+        assert await wait_until(lambda: not proxy.outbound.http.connections, within=1.0)
 
 
 async def test_client_gone_mid_response_closes_the_upstream_and_others_are_served() -> None:
@@ -810,6 +872,54 @@ async def test_many_clients_vanishing_leave_nothing_behind() -> None:
         assert await wait_until(lambda: not backend.live)
         assert await wait_until(lambda: not proxy.outbound.http.connections)
         assert upstream_pool_sizes(proxy) == 0
+
+
+# -- connection hygiene -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Accept._pool_probe drops the early upstream connection when its dial finished "
+    "before the client's first bytes: neither pooled nor closed",
+)
+async def test_early_upstream_connection_of_an_idle_client_is_not_leaked() -> None:
+    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
+        for i in range(3):
+            client = await RawClient.connect(proxy.addresses["outbound"])
+            # the proxy dials the upstream at accept; let that dial finish before speaking
+            assert await wait_until(has_accepted(backend, i + 1))
+            await asyncio.sleep(0.05)
+            client.send(b"GET /%d HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n" % i)
+            assert await client.closed()
+            assert client.replies()[0].status == 200
+        assert await wait_until(lambda: not proxy.outbound.http.connections)
+        # every upstream connection still open must be idle in the pool, owned by someone
+        assert await wait_until(lambda: len(backend.live) <= upstream_pool_sizes(proxy), 1.0), (
+            len(backend.live),
+            upstream_pool_sizes(proxy),
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: after a client half-close every pipelined response says 'connection: close', "
+    "not only the last, so the client drops the answers that follow",
+)
+async def test_half_closed_pipeline_says_close_only_last() -> None:
+    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
+        client = await RawClient.connect(proxy.addresses["outbound"])
+        assert client.transport is not None
+        client.transport.write(
+            b"GET /1 HTTP/1.1\r\nhost: t\r\n\r\nGET /2 HTTP/1.1\r\nhost: t\r\n\r\n"
+        )
+        client.transport.write_eof()  # all requests sent; the answers must still all come
+        assert await client.closed()
+        received = bytes(client.received)
+        assert received.count(b"HTTP/1.1 200") == 2, received
+        first, _, second = received.partition(b"GET /1")
+        assert b"connection: close" not in first.lower(), first
+        assert second.endswith(b"GET /2")
+        assert [r.path for r in backend.requests] == ["/1", "/2"]
 
 
 # -- upstreams that answer early ----------------------------------------------------------------
@@ -877,7 +987,7 @@ def test_invalid_discovery_file_at_start_names_the_file(tmp_path: Path, text: st
 
 def test_missing_discovery_file_at_start_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.yaml"
-    with pytest.raises(StaticDiscoveryError, match="absent.yaml"):
+    with pytest.raises(StaticDiscoveryError, match=r"absent\.yaml"):
         StaticDiscovery(str(path))
 
 
@@ -889,29 +999,33 @@ def test_missing_discovery_file_at_start_names_the_file(tmp_path: Path) -> None:
     ],
 )
 async def test_invalid_discovery_file_after_start_keeps_the_last_good_content(
-    tmp_path: Path, broken: str
+    tmp_path: Path, broken: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.ERROR, logger="weft.discovery")
+
+    def complained() -> bool:
+        return any("keeping the last good discovery" in r.getMessage() for r in caplog.records)
+
     port = unused_port()
     target = f"127.0.0.1:{port}"
     async with Backend() as first, Backend() as second:
         good = destinations_yaml(target, [first.address])
-        async with discovery_file(tmp_path, good) as (path, discovery):
-            async with running_proxy(discovery, outbound_target=("127.0.0.1", port)) as proxy:
-                async with HttpClient(proxy.addresses["outbound"]) as client:
-                    assert (await client.request("GET", "/a")).status == 200
-                    path.write_text(broken)
-                    stamp = path.stat()
-                    assert await wait_until(
-                        lambda: discovery._stamp == (stamp.st_mtime, stamp.st_size)
-                    )
-                    reply = await client.request("GET", "/b")
-                    assert reply.status == 200 and reply.header(ERROR_HEADER) is None
-                    # a later good edit is still picked up: the watcher survived the bad one
-                    path.write_text(destinations_yaml(target, [second.address]))
-                    assert await wait_until(
-                        lambda: list(proxy.outbound.concretes[target].endpoints) == [second.address]
-                    )
-                async with HttpClient(proxy.addresses["outbound"]) as client:
-                    assert (await client.request("GET", "/c")).status == 200
+        async with (
+            discovery_file(tmp_path, good) as (path, discovery),
+            running_proxy(discovery, outbound_target=("127.0.0.1", port)) as proxy,
+        ):
+            async with HttpClient(proxy.addresses["outbound"]) as client:
+                assert (await client.request("GET", "/a")).status == 200
+                path.write_text(broken)
+                assert await wait_until(complained)  # the watcher saw the bad file and said so
+                reply = await client.request("GET", "/b")
+                assert reply.status == 200 and reply.header(ERROR_HEADER) is None
+                # a later good edit is still picked up: the watcher survived the bad one
+                path.write_text(destinations_yaml(target, [second.address]))
+                assert await wait_until(
+                    lambda: list(proxy.outbound.concretes[target].endpoints) == [second.address]
+                )
+            async with HttpClient(proxy.addresses["outbound"]) as client:
+                assert (await client.request("GET", "/c")).status == 200
         assert [r.path for r in first.requests] == ["/a", "/b"]
         assert [r.path for r in second.requests] == ["/c"]

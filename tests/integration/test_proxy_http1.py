@@ -227,3 +227,15 @@ async def test_access_log_is_json(caplog) -> None:  # type: ignore[no-untyped-de
                 json.loads(r.getMessage()) for r in caplog.records if r.name == "weft.access"
             ]
             assert entries and entries[0]["path"] == "/logged" and entries[0]["status"] == 200
+
+
+async def test_connection_per_request_clients_do_not_grow_the_pool() -> None:
+    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
+        for i in range(40):
+            async with HttpClient(proxy.addresses["outbound"]) as client:
+                assert (await client.request("GET", f"/{i}")).status == 200
+        await asyncio.sleep(0.05)
+        (concrete,) = proxy.outbound.concretes.values()
+        idle = sum(len(s.idle) for s in concrete.endpoints.values())
+        assert idle <= 2
+        assert backend.connections <= 3

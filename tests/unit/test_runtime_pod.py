@@ -279,9 +279,9 @@ CHECK_SIDECAR = (
 
 LISTEN = """
 import signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 time.sleep(float(sys.argv[2])); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 while True:
     c, _ = s.accept(); c.close()
 """
@@ -413,11 +413,15 @@ async def test_ready_only_once_the_app_listens_then_drains(harness: Harness) -> 
 
 
 async def test_app_ignoring_sigterm_is_killed_after_the_grace_period(harness: Harness) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring SIGTERM', flush=True); time.sleep(60)"
+    )
     runner = harness.runner(harness.py("stubborn", code), meshed=False, grace=0.5)
     task = asyncio.create_task(runner.run())
-    await eventually(lambda: bool(runner.container_pids()), "the app to start")
     await eventually(lambda: runner.ready, "readiness (no probe: ready once running)")
+    log = harness.tmp / "stubborn.log"
+    await eventually(lambda: log.exists() and "ignoring SIGTERM" in log.read_text(), "the handler")
     phase = await asyncio.wait_for(runner.terminate(), 10)
     assert phase == "Failed"  # killed: 137
     final = {c["name"]: c["state"] for c in harness.statuses[-1]["containerStatuses"]}

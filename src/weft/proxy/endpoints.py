@@ -107,6 +107,7 @@ class Concrete:
         self.endpoints: dict[Address, EndpointState] = {}
         self.opaque = False
         self.known = True
+        self.http_seen = False  # a client spoke HTTP/1 to this destination
         self.waiters: list[Callable[[], None]] = []
         self._base: LabelItems = ()
         self.set_labels(labels or {})

@@ -275,9 +275,13 @@ class Accept(asyncio.Protocol):
     async def _detect(self, concrete: Concrete) -> None:
         listener = self.listener
         loop = asyncio.get_running_loop()
-        state = concrete.pick()
+        # Dial early only while the destination might greet first: once a client has spoken
+        # HTTP to it, later connections just wait for the client (still no timeout for a
+        # server that greets, since the detect timeout then falls back to opaque TCP).
+        state = None if concrete.http_seen else concrete.pick()
         probe: _Probe | None = None
         dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]] | None = None
+        started = 0.0
         if state is not None:
             concrete.balancer.start(state.addr)
             started = time.monotonic()
@@ -353,6 +357,7 @@ class Accept(asyncio.Protocol):
                     t.close()
             return
         if decided is Detected.HTTP1 and not server_first:
+            concrete.http_seen = True
             if dial is not None and state is not None:
                 self._pool_probe(concrete, state, dial)
             self._to_http1(concrete)
@@ -408,10 +413,13 @@ class Accept(asyncio.Protocol):
                     up = Http1Upstream(concrete, state)
                     t.set_protocol(up)
                     up.connection_made(t)
-            if state.spare is spare:  # nobody claimed it: pool it
+            if state.spare is spare:  # nobody claimed it: pool it, unless the pool has spares
                 state.spare = None
                 if up is not None:
-                    concrete.release(state, up)
+                    if state.idle:
+                        up.close()
+                    else:
+                        concrete.release(state, up)
             spare.set_result(up)
 
         if dial.done():

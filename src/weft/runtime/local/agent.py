@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -474,6 +475,7 @@ class NodeAgent:
             elif pod.seen_in_store and not pod.terminating:
                 if pod.finished:
                     self._pods.pop(key, None)  # a finished pod's object was deleted
+                    self._remove_logs(pod)
                     continue
                 log.info("pod %s/%s was deleted: stopping it", *key)
                 self._terminate(pod, drain=True)
@@ -755,6 +757,7 @@ class NodeAgent:
             if pod.terminating:
                 await self._delete_pod_object(pod.key)
                 self._pods.pop(pod.key, None)
+                self._remove_logs(pod)
             self.kick()
 
     def _note_start_failure(self, pod: _Pod) -> None:
@@ -839,7 +842,13 @@ class NodeAgent:
         """Drop a pod that has ended (its network is gone) and delete its object."""
         pod.terminating = True
         self._pods.pop(pod.key, None)
+        self._remove_logs(pod)
         self._spawn(self._delete_pod_object(pod.key))
+
+    def _remove_logs(self, pod: _Pod) -> None:
+        # a deleted pod's logs go with it (as in Kubernetes); finished pods keep theirs
+        with contextlib.suppress(OSError, ValueError):
+            shutil.rmtree(self.state.pod_dir(pod.namespace, pod.name))
 
     def _terminate(self, pod: _Pod, *, drain: bool) -> None:
         if pod.terminating:
