@@ -54,6 +54,7 @@ HOP_BY_HOP = frozenset(
 )
 ERROR_HEADER = b"weft-proxy-error"
 REPLAY_LIMIT = 64 * 1024
+DISCARD_LIMIT = 1024 * 1024  # request body read and dropped after an early answer, at most
 MAX_CONNECT_ATTEMPTS = 3
 _monotonic = time.monotonic
 
@@ -100,18 +101,20 @@ class Http1Context:
             conn.drain()
 
 
-def error_response(status: int, reason: str, *, close: bool, detail: str = "") -> bytes:
-    """A complete response the proxy sends on its own behalf."""
+def error_response(
+    status: int, reason: str, *, close: bool, detail: str = "", head: bool = False
+) -> bytes:
+    """A complete response the proxy sends on its own behalf (no body for a HEAD request)."""
     body = f"weft proxy: {detail or reason}\n".encode()
-    head = [
+    lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
         b"content-type: text/plain; charset=utf-8\r\n",
         b"content-length: %d\r\n" % len(body),
         ERROR_HEADER + b": " + reason.encode() + b"\r\n",
     ]
     if close:
-        head.append(b"connection: close\r\n")
-    return b"".join(head) + b"\r\n" + body
+        lines.append(b"connection: close\r\n")
+    return b"".join(lines) + b"\r\n" + (b"" if head else body)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -207,6 +210,13 @@ class Exchange:
     # -- request side ---------------------------------------------------------------------------
 
     def on_request_body(self, data: bytes) -> None:
+        if self.finished:
+            # answered already (an early response or a proxy error): read and drop the rest of
+            # the body so the client can finish sending and read the answer, within a bound
+            self.body_sent += len(data)
+            if self.body_sent > DISCARD_LIMIT:
+                self.down.close()
+            return
         up = self.up
         if up is not None and not self.req_buf:
             self._send_body(up, data)
@@ -274,7 +284,8 @@ class Exchange:
     def _dial(self, state: EndpointState) -> None:
         concrete = self.down.concrete
         self.attempts += 1
-        task = concrete.connect(state, lambda: Http1Upstream(concrete, state))
+        limit = self.down.ctx.max_header_bytes
+        task = concrete.connect(state, lambda: Http1Upstream(concrete, state, limit))
         task.add_done_callback(self._connected)
 
     def _spare_ready(self, fut: asyncio.Future[PooledConn | None]) -> None:
@@ -362,6 +373,9 @@ class Exchange:
                 if down.version == b"1.1":
                     down.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
             return
+        if status == 101 and not self.upgrade:
+            self.on_upstream_error("101 Switching Protocols to a request that asked for none")
+            return
         self.interim = False
         self.status = status
         self.resp_started = True
@@ -410,7 +424,7 @@ class Exchange:
             # cannot be trusted to be in sync, and neither can the upstream one
             self.close_after = True
             self.closing_up = True
-        if self.close_after or down.closing or down.ctx.draining:
+        if self.close_after or down.closing_now():
             append(b"connection: close\r\n\r\n")
         elif down.version == b"1.0":
             append(b"connection: keep-alive\r\n\r\n")
@@ -511,8 +525,10 @@ class Exchange:
         down = self.down
         if not self.req_done:
             self.close_after = True
-        close = self.close_after or down.closing or down.ctx.draining
-        down.write(error_response(status, reason, close=close, detail=detail))
+        close = self.close_after or down.closing_now()
+        down.write(
+            error_response(status, reason, close=close, detail=detail, head=self.is_head)
+        )
         self.status = status
         series = self.series
         if series is None:
@@ -552,6 +568,11 @@ class Exchange:
             else:
                 down.concrete.release(state, up)
             up.resume_from(down)
+        if not self.req_done:
+            self.req_buf = []
+            self.req_buf_size = 0
+            down.shutdown_write()
+            down.resume("request-buffer")
         if down.ctx.access_log:
             self._log_access()
         if self.req_done:
@@ -606,6 +627,8 @@ class Http1Downstream(asyncio.Protocol):
         self.bytes_out = 0
         self._corked: list[bytes] | None = None
         self.on_close: Callable[[Http1Downstream], None] | None = None
+        self._broken: tuple[int, str, str] | None = None
+        self._begun = 0
         ctx.connections.add(self)
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -642,9 +665,11 @@ class Http1Downstream(asyncio.Protocol):
             elif exchange is not None:
                 exchange.tunnel_buf += data
             return
-        if self.closing and not self.queue:
+        if self._broken is not None or (self.closing and not self.queue):
             return
         self._last_active = _monotonic()
+        spanning = self._in_head
+        self._begun = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -659,13 +684,17 @@ class Http1Downstream(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(400, "malformed-request", f"malformed request: {exc}")
         else:
-            if self._in_head:
+            # A head still incomplete after a read that began inside it: the whole read was head
+            # bytes. This bounds a header that never ends (httptools would buffer it whole);
+            # complete heads are measured exactly in on_header/on_headers_complete.
+            if self._in_head and spanning and not self._begun:
                 self._head_bytes += len(data)
                 if self._head_bytes > self.ctx.max_header_bytes:
                     self._reject(431, "headers-too-large", "request headers too large")
 
     def eof_received(self) -> bool:
-        # Half-close from the client: answer what is in flight, then close.
+        # Half-close from the client: answer the complete requests, then close. A request that
+        # is still incomplete can never complete: close now.
         self.closing = True
         if self.upgraded:
             exchange = self.queue[0] if self.queue else None
@@ -673,7 +702,23 @@ class Http1Downstream(asyncio.Protocol):
                 exchange.up.transport.write_eof()
                 return True
             return False
+        if self.parsing is not None or self._in_head:
+            return False
         return bool(self.queue)
+
+    def closing_now(self) -> bool:
+        """Whether the response being written is this connection's last."""
+        if self._broken is not None:
+            return False  # the rejection that follows is the last response
+        if self.closing or self.ctx.draining:
+            return len(self.queue) <= 1 and self.parsing is None
+        return False
+
+    def shutdown_write(self) -> None:
+        """Lingering close: our side is done (corked writes flushed); keep reading to the end."""
+        self.uncork()
+        if not self.transport.is_closing() and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
@@ -710,18 +755,25 @@ class Http1Downstream(asyncio.Protocol):
         self._url = []
         self._headers = []
         self._in_head = True
+        self._begun += 1
         self._head_bytes = 0
         self._head_started = _monotonic()
         self.parsing = None
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
+        self._head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.ctx.max_header_bytes:
+            raise _Reject(431, "headers-too-large", "request headers (or trailers) too large")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._head_bytes > self.ctx.max_header_bytes:
+            raise _Reject(431, "headers-too-large", "request headers too large")
         parser = self.parser
         version = parser.get_http_version()
         self.version = b"1.0" if version == "1.0" else b"1.1"
@@ -827,6 +879,9 @@ class Http1Downstream(asyncio.Protocol):
         if exchange.close_after:
             self.close()
             return
+        if self._broken is not None and not self.queue:
+            self._send_rejection(*self._broken)
+            return
         if self.queue:
             if len(self.queue) <= 16:
                 self.resume("pipeline")
@@ -862,17 +917,29 @@ class Http1Downstream(asyncio.Protocol):
             exchange.tunnel_buf += rest
 
     def _reject(self, status: int, reason: str, detail: str) -> None:
-        """Answer a bad request and close; what is in flight for earlier requests is dropped."""
-        if self.queue and (self.queue[0].resp_started or len(self.queue) > 1):
-            self.transport.abort()
-            return
-        for exchange in self.queue:
-            exchange.finished = True
-            if exchange.up is not None:
-                exchange.up.exchange = None
-                exchange.up.close()
-        self.queue.clear()
+        """Answer a bad request, then close. Earlier pipelined requests are answered first; the
+        bad one (and nothing after it) is never forwarded."""
+        self._broken = (status, reason, detail)
         self.closing = True
+        self.pause("broken")
+        bad = self.parsing
+        self.parsing = None
+        if bad is not None and bad in self.queue:
+            if bad is self.queue[0]:
+                # its head was forwarded and its body is broken: it cannot complete
+                if bad.resp_started:
+                    bad._abort(detail)
+                    return
+                bad.close_after = True
+                bad.fail(status, reason, detail)
+                self.close()
+                return
+            self.queue.remove(bad)
+            bad.finished = True
+        if not self.queue:
+            self._send_rejection(status, reason, detail)
+
+    def _send_rejection(self, status: int, reason: str, detail: str) -> None:
         log.info("rejecting request from %s: %d %s", self.peer, status, detail)
         series = self.no_endpoint_series(b"")
         series.requests += 1
@@ -918,12 +985,20 @@ class _Reject(Exception):
         self.detail = detail
 
 
+class _UpstreamError(Exception):
+    """Raised in a response parser callback: the upstream broke the protocol."""
+
+
 class Http1Upstream(asyncio.Protocol):
     """A pooled client connection to one endpoint; one exchange at a time."""
 
-    def __init__(self, concrete: Concrete, state: EndpointState) -> None:
+    def __init__(self, concrete: Concrete, state: EndpointState, max_head: int = 65536) -> None:
         self.concrete = concrete
         self.state = state
+        self.max_head = max_head
+        self._head_bytes = 0
+        self._in_head = False
+        self._begun = 0
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -948,6 +1023,8 @@ class Http1Upstream(asyncio.Protocol):
         self.got_bytes = True
         down = exchange.down
         down.cork()
+        spanning = self._in_head
+        self._begun = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -955,12 +1032,25 @@ class Http1Upstream(asyncio.Protocol):
             if exchange.upgrade and exchange.status == 101:
                 exchange.on_upgraded(data[offset:])
             else:
+                self.close()
                 exchange.on_upstream_error("unexpected upgrade")
         except httptools.HttpParserCallbackError as exc:
-            log.exception("internal error while relaying a response: %r", exc.__context__)
-            exchange.on_upstream_error("internal error")
+            self.close()
+            inner = exc.__cause__ or exc.__context__
+            if isinstance(inner, _UpstreamError):
+                exchange.on_upstream_error(str(inner))
+            else:
+                log.error("internal error while relaying a response: %r", inner)
+                exchange.on_upstream_error("internal error")
         except httptools.HttpParserError as exc:
+            self.close()  # never pooled again, even if its exchange is already over
             exchange.on_upstream_error(str(exc))
+        else:
+            if self._in_head and spanning and not self._begun:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head:
+                    self.close()
+                    exchange.on_upstream_error("response headers too large")
         finally:
             down.uncork()
 
@@ -998,15 +1088,24 @@ class Http1Upstream(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise _UpstreamError("bytes after a complete response")
         self._headers = []
         self._reason = b""
         self._in_body = False
+        self._in_head = True
+        self._head_bytes = 0
+        self._begun += 1
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        self._head_bytes += len(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head:
+            raise _UpstreamError("response headers too large")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -1017,6 +1116,7 @@ class Http1Upstream(asyncio.Protocol):
         headers = self._headers
         self._headers = []
         self._in_body = True
+        self._in_head = False
         self.close_delimited = (
             not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
             and status not in (204, 304)

@@ -401,6 +401,8 @@ class Accept(asyncio.Protocol):
     ) -> None:
         """Turn the early connection into a pooled HTTP/1 upstream (or hand it to a request)."""
         spare: asyncio.Future[PooledConn | None] = asyncio.get_running_loop().create_future()
+        limit = self.listener.config.max_header_bytes
+        offered = False  # whether requests could claim it as state.spare
 
         def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
             up: Http1Upstream | None = None
@@ -410,23 +412,26 @@ class Accept(asyncio.Protocol):
                 if probe.buffer or probe.eof or probe.lost:
                     t.close()
                 else:
-                    up = Http1Upstream(concrete, state)
+                    up = Http1Upstream(concrete, state, limit)
                     t.set_protocol(up)
                     up.connection_made(t)
-            if state.spare is spare:  # nobody claimed it: pool it, unless the pool has spares
+            if offered and state.spare is not spare:
+                spare.set_result(up)  # a request claimed it and waits for it
+                return
+            if offered:
                 state.spare = None
-                if up is not None:
-                    if state.idle:
-                        up.close()
-                    else:
-                        concrete.release(state, up)
-            spare.set_result(up)
+            if up is not None:  # unclaimed: pool it, unless the pool has spares already
+                if state.idle:
+                    up.close()
+                else:
+                    concrete.release(state, up)
 
+        if not dial.done() and state.spare is None:
+            state.spare = spare
+            offered = True
         if dial.done():
             done(dial)
         else:
-            if state.spare is None:
-                state.spare = spare
             dial.add_done_callback(done)
 
     async def _opaque(
