@@ -619,6 +619,7 @@ class Http1Downstream(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._head_read_bytes = 0
         self._in_head = False
         self._head_started = 0.0
         self._last_active = _monotonic()
@@ -688,8 +689,8 @@ class Http1Downstream(asyncio.Protocol):
             # bytes. This bounds a header that never ends (httptools would buffer it whole);
             # complete heads are measured exactly in on_header/on_headers_complete.
             if self._in_head and spanning and not self._begun:
-                self._head_bytes += len(data)
-                if self._head_bytes > self.ctx.max_header_bytes:
+                self._head_read_bytes += len(data)
+                if self._head_read_bytes > self.ctx.max_header_bytes:
                     self._reject(431, "headers-too-large", "request headers too large")
 
     def eof_received(self) -> bool:
@@ -702,8 +703,15 @@ class Http1Downstream(asyncio.Protocol):
                 exchange.up.transport.write_eof()
                 return True
             return False
-        if self.parsing is not None or self._in_head:
+        incomplete = self.parsing
+        if incomplete is not None and self.queue and incomplete is not self.queue[0]:
+            # complete requests before it are still answered; the incomplete one is dropped
+            self.queue.remove(incomplete)
+            incomplete.finished = True
+            self.parsing = None
+        elif incomplete is not None:
             return False
+        self._in_head = False
         return bool(self.queue)
 
     def closing_now(self) -> bool:
@@ -757,6 +765,7 @@ class Http1Downstream(asyncio.Protocol):
         self._in_head = True
         self._begun += 1
         self._head_bytes = 0
+        self._head_read_bytes = 0
         self._head_started = _monotonic()
         self.parsing = None
 
@@ -961,8 +970,22 @@ class Http1Downstream(asyncio.Protocol):
     def check_timeouts(self, header_deadline: float, idle_deadline: float) -> None:
         if self._in_head and self._head_started < header_deadline:
             self._reject(408, "header-timeout", "request head not received in time")
-        elif not self.queue and not self._in_head and self._last_active < idle_deadline:
-            self.close()
+        elif not self.queue:
+            if not self._in_head and self._last_active < idle_deadline:
+                self.close()
+        elif not (first := self.queue[0]).req_done:
+            if first.finished:
+                # answered early, lingering for the rest of the body: not for long
+                if self._last_active < header_deadline:
+                    self.close()
+            elif self._last_active < idle_deadline and self.parsing is first:
+                # a request body that stopped arriving
+                if first.resp_started:
+                    first._abort("request body stalled")
+                else:
+                    first.close_after = True
+                    first.fail(408, "body-timeout", "request body not received in time")
+                    self.close()
 
     def drain(self) -> None:
         if not self.queue and not self._in_head:
@@ -997,6 +1020,7 @@ class Http1Upstream(asyncio.Protocol):
         self.state = state
         self.max_head = max_head
         self._head_bytes = 0
+        self._head_read_bytes = 0
         self._in_head = False
         self._begun = 0
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -1047,8 +1071,8 @@ class Http1Upstream(asyncio.Protocol):
             exchange.on_upstream_error(str(exc))
         else:
             if self._in_head and spanning and not self._begun:
-                self._head_bytes += len(data)
-                if self._head_bytes > self.max_head:
+                self._head_read_bytes += len(data)
+                if self._head_read_bytes > self.max_head:
                     self.close()
                     exchange.on_upstream_error("response headers too large")
         finally:
@@ -1095,6 +1119,7 @@ class Http1Upstream(asyncio.Protocol):
         self._in_body = False
         self._in_head = True
         self._head_bytes = 0
+        self._head_read_bytes = 0
         self._begun += 1
 
     def on_status(self, status: bytes) -> None:
