@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from weft.addr import Address, format_addr, parse_hostport
+from weft.policy import ServicePolicy
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -71,21 +72,26 @@ class Destination:
 
     ``labels`` describe the destination service (``service``, ``namespace``) and become
     ``dst_service``/``dst_namespace`` metric labels. ``opaque`` means the port is declared opaque
-    TCP: the proxy skips protocol detection.
+    TCP: the proxy skips protocol detection. ``policy`` carries routes, retries, timeouts and
+    failure accrual configured for the service (``None``: nothing configured).
     """
 
     target: str
     endpoints: tuple[Endpoint, ...] = ()
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     opaque: bool = False
+    policy: ServicePolicy | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "target": self.target,
             "labels": dict(self.labels),
             "opaque": self.opaque,
             "endpoints": [e.to_json() for e in self.endpoints],
         }
+        if self.policy is not None:
+            out["policy"] = self.policy.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Destination:
@@ -100,6 +106,7 @@ class Destination:
             endpoints=tuple(Endpoint.from_json(e) for e in eps),
             labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
             opaque=bool(data.get("opaque", False)),
+            policy=None if data.get("policy") is None else ServicePolicy.from_json(data["policy"]),
         )
 
 

@@ -239,3 +239,30 @@ async def test_connection_per_request_clients_do_not_grow_the_pool() -> None:
         idle = sum(len(s.idle) for s in concrete.endpoints.values())
         assert idle <= 2
         assert backend.connections <= 3
+
+
+async def test_large_response_to_a_slow_reader_keeps_proxy_buffers_bounded() -> None:
+    block = os.urandom(64 * 1024)
+    total_blocks = 512  # 32 MiB
+
+    def handler(req: Request) -> Response:
+        return Response(chunks=[block] * total_blocks)
+
+    async with Backend(handler) as backend, running_proxy(outbound_target=backend.address) as proxy:
+        reader, writer = await asyncio.open_connection(*proxy.addresses["outbound"], limit=65536)
+        writer.write(b"GET /big HTTP/1.1\r\nhost: t\r\n\r\n")
+        got = 0
+        peak = 0
+        reads = 0
+        while got < total_blocks * len(block):
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk
+            got += len(chunk)  # counts chunk framing too; close enough to the payload size
+            reads += 1
+            if reads % 64 == 0:
+                await asyncio.sleep(0.01)  # a slow reader
+                for conn in proxy.outbound.http.connections:
+                    peak = max(peak, conn.transport.get_write_buffer_size())
+        # the proxy holds at most about one high-water mark plus one read, never the body
+        assert peak < 2 * 1024 * 1024
+        writer.close()
