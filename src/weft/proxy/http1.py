@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from weft.addr import format_addr
 from weft.metrics.proxy import HttpSeries, ProxyMetrics
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 
@@ -53,6 +54,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 ERROR_HEADER = b"weft-proxy-error"
+_STANDARD_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+# request headers the proxy looks at (the hop-by-hop ones are also not forwarded)
+_REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 REPLAY_LIMIT = 64 * 1024
 DISCARD_LIMIT = 1024 * 1024  # request body read and dropped after an early answer, at most
 MAX_CONNECT_ATTEMPTS = 3
@@ -140,6 +144,7 @@ class Exchange:
         "expect_continue",
         "finished",
         "head",
+        "headers",
         "interim",
         "is_head",
         "method",
@@ -176,6 +181,7 @@ class Exchange:
         close_after: bool,
     ) -> None:
         self.down = down
+        self.headers: list[tuple[bytes, bytes]] = []  # request headers, names lowercased
         self.close_after = close_after
         self.method = method
         self.url = url
@@ -364,14 +370,21 @@ class Exchange:
     # -- response side --------------------------------------------------------------------------
 
     def on_response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+        self,
+        status: int,
+        reason: bytes,
+        lines: list[bytes],
+        hop: list[tuple[bytes, bytes]],
+        has_length: bool,
+        keep_alive: bool,
     ) -> None:
+        """Relay a response head: ``lines`` are the end-to-end header lines, ready to send;
+        ``hop`` the hop-by-hop headers (lowercased names), which are not forwarded."""
         down = self.down
         if 100 <= status < 200 and status != 101:
             self.interim = True
-            if status != 100 or self.expect_continue:
-                if down.version == b"1.1":
-                    down.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
+            if (status != 100 or self.expect_continue) and down.version == b"1.1":
+                down.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason))
             return
         if status == 101 and not self.upgrade:
             self.on_upstream_error("101 Switching Protocols to a request that asked for none")
@@ -388,26 +401,19 @@ class Exchange:
         if not keep_alive:
             self.closing_up = True
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        append = out.append
-        has_length = False
-        connection_tokens: list[bytes] = []
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
+        if hop:
+            listed: set[bytes] = set()
+            for lname, value in hop:
                 if lname == b"connection":
-                    connection_tokens.extend(t.strip().lower() for t in value.split(b","))
-                continue
-            if lname == b"content-length":
-                has_length = True
-            append(b"%s: %s\r\n" % (name, value))
-        if connection_tokens:
-            out = [out[0]] + [
-                line for line in out[1:] if line.split(b":", 1)[0].lower() not in connection_tokens
-            ]
-            append = out.append
+                    listed.update(t.strip().lower() for t in value.split(b","))
+            listed -= _STANDARD_CONNECTION_TOKENS
+            if listed:  # headers the Connection header names are hop-by-hop too
+                lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in listed]
+        out += lines
+        append = out.append
         if status == 101 and self.upgrade:
-            for name, value in headers:
-                if name.lower() == b"upgrade":
+            for lname, value in hop:
+                if lname == b"upgrade":
                     append(b"upgrade: %s\r\n" % value)
             append(b"connection: upgrade\r\n\r\n")
             down.write(b"".join(out))
@@ -590,7 +596,7 @@ class Exchange:
                     "authority": self.authority.decode("latin-1"),
                     "path": self.url.decode("latin-1"),
                     "status": self.status,
-                    "upstream": None if self.state is None else "%s:%d" % self.state.addr,
+                    "upstream": None if self.state is None else format_addr(self.state.addr),
                     "duration_ms": round((_monotonic() - self.started) * 1000.0, 3),
                     "request_bytes": self.body_sent,
                 }
@@ -618,6 +624,8 @@ class Http1Downstream(asyncio.Protocol):
         self._write_paused = False
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []
+        self._special: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._head_read_bytes = 0
         self._in_head = False
@@ -762,6 +770,8 @@ class Http1Downstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = []
         self._headers = []
+        self._lines = []
+        self._special = []
         self._in_head = True
         self._begun += 1
         self._head_bytes = 0
@@ -774,10 +784,20 @@ class Http1Downstream(asyncio.Protocol):
         self._head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.ctx.max_header_bytes:
             raise _Reject(431, "headers-too-large", "request headers (or trailers) too large")
+        if not self._in_head:  # a trailer
+            self._headers.append((name, value))
+            return
+        # one pass per header: lowercased for lookups (routing), end-to-end lines pre-formatted
+        lname = name.lower()
+        self._headers.append((lname, value))
+        if lname in _REQUEST_SPECIAL:
+            self._special.append((lname, value))
+            if lname in HOP_BY_HOP:
+                return
+        self._lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -787,11 +807,9 @@ class Http1Downstream(asyncio.Protocol):
         version = parser.get_http_version()
         self.version = b"1.0" if version == "1.0" else b"1.1"
         method: bytes = parser.get_method()
-        url = b"".join(self._url)
+        url = b"".join(self._url) if len(self._url) != 1 else self._url[0]
         headers = self._headers
         self._headers = []
-        out = [b"%s %s HTTP/1.1\r\n" % (method, url)]
-        append = out.append
         authority = b""
         lengths: list[bytes] = []
         te: bytes | None = None
@@ -799,24 +817,27 @@ class Http1Downstream(asyncio.Protocol):
         expect_continue = False
         upgrade_value: bytes | None = None
         hosts = 0
-        for name, value in headers:
-            lname = name.lower()
+        for lname, value in self._special:
             if lname == b"host":
                 hosts += 1
                 authority = value
             elif lname == b"content-length":
                 lengths.append(value)
-            elif lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    te = value if te is None else te + b", " + value
-                elif lname == b"connection":
-                    connection_tokens.extend(t.strip().lower() for t in value.split(b","))
-                elif lname == b"upgrade":
-                    upgrade_value = value
-                continue
+            elif lname == b"transfer-encoding":
+                te = value if te is None else te + b", " + value
+            elif lname == b"connection":
+                connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+            elif lname == b"upgrade":
+                upgrade_value = value
             elif lname == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
-            append(b"%s: %s\r\n" % (name, value))
+        lines = self._lines
+        if connection_tokens:
+            listed = set(connection_tokens) - _STANDARD_CONNECTION_TOKENS
+            if listed:  # headers the Connection header names are hop-by-hop too
+                lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in listed]
+        out = [b"%s %s HTTP/1.1\r\n" % (method, url), *lines]
+        append = out.append
         if method == b"CONNECT":
             raise _Reject(501, "connect-not-supported", "CONNECT is not supported")
         if hosts > 1 or (hosts == 0 and self.version == b"1.1"):
@@ -832,11 +853,6 @@ class Http1Downstream(asyncio.Protocol):
                 raise _Reject(400, "bad-transfer-encoding", "Transfer-Encoding must end in chunked")
             chunked = True
             append(b"transfer-encoding: %s\r\n" % te)
-        if connection_tokens:
-            out = [out[0]] + [
-                line for line in out[1:] if line.split(b":", 1)[0].lower() not in connection_tokens
-            ]
-            append = out.append
         upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
         if upgrade:
             append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value)
@@ -858,6 +874,7 @@ class Http1Downstream(asyncio.Protocol):
             upgrade=upgrade,
             close_after=close_after,
         )
+        exchange.headers = headers
         self.parsing = exchange
         self.queue.append(exchange)
         if len(self.queue) == 1:
@@ -1032,6 +1049,9 @@ class Http1Upstream(asyncio.Protocol):
         self.close_delimited = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []
+        self._hop: list[tuple[bytes, bytes]] = []
+        self._has_len = False
         self._in_body = False
         self._paused_by: Http1Downstream | None = None
 
@@ -1115,6 +1135,9 @@ class Http1Upstream(asyncio.Protocol):
         if self.exchange is None:
             raise _UpstreamError("bytes after a complete response")
         self._headers = []
+        self._lines = []
+        self._hop = []
+        self._has_len = False
         self._reason = b""
         self._in_body = False
         self._in_head = True
@@ -1127,10 +1150,20 @@ class Http1Upstream(asyncio.Protocol):
         self._head_bytes += len(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.max_head:
             raise _UpstreamError("response headers too large")
+        if self._in_body:  # a trailer
+            self._headers.append((name, value))
+            return
+        # one pass per header: hop-by-hop set aside, the rest pre-formatted for the client
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            self._hop.append((lname, value))
+        else:
+            if lname == b"content-length":
+                self._has_len = True
+            self._lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -1138,17 +1171,22 @@ class Http1Upstream(asyncio.Protocol):
             return
         parser = self.parser
         status: int = parser.get_status_code()
-        headers = self._headers
-        self._headers = []
         self._in_body = True
         self._in_head = False
+        hop = self._hop
         self.close_delimited = (
-            not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
+            not self._has_len
+            and not any(n == b"transfer-encoding" for n, _ in hop)
             and status not in (204, 304)
             and not 100 <= status < 200
         )
         exchange.on_response_head(
-            status, self._reason or b"-", headers, bool(parser.should_keep_alive())
+            status,
+            self._reason or b"-",
+            self._lines,
+            hop,
+            self._has_len,
+            bool(parser.should_keep_alive()),
         )
 
     def on_body(self, body: bytes) -> None:

@@ -326,8 +326,7 @@ class Accept(asyncio.Protocol):
                     concrete.balancer.start(state.addr)
                     started = time.monotonic()
                     probe = _Probe(self.event.set)
-                    p2 = probe
-                    dial = concrete.connect(state, lambda: p2)
+                    dial = concrete.connect(state, lambda p2=probe: p2)  # type: ignore[misc]
                     dial.add_done_callback(lambda _: self.event.set())
                 else:
                     state = None
@@ -389,9 +388,8 @@ class Accept(asyncio.Protocol):
         transport.resume_reading()
         if buffered:
             down.data_received(buffered)
-        if self.client_eof:
-            if not down.eof_received():
-                transport.close()
+        if self.client_eof and not down.eof_received():
+            transport.close()
 
     def _pool_probe(
         self,
