@@ -2,9 +2,9 @@
 
 A proxy asks a :class:`Discovery` about a *target* (a service's virtual IP and port, or a
 ``name:port``) and gets a :class:`Resolution`: a live view whose ``current`` value is the latest
-:class:`Destination` snapshot (or ``None`` when discovery does not know the target, in which case the
-proxy forwards to the original address as is). Sources push new snapshots into the resolution at any
-moment; listeners are called synchronously and must not block.
+:class:`Destination` snapshot (or ``None`` when discovery does not know the target, in which case
+the proxy forwards to the original address as is). Sources push new snapshots into the resolution
+at any moment; listeners are called synchronously and must not block.
 
 Implementations: :mod:`weft.proxy.static_discovery` (a watched YAML file) and the control plane's
 destination API client. Snapshots are plain frozen data with a JSON form (``to_json``/``from_json``)

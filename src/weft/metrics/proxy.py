@@ -21,10 +21,9 @@ a fifth of the sidecar's 30 MB budget, to format a few lines of text. Tests pars
 from __future__ import annotations
 
 import bisect
+import os
 import time
 from collections.abc import Callable
-
-import os
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
