@@ -128,7 +128,7 @@ def test_redirected_connections_use_their_original_destination(netns: str, tmp_p
                 "--log-level",
                 "warning",
             ],
-        ),  # fmt: skip
+        ),
     ]
     try:
         wait_http(netns, "http://127.0.0.1:4191/ready")

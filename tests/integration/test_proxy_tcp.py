@@ -88,7 +88,8 @@ async def test_opaque_port_skips_detection() -> None:
 
 async def test_client_tls_passes_through_untouched(tmp_path: Path) -> None:
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
          "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=app.test",
          "-addext", "subjectAltName=DNS:app.test"],

@@ -12,6 +12,7 @@ Endpoints (reference with examples in docs/control-plane-api.md):
 - ``GET /api/v1/destinations?target=ip:port|name:port[&namespace=ns]``: NDJSON snapshots,
   heartbeat ``{}``
 - ``GET /api/v1/stat?kind=deploy|svc|pod[&name=][&namespace=][&window=60]``
+- ``GET /api/v1/routes?service=NAME[&namespace=ns][&window=60]``: per-route stats of a service
 
 Streams never wait on a slow reader: a watch whose queue overflows is cut (the client re-watches);
 a destination stream only ever sends the latest snapshot.
@@ -34,7 +35,7 @@ from weft.control.httpserver import HttpError, Request, Response, Streaming, Str
 from weft.control.store import Expired, NotFound, Store, Watch, bookmark
 from weft.discovery import Destination
 from weft.resources.errors import InvalidResources
-from weft.resources.models import KINDS, resolve_kind
+from weft.resources.models import DEFAULT_NAMESPACE, KINDS, resolve_kind
 
 HEARTBEAT = 5.0
 MAX_WINDOW = 3600.0
@@ -45,6 +46,10 @@ class StatSource(Protocol):
 
     def stat(
         self, kind: str, name: str | None, namespace: str | None, window: float
+    ) -> list[dict[str, Any]]: ...
+
+    def routes(
+        self, service: str, namespace: str, window: float, configured: Sequence[str] = ()
     ) -> list[dict[str, Any]]: ...
 
 
@@ -115,6 +120,9 @@ class Api:
         if route == "stat" and len(parts) == 3:
             self._method(method, "GET")
             return self._stat(request)
+        if route == "routes" and len(parts) == 3:
+            self._method(method, "GET")
+            return self._routes(request)
         raise HttpError(404, f"no such endpoint: {request.path}")
 
     @staticmethod
@@ -256,20 +264,41 @@ class Api:
                 "pod": "pod", "pods": "pod", "po": "pod"}.get(kind_text.lower())  # fmt: skip
         if kind is None:
             raise HttpError(400, f"kind must be deploy, svc or pod, got {kind_text!r}")
-        window_text = request.query.get("window", "60")
-        try:
-            window = float(window_text)
-        except ValueError:
-            window = math.nan
-        if not (math.isfinite(window) and 0 < window <= MAX_WINDOW):
-            raise HttpError(
-                400,
-                f"window must be a number of seconds in (0, {MAX_WINDOW:g}], got {window_text!r}",
-            )
+        window = _window(request)
         rows = self.stats.stat(
             kind, request.query.get("name") or None, request.query.get("namespace") or None, window
         )
         return Response.json(200, {"rows": rows, "window": window})
+
+    def _routes(self, request: Request) -> Response:
+        if self.stats is None:
+            raise HttpError(503, "metrics aggregation is not running")
+        service = request.query.get("service", "").strip()
+        if not service:
+            raise HttpError(400, "missing query parameter: service=<name>")
+        namespace = request.query.get("namespace") or DEFAULT_NAMESPACE
+        window = _window(request)
+        if self.store.get("Service", namespace, service) is None:
+            raise HttpError(404, str(NotFound("Service", namespace, service)))
+        configured = [
+            route.key for _, route in self.destinations.policies.attached_routes(namespace, service)
+        ]
+        rows = self.stats.routes(service, namespace, window, configured)
+        return Response.json(200, {"rows": rows, "window": window})
+
+
+def _window(request: Request) -> float:
+    window_text = request.query.get("window", "60")
+    try:
+        window = float(window_text)
+    except ValueError:
+        window = math.nan
+    if not (math.isfinite(window) and 0 < window <= MAX_WINDOW):
+        raise HttpError(
+            400,
+            f"window must be a number of seconds in (0, {MAX_WINDOW:g}], got {window_text!r}",
+        )
+    return window
 
 
 def _destination_line(dest: Destination | None) -> bytes:

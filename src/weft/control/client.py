@@ -388,6 +388,17 @@ class ControlClient:
         data = await self._call("GET", "/api/v1/stat?" + urlencode(query))
         return list(data.get("rows", []))
 
+    async def routes(
+        self, service: str, namespace: str | None = None, window: float = 60.0
+    ) -> builtins.list[dict[str, Any]]:
+        """Per-route rows of ``service`` (effective and actual success and RPS, latencies) over
+        ``window`` seconds. ApiError 404 when the Service does not exist."""
+        query: dict[str, str] = {"service": service, "window": f"{window:g}"}
+        if namespace is not None:
+            query["namespace"] = namespace
+        data = await self._call("GET", "/api/v1/routes?" + urlencode(query))
+        return list(data.get("rows", []))
+
 
 def _q(segment: str) -> str:
     return quote(segment, safe="")

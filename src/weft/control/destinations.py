@@ -8,10 +8,13 @@ service port's targetPort (a number, or a name looked up in the pod's container 
 metadata as endpoint labels (``pod``, ``namespace``, ``deployment``, ``serviceaccount``), ``meshed``
 when the pod has a sidecar, and ``protocol="opaque"`` when the port's ``appProtocol`` is
 ``tcp``/``opaque``. A target that names no Service port resolves to ``None``: the proxy forwards to
-the original address.
+the original address. The snapshot's ``policy`` (routes, retries, timeouts, failure accrual) is
+built from the Service's annotations and the HTTPRoutes attached to it
+(:mod:`weft.control.policies`).
 
 :class:`DestinationService` recomputes a subscribed target on every store change that can affect
-it and calls its listeners, synchronously, only when the snapshot changed. Subscribers of the same
+it (Pods, Services, Namespaces, HTTPRoutes) and calls its listeners, synchronously, only when
+the snapshot changed. Subscribers of the same
 target share one computation. Listeners must not block (the API's stream handler just records the
 latest snapshot and wakes its writer).
 
@@ -25,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from weft.addr import is_ip, parse_hostport
+from weft.control.policies import Policies
 from weft.control.store import Event, Store
 from weft.discovery import Destination, Endpoint
 from weft.resources.models import (
@@ -36,7 +40,7 @@ from weft.resources.models import (
 )
 
 Listener = Callable[[Destination | None], None]
-_WATCHED_KINDS = frozenset({"Pod", "Service", "Namespace"})
+_WATCHED_KINDS = frozenset({"Pod", "Service", "Namespace", "HTTPRoute"})
 
 
 def _lookup_service(
@@ -87,8 +91,12 @@ def resolve(
     namespace: str | None = None,
     *,
     cluster_domain: str = "cluster.local",
+    policies: Policies | None = None,
 ) -> Destination | None:
-    """The current snapshot of ``target``, or None when no Service port matches it."""
+    """The current snapshot of ``target``, or None when no Service port matches it.
+
+    ``policies`` builds the snapshot's policy (and caches parsing); a fresh one when None.
+    """
     try:
         host, port = parse_hostport(target)
     except ValueError:
@@ -130,11 +138,14 @@ def resolve(
                 )
             )
     endpoints.sort(key=lambda e: (e.labels.get("pod", ""), e.address))
+    if policies is None:
+        policies = Policies(store, cluster_domain=cluster_domain)
     return Destination(
         target=target,
         endpoints=tuple(endpoints),
         labels=MappingProxyType({"service": svc["metadata"]["name"], "namespace": ns}),
         opaque=opaque,
+        policy=None if opaque else policies.policy(svc, port),
     )
 
 
@@ -156,6 +167,7 @@ class DestinationService:
     def __init__(self, store: Store, *, cluster_domain: str = "cluster.local") -> None:
         self._store = store
         self.cluster_domain = cluster_domain
+        self.policies = Policies(store, cluster_domain=cluster_domain)
         self._translators: dict[tuple[str, str | None], _Translator] = {}
         self._unsubscribe = store.subscribe(self._on_event)
 
@@ -164,7 +176,13 @@ class DestinationService:
         return f"<DestinationService targets={len(self._translators)} subscribers={n}>"
 
     def resolve(self, target: str, namespace: str | None = None) -> Destination | None:
-        return resolve(self._store, target, namespace, cluster_domain=self.cluster_domain)
+        return resolve(
+            self._store,
+            target,
+            namespace,
+            cluster_domain=self.cluster_domain,
+            policies=self.policies,
+        )
 
     def subscribe(
         self, target: str, listener: Listener, namespace: str | None = None
@@ -196,14 +214,12 @@ class DestinationService:
         ns = event.object["metadata"].get("namespace")
         for tr in list(self._translators.values()):
             current = tr.current
-            if (
-                event.kind == "Pod"
-                and current is not None
-                and current.labels.get("namespace") != ns
+            # neither a pod nor a route can make an unknown target resolve, and both only affect
+            # Services of their own namespace (routes attach to Services of their namespace only)
+            if event.kind in ("Pod", "HTTPRoute") and (
+                current is None or current.labels.get("namespace") != ns
             ):
-                continue  # a pod elsewhere cannot change this destination
-            if event.kind == "Pod" and current is None:
-                continue  # no service matched: pods alone cannot make it resolve
+                continue
             new = self.resolve(tr.target, tr.namespace)
             if new == current:
                 continue

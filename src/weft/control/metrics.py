@@ -4,7 +4,7 @@
 every ``interval`` seconds (plain HTTP/1.1, bounded in time and size, and only to addresses in the
 allowed networks: the pod range and loopback), parses the text with
 ``prometheus_client.parser.text_string_to_metric_families`` and keeps the *inbound* series
-:class:`Stats` needs.
+:class:`Stats` needs, plus the per-route series clients' proxies emit on the *outbound* side.
 
 :class:`Stats` keeps each pod's samples (also after the pod is gone, so that a window spanning a
 rollout still counts the pods that left) and computes, like ``linkerd viz stat``:
@@ -22,7 +22,20 @@ rollout still counts the pods that left) and computes, like ``linkerd viz stat``
 - READ/WRITE bytes per second = increase(tcp_read/write_bytes_total, peer ``src``) / window.
 
 A deploy's (or pod's) row is the inbound traffic of its pods; a svc's row that of the pods its
-selector matches. All computations are synchronous with an injected clock.
+selector matches.
+
+:meth:`Stats.routes` answers ``weft routes SVC``: one row per route of the service (every
+HTTPRoute attached to it, ``default`` for requests no route handled, and any other route seen in
+the window), from the outbound route series of every client proxy with ``dst_service`` /
+``dst_namespace`` naming the service:
+
+- EFFECTIVE (what clients saw, one per client request, retries hidden):
+  ``route_response_total`` and ``route_response_latency_ms``; SUCCESS, RPS and LATENCY_Pxx as
+  above;
+- ACTUAL (what the servers saw, one per attempt, retries included):
+  ``route_actual_response_total``.
+
+All computations are synchronous with an injected clock.
 
 Not for: the proxy's own metrics registry (:mod:`weft.metrics`) nor output formatting (the CLI).
 """
@@ -66,6 +79,16 @@ KEPT_SAMPLES = frozenset(
         "tcp_write_bytes_total",
     }
 )
+# per-route series (outbound side of the clients); labels route, dst_service, dst_namespace,
+# status_code, classification
+ROUTE_SAMPLES = frozenset(
+    {
+        "route_response_total",
+        "route_actual_response_total",
+        "route_response_latency_ms_bucket",
+    }
+)
+DEFAULT_ROUTE = "default"
 QUANTILES = (0.5, 0.95, 0.99)
 
 
@@ -74,17 +97,19 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 
 def parse_metrics(text: str, direction: str = "inbound") -> dict[SeriesKey, float]:
-    """The series of ``text`` that stats use, for one traffic ``direction``.
+    """The series of ``text`` that stats use: the golden series of one traffic ``direction``,
+    and the route series (:data:`ROUTE_SAMPLES`, outbound or without a direction label).
 
     Raises ValueError when the text is not Prometheus exposition format.
     """
     out: dict[SeriesKey, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name not in KEPT_SAMPLES:
-                continue
             labels = sample.labels
-            if labels.get("direction") != direction:
+            if sample.name in ROUTE_SAMPLES:
+                if labels.get("direction", "outbound") != "outbound":
+                    continue
+            elif sample.name not in KEPT_SAMPLES or labels.get("direction") != direction:
                 continue
             key = (sample.name, tuple(sorted(labels.items())))
             out[key] = out.get(key, 0.0) + float(sample.value)
@@ -382,6 +407,27 @@ class Stats:
             raise ValueError(f"kind must be deploy, svc or pod, got {kind!r}")
         return rows
 
+    def routes(
+        self,
+        service: str,
+        namespace: str,
+        window: float,
+        configured: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Route rows for ``service`` in ``namespace`` (see the module docstring): one for each
+        of ``configured`` (``ns/name`` of the HTTPRoutes attached to it), for ``default``, and for
+        any other route with traffic in the window; sorted by route, ``default`` last."""
+        now = self._clock()
+        start = now - window
+        totals: dict[str, _RouteTotals] = {}
+        for hist in self._pods.values():
+            _accumulate_routes(totals, hist, service, namespace, start, now)
+        names = set(configured) | set(totals) | {DEFAULT_ROUTE}
+        order = sorted(names, key=lambda r: (r == DEFAULT_ROUTE, r))
+        return [
+            _route_row(namespace, service, r, totals.get(r, _RouteTotals()), window) for r in order
+        ]
+
     def _row(
         self,
         kind: str,
@@ -424,6 +470,78 @@ class Stats:
             _round(totals.write_bytes / window) if totals.has_metrics else None
         )
         return row
+
+
+@dataclass
+class _RouteTotals:
+    responses: float = 0.0
+    successes: float = 0.0
+    actual: float = 0.0
+    actual_successes: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+
+def _accumulate_routes(
+    totals: dict[str, _RouteTotals],
+    hist: PodHistory,
+    service: str,
+    namespace: str,
+    start: float,
+    end: float,
+) -> None:
+    """Add ``hist``'s route series for ``service`` over the window to ``totals`` by route."""
+    samples, from_zero = hist.window(start, end)
+    keys: set[SeriesKey] = set()
+    for s in samples:
+        for key in s:
+            if key[0] in ROUTE_SAMPLES:
+                keys.add(key)
+    for key in keys:
+        name, labels = key
+        lab = dict(labels)
+        if lab.get("dst_service") != service or lab.get("dst_namespace") != namespace:
+            continue
+        inc = increase((s.get(key) for s in samples), from_zero=from_zero)
+        t = totals.setdefault(lab.get("route") or DEFAULT_ROUTE, _RouteTotals())
+        success = lab.get("classification") == "success"
+        if name == "route_response_total":
+            t.responses += inc
+            t.successes += inc if success else 0.0
+        elif name == "route_actual_response_total":
+            t.actual += inc
+            t.actual_successes += inc if success else 0.0
+        else:
+            try:
+                upper = float(lab.get("le", "+Inf"))
+            except ValueError:
+                continue
+            t.buckets[upper] = t.buckets.get(upper, 0.0) + inc
+
+
+def _route_row(
+    namespace: str, service: str, route: str, t: _RouteTotals, window: float
+) -> dict[str, Any]:
+    effective = t.responses > 0
+    actual = t.actual > 0
+    row: dict[str, Any] = {
+        "namespace": namespace,
+        "service": service,
+        "route": route,
+        "requests": round(t.responses),
+        "successes": round(t.successes),
+        "success": _round(t.successes / t.responses) if effective else None,
+        "rps": _round(t.responses / window) if effective else None,
+    }
+    buckets = list(t.buckets.items())
+    for q in QUANTILES:
+        row[f"latency_ms_p{round(q * 100)}"] = (
+            _round(histogram_quantile(q, buckets)) if effective else None
+        )
+    row["actual_requests"] = round(t.actual)
+    row["actual_successes"] = round(t.actual_successes)
+    row["actual_success"] = _round(t.actual_successes / t.actual) if actual else None
+    row["actual_rps"] = _round(t.actual / window) if actual else None
+    return row
 
 
 def _annotation(pod: Mapping[str, Any], key: str) -> str | None:

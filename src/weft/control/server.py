@@ -3,7 +3,8 @@
 :class:`ControlPlane` assembles the parts from a :class:`ControlConfig`: it restores the store from
 ``<state dir>/store.json`` (so Service cluster IPs and resourceVersions survive restarts), saves
 after every change, serves the API on ``<state dir>/control.sock`` (and optionally on a TCP
-address), and runs the metrics scraper. :func:`serve` runs it until SIGTERM/SIGINT.
+address), keeps HTTPRoute statuses current, and runs the metrics scraper. :func:`serve` runs it
+until SIGTERM/SIGINT.
 
 Not for: the logic of any part (see :mod:`weft.control.store`, :mod:`weft.control.api`,
 :mod:`weft.control.destinations`, :mod:`weft.control.metrics`).
@@ -28,6 +29,7 @@ from weft.control.destinations import DestinationService
 from weft.control.httpserver import HttpServer
 from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.persist import StateFile
+from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
 
 log = logging.getLogger("weft.control")
@@ -83,6 +85,13 @@ class ControlPlane:
         self._state = StateFile(config.state_file)
         self.store = Store(service_cidr=config.service_cidr, clock=clock)
         self.destinations = DestinationService(self.store)
+        # statuses are written from the event loop, never inside another change's notification
+        self.route_status = RouteStatusController(
+            self.store,
+            clock=clock,
+            schedule=lambda fn: asyncio.get_running_loop().call_soon(fn),
+            cache=self.destinations.policies.cache,
+        )
         self.stats = Stats(self.store, clock=clock, retention=config.retention)
         self.scraper = Scraper(
             self.store,
@@ -123,6 +132,7 @@ class ControlPlane:
         await self.http.listen_unix(self.config.socket_path)
         self.store.on_commit = self._save
         self._save(self.store)
+        self.route_status.resync()
         if self.config.http_listen is not None:
             host, port = self.config.http_listen
             try:
@@ -145,6 +155,7 @@ class ControlPlane:
                 await self._scrape_task
             self._scrape_task = None
         await self.http.close(grace)
+        self.route_status.close()
         self.destinations.close()
 
 

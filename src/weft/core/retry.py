@@ -247,7 +247,8 @@ class RetryBudget:
     of ``rps`` requests that all fail, retries add at most ``ratio + min_per_second / rps`` of
     extra load on average. This is Finagle's and Linkerd's budget (ratio 0.2, 10 per second,
     10 s) with the check applied to every window rather than only the latest, so a burst of
-    requests cannot fund retries after it has aged out.
+    requests cannot fund retries after it has aged out. (So a retry in a bucket with no
+    requests yet draws on the reserve: with ``min_per_second = 0`` it is refused.)
 
     Cost: :meth:`record_request` and :meth:`try_withdraw` are O(1); crossing into a new bucket
     costs O(10), once per bucket. Not thread-safe (one per event loop).

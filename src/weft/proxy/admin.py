@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from weft.proxy.server import ProxyServer
 
 _MAX_HEAD = 16384
+log = logging.getLogger("weft.proxy")
 
 
 def _response(status: int, reason: str, body: bytes, ctype: str = "text/plain") -> bytes:
@@ -106,6 +108,7 @@ class AdminServer:
                 return _response(405, "Method Not Allowed", b"use POST\n")
             if not _is_loopback(peer):
                 return _response(403, "Forbidden", b"shutdown is accepted from localhost only\n")
+            log.warning("POST /shutdown from %s: draining", peer)
             proxy.request_shutdown()
             return _response(202, "Accepted", b"shutting down\n")
         return _response(404, "Not Found", b"not found\n")

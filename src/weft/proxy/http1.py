@@ -532,9 +532,7 @@ class Exchange:
         if not self.req_done:
             self.close_after = True
         close = self.close_after or down.closing_now()
-        down.write(
-            error_response(status, reason, close=close, detail=detail, head=self.is_head)
-        )
+        down.write(error_response(status, reason, close=close, detail=detail, head=self.is_head))
         self.status = status
         series = self.series
         if series is None:

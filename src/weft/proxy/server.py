@@ -610,8 +610,13 @@ async def run(
     discovery = await discovery_factory()
     proxy = ProxyServer(config, discovery=discovery)
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.warning("%s: draining (grace %.0f s)", sig.name, config.shutdown_grace)
+        proxy.request_shutdown()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, proxy.request_shutdown)
+        loop.add_signal_handler(sig, on_signal, sig)
     await proxy.start()
     await proxy.wait()
     return 0

@@ -2,6 +2,10 @@
 
 - :mod:`~weft.resources.models`: frozen, validated models of Namespace, Service, Deployment and Pod,
   the kind registry, and :func:`parse_resource`.
+- :mod:`~weft.resources.httproute`: the Gateway API HTTPRoute (mesh mode: parents are Services),
+  with what Weft does not support refused by name.
+- :mod:`~weft.resources.annotations`: the ``retry.weft.io/*``, ``timeout.weft.io/*`` and
+  ``failure-accrual.weft.io/*`` annotations of Services and routes.
 - :mod:`~weft.resources.loader`: YAML/JSON files and directories, all-or-nothing.
 - :mod:`~weft.resources.errors`: :class:`FieldError` (file, document, field path, message) and
   :class:`InvalidResources`.
@@ -9,7 +13,9 @@
 Not for: storing, watching or serving resources (that is :mod:`weft.control`).
 """
 
+from weft.resources.annotations import PolicyAnnotations, parse_policy_annotations
 from weft.resources.errors import FieldError, InvalidResources
+from weft.resources.httproute import HTTPRoute
 from weft.resources.loader import Document, load_paths, load_text
 from weft.resources.models import (
     ANNOTATION_DEPLOYMENT,
@@ -39,14 +45,17 @@ __all__ = [
     "Deployment",
     "Document",
     "FieldError",
+    "HTTPRoute",
     "InvalidResources",
     "KindInfo",
     "Namespace",
     "Pod",
+    "PolicyAnnotations",
     "Resource",
     "Service",
     "load_paths",
     "load_text",
+    "parse_policy_annotations",
     "parse_resource",
     "parse_status",
     "register_kind",

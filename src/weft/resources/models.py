@@ -1,12 +1,16 @@
 """Typed models of the Kubernetes-shaped resources Weft stores: Namespace, Service, Deployment, Pod.
 
+(HTTPRoute lives in :mod:`weft.resources.httproute` and joins the registry from there.)
+
 Each kind is a frozen dataclass built from a document (a plain mapping as YAML or JSON gives it) by
 ``from_dict``, which validates every field and raises
 :class:`~weft.resources.errors.InvalidResources` naming each offending field path and value; and
 written back by ``to_dict`` in the Kubernetes shape with defaults filled in (the form the control
 plane stores and serves). Fields Kubernetes defines but Weft does not interpret (probes, resources,
 volumes, ...) are kept verbatim so that the same files work on Kubernetes; fields nobody defines are
-rejected, which catches typos.
+rejected, which catches typos. A Service's ``retry.weft.io/*``, ``timeout.weft.io/*`` and
+``failure-accrual.weft.io/*`` annotations are validated here too
+(:mod:`weft.resources.annotations`).
 
 :func:`parse_resource` dispatches on ``kind``; :data:`KINDS` is the registry later kinds (routes,
 policy) join with :func:`register_kind`.
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeAlias
 
+from weft.resources.annotations import parse_policy_annotations
 from weft.resources.errors import InvalidResources
 from weft.resources.validate import EMPTY, Checker, index, join, show
 
@@ -689,6 +694,7 @@ class Service:
         c = Checker()
         _top(c, doc)
         meta = _parse_meta(c, doc.get("metadata"), namespaced=True, name_rule=c.dns_1035_label)
+        parse_policy_annotations(meta.annotations, "Service", c)
         m = c.mapping(doc.get("spec"), "spec")
         extra = c.known_fields(
             m,

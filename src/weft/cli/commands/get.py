@@ -1,8 +1,11 @@
 """``weft get KIND [NAME]``: list resources from the control plane, as tables or YAML/JSON.
 
 Tables follow kubectl: pods ``NAME READY STATUS RESTARTS IP AGE``, deployments ``NAME READY
-UP-TO-DATE AVAILABLE AGE``, services ``NAME CLUSTER-IP PORTS AGE``, namespaces ``NAME STATUS AGE``;
-``-A`` adds a NAMESPACE column; ``-o yaml|json`` prints the objects (a ``List`` without NAME).
+UP-TO-DATE AVAILABLE AGE``, services ``NAME CLUSTER-IP PORTS AGE``, namespaces ``NAME STATUS AGE``,
+httproutes ``NAME PARENTS ACCEPTED REASON AGE`` (ACCEPTED: every parent Service accepted the
+route; REASON: the first failing condition, e.g. ``NoMatchingParent`` or ``BackendNotFound``; the
+messages are in ``-o yaml``); ``-A`` adds a NAMESPACE column; ``-o yaml|json`` prints the objects
+(a ``List`` without NAME).
 
 Also the home of what the resource commands share: the ``--control`` endpoint flag, the "mesh not
 running" message, and table printing.
@@ -31,6 +34,7 @@ from weft.control.client import (
     default_endpoint,
     run_sync,
 )
+from weft.control.routestatus import summarize
 from weft.resources.models import ANNOTATION_DEPLOYMENT, KINDS, KindInfo, resolve_kind
 
 T = TypeVar("T")
@@ -148,9 +152,13 @@ def ref_name(obj: Mapping[str, Any]) -> str:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "get", help="list resources (pods, deploy, svc, ns)", description=__doc__.split("\n")[0]
+        "get",
+        help="list resources (pods, deploy, svc, ns, httproutes)",
+        description=__doc__.split("\n")[0],
     )
-    p.add_argument("kind", help="pods|po, deployments|deploy, services|svc, namespaces|ns")
+    p.add_argument(
+        "kind", help="pods|po, deployments|deploy, services|svc, namespaces|ns, httproutes"
+    )
     p.add_argument("name", nargs="?", help="one resource by name")
     p.add_argument("-n", "--namespace", default=None, help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
@@ -218,6 +226,7 @@ def table_for(
         "Deployment": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], _deploy_row),
         "Service": (["NAME", "CLUSTER-IP", "PORTS", "AGE"], _service_row),
         "Namespace": (["NAME", "STATUS", "AGE"], _namespace_row),
+        "HTTPRoute": (["NAME", "PARENTS", "ACCEPTED", "REASON", "AGE"], _httproute_row),
     }
     columns, fn = spec.get(kind, (["NAME", "AGE"], _generic_row))
     return columns, [fn(o, pods, t) for o in items]
@@ -293,6 +302,23 @@ def _namespace_row(
 ) -> list[str]:
     phase = (o.get("status") or {}).get("phase", "Active")
     return [o["metadata"]["name"], str(phase), age(o["metadata"].get("creationTimestamp"), now)]
+
+
+def _httproute_row(
+    o: Mapping[str, Any], _pods: Sequence[Mapping[str, Any]], now: float
+) -> list[str]:
+    parents = []
+    for ref in (o.get("spec") or {}).get("parentRefs") or []:
+        port = ref.get("port")
+        parents.append(f"{ref.get('name')}:{port}" if port is not None else str(ref.get("name")))
+    accepted, reason = summarize(o.get("status"))
+    return [
+        o["metadata"]["name"],
+        ",".join(parents) or "<none>",
+        accepted,
+        reason,
+        age(o["metadata"].get("creationTimestamp"), now),
+    ]
 
 
 def _generic_row(o: Mapping[str, Any], _pods: Sequence[Mapping[str, Any]], now: float) -> list[str]:

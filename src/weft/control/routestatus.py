@@ -1,0 +1,248 @@
+"""HTTPRoute status: Gateway API conditions per parentRef, kept current as Services come and go.
+
+For every parent of a route the control plane writes, in ``status.parents[]``, the parentRef,
+``controllerName: weft.io/control-plane`` and two conditions (``metav1.Condition`` shaped:
+``type``, ``status``, ``reason``, ``message``, ``lastTransitionTime``, ``observedGeneration``):
+
+- ``Accepted``: ``True``/``Accepted`` when the parent Service exists (and has the parentRef's port,
+  when one is given); else ``False``/``NoMatchingParent`` saying which;
+- ``ResolvedRefs``: ``True``/``ResolvedRefs`` when every backendRef names an existing Service with
+  the port used (the backendRef's, else the parentRef's); else ``False``/``BackendNotFound``
+  listing each unresolved backendRef by field path.
+
+``lastTransitionTime`` changes only when a condition's status does. :func:`route_status` computes
+a status (pure); :class:`RouteStatusController` recomputes the routes a store change can affect
+(the route itself; every route on a Service change) and writes only statuses that differ. Writing
+is deferred through ``schedule`` (the control plane passes the event loop's ``call_soon``) so that
+it never happens inside another change's notification; without one it runs at once, guarded
+against re-entry.
+
+Not for: building the proxy's policy (:mod:`weft.control.policies`) or validating routes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from weft.control.policies import ParseCache
+from weft.control.store import Event, NotFound, Store
+from weft.resources.errors import InvalidResources
+from weft.resources.httproute import CONTROLLER_NAME, HTTPRoute
+
+ServiceLookup = Callable[[str, str], "Mapping[str, Any] | None"]
+Schedule = Callable[[Callable[[], None]], object]
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _has_port(service: Mapping[str, Any], port: int) -> bool:
+    return any(p.get("port") == port for p in (service.get("spec") or {}).get("ports", []))
+
+
+def _condition(
+    type_: str, ok: bool, reason: str, message: str, generation: int, now: str
+) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+        "observedGeneration": generation,
+    }
+
+
+def route_status(
+    route: HTTPRoute,
+    lookup: ServiceLookup,
+    *,
+    generation: int,
+    now: str,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The status of ``route``; ``lookup(namespace, name)`` finds a stored Service. Conditions
+    whose status is unchanged from ``previous`` keep their ``lastTransitionTime``."""
+    old_times = _transition_times(previous or {})
+    parents: list[dict[str, Any]] = []
+    for ref in route.spec.parent_refs:
+        where = f"{ref.namespace}/{ref.name}"
+        svc = lookup(ref.namespace, ref.name)
+        if svc is None:
+            accepted = (False, "NoMatchingParent", f"Service {where} not found")
+        elif ref.port is not None and not _has_port(svc, ref.port):
+            accepted = (False, "NoMatchingParent", f"Service {where} has no port {ref.port}")
+        else:
+            accepted = (True, "Accepted", f"attached to Service {where}")
+        problems: list[str] = []
+        for i, rule in enumerate(route.spec.rules):
+            for j, b in enumerate(rule.backend_refs):
+                path = f"spec.rules[{i}].backendRefs[{j}]"
+                backend = lookup(b.namespace, b.name)
+                port = b.port if b.port is not None else ref.port
+                if backend is None:
+                    problems.append(f"{path}: Service {b.namespace}/{b.name} not found")
+                elif port is not None and not _has_port(backend, port):
+                    problems.append(f"{path}: Service {b.namespace}/{b.name} has no port {port}")
+        if problems:
+            resolved = (False, "BackendNotFound", "; ".join(problems))
+        else:
+            resolved = (True, "ResolvedRefs", "all backend references resolved")
+        parent_ref = ref.to_dict()
+        conditions = []
+        for type_, (ok, reason, message) in (("Accepted", accepted), ("ResolvedRefs", resolved)):
+            cond = _condition(type_, ok, reason, message, generation, now)
+            old = old_times.get((_ref_key(parent_ref), type_))
+            if old is not None and old[0] == cond["status"]:
+                cond["lastTransitionTime"] = old[1]
+            conditions.append(cond)
+        parents.append(
+            {"parentRef": parent_ref, "controllerName": CONTROLLER_NAME, "conditions": conditions}
+        )
+    return {"parents": parents}
+
+
+def _ref_key(ref: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (ref.get("name"), ref.get("namespace"), ref.get("port"))
+
+
+def _transition_times(status: Mapping[str, Any]) -> dict[tuple[Any, ...], tuple[str, str]]:
+    out: dict[tuple[Any, ...], tuple[str, str]] = {}
+    for parent in status.get("parents") or []:
+        if not isinstance(parent, Mapping) or parent.get("controllerName") != CONTROLLER_NAME:
+            continue
+        ref = parent.get("parentRef")
+        if not isinstance(ref, Mapping):
+            continue
+        for cond in parent.get("conditions") or []:
+            if not isinstance(cond, Mapping):
+                continue
+            since = cond.get("lastTransitionTime")
+            if isinstance(since, str):
+                out[(_ref_key(ref), cond.get("type"))] = (str(cond.get("status")), since)
+    return out
+
+
+def summarize(status: Mapping[str, Any] | None) -> tuple[str, str]:
+    """``(accepted, reason)`` over every parent, for tables: accepted is ``True`` when every
+    parent is Accepted, ``False`` when one is not, ``Unknown`` with no status yet; reason is the
+    first failing condition's reason (``-`` when none fails)."""
+    parents = (status or {}).get("parents") or []
+    if not parents:
+        return "Unknown", "-"
+    accepted = "True"
+    reason = "-"
+    for parent in parents:
+        for cond in parent.get("conditions") or []:
+            if cond.get("type") == "Accepted" and cond.get("status") != "True":
+                accepted = "False" if cond.get("status") == "False" else "Unknown"
+            if cond.get("status") != "True" and reason == "-":
+                reason = str(cond.get("reason") or "-")
+    return accepted, reason
+
+
+class RouteStatusController:
+    """Writes every HTTPRoute's status when it or a Service changes (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        schedule: Schedule | None = None,
+        cache: ParseCache | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._schedule = schedule
+        self._cache = cache or ParseCache()
+        self._dirty: set[tuple[str, str]] = set()
+        self._scheduled = False
+        self._running = False
+        self.writes = 0
+        self._unsubscribe = store.subscribe(self._on_event)
+
+    def __repr__(self) -> str:
+        return f"<RouteStatusController dirty={len(self._dirty)} writes={self.writes}>"
+
+    def close(self) -> None:
+        self._unsubscribe()
+        self._dirty.clear()
+
+    def resync(self) -> None:
+        """Recompute every route (at start, after the store was restored)."""
+        for obj in self._store.list("HTTPRoute"):
+            meta = obj["metadata"]
+            self._dirty.add((str(meta["namespace"]), str(meta["name"])))
+        self._request()
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "HTTPRoute" and event.type != "DELETED":
+            meta = event.object["metadata"]
+            self._dirty.add((str(meta["namespace"]), str(meta["name"])))
+        elif event.kind == "Service":
+            # parents and backends may be in any route of any namespace
+            for obj in self._store.list("HTTPRoute"):
+                meta = obj["metadata"]
+                self._dirty.add((str(meta["namespace"]), str(meta["name"])))
+        else:
+            return
+        self._request()
+
+    def _request(self) -> None:
+        if not self._dirty:
+            return
+        if self._schedule is None:
+            self.reconcile()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._schedule(self._scheduled_run)
+
+    def _scheduled_run(self) -> None:
+        self._scheduled = False
+        self.reconcile()
+
+    def reconcile(self) -> int:
+        """Recompute the routes marked dirty and write the statuses that changed; how many."""
+        if self._running:
+            return 0  # a write of ours notified us: the running pass picks the route up again
+        self._running = True
+        written = 0
+        try:
+            while self._dirty:
+                ns, name = self._dirty.pop()
+                if self._update(ns, name):
+                    written += 1
+        finally:
+            self._running = False
+        self.writes += written
+        return written
+
+    def _lookup(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self._store.get("Service", namespace, name)
+
+    def _update(self, namespace: str, name: str) -> bool:
+        obj = self._store.get("HTTPRoute", namespace, name)
+        if obj is None:
+            return False
+        route = self._cache.route(obj)
+        if route is None:
+            return False
+        current = obj.get("status") or {}
+        status = route_status(
+            route,
+            self._lookup,
+            generation=int(obj["metadata"].get("generation") or 1),
+            now=_rfc3339(self._clock()),
+            previous=current,
+        )
+        if status == current:
+            return False
+        try:
+            self._store.put_status("HTTPRoute", namespace, name, status)
+        except (NotFound, InvalidResources):
+            return False
+        return True
