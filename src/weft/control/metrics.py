@@ -11,9 +11,10 @@ rollout still counts the pods that left) and computes, like ``linkerd viz stat``
 
 - increase of a counter over the window: the sum of its rises between consecutive samples from the
   last sample at or before the window's start; a fall is a counter reset (proxy restart) and counts
-  the new value; a series that first appears inside the window counts from zero; a pod first
-  scraped inside the window counts from zero when it was created inside the window (its counters
-  started there), otherwise its first sample is the baseline;
+  the new value; a series that first appears inside the window (absent from that baseline sample)
+  counts from zero (:func:`series_increase`); a pod first scraped inside the window counts from
+  zero when it was created inside the window (its counters started there), otherwise its first
+  sample is the baseline;
 - SUCCESS = increase(response_total{classification="success"}) / increase(response_total);
 - RPS = increase(response_total) / window;
 - LATENCY_Pxx = :func:`histogram_quantile` (Prometheus' linear interpolation) over the summed
@@ -138,6 +139,17 @@ def increase(values: Iterable[float | None], *, from_zero: bool) -> float:
         prev = v
         first = False
     return total
+
+
+def series_increase(
+    samples: Sequence[Mapping[SeriesKey, float]], key: SeriesKey, *, from_zero: bool
+) -> float:
+    """:func:`increase` of one series over a pod's window samples (the first one being the
+    baseline unless ``from_zero``). A series absent from the baseline sample appeared after it
+    (Prometheus creates a labelled series at its first event), so it counts from zero."""
+    values = [s.get(key) for s in samples]
+    appeared = bool(values) and values[0] is None
+    return increase(values, from_zero=from_zero or appeared)
 
 
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
@@ -275,7 +287,7 @@ def _accumulate(totals: _Totals, hist: PodHistory, start: float, end: float, liv
         if name not in ("response_total", "response_latency_ms_bucket",
                         "tcp_read_bytes_total", "tcp_write_bytes_total"):  # fmt: skip
             continue
-        inc = increase((s.get(key) for s in samples), from_zero=from_zero)
+        inc = series_increase(samples, key, from_zero=from_zero)
         if name == "response_total":
             totals.responses += inc
             if dict(labels).get("classification") == "success":
@@ -422,7 +434,8 @@ class Stats:
         totals: dict[str, _RouteTotals] = {}
         for hist in self._pods.values():
             _accumulate_routes(totals, hist, service, namespace, start, now)
-        names = set(configured) | set(totals) | {DEFAULT_ROUTE}
+        seen = {r for r, t in totals.items() if t.responses > 0 or t.actual > 0}
+        names = set(configured) | seen | {DEFAULT_ROUTE}
         order = sorted(names, key=lambda r: (r == DEFAULT_ROUTE, r))
         return [
             _route_row(namespace, service, r, totals.get(r, _RouteTotals()), window) for r in order
@@ -501,7 +514,7 @@ def _accumulate_routes(
         lab = dict(labels)
         if lab.get("dst_service") != service or lab.get("dst_namespace") != namespace:
             continue
-        inc = increase((s.get(key) for s in samples), from_zero=from_zero)
+        inc = series_increase(samples, key, from_zero=from_zero)
         t = totals.setdefault(lab.get("route") or DEFAULT_ROUTE, _RouteTotals())
         success = lab.get("classification") == "success"
         if name == "route_response_total":

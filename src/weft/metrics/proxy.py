@@ -122,6 +122,10 @@ class ProxyMetrics:
         self.process = process
         self._http: dict[LabelItems, HttpSeries] = {}
         self._tcp: dict[LabelItems, TcpSeries] = {}
+        # per route: what the client saw (one per request, retries hidden) and what was sent
+        # (one per attempt): Linkerd's route_* and route_actual_* families
+        self._route: dict[LabelItems, HttpSeries] = {}
+        self._route_actual: dict[LabelItems, HttpSeries] = {}
         self.extra: list[Callable[[], str]] = []
 
     def http(self, labels: LabelItems) -> HttpSeries:
@@ -129,6 +133,21 @@ class ProxyMetrics:
         series = self._http.get(labels)
         if series is None:
             series = self._http[labels] = HttpSeries(labels)
+            series.last_used = self._clock()
+        return series
+
+    def route(self, labels: LabelItems) -> HttpSeries:
+        """The effective (client-visible) series of a route (created on first use)."""
+        return self._get(self._route, labels)
+
+    def route_actual(self, labels: LabelItems) -> HttpSeries:
+        """The actual (per attempt) series of a route (created on first use)."""
+        return self._get(self._route_actual, labels)
+
+    def _get(self, table: dict[LabelItems, HttpSeries], labels: LabelItems) -> HttpSeries:
+        series = table.get(labels)
+        if series is None:
+            series = table[labels] = HttpSeries(labels)
             series.last_used = self._clock()
         return series
 
@@ -144,7 +163,9 @@ class ProxyMetrics:
         """The Prometheus text exposition (format 0.0.4) of every live series."""
         self._expire()
         out: list[str] = []
-        self._render_http(out)
+        self._render_http(out, self._http, "")
+        self._render_http(out, self._route, "route_")
+        self._render_http(out, self._route_actual, "route_actual_", latency=False)
         self._render_tcp(out)
         if self.process:
             _render_process(out)
@@ -162,7 +183,7 @@ class ProxyMetrics:
         """
         now = self._clock()
         deadline = now - self.idle_expiry
-        for table in (self._http, self._tcp):
+        for table in (self._http, self._tcp, self._route, self._route_actual):
             stale = []
             for key, series in table.items():
                 seen = _activity(series)
@@ -174,39 +195,54 @@ class ProxyMetrics:
             for key in stale:
                 table.pop(key).expired = True
 
-    def _render_http(self, out: list[str]) -> None:
-        if not self._http:
+    def _render_http(
+        self,
+        out: list[str],
+        table: dict[LabelItems, HttpSeries],
+        prefix: str,
+        *,
+        latency: bool = True,
+    ) -> None:
+        if not table:
             return
-        req = ["# HELP request_total Total HTTP requests\n# TYPE request_total counter\n"]
-        rsp = ["# HELP response_total Total HTTP responses\n# TYPE response_total counter\n"]
+        req_name, rsp_name, lat_name = (
+            f"{prefix}request_total",
+            f"{prefix}response_total",
+            f"{prefix}response_latency_ms",
+        )
+        req = [f"# HELP {req_name} Total HTTP requests\n# TYPE {req_name} counter\n"]
+        rsp = [f"# HELP {rsp_name} Total HTTP responses\n# TYPE {rsp_name} counter\n"]
         lat = [
-            "# HELP response_latency_ms Elapsed times between a request's headers being received "
+            f"# HELP {lat_name} Elapsed times between a request's headers being received "
             "and its response's headers being sent, in milliseconds\n"
-            "# TYPE response_latency_ms histogram\n"
+            f"# TYPE {lat_name} histogram\n"
         ]
-        for s in list(self._http.values()):
+        for s in list(table.values()):
             base = _labels(s.labels)
-            req.append(f"request_total{{{base}}} {s.requests}\n")
+            req.append(f"{req_name}{{{base}}} {s.requests}\n")
             by_status: dict[int, list[ResponseSeries]] = {}
             for (status, success), r in s.responses.items():
                 cls = "success" if success else "failure"
                 rsp.append(
-                    f'response_total{{{base},status_code="{status}",classification="{cls}"}} '
+                    f'{rsp_name}{{{base},status_code="{status}",classification="{cls}"}} '
                     f"{r.count}\n"
                 )
                 by_status.setdefault(status, []).append(r)
+            if not latency:
+                continue
             for status, parts in by_status.items():
                 sl = f'{base},status_code="{status}"'
                 running = 0
                 for i, bound in enumerate(_BOUNDS_TEXT):
                     running += sum(p.buckets[i] for p in parts)
-                    lat.append(f'response_latency_ms_bucket{{{sl},le="{bound}"}} {running}\n')
-                lat.append(f"response_latency_ms_count{{{sl}}} {running}\n")
+                    lat.append(f'{lat_name}_bucket{{{sl},le="{bound}"}} {running}\n')
+                lat.append(f"{lat_name}_count{{{sl}}} {running}\n")
                 total_ms = sum(p.sum_ms for p in parts)
-                lat.append(f"response_latency_ms_sum{{{sl}}} {total_ms!r}\n")
+                lat.append(f"{lat_name}_sum{{{sl}}} {total_ms!r}\n")
         out.extend(req)
         out.extend(rsp)
-        out.extend(lat)
+        if latency:
+            out.extend(lat)
 
     def _render_tcp(self, out: list[str]) -> None:
         if not self._tcp:

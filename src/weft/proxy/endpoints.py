@@ -19,9 +19,15 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from weft.addr import Address, format_addr
+from weft.core.accrual import AccrualSet
 from weft.core.balancer import Balancer
+from weft.core.retry import RetryBudget
+from weft.core.routes import RouteTable
 from weft.discovery import Destination, Endpoint
 from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
+from weft.policy import DEFAULT_BUDGET, RetryBudgetConfig, ServicePolicy, Timeouts
+
+NO_TIMEOUTS = Timeouts()
 
 log = logging.getLogger("weft.proxy")
 
@@ -110,6 +116,13 @@ class Concrete:
         self.http_seen = False  # a client spoke HTTP/1 to this destination
         self.waiters: list[Callable[[], None]] = []
         self._base: LabelItems = ()
+        # policy (routes, retries, timeouts, failure accrual) of the destination service
+        self.policy: ServicePolicy | None = None
+        self.routes: RouteTable | None = None
+        self.timeouts = NO_TIMEOUTS
+        self.accrual: AccrualSet[Address] | None = None
+        self._budgets: dict[RetryBudgetConfig, RetryBudget] = {}
+        self._route_series: dict[str, tuple[HttpSeries, HttpSeries]] = {}
         self.set_labels(labels or {})
 
     def set_labels(self, labels: dict[str, str]) -> None:
@@ -134,6 +147,8 @@ class Concrete:
                 state.close_idle()
         self.endpoints = new
         self.balancer.update(new.keys())
+        if self.accrual is not None:
+            self.accrual.update(new.keys())
         if new and self.waiters:
             waiters, self.waiters = self.waiters, []
             for wake in waiters:
@@ -144,11 +159,13 @@ class Concrete:
         if dest is None:
             self.known = False
             self.opaque = False
+            self.set_policy(None)
             self.set_labels({})
             self.set_endpoints([Endpoint(fallback)] if fallback is not None else [])
             return
         self.known = True
         self.opaque = dest.opaque
+        self.set_policy(dest.policy)
         labels = {}
         for key in ("service", "namespace"):
             value = dest.labels.get(key)
@@ -159,11 +176,87 @@ class Concrete:
             self.endpoints = {}  # endpoints re-derive their label sets below
         self.set_endpoints(dest.endpoints)
 
+    def set_policy(self, policy: ServicePolicy | None) -> None:
+        """Apply a policy snapshot: routes recompiled (weights take effect at once), budgets and
+        accrual state kept while their configuration is unchanged."""
+        if policy == self.policy:
+            return
+        self.policy = policy
+        self.routes = None
+        if policy is not None and policy.routes:
+            try:
+                self.routes = RouteTable(policy)
+            except ValueError as exc:  # the control plane validates; never crash on a snapshot
+                log.error("ignoring the routes of %s: %s", self.name, exc)
+        self.timeouts = policy.timeouts if policy is not None else NO_TIMEOUTS
+        accrual = policy.failure_accrual if policy is not None else None
+        if accrual is None:
+            self.accrual = None
+        elif self.accrual is None or self.accrual.config != accrual:
+            self.accrual = AccrualSet(accrual, clock=self.clock)
+            self.accrual.update(self.endpoints.keys())
+
+    def budget(self, config: RetryBudgetConfig = DEFAULT_BUDGET) -> RetryBudget:
+        """The retry budget shared by this destination's requests with this configuration."""
+        budget = self._budgets.get(config)
+        if budget is None:
+            budget = self._budgets[config] = RetryBudget(config, clock=self.clock)
+        return budget
+
+    def route_series(self, route: str) -> tuple[HttpSeries, HttpSeries]:
+        """(effective, actual) series of ``route`` (``"default"`` when no route matched)."""
+        pair = self._route_series.get(route)
+        if pair is None or pair[0].expired or pair[1].expired:
+            labels = dict(self._base)
+            labels["route"] = route
+            items = tuple(sorted(labels.items()))
+            pair = (self.metrics.route(items), self.metrics.route_actual(items))
+            self._route_series[route] = pair
+        return pair
+
     # -- picking and pooling --------------------------------------------------------------------
 
     def pick(self) -> EndpointState | None:
+        """An endpoint for one request: P2C, skipping endpoints failure accrual has ejected.
+
+        ``None`` when there is none (see :meth:`all_ejected` to tell why). Taking an endpoint
+        that is probing takes its probe slot: the caller must report the outcome."""
         addr = self.balancer.pick()
-        return None if addr is None else self.endpoints[addr]
+        if addr is None:
+            return None
+        accrual = self.accrual
+        if accrual is None or accrual.available(addr):
+            return self.endpoints[addr]
+        for other in self.endpoints:  # rare: the balancer's choice is ejected
+            if accrual.available(other):
+                return self.endpoints[other]
+        return None
+
+    def all_ejected(self) -> bool:
+        return bool(self.endpoints) and self.accrual is not None and self.accrual.all_ejected()
+
+    def record(self, addr: Address, success: bool) -> None:
+        """Feed a request's outcome to failure accrual."""
+        if self.accrual is not None:
+            self.accrual.record(addr, success)
+
+    def cancel(self, addr: Address) -> None:
+        """A picked endpoint's request ended without a result (frees a probe slot)."""
+        if self.accrual is not None:
+            self.accrual.cancel(addr)
+
+    def render_states(self) -> str:
+        """``outbound_endpoint_state`` samples for failure accrual (empty when not enabled)."""
+        if self.accrual is None:
+            return ""
+        base = ",".join(f'{k}="{v}"' for k, v in self._base)
+        out = []
+        for addr, state in self.accrual.states().items():
+            out.append(
+                f'outbound_endpoint_state{{{base},endpoint="{format_addr(addr)}",'
+                f'state="{state}"}} 1\n'
+            )
+        return "".join(out)
 
     def release(self, state: EndpointState, conn: PooledConn) -> None:
         """Return a connection after a completed exchange; close it if it may not be reused."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +34,10 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from weft.addr import format_addr
+from weft.core.retry import RetryBudget, backoff_delay, is_retryable_status, may_retry
+from weft.core.routes import apply_header_modifier, redirect_location
 from weft.metrics.proxy import HttpSeries, ProxyMetrics
+from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 
 if TYPE_CHECKING:
@@ -90,6 +94,8 @@ class Http1Context:
         self.fail_fast = (
             config.fail_fast_outbound if direction == "outbound" else config.fail_fast_inbound
         )
+        # resolves a route backend's target to its concrete (at once when known)
+        self.backend: Callable[[str], Concrete | asyncio.Future[Concrete]] = _no_backends
 
     def reap(self, now: float) -> None:
         """Enforce header and idle timeouts; called about once a second by the server."""
@@ -103,6 +109,12 @@ class Http1Context:
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
+
+
+def _no_backends(target: str) -> asyncio.Future[Concrete]:
+    fut: asyncio.Future[Concrete] = asyncio.get_running_loop().create_future()
+    fut.set_exception(LookupError(f"no discovery to resolve {target}"))
+    return fut
 
 
 def error_response(
@@ -121,6 +133,35 @@ def error_response(
     return b"".join(lines) + b"\r\n" + (b"" if head else body)
 
 
+_REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+                     307: b"Temporary Redirect", 308: b"Permanent Redirect"}  # fmt: skip
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
+_rng = random.Random()
+
+
+def _min_timeout(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _merge_timeouts(rule: Timeouts, service: Timeouts) -> Timeouts:
+    """A rule's timeouts override the service's, field by field."""
+    return Timeouts(
+        request=rule.request if rule.request is not None else service.request,
+        backend_request=(
+            rule.backend_request if rule.backend_request is not None else service.backend_request
+        ),
+        response=rule.response if rule.response is not None else service.response,
+        idle=rule.idle if rule.idle is not None else service.idle,
+    )
+
+
+def _modify_lines(mod: HeaderModifier, lines: list[bytes]) -> list[bytes]:
+    pairs = [tuple(ln[:-2].split(b": ", 1)) for ln in lines]
+    modified = apply_header_modifier(mod, pairs)  # type: ignore[arg-type]
+    return [b"%s: %s\r\n" % kv for kv in modified]
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -133,13 +174,19 @@ class Exchange:
     """One request and its response, from head parsed to response complete."""
 
     __slots__ = (
+        "actual",
+        "attempt_timeout",
+        "attempt_timer",
         "attempts",
         "authority",
+        "backoff",
+        "budget",
         "body_sent",
         "chunked_in",
         "chunked_out",
         "close_after",
         "closing_up",
+        "concrete",
         "down",
         "expect_continue",
         "finished",
@@ -150,9 +197,14 @@ class Exchange:
         "method",
         "replay",
         "req_buf",
+        "req_length",
         "req_buf_size",
         "req_done",
+        "resp_mod",
         "resp_started",
+        "retries",
+        "retry",
+        "route",
         "sent_at",
         "series",
         "started",
@@ -181,7 +233,18 @@ class Exchange:
         close_after: bool,
     ) -> None:
         self.down = down
+        self.concrete = down.concrete  # serving this attempt: the service, or a route's backend
         self.headers: list[tuple[bytes, bytes]] = []  # request headers, names lowercased
+        self.req_length: int | None = 0  # declared body length; None: chunked
+        self.route: HttpSeries | None = None  # effective (client-visible) route series
+        self.actual: HttpSeries | None = None  # per-attempt route series
+        self.retry: RetryPolicy | None = None
+        self.budget: RetryBudget | None = None
+        self.retries = 0
+        self.attempt_timeout: float | None = None
+        self.attempt_timer: asyncio.TimerHandle | None = None
+        self.backoff: asyncio.TimerHandle | None = None
+        self.resp_mod: HeaderModifier | None = None
         self.close_after = close_after
         self.method = method
         self.url = url
@@ -257,23 +320,32 @@ class Exchange:
     # -- dispatch -------------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Pick an endpoint and attach a connection (pooled, or dialed)."""
-        down = self.down
-        concrete = down.concrete
+        """Route (first time), pick an endpoint and attach a connection (pooled, or dialed)."""
         if self.started == 0.0:
             self.started = _monotonic()
-            if down.ctx.response_timeout is not None:
-                self.timer = asyncio.get_running_loop().call_later(
-                    down.ctx.response_timeout, self._timed_out
-                )
+            if not self._decide():
+                return
+        concrete = self.concrete
         state = concrete.pick()
         if state is None:
-            self._wait_for_endpoints()
+            if concrete.all_ejected():
+                self.fail(503, "endpoints-ejected", f"every endpoint of {concrete.name} is "
+                          "ejected by failure accrual")  # fmt: skip
+            else:
+                self._wait_for_endpoints()
             return
         self.state = state
         if self.series is None:
             self.series = concrete.http_series(state, self.authority)
             self.series.requests += 1
+        if self.actual is not None:
+            self.actual.requests += 1
+        if self.attempt_timeout is not None:
+            if self.attempt_timer is not None:
+                self.attempt_timer.cancel()
+            self.attempt_timer = asyncio.get_running_loop().call_later(
+                self.attempt_timeout, self._attempt_timed_out
+            )
         self.sent_at = concrete.balancer.start(state.addr)
         conn = state.take_idle()
         if conn is not None:
@@ -287,8 +359,179 @@ class Exchange:
             return
         self._dial(state)
 
+    def _decide(self) -> bool:
+        """Apply the service's policy: route, backend, retries, timeouts, header filters.
+
+        Returns False when the exchange was answered here (a redirect, a rule with no usable
+        backend) or waits for a backend's discovery, which calls :meth:`dispatch` again."""
+        down = self.down
+        service = down.concrete
+        policy = service.policy
+        retry = policy.retry if policy is not None else None
+        timeouts = service.timeouts
+        route_name = "default"
+        table = service.routes
+        if table is not None and not self.upgrade:
+            path, _, query = self.url.partition(b"?")
+            matched = table.match(self.method, path, query, self._header)
+            if matched is not None:
+                rule = matched.rule
+                route_name = matched.route_name
+                if rule.retry is not None:
+                    retry = rule.retry
+                timeouts = _merge_timeouts(rule.timeouts, timeouts)
+                if service.known:
+                    self.route, self.actual = service.route_series(route_name)
+                    self.route.requests += 1
+                if rule.redirect is not None:
+                    self._redirect(rule.redirect, path, query)
+                    return False
+                if rule.request_headers is not None:
+                    self._modify_request(rule.request_headers)
+                self.resp_mod = rule.response_headers
+                if matched.picker is not None:
+                    backend = matched.picker.pick()
+                    if backend is None:
+                        self.fail(500, "no-backends", f"route {route_name}: every backend "
+                                  "has weight 0")  # fmt: skip
+                        return False
+                    found = down.ctx.backend(backend.target)
+                    if isinstance(found, Concrete):
+                        self.concrete = found
+                    else:
+                        found.add_done_callback(self._backend_ready)
+                        self._arm_timers(retry, timeouts)
+                        return False
+        if self.route is None and service.known:
+            self.route, self.actual = service.route_series(route_name)
+            self.route.requests += 1
+        self._arm_timers(retry, timeouts)
+        return True
+
+    def _arm_timers(self, retry: RetryPolicy | None, timeouts: Timeouts) -> None:
+        down = self.down
+        if retry is not None and not self.upgrade:
+            self.retry = retry
+            self.budget = down.concrete.budget(retry.budget)
+            self.budget.record_request()
+            self.attempt_timeout = retry.timeout
+        if timeouts.backend_request is not None:
+            self.attempt_timeout = timeouts.backend_request
+        deadline = _min_timeout(
+            down.ctx.response_timeout, timeouts.request, timeouts.response
+        )
+        if deadline is not None:
+            self.timer = asyncio.get_running_loop().call_later(deadline, self._timed_out)
+
+    def _backend_ready(self, fut: asyncio.Future[Concrete]) -> None:
+        if self.finished:
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            self.fail(502, "backend-unresolved", f"cannot resolve a backend: {fut.exception()}")
+            return
+        self.concrete = fut.result()
+        self.dispatch()
+
+    def _header(self, name: bytes) -> bytes | None:
+        if name == b"host":
+            return self.authority
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def _redirect(self, redirect: Redirect, path: bytes, query: bytes) -> None:
+        port = self.down.concrete.name.rpartition(":")[2]
+        status, location = redirect_location(
+            redirect, b"http", self.authority, int(port) if port.isdigit() else None, path, query
+        )
+        close = self.close_after or self.down.closing_now() or self._body_pending()
+        self.down.write(
+            b"HTTP/1.1 %d %s\r\nlocation: %s\r\ncontent-length: 0\r\n%s\r\n"
+            % (status, _REDIRECT_REASONS.get(status, b"Redirect"), location,
+               b"connection: close\r\n" if close else b"")  # fmt: skip
+        )
+        if close:
+            self.close_after = True
+        self.status = status
+        if self.route is not None:
+            self.route.response(status, True).observe((_monotonic() - self.started) * 1000.0)
+        self._complete(success=True)
+
+    def _modify_request(self, mod: HeaderModifier) -> None:
+        lines = self.head.split(b"\r\n")
+        request_line, fields = lines[0], [ln for ln in lines[1:] if ln]
+        pairs = [tuple(ln.split(b": ", 1)) for ln in fields]
+        framing = [(n, v) for n, v in pairs if n.lower() in _FRAMING]
+        others = [(n, v) for n, v in pairs if n.lower() not in _FRAMING]
+        modified = apply_header_modifier(mod, others)
+        out = [request_line, *(b"%s: %s" % kv for kv in (*modified, *framing))]
+        self.head = b"\r\n".join(out) + b"\r\n\r\n"
+        self.headers = [(n.lower(), v) for n, v in modified]
+
+    def _body_pending(self) -> bool:
+        """Request body bytes are still to come (a request with no body is never pending,
+        even before the parser reports its end)."""
+        return not self.req_done and self.req_length != 0
+
+    def _retryable(self) -> bool:
+        """Whether this attempt's failure may be retried (and the budget pays for it)."""
+        retry = self.retry
+        if retry is None or self.retries >= retry.limit or self.resp_started:
+            return False
+        if not self.req_done or self.replay is None or self.down.ctx.draining:
+            return False
+        if not may_retry(retry, self.method, self.req_length, True):
+            return False
+        assert self.budget is not None
+        return self.budget.try_withdraw()
+
+    def _retry_later(self) -> None:
+        """Abandon this attempt (its response is not read) and try again after a backoff."""
+        up, state = self.up, self.state
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        if up is not None:
+            up.exchange = None
+            up.close()
+            self.up = None
+        if state is not None:
+            self.concrete.balancer.finish(state.addr, self.sent_at, success=False)
+        self.state = None
+        self.series = None
+        self.status = 0
+        self.interim = False
+        self.closing_up = False
+        assert self.replay is not None and self.retry is not None
+        self.req_buf = list(self.replay)
+        self.req_buf_size = sum(len(b) for b in self.req_buf)
+        self.replay, self.body_sent = [], 0
+        self.attempts = 0
+        delay = backoff_delay(self.retry, self.retries, _rng)
+        self.retries += 1
+        self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
+
+    def _redispatch(self) -> None:
+        self.backoff = None
+        if not self.finished:
+            self.dispatch()
+
+    def _attempt_timed_out(self) -> None:
+        self.attempt_timer = None
+        if self.finished or self.resp_started:
+            return
+        if self.state is not None:
+            self.concrete.record(self.state.addr, False)
+        if self._retryable():
+            self._retry_later()
+            return
+        if self.up is not None:
+            self.up.close()
+        self.fail(504, "attempt-timeout", "upstream did not respond in time")
+
     def _dial(self, state: EndpointState) -> None:
-        concrete = self.down.concrete
+        concrete = self.concrete
         self.attempts += 1
         limit = self.down.ctx.max_header_bytes
         task = concrete.connect(state, lambda: Http1Upstream(concrete, state, limit))
@@ -300,7 +543,7 @@ class Exchange:
         up = None if fut.cancelled() or fut.exception() is not None else fut.result()
         if self.finished:
             if up is not None:
-                self.down.concrete.release(state, up)
+                self.concrete.release(state, up)
             return
         if isinstance(up, Http1Upstream) and up.reusable():
             self.attach(up, reused=False)
@@ -320,11 +563,11 @@ class Exchange:
 
         def give_up() -> None:
             self.waiting = None
-            if wake in down.concrete.waiters:
-                down.concrete.waiters.remove(wake)
-            self.fail(503, "no-endpoints", f"no endpoints available for {down.concrete.name}")
+            if wake in self.concrete.waiters:
+                self.concrete.waiters.remove(wake)
+            self.fail(503, "no-endpoints", f"no endpoints available for {self.concrete.name}")
 
-        down.concrete.waiters.append(wake)
+        self.concrete.waiters.append(wake)
         self.waiting = loop.call_later(down.ctx.fail_fast, give_up)
 
     def _connected(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
@@ -334,17 +577,22 @@ class Exchange:
             if self.finished:
                 return
             exc = None if task.cancelled() else task.exception()
-            self.down.concrete.balancer.finish(state.addr, self.sent_at, success=False)
-            others = len(self.down.concrete.endpoints)
+            self.concrete.balancer.finish(state.addr, self.sent_at, success=False)
+            self.concrete.record(state.addr, False)
+            others = len(self.concrete.endpoints)
+            # nothing was sent: another endpoint may be tried without a retry policy
             if self.attempts < min(MAX_CONNECT_ATTEMPTS, max(others, 1) + 1) and others:
                 self.dispatch()
                 return
-            self.fail(502, "connect-failed", f"connect to {state.addr[0]}:{state.addr[1]}: {exc}")
+            if self._retryable():
+                self._retry_later()
+                return
+            self.fail(502, "connect-failed", f"connect to {format_addr(state.addr)}: {exc}")
             return
         _, proto = task.result()
         assert isinstance(proto, Http1Upstream)
         if self.finished:
-            self.down.concrete.release(state, proto)
+            self.concrete.release(state, proto)
             return
         self.attach(proto, reused=False)
 
@@ -390,14 +638,31 @@ class Exchange:
             self.on_upstream_error("101 Switching Protocols to a request that asked for none")
             return
         self.interim = False
+        success = status < 500
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        series = self.series
+        latency_ms = (_monotonic() - self.started) * 1000.0
+        if series is not None:
+            series.response(status, success).observe(latency_ms)
+        if self.actual is not None:
+            self.actual.response(status, success).count += 1
+        if self.state is not None:
+            self.concrete.record(self.state.addr, success)
+        retry = self.retry
+        if retry is not None and is_retryable_status(retry, status) and self._retryable():
+            self._retry_later()
+            return
         self.status = status
         self.resp_started = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        series = self.series
-        if series is not None:
-            series.response(status, status < 500).observe((_monotonic() - self.started) * 1000.0)
+        if self.route is not None:
+            self.route.response(status, success).observe(latency_ms)
+        if self.resp_mod is not None:
+            lines = _modify_lines(self.resp_mod, lines)
         if not keep_alive:
             self.closing_up = True
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
@@ -464,11 +729,11 @@ class Exchange:
         assert up is not None and state is not None
         self.down.uncork()  # the 101 goes out before any tunnelled byte
         self.finished = True
-        self.down.concrete.balancer.finish(state.addr, self.sent_at)
+        self.concrete.balancer.finish(state.addr, self.sent_at)
         up.exchange = None
         down = self.down
         down.ctx.connections.discard(down)
-        series = down.concrete.tcp_series(state)
+        series = self.concrete.tcp_series(state)
         Relay(
             down.transport,
             up.transport,
@@ -491,19 +756,24 @@ class Exchange:
                 # a pooled connection the server had closed: nothing was processed; try again
                 self.up = None
                 if state is not None:
-                    self.down.concrete.balancer.finish(state.addr, self.sent_at, success=False)
+                    self.concrete.balancer.finish(state.addr, self.sent_at, success=False)
                 self.req_buf = list(self.replay) + self.req_buf
                 self.req_buf_size = sum(len(b) for b in self.req_buf)
                 self.replay, self.body_sent = [], 0
                 self.dispatch()
                 return
+            if state is not None:
+                self.concrete.record(state.addr, False)
+            if self._retryable():
+                self._retry_later()
+                return
             self.fail(502, "upstream-closed", f"upstream closed the connection: {exc or 'EOF'}")
             return
         self._abort("upstream closed mid-response")
 
-    def on_upstream_error(self, message: str) -> None:
-        if self.finished:
-            return
+    def on_upstream_error(self, message: str, up: Http1Upstream | None = None) -> None:
+        if self.finished or (up is not None and up is not self.up):
+            return  # an abandoned attempt's connection (a retry is under way)
         if self.up is not None:
             self.up.close()
         if not self.resp_started:
@@ -529,7 +799,7 @@ class Exchange:
         if self.finished:
             return
         down = self.down
-        if not self.req_done:
+        if self._body_pending():
             self.close_after = True
         close = self.close_after or down.closing_now()
         down.write(error_response(status, reason, close=close, detail=detail, head=self.is_head))
@@ -538,11 +808,16 @@ class Exchange:
         if series is None:
             series = self.series = down.no_endpoint_series(self.authority)
             series.requests += 1
-        series.response(status, False).observe((_monotonic() - self.started) * 1000.0)
+        latency_ms = (_monotonic() - self.started) * 1000.0
+        series.response(status, False).observe(latency_ms)
+        if self.route is not None:
+            self.route.response(status, False).observe(latency_ms)
         if self.up is not None:
             self.up.exchange = None
             self.up.close()
             self.up = None
+        elif self.state is not None:
+            self.concrete.cancel(self.state.addr)
         self._complete(success=False)
 
     def _abort(self, why: str) -> None:
@@ -555,24 +830,25 @@ class Exchange:
 
     def _complete(self, *, success: bool) -> None:
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for handle in (self.timer, self.attempt_timer, self.backoff):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.attempt_timer = self.backoff = None
         if self.waiting is not None:
             self.waiting.cancel()
             self.waiting = None
         down = self.down
         state, up = self.state, self.up
         if state is not None and up is not None:
-            down.concrete.balancer.finish(state.addr, self.sent_at, success=success)
+            self.concrete.balancer.finish(state.addr, self.sent_at, success=success)
             up.exchange = None
             self.up = None
             if self.closing_up or not self.req_done:
                 up.close()
             else:
-                down.concrete.release(state, up)
+                self.concrete.release(state, up)
             up.resume_from(down)
-        if not self.req_done:
+        if self._body_pending():
             self.req_buf = []
             self.req_buf_size = 0
             down.shutdown_write()
@@ -750,7 +1026,8 @@ class Http1Downstream(asyncio.Protocol):
                     up.exchange = None
                     up.close()
                 if state is not None:
-                    self.concrete.balancer.finish(state.addr, exchange.sent_at, success=False)
+                    exchange.concrete.balancer.finish(state.addr, exchange.sent_at, success=False)
+                    exchange.concrete.cancel(state.addr)
         self.queue.clear()
 
     def pause_writing(self) -> None:
@@ -873,6 +1150,7 @@ class Http1Downstream(asyncio.Protocol):
             close_after=close_after,
         )
         exchange.headers = headers
+        exchange.req_length = int(lengths[0]) if lengths else (None if chunked else 0)
         self.parsing = exchange
         self.queue.append(exchange)
         if len(self.queue) == 1:
@@ -1075,24 +1353,24 @@ class Http1Upstream(asyncio.Protocol):
                 exchange.on_upgraded(data[offset:])
             else:
                 self.close()
-                exchange.on_upstream_error("unexpected upgrade")
+                exchange.on_upstream_error("unexpected upgrade", self)
         except httptools.HttpParserCallbackError as exc:
             self.close()
             inner = exc.__cause__ or exc.__context__
             if isinstance(inner, _UpstreamError):
-                exchange.on_upstream_error(str(inner))
+                exchange.on_upstream_error(str(inner), self)
             else:
                 log.error("internal error while relaying a response: %r", inner)
-                exchange.on_upstream_error("internal error")
+                exchange.on_upstream_error("internal error", self)
         except httptools.HttpParserError as exc:
             self.close()  # never pooled again, even if its exchange is already over
-            exchange.on_upstream_error(str(exc))
+            exchange.on_upstream_error(str(exc), self)
         else:
             if self._in_head and spanning and not self._begun:
                 self._head_read_bytes += len(data)
                 if self._head_read_bytes > self.max_head:
                     self.close()
-                    exchange.on_upstream_error("response headers too large")
+                    exchange.on_upstream_error("response headers too large", self)
         finally:
             down.uncork()
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from weft.addr import Address, format_addr
+from weft.addr import Address, format_addr, parse_hostport
 from weft.core.detect import Protocol as Detected
 from weft.core.detect import detect
 from weft.discovery import Discovery, Endpoint, Resolution
@@ -103,6 +103,31 @@ class Listener:
         self.accepting: set[Accept] = set()
         self.server: asyncio.Server | None = None
         self._src_series: dict[str, TcpSeries] = {}
+        self.http.backend = self.backend
+        if direction == "outbound":
+            metrics.extra.append(self._render_endpoint_states)
+
+    def backend(self, target: str) -> Concrete | asyncio.Future[Concrete]:
+        """A route backend's concrete (``name:port`` through discovery): at once when known."""
+        concrete = self.concretes.get(target)
+        if concrete is not None:
+            return concrete
+        try:
+            addr = parse_hostport(target)
+        except ValueError as exc:
+            fut: asyncio.Future[Concrete] = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+            return fut
+        return asyncio.ensure_future(self.concrete_for(addr))
+
+    def _render_endpoint_states(self) -> str:
+        body = "".join(c.render_states() for c in list(self.concretes.values()))
+        if not body:
+            return ""
+        return (
+            "# HELP outbound_endpoint_state Failure accrual state of each endpoint (1)\n"
+            "# TYPE outbound_endpoint_state gauge\n" + body
+        )
 
     def target_for(self, orig: Address | None) -> Address | None:
         return orig if orig is not None else self.default_target

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from weft.control.client import (
     ApiError,
@@ -98,7 +99,7 @@ def print_table(
     for col in columns:
         table.add_column(col, no_wrap=True)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # plain text: "[default]" is no markup
     (out or Console(width=10_000, soft_wrap=True)).print(table)
 
 
