@@ -79,6 +79,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def do_GET(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)  # a body is read and ignored: every method answers alike
         request = Request(
             self.path, self.client_address[0], {k.lower(): v for k, v in self.headers.items()}
         )
@@ -98,6 +101,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         with self.server.lock:
             if not self.close_connection:
                 self.server.idle.add(self.connection)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
     def log_message(self, format: str, *args: Any) -> None:
         # one line per request on stdout: the container log

@@ -397,6 +397,9 @@ class Exchange:
                         return False
                     found = down.ctx.backend(backend.target)
                     if isinstance(found, Concrete):
+                        if not found.known:
+                            self._unknown_backend(backend.target)
+                            return False
                         self.concrete = found
                     else:
                         found.add_done_callback(self._backend_ready)
@@ -417,9 +420,7 @@ class Exchange:
             self.attempt_timeout = retry.timeout
         if timeouts.backend_request is not None:
             self.attempt_timeout = timeouts.backend_request
-        deadline = _min_timeout(
-            down.ctx.response_timeout, timeouts.request, timeouts.response
-        )
+        deadline = _min_timeout(down.ctx.response_timeout, timeouts.request, timeouts.response)
         if deadline is not None:
             self.timer = asyncio.get_running_loop().call_later(deadline, self._timed_out)
 
@@ -429,8 +430,16 @@ class Exchange:
         if fut.cancelled() or fut.exception() is not None:
             self.fail(502, "backend-unresolved", f"cannot resolve a backend: {fut.exception()}")
             return
-        self.concrete = fut.result()
+        concrete = fut.result()
+        if not concrete.known:
+            self._unknown_backend(concrete.name)
+            return
+        self.concrete = concrete
         self.dispatch()
+
+    def _unknown_backend(self, target: str) -> None:
+        # the Gateway API's answer for the share of traffic of an unresolvable backendRef
+        self.fail(500, "backend-not-found", f"route backend {target} is not a known service")
 
     def _header(self, name: bytes) -> bytes | None:
         if name == b"host":
@@ -448,8 +457,12 @@ class Exchange:
         close = self.close_after or self.down.closing_now() or self._body_pending()
         self.down.write(
             b"HTTP/1.1 %d %s\r\nlocation: %s\r\ncontent-length: 0\r\n%s\r\n"
-            % (status, _REDIRECT_REASONS.get(status, b"Redirect"), location,
-               b"connection: close\r\n" if close else b"")  # fmt: skip
+            % (
+                status,
+                _REDIRECT_REASONS.get(status, b"Redirect"),
+                location,
+                b"connection: close\r\n" if close else b"",
+            )  # fmt: skip
         )
         if close:
             self.close_after = True
