@@ -256,3 +256,34 @@ async def test_failing_endpoint_is_ejected_then_all_ejected_fails_fast(tmp_path:
                 reply = await client.request()
             assert reply.status == 503
             assert reply.header("weft-proxy-error") == "endpoints-ejected"
+
+
+async def test_idle_timeout_ends_a_stalled_exchange(tmp_path: Path) -> None:
+    f = tmp_path / "d.yaml"
+
+    async def silent(req: Request) -> Response:
+        await asyncio.sleep(10)
+        return Response()
+
+    async with Backend(silent) as backend:
+        write(f, {"timeouts": {"idle": 1.0}}, [backend.address])
+        async with running_proxy(
+            StaticDiscovery(str(f), interval=0.05), outbound_target=SERVICE
+        ) as proxy:
+            async with HttpClient(proxy.addresses["outbound"]) as client:
+                reply = await client.request("GET", "/", timeout=5)
+            assert reply.status == 504
+            assert reply.header("weft-proxy-error") == "idle-timeout"
+
+    # a response that starts, then stalls: the client connection is cut, not left hanging
+    async with Backend(lambda r: Response(chunks=[b"first", b"never"])) as backend:
+        backend.chunk_delay = 8.0
+        write(f, {"timeouts": {"idle": 1.0}}, [backend.address])
+        async with running_proxy(
+            StaticDiscovery(str(f), interval=0.05), outbound_target=SERVICE
+        ) as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.addresses["outbound"])
+            writer.write(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 5)  # EOF well before the 8 s stall
+            assert data.startswith(b"HTTP/1.1 200") and b"first" in data
+            writer.close()

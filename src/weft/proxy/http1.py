@@ -102,7 +102,7 @@ class Http1Context:
         header_deadline = now - self.config.header_timeout
         idle_deadline = now - self.config.idle_timeout
         for conn in list(self.connections):
-            conn.check_timeouts(header_deadline, idle_deadline)
+            conn.check_timeouts(now, header_deadline, idle_deadline)
 
     def drain(self) -> None:
         """Graceful shutdown: close idle connections now, the others after their response."""
@@ -180,8 +180,8 @@ class Exchange:
         "attempts",
         "authority",
         "backoff",
-        "budget",
         "body_sent",
+        "budget",
         "chunked_in",
         "chunked_out",
         "close_after",
@@ -192,14 +192,16 @@ class Exchange:
         "finished",
         "head",
         "headers",
+        "idle",
         "interim",
         "is_head",
+        "last_io",
         "method",
         "replay",
         "req_buf",
-        "req_length",
         "req_buf_size",
         "req_done",
+        "req_length",
         "resp_mod",
         "resp_started",
         "retries",
@@ -245,6 +247,8 @@ class Exchange:
         self.attempt_timer: asyncio.TimerHandle | None = None
         self.backoff: asyncio.TimerHandle | None = None
         self.resp_mod: HeaderModifier | None = None
+        self.idle: float | None = None  # no bytes either way for this long ends the exchange
+        self.last_io = 0.0
         self.close_after = close_after
         self.method = method
         self.url = url
@@ -286,6 +290,8 @@ class Exchange:
             if self.body_sent > DISCARD_LIMIT:
                 self.down.close()
             return
+        if self.idle is not None:
+            self.last_io = _monotonic()
         up = self.up
         if up is not None and not self.req_buf:
             self._send_body(up, data)
@@ -420,6 +426,9 @@ class Exchange:
             self.attempt_timeout = retry.timeout
         if timeouts.backend_request is not None:
             self.attempt_timeout = timeouts.backend_request
+        if timeouts.idle is not None:
+            self.idle = timeouts.idle
+            self.last_io = _monotonic()
         deadline = _min_timeout(down.ctx.response_timeout, timeouts.request, timeouts.response)
         if deadline is not None:
             self.timer = asyncio.get_running_loop().call_later(deadline, self._timed_out)
@@ -669,6 +678,8 @@ class Exchange:
             return
         self.status = status
         self.resp_started = True
+        if self.idle is not None:
+            self.last_io = _monotonic()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -722,6 +733,8 @@ class Exchange:
     def on_response_body(self, data: bytes) -> None:
         if self.finished:
             return
+        if self.idle is not None:
+            self.last_io = _monotonic()
         self.down.write(_chunk(data) if self.chunked_out else data)
 
     def on_response_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
@@ -1273,13 +1286,21 @@ class Http1Downstream(asyncio.Protocol):
             if not self._paused and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def check_timeouts(self, header_deadline: float, idle_deadline: float) -> None:
+    def check_timeouts(self, now: float, header_deadline: float, idle_deadline: float) -> None:
+        first = self.queue[0] if self.queue else None
+        if first is not None and first.idle is not None and not first.finished:
+            if now - first.last_io > first.idle:  # the route's idle timeout (1 s granularity)
+                if first.resp_started:
+                    first._abort("idle timeout")
+                else:
+                    first.fail(504, "idle-timeout", "no bytes either way within the idle timeout")
+                return
         if self._in_head and self._head_started < header_deadline:
             self._reject(408, "header-timeout", "request head not received in time")
         elif not self.queue:
             if not self._in_head and self._last_active < idle_deadline:
                 self.close()
-        elif not (first := self.queue[0]).req_done:
+        elif first is not None and not first.req_done:
             if first.finished:
                 # answered early, lingering for the rest of the body: not for long
                 if self._last_active < header_deadline:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ CONTROL_START_TIMEOUT = 20.0
 MAX_UNIX_PATH = 107
 
 
+class _KilledAtStart(RuntimeFailure):
+    """A component was killed by a signal before it logged anything."""
+
+
 class LocalMesh:
     """A mesh of network-namespace pods on this machine (see the module docstring)."""
 
@@ -65,6 +70,7 @@ class LocalMesh:
         self.python = python
         self._echo = echo
         self._iptables: str | None = None
+        self._popen: dict[str, subprocess.Popen[bytes]] = {}
 
     def __repr__(self) -> str:
         return f"<LocalMesh {self.state.root} pods={self.network.pod_cidr}>"
@@ -240,7 +246,14 @@ class LocalMesh:
             net.run_plan(net.node_up_plan(self.network))
             net.run_plan(net.host_routes_plan(self.network))
             self._start_control(record)
-            self._wait_control(timeout)
+            try:
+                self._wait_control(timeout)
+            except _KilledAtStart as exc:
+                # killed by a signal before it said anything: start it once more (a supervisor
+                # would), and say so; an error exit is not retried
+                self._say(f"{exc}; starting it again")
+                self._start_control(record)
+                self._wait_control(timeout)
             self._start_node()
             self._wait_alive("node", 0.5)
         except (net.NetError, RuntimeFailure, OSError) as exc:
@@ -289,16 +302,26 @@ class LocalMesh:
                 cwd="/",
                 start_new_session=True,
             )
+        self._popen[component] = proc
         rec = procs.ProcRecord.of(proc.pid)
         if rec is None:
             raise RuntimeFailure(
                 f"{component} exited at once; see {self.state.log_path(component)}"
             )
         procs.write_record(self.state.pid_path(component), rec)
-        # The process is detached on purpose: it outlives this command. Forget the Popen
-        # object without waiting for it.
-        proc.returncode = 0
+        # The process is detached on purpose: it outlives this command. The Popen object is
+        # kept only to learn how it ended if it dies during start-up (see _ended_how).
         return rec
+
+    def _ended_how(self, component: str) -> tuple[str, bool]:
+        """How a component started by this command ended: (text, killed by a signal)."""
+        proc = self._popen.get(component)
+        code = None if proc is None else proc.poll()
+        if code is None:
+            return "", False
+        if code < 0:
+            return f" (killed by signal {signal.Signals(-code).name})", True
+        return f" (exit status {code})", False
 
     def _start_control(self, record: MeshRecord) -> None:
         self._spawn(
@@ -324,9 +347,12 @@ class LocalMesh:
             if asyncio.run(client.healthz()):
                 return
             if self._component("control") is None:
-                raise RuntimeFailure(
-                    "the control plane exited during start-up:\n" + self._log_tail("control")
-                )
+                how, killed = self._ended_how("control")
+                tail = self._log_tail("control")
+                message = f"the control plane exited during start-up{how}:\n" + tail
+                if killed and not tail.strip():
+                    raise _KilledAtStart(message.strip())
+                raise RuntimeFailure(message)
             time.sleep(0.1)
         raise RuntimeFailure(
             f"the control plane did not answer within {timeout:g}s:\n" + self._log_tail("control")
@@ -335,8 +361,10 @@ class LocalMesh:
     def _wait_alive(self, component: str, seconds: float) -> None:
         time.sleep(seconds)
         if self._component(component) is None:
+            how, _ = self._ended_how(component)
             raise RuntimeFailure(
-                f"the {component} process exited during start-up:\n" + self._log_tail(component)
+                f"the {component} process exited during start-up{how}:\n"
+                + self._log_tail(component)
             )
 
     def _log_tail(self, component: str, lines: int = 20) -> str:
