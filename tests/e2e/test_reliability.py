@@ -222,10 +222,10 @@ def test_canary_split_accuracy_header_routing_and_live_weights(mesh: E2EMesh, re
     marked = load(mesh, rel, "web", 20, conc=1, headers={"x-canary": "1"})
     assert marked["deploys"] == {"canary": 20}
     # live changes under load: 0 -> 10 -> 50 -> 100 %, no request fails
+    argv = [*mesh_exec_argv(mesh, rel), "python", "-c", CLIENT, "web", "8080", "/", "3000"]
     proc = subprocess.Popen(
-        [*mesh_exec_argv(mesh, rel), "python", "-c", CLIENT, "web", "8080", "/", "3000", "GET", "4"],
-        env=mesh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [*argv, "GET", "4"], env=mesh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     for weight in (0, 10, 50, 100):
         mesh.apply(split_route(weight))
         time.sleep(0.5)

@@ -471,7 +471,7 @@ class Exchange:
                 _REDIRECT_REASONS.get(status, b"Redirect"),
                 location,
                 b"connection: close\r\n" if close else b"",
-            )  # fmt: skip
+            )
         )
         if close:
             self.close_after = True
@@ -1288,13 +1288,17 @@ class Http1Downstream(asyncio.Protocol):
 
     def check_timeouts(self, now: float, header_deadline: float, idle_deadline: float) -> None:
         first = self.queue[0] if self.queue else None
-        if first is not None and first.idle is not None and not first.finished:
-            if now - first.last_io > first.idle:  # the route's idle timeout (1 s granularity)
-                if first.resp_started:
-                    first._abort("idle timeout")
-                else:
-                    first.fail(504, "idle-timeout", "no bytes either way within the idle timeout")
-                return
+        if (
+            first is not None
+            and first.idle is not None
+            and not first.finished
+            and now - first.last_io > first.idle  # the route's idle timeout (1 s granularity)
+        ):
+            if first.resp_started:
+                first._abort("idle timeout")
+            else:
+                first.fail(504, "idle-timeout", "no bytes either way within the idle timeout")
+            return
         if self._in_head and self._head_started < header_deadline:
             self._reject(408, "header-timeout", "request head not received in time")
         elif not self.queue:
