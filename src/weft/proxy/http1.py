@@ -34,14 +34,16 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from weft.addr import format_addr
-from weft.core.retry import RetryBudget, backoff_delay, is_retryable_status, may_retry
-from weft.core.routes import apply_header_modifier, redirect_location
 from weft.metrics.proxy import HttpSeries, ProxyMetrics
 from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 
 if TYPE_CHECKING:
+    from weft.core.retry import RetryBudget
     from weft.proxy.config import ProxyConfig
+
+# weft.core.retry and weft.core.routes are imported where a policy is applied, not here: a
+# sidecar with no routes or retries configured does not load them (see endpoints.py).
 
 log = logging.getLogger("weft.proxy")
 access_log = logging.getLogger("weft.access")
@@ -157,6 +159,8 @@ def _merge_timeouts(rule: Timeouts, service: Timeouts) -> Timeouts:
 
 
 def _modify_lines(mod: HeaderModifier, lines: list[bytes]) -> list[bytes]:
+    from weft.core.routes import apply_header_modifier
+
     pairs = [tuple(ln[:-2].split(b": ", 1)) for ln in lines]
     modified = apply_header_modifier(mod, pairs)  # type: ignore[arg-type]
     return [b"%s: %s\r\n" % kv for kv in modified]
@@ -459,10 +463,13 @@ class Exchange:
         return None
 
     def _redirect(self, redirect: Redirect, path: bytes, query: bytes) -> None:
+        from weft.core.routes import redirect_location
+
         port = self.down.concrete.name.rpartition(":")[2]
         status, location = redirect_location(
             redirect, b"http", self.authority, int(port) if port.isdigit() else None, path, query
         )
+
         close = self.close_after or self.down.closing_now() or self._body_pending()
         self.down.write(
             b"HTTP/1.1 %d %s\r\nlocation: %s\r\ncontent-length: 0\r\n%s\r\n"
@@ -481,6 +488,8 @@ class Exchange:
         self._complete(success=True)
 
     def _modify_request(self, mod: HeaderModifier) -> None:
+        from weft.core.routes import apply_header_modifier
+
         lines = self.head.split(b"\r\n")
         request_line, fields = lines[0], [ln for ln in lines[1:] if ln]
         pairs = [tuple(ln.split(b": ", 1)) for ln in fields]
@@ -503,6 +512,8 @@ class Exchange:
             return False
         if not self.req_done or self.replay is None or self.down.ctx.draining:
             return False
+        from weft.core.retry import may_retry
+
         if not may_retry(retry, self.method, self.req_length, True):
             return False
         assert self.budget is not None
@@ -530,6 +541,8 @@ class Exchange:
         self.req_buf_size = sum(len(b) for b in self.req_buf)
         self.replay, self.body_sent = [], 0
         self.attempts = 0
+        from weft.core.retry import backoff_delay
+
         delay = backoff_delay(self.retry, self.retries, _rng)
         self.retries += 1
         self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
@@ -673,9 +686,12 @@ class Exchange:
         if self.state is not None:
             self.concrete.record(self.state.addr, success)
         retry = self.retry
-        if retry is not None and is_retryable_status(retry, status) and self._retryable():
-            self._retry_later()
-            return
+        if retry is not None:
+            from weft.core.retry import is_retryable_status
+
+            if is_retryable_status(retry, status) and self._retryable():
+                self._retry_later()
+                return
         self.status = status
         self.resp_started = True
         if self.idle is not None:

@@ -43,7 +43,7 @@ from weft.resources.models import (
     _top,
     register_kind,
 )
-from weft.resources.validate import Checker, index, join, show
+from weft.resources.validate import EMPTY, Checker, index, join, show
 
 GROUP = "gateway.networking.k8s.io"
 API_VERSION = f"{GROUP}/v1"
@@ -375,7 +375,7 @@ def _service_group(c: Checker, value: Any, path: str, *, default: str | None) ->
 
 def _parse_parent(c: Checker, item: Any, path: str, namespace: str) -> ParentRef | None:
     m = c.mapping(item, path, required=True)
-    if not m:
+    if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
         return None
     c.known_fields(m, path, _PARENT_KNOWN)
     name = c.dns_1035_label(m.get("name"), join(path, "name"))
@@ -539,7 +539,7 @@ def _parse_value_matches(c: Checker, value: Any, path: str, what: str) -> tuple[
     for i, item in enumerate(raw):
         ipath = index(path, i)
         m = c.mapping(item, ipath, required=True)
-        if not m:
+        if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
             continue
         c.known_fields(m, ipath, frozenset({"type", "name", "value"}))
         mtype = c.choice(
@@ -695,7 +695,7 @@ def _parse_filters(
     for i, item in enumerate(raw):
         ipath = index(path, i)
         m = c.mapping(item, ipath, required=True)
-        if not m:
+        if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
             continue
         c.known_fields(m, ipath, frozenset({"type", *_FILTER_FIELDS.values()}))
         ftype = c.string(m.get("type"), join(ipath, "type"), required=True)
@@ -724,7 +724,7 @@ def _parse_filters(
 
 def _parse_backend(c: Checker, value: Any, path: str, namespace: str) -> BackendRef | None:
     m = c.mapping(value, path, required=True)
-    if not m:
+    if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
         return None
     if m.get("filters") is not None:
         c.error(
@@ -842,7 +842,7 @@ def parse_route_status(status: Mapping[str, Any]) -> dict[str, Any]:
     for i, item in enumerate(parents):
         path = index("status.parents", i)
         m = c.mapping(item, path, required=True)
-        if not m:
+        if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
             continue
         c.known_fields(m, path, frozenset({"parentRef", "controllerName", "conditions"}))
         ref = c.mapping(m.get("parentRef"), join(path, "parentRef"), required=True)

@@ -264,7 +264,7 @@ class Container:
 
 def _parse_container(c: Checker, data: Any, path: str) -> Container | None:
     m = c.mapping(data, path, required=True)
-    if not m:
+    if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
         return None
     extra = c.known_fields(m, path, _CONTAINER_KNOWN, _CONTAINER_PASSTHROUGH)
     name = c.dns_label(m.get("name"), join(path, "name"))
