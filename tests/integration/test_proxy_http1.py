@@ -199,7 +199,13 @@ async def test_websocket_upgrade_becomes_a_tunnel() -> None:
             echoed = await asyncio.wait_for(reader.readexactly(16), 5)
             assert echoed == b"FRAMES BOTH WAYS"
             assert backend.requests[0].header("upgrade") == "websocket"
+            assert sample(proxy, "tcp_open_connections", peer="src") == 1
             writer.close()
+            for _ in range(50):  # the tunnel's end is the client connection's end, in metrics too
+                if sample(proxy, "tcp_open_connections", peer="src") == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert sample(proxy, "tcp_open_connections", peer="src") == 0
 
 
 async def test_stale_pooled_connection_is_retried_transparently() -> None:

@@ -161,3 +161,15 @@ async def test_unreachable_opaque_destination_closes_the_client(greeting_first: 
         data = await asyncio.wait_for(reader.read(), 10)
         assert data == b""
         writer.close()
+
+
+async def test_byte_counts_are_live_on_open_keepalive_connections() -> None:
+    from weft.testing.servers import Backend, HttpClient
+
+    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
+        async with HttpClient(proxy.addresses["outbound"]) as client:
+            await client.request("GET", "/live")
+            # the connection is still open: its bytes are already counted
+            assert sample(proxy, "tcp_open_connections", peer="src") == 1
+            assert sample(proxy, "tcp_read_bytes_total", peer="src") > 0
+            assert sample(proxy, "tcp_write_bytes_total", peer="src") > 0

@@ -95,11 +95,11 @@ class TcpSeries:
         self.opens += 1
         self.open += 1
 
-    def closed(self, read: int, written: int) -> None:
+    def closed(self) -> None:
+        # bytes are counted live by the data path (read_bytes/write_bytes), not at close, so a
+        # long-lived keep-alive connection shows its traffic while it lasts
         self.closes += 1
         self.open -= 1
-        self.read_bytes += read
-        self.write_bytes += written
 
 
 class ProxyMetrics:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from weft.addr import format_addr
-from weft.metrics.proxy import HttpSeries, ProxyMetrics
+from weft.metrics.proxy import HttpSeries, ProxyMetrics, TcpSeries
 from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 
@@ -776,12 +776,20 @@ class Exchange:
         down = self.down
         down.ctx.connections.discard(down)
         series = self.concrete.tcp_series(state)
+        on_close = down.on_close
+
+        def closed(_: Relay) -> None:  # the client connection's own accounting ends with it
+            if on_close is not None:
+                on_close(down)
+
         Relay(
             down.transport,
             up.transport,
             series,
+            src=down.tcp,
             client_rest=down.take_tunnel_bytes(self),
             server_rest=upstream_rest,
+            on_close=closed,
         )
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
@@ -948,8 +956,7 @@ class Http1Downstream(asyncio.Protocol):
         self._head_started = 0.0
         self._last_active = _monotonic()
         self._no_endpoint: dict[bytes, HttpSeries] = {}
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.tcp: TcpSeries | None = None  # this connection's (peer=src) byte counters
         self._corked: list[bytes] | None = None
         self.on_close: Callable[[Http1Downstream], None] | None = None
         self._broken: tuple[int, str, str] | None = None
@@ -959,7 +966,9 @@ class Http1Downstream(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.bytes_out += len(data)
+        tcp = self.tcp
+        if tcp is not None:
+            tcp.write_bytes += len(data)
         if self._corked is not None:
             self._corked.append(data)
         else:
@@ -982,7 +991,9 @@ class Http1Downstream(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
+        tcp = self.tcp
+        if tcp is not None:
+            tcp.read_bytes += len(data)
         if self.upgraded:
             exchange = self.queue[0] if self.queue else None
             if exchange is not None and exchange.up is not None:

@@ -401,10 +401,11 @@ class Accept(asyncio.Protocol):
         down = Http1Downstream(listener.http, concrete, transport, self.peer)
         series = listener.src_series(concrete.name)
         series.opened()
+        down.tcp = series
         listener.acquire(concrete)
 
         def closed(d: Http1Downstream) -> None:
-            series.closed(read=d.bytes_in, written=d.bytes_out)
+            series.closed()
             listener.release(concrete)
 
         down.on_close = closed
@@ -503,13 +504,19 @@ class Accept(asyncio.Protocol):
 
         def closed(relay: Relay) -> None:
             relays.discard(relay)
-            src.closed(read=relay.counts[0], written=relay.counts[1])
+            src.closed()
             listener.release(concrete)
 
         buffered, self.buffer = self.buffer, b""
         assert upstream is not None
         relay = Relay(
-            transport, upstream, dst, client_rest=buffered, server_rest=server_rest, on_close=closed
+            transport,
+            upstream,
+            dst,
+            src=src,
+            client_rest=buffered,
+            server_rest=server_rest,
+            on_close=closed,
         )
         relays.add(relay)
         if self.client_eof:

@@ -52,12 +52,14 @@ class Relay:
         server: asyncio.Transport,
         series: TcpSeries | None,
         *,
+        src: TcpSeries | None = None,
         client_rest: bytes = b"",
         server_rest: bytes = b"",
         on_close: Callable[[Relay], None] | None = None,
     ) -> None:
         self.transports = (client, server)
         self.series = series
+        self.src = src
         self.on_close = on_close
         self.counts = [0, 0]  # bytes read from client, bytes read from server
         self._eof = [False, False]
@@ -75,7 +77,19 @@ class Relay:
                 t.resume_reading()
 
     def forward(self, index: int, data: bytes) -> None:
-        self.counts[index] += len(data)
+        n = len(data)
+        self.counts[index] += n
+        # live byte counts: dst read = what the server sent, src read = what the client sent
+        if self.series is not None:
+            if index:
+                self.series.read_bytes += n
+            else:
+                self.series.write_bytes += n
+        if self.src is not None:
+            if index:
+                self.src.write_bytes += n
+            else:
+                self.src.read_bytes += n
         target = self.transports[1 - index]
         if not target.is_closing():
             target.write(data)
@@ -102,8 +116,7 @@ class Relay:
         for t in self.transports:
             t.close()
         if self.series is not None:
-            # read: bytes the server sent us; write: bytes we sent it
-            self.series.closed(read=self.counts[1], written=self.counts[0])
+            self.series.closed()
         if self.on_close is not None:
             self.on_close(self)
 
