@@ -251,42 +251,41 @@ class Checker:
 
     def dns_label(self, value: Any, path: str, *, required: bool = True) -> str | None:
         """RFC 1123 label: lower case alphanumerics and '-', at most 63 characters."""
-        text = self.string(value, path, required=required)
-        if text is None:
-            return None
-        if len(text) > 63 or not _DNS_LABEL.match(text):
-            self.error(
-                path,
-                f"invalid name {show(text)}: must be at most 63 lower case alphanumeric "
-                "characters or '-', starting and ending with an alphanumeric",
-            )
-            return None
-        return text
+        return self._name(
+            value, path, required, _DNS_LABEL, 63,
+            "alphanumeric characters or '-', starting and ending with an alphanumeric",
+        )  # fmt: skip
 
     def dns_1035_label(self, value: Any, path: str, *, required: bool = True) -> str | None:
         """RFC 1035 label (Service names): like a DNS label, but starting with a letter."""
-        text = self.string(value, path, required=required)
-        if text is None:
-            return None
-        if len(text) > 63 or not _DNS_1035_LABEL.match(text):
-            self.error(
-                path,
-                f"invalid name {show(text)}: must be at most 63 lower case alphanumeric "
-                "characters or '-', starting with a letter and ending with an alphanumeric",
-            )
-            return None
-        return text
+        return self._name(
+            value, path, required, _DNS_1035_LABEL, 63,
+            "alphanumeric characters or '-', starting with a letter and ending with an "
+            "alphanumeric",
+        )  # fmt: skip
 
     def dns_subdomain(self, value: Any, path: str, *, required: bool = True) -> str | None:
         """RFC 1123 subdomain: DNS labels separated by '.', at most 253 characters."""
+        return self._name(
+            value, path, required, _DNS_SUBDOMAIN, 253,
+            "alphanumeric characters, '-' or '.', starting and ending with an alphanumeric",
+        )  # fmt: skip
+
+    def _name(
+        self,
+        value: Any,
+        path: str,
+        required: bool,
+        pattern: re.Pattern[str],
+        limit: int,
+        rule: str,
+    ) -> str | None:
         text = self.string(value, path, required=required)
         if text is None:
             return None
-        if len(text) > 253 or not _DNS_SUBDOMAIN.match(text):
+        if len(text) > limit or not pattern.match(text):
             self.error(
-                path,
-                f"invalid name {show(text)}: must be at most 253 lower case alphanumeric "
-                "characters, '-' or '.', starting and ending with an alphanumeric",
+                path, f"invalid name {show(text)}: must be at most {limit} lower case {rule}"
             )
             return None
         return text
