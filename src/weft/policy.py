@@ -141,6 +141,17 @@ class Timeouts:
     response: float | None = None
     idle: float | None = None
 
+    def over(self, base: Timeouts) -> Timeouts:
+        """These timeouts where set, ``base``'s elsewhere (a rule's over its service's)."""
+        return Timeouts(
+            request=self.request if self.request is not None else base.request,
+            backend_request=(
+                self.backend_request if self.backend_request is not None else base.backend_request
+            ),
+            response=self.response if self.response is not None else base.response,
+            idle=self.idle if self.idle is not None else base.idle,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FailureAccrualConfig:

@@ -36,7 +36,7 @@ import httptools
 from weft.addr import format_addr
 from weft.metrics.proxy import HttpSeries, ProxyMetrics, TcpSeries
 from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
-from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
+from weft.proxy.endpoints import NO_TIMEOUTS, Concrete, EndpointState, PooledConn
 
 if TYPE_CHECKING:
     from weft.core.retry import RetryBudget
@@ -144,18 +144,6 @@ _rng = random.Random()
 def _min_timeout(*values: float | None) -> float | None:
     present = [v for v in values if v is not None]
     return min(present) if present else None
-
-
-def _merge_timeouts(rule: Timeouts, service: Timeouts) -> Timeouts:
-    """A rule's timeouts override the service's, field by field."""
-    return Timeouts(
-        request=rule.request if rule.request is not None else service.request,
-        backend_request=(
-            rule.backend_request if rule.backend_request is not None else service.backend_request
-        ),
-        response=rule.response if rule.response is not None else service.response,
-        idle=rule.idle if rule.idle is not None else service.idle,
-    )
 
 
 def _modify_lines(mod: HeaderModifier, lines: list[bytes]) -> list[bytes]:
@@ -379,45 +367,43 @@ class Exchange:
         policy = service.policy
         retry = policy.retry if policy is not None else None
         timeouts = service.timeouts
-        route_name = "default"
         table = service.routes
+        matched = None
         if table is not None and not self.upgrade:
             path, _, query = self.url.partition(b"?")
             matched = table.match(self.method, path, query, self._header)
-            if matched is not None:
-                rule = matched.rule
-                route_name = matched.route_name
-                if rule.retry is not None:
-                    retry = rule.retry
-                timeouts = _merge_timeouts(rule.timeouts, timeouts)
-                if service.known:
-                    self.route, self.actual = service.route_series(route_name)
-                    self.route.requests += 1
-                if rule.redirect is not None:
-                    self._redirect(rule.redirect, path, query)
-                    return False
-                if rule.request_headers is not None:
-                    self._modify_request(rule.request_headers)
-                self.resp_mod = rule.response_headers
-                if matched.picker is not None:
-                    backend = matched.picker.pick()
-                    if backend is None:
-                        self.fail(500, "no-backends", f"route {route_name}: every backend "
-                                  "has weight 0")  # fmt: skip
-                        return False
-                    found = down.ctx.backend(backend.target)
-                    if isinstance(found, Concrete):
-                        if not found.known:
-                            self._unknown_backend(backend.target)
-                            return False
-                        self.concrete = found
-                    else:
-                        found.add_done_callback(self._backend_ready)
-                        self._arm_timers(retry, timeouts)
-                        return False
-        if self.route is None and service.known:
+        if service.known:
+            route_name = "default" if matched is None else matched.route_name
             self.route, self.actual = service.route_series(route_name)
             self.route.requests += 1
+        if matched is not None:
+            rule = matched.rule
+            path, _, query = self.url.partition(b"?")
+            if rule.retry is not None:
+                retry = rule.retry
+            timeouts = rule.timeouts.over(timeouts)
+            if rule.redirect is not None:
+                self._redirect(rule.redirect, path, query)
+                return False
+            if rule.request_headers is not None:
+                self._modify_request(rule.request_headers)
+            self.resp_mod = rule.response_headers
+            if matched.picker is not None:
+                backend = matched.picker.pick()
+                if backend is None:
+                    detail = f"route {matched.route_name}: every backend has weight 0"
+                    self.fail(500, "no-backends", detail)
+                    return False
+                found = down.ctx.backend(backend.target)
+                if isinstance(found, Concrete):
+                    if not found.known:
+                        self._unknown_backend(backend.target)
+                        return False
+                    self.concrete = found
+                else:
+                    found.add_done_callback(self._backend_ready)
+                    self._arm_timers(retry, timeouts)
+                    return False
         self._arm_timers(retry, timeouts)
         return True
 
@@ -433,7 +419,9 @@ class Exchange:
         if timeouts.idle is not None:
             self.idle = timeouts.idle
             self.last_io = _monotonic()
-        deadline = _min_timeout(down.ctx.response_timeout, timeouts.request, timeouts.response)
+        deadline = down.ctx.response_timeout
+        if timeouts is not NO_TIMEOUTS:  # the common case, no policy: no list built per request
+            deadline = _min_timeout(deadline, timeouts.request, timeouts.response)
         if deadline is not None:
             self.timer = asyncio.get_running_loop().call_later(deadline, self._timed_out)
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 from weft.addr import Address, format_addr, parse_hostport
 from weft.core.detect import Protocol as Detected
 from weft.core.detect import detect
-from weft.discovery import Discovery, Endpoint, Resolution
+from weft.discovery import Discovery, Resolution
 from weft.metrics.proxy import ProxyMetrics, TcpSeries
 from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
@@ -660,9 +660,6 @@ class ProxyServer:
     async def wait(self) -> None:
         await self._stopped.wait()
 
-    def endpoint_for_tests(self) -> dict[str, Address]:
-        return dict(self.addresses)
-
 
 async def run(
     config: ProxyConfig, discovery_factory: Callable[[], Awaitable[Discovery | None]]
@@ -683,4 +680,4 @@ async def run(
     return 0
 
 
-__all__ = ["Accept", "Endpoint", "Listener", "ProxyServer", "original_dst", "run"]
+__all__ = ["Accept", "Listener", "ProxyServer", "original_dst", "run"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol
 
 from weft.resources.annotations import parse_policy_annotations
 from weft.resources.errors import InvalidResources
@@ -956,9 +956,6 @@ class Pod:
             "spec": self.spec.to_dict(),
             "status": self.status.to_dict(),
         }
-
-
-AnyResource: TypeAlias = Namespace | Service | Deployment | Pod
 
 
 # --------------------------------------------------------------------------------------------

@@ -252,7 +252,6 @@ class _Pod:
     task: asyncio.Task[None] | None = None
     terminating: bool = False
     finished: bool = False
-    failed_to_start: bool = False
     seen_in_store: bool = False
     became_ready: bool = False
     status: dict[str, Any] | None = None
@@ -715,7 +714,6 @@ class NodeAgent:
                         "message": str(exc)[:1000],
                     },
                 )
-                pod.failed_to_start = True
                 pod.finished = True
                 self._note_start_failure(pod)
                 return
