@@ -88,3 +88,31 @@ def test_up_after_a_crash_cleans_up_and_down_leaves_nothing(tmp_path: Path) -> N
     assert not state.exists()
     # and a second down has nothing left to do
     assert "nothing to remove" in mesh.weft("down").stdout
+
+
+def test_control_plane_killed_at_start_up_is_started_again(tmp_path: Path) -> None:
+    import asyncio
+
+    from weft.control.client import ControlClient
+    from weft.runtime.local.mesh import LocalMesh
+
+    # an interpreter wrapper that SIGKILLs the first control plane before it says anything
+    marker = tmp_path / "killed-once"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$3" = control ] && [ ! -e {marker} ]; then touch {marker}; kill -9 $$; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    before = HostSnapshot.take()
+    said: list[str] = []
+    mesh = LocalMesh(tmp_path / "state", python=str(wrapper), echo=said.append)
+    try:
+        mesh.up()
+        assert marker.exists()
+        assert any("killed by signal SIGKILL" in s and "starting it again" in s for s in said), said
+        assert asyncio.run(ControlClient(mesh.control_endpoint).healthz())
+    finally:
+        mesh.down()
+    assert not before.differences(HostSnapshot.take())

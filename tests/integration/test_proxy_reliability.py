@@ -287,3 +287,20 @@ async def test_idle_timeout_ends_a_stalled_exchange(tmp_path: Path) -> None:
             data = await asyncio.wait_for(reader.read(), 5)  # EOF well before the 8 s stall
             assert data.startswith(b"HTTP/1.1 200") and b"first" in data
             writer.close()
+
+
+async def test_a_backend_discovery_does_not_know_answers_500(tmp_path: Path) -> None:
+    f = tmp_path / "d.yaml"
+    async with Backend() as backend:
+        policy = {"routes": [{"name": "default/ghost", "rules": [{
+            "backends": [{"target": "ghost.default.svc.cluster.local:80", "name": "ghost"}],
+        }]}]}  # fmt: skip
+        write(f, policy, [backend.address])  # the ghost service is listed nowhere
+        async with running_proxy(
+            StaticDiscovery(str(f), interval=0.05), outbound_target=SERVICE
+        ) as proxy:
+            async with HttpClient(proxy.addresses["outbound"]) as client:
+                reply = await client.request()
+            assert reply.status == 500
+            assert reply.header("weft-proxy-error") == "backend-not-found"
+            assert backend.requests == []
