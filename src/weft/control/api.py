@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from weft.control.destinations import DestinationService
@@ -38,6 +38,9 @@ from weft.resources.errors import InvalidResources
 from weft.resources.models import DEFAULT_NAMESPACE, KINDS, resolve_kind
 
 HEARTBEAT = 5.0
+
+# ``handler(request, rest)`` for ``/api/v1/<group>/<rest...>``: a group another module serves
+SubHandler = Callable[[Request, list[str]], Awaitable[Response | Streaming]]
 MAX_WINDOW = 3600.0
 
 
@@ -85,8 +88,11 @@ class Api:
         stats: StatSource | None = None,
         *,
         heartbeat: float = HEARTBEAT,
+        handlers: Mapping[str, SubHandler] | None = None,
     ) -> None:
         self.store = store
+        # further API groups (``/api/v1/<group>/...``) served by other modules
+        self.handlers: dict[str, SubHandler] = dict(handlers or {})
         self.destinations = destinations
         self.stats = stats
         self.heartbeat = heartbeat
@@ -123,6 +129,9 @@ class Api:
         if route == "routes" and len(parts) == 3:
             self._method(method, "GET")
             return self._routes(request)
+        extra = self.handlers.get(route)
+        if extra is not None:
+            return await extra(request, parts[3:])
         raise HttpError(404, f"no such endpoint: {request.path}")
 
     @staticmethod

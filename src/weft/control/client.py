@@ -268,6 +268,14 @@ class ControlClient:
         finally:
             ex.close()
 
+    async def call(self, method: str, path: str, payload: Any = None) -> Any:
+        """One JSON request to ``path``; the decoded answer (ApiError for 4xx/5xx)."""
+        return await self._call(method, path, payload)
+
+    def stream(self, path: str) -> AsyncIterator[Any]:
+        """The JSON values of the NDJSON stream at ``path`` (ControlUnavailable when it ends)."""
+        return self._stream(path)
+
     # -- API ---------------------------------------------------------------------------------
 
     async def healthz(self) -> bool:

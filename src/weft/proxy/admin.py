@@ -1,4 +1,5 @@
-"""The proxy's admin listener: ``/metrics``, ``/ready``, ``/live``, ``POST /shutdown``.
+"""The proxy's admin listener: ``/metrics``, ``/ready``, ``/live``, ``POST /shutdown``, and the
+JSON views other modules register in ``ProxyServer.admin_views`` (``/identity``...).
 
 A small HTTP/1.1 server (httptools) separate from the data path. ``/ready`` answers 200 once the
 listeners are bound and 503 while draining; ``POST /shutdown`` is accepted from loopback only
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 from typing import TYPE_CHECKING, cast
 
@@ -101,6 +103,10 @@ class AdminServer:
             if proxy.ready and not proxy.draining:
                 return _response(200, "OK", b"ready\n")
             return _response(503, "Service Unavailable", b"not ready\n")
+        view = proxy.admin_views.get(path)
+        if view is not None and method in (b"GET", b"HEAD"):
+            body = json.dumps(view(), indent=2, sort_keys=True).encode() + b"\n"
+            return _response(200, "OK", body, "application/json")
         if path == "/live" and method in (b"GET", b"HEAD"):
             return _response(200, "OK", b"live\n")
         if path == "/shutdown":

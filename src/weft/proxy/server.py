@@ -572,6 +572,8 @@ class ProxyServer:
         self.outbound = Listener("outbound", config, self.metrics, discovery)
         self.inbound = Listener("inbound", config, self.metrics, None)
         self.admin: AdminServer | None = None
+        # GET path -> JSON-able view, served on the admin port (e.g. ``/identity``)
+        self.admin_views: dict[str, Callable[[], Any]] = {}
         self.addresses: dict[str, Address] = {}
         self.ready = False
         self.draining = False
