@@ -1,25 +1,48 @@
 """Unit and property tests for the node agent's pure parts: pod names, template hashes, and the
-rollout planner (maxSurge/maxUnavailable invariants over whole simulated rollouts)."""
+rollout planner (maxSurge/maxUnavailable invariants over whole simulated rollouts); the pods'
+identity tokens; ``weft node``'s flags."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import random
+import shutil
+import stat
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weft.resources.models import RollingUpdate
+from weft.cli.main import main
+from weft.control.client import ControlClient
+from weft.control.server import ControlConfig, ControlPlane
+from weft.identity.tokens import TokenClaims, TokenKey
+from weft.resources.models import Pod, RollingUpdate
+from weft.runtime.local import net
 from weft.runtime.local.agent import (
+    NodeAgent,
     NodeConfig,
     PodView,
+    _Pod,
     plan_rollout,
     pod_name,
     rollout_limits,
     template_hash,
 )
 from weft.runtime.local.net import MeshNetwork
+from weft.runtime.local.pod import (
+    NetnsLauncher,
+    NetnsProbes,
+    PodRunner,
+    pod_spec,
+    token_path,
+    write_token,
+)
+from weft.runtime.local.state import MeshRecord, StateDir
 
 TEMPLATE = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "w"}]}}
 
@@ -180,3 +203,132 @@ def test_node_config_validation(tmp_path: Path) -> None:
         NodeConfig(tmp_path, network, "rm", "unix:/x")
     with pytest.raises(ValueError, match="absolute"):
         NodeConfig(Path("rel"), network, "iptables", "unix:/x")
+    with pytest.raises(ValueError, match="trust domain"):
+        NodeConfig(tmp_path, network, "iptables", "unix:/x", trust_domain="Not A Domain")
+    assert NodeConfig(tmp_path, network, "iptables", "unix:/x").trust_domain == "cluster.local"
+
+
+# -- identity tokens ------------------------------------------------------------------------
+
+
+def agent(state: Path) -> NodeAgent:
+    config = NodeConfig(state, MeshNetwork.parse(), "iptables", f"unix:{state}/control.sock")
+    return NodeAgent(config, ControlClient(config.control_endpoint))
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="tokens are handed to the proxy's uid: needs root"
+)
+
+
+@needs_root
+def test_agent_issues_a_token_bound_to_the_pod_object(tmp_path: Path) -> None:
+    node = agent(tmp_path)
+    path = node.issue_token("shop", "web-1", "uid-1", "web")
+    assert path == tmp_path / "pods" / "shop" / "web-1" / "identity" / "token"
+    st = path.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (net.PROXY_UID, 0o400)
+    # the key is the mesh's (the control plane verifies with the same file)
+    key = TokenKey.load_or_create(tmp_path / "identity" / "token.key")
+    claims = key.verify(path.read_text())
+    assert isinstance(claims, TokenClaims)
+    assert (claims.namespace, claims.pod, claims.uid, claims.service_account) == (
+        "shop",
+        "web-1",
+        "uid-1",
+        "web",
+    )
+    # the same name with a new object (a new uid): a new token in the same place
+    node.issue_token("shop", "web-1", "uid-2", "web")
+    assert key.verify(path.read_text()).uid == "uid-2"
+
+
+def test_no_token_without_a_uid(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"shop/web-1 has no metadata.uid"):
+        agent(tmp_path).issue_token("shop", "web-1", None, "web")
+    assert not (tmp_path / "pods").exists()
+
+
+def test_a_damaged_token_key_is_an_error_not_a_token(tmp_path: Path) -> None:
+    (tmp_path / "identity").mkdir(mode=0o700)
+    (tmp_path / "identity" / "token.key").write_bytes(b"short")
+    with pytest.raises(ValueError, match="token key"):
+        agent(tmp_path).issue_token("shop", "web-1", "uid-1", "web")
+
+
+def test_stale_tokens_are_removed_and_logs_kept(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    for name in ("web-1", "web-2"):
+        write_token(token_path(state.pod_dir("shop", name)), "t", owner=None)
+        state.container_log("shop", name, "web").write_text("log\n")
+    state.pod_dir("shop", "job-1").mkdir(parents=True)  # a finished pod: logs only
+    removed = agent(tmp_path).remove_stale_tokens()
+    assert sorted(p.parent.parent.name for p in removed) == ["web-1", "web-2"]
+    for name in ("web-1", "web-2"):
+        assert not token_path(state.pod_dir("shop", name)).parent.exists()
+        assert state.container_log("shop", name, "web").exists()
+    assert agent(tmp_path).remove_stale_tokens() == []
+
+
+def test_node_command_takes_the_trust_domain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    StateDir(tmp_path).write_record(
+        MeshRecord(str(tmp_path), "10.244.0.0/16", "10.96.0.0/16", "iptables")
+    )
+    assert main(["node", "--state-dir", str(tmp_path), "--trust-domain", "Bad_Domain"]) == 2
+    assert "trust domain 'Bad_Domain'" in capsys.readouterr().err
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[ControlPlane]:
+    # unix socket paths are limited to 107 bytes: keep the state directory's short
+    state = tempfile.mkdtemp(prefix="weft-ag-", dir="/tmp")
+    p = ControlPlane(ControlConfig(state_dir=state, scrape_interval=3600.0))
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop(grace=1.0)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@needs_root
+async def test_the_token_follows_the_uid_of_the_pod_object(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    client = ControlClient(plane.endpoint)
+    config = NodeConfig(tmp_path, MeshNetwork.parse(), "iptables", plane.endpoint)
+    node = NodeAgent(config, client)
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "default"},
+        "spec": {"nodeName": "local", "containers": [{"name": "web", "command": ["true"]}]},
+    }
+    ip = ipaddress.IPv4Address("10.244.0.2")
+    pod = _Pod("default", "web-1", 1, doc, ip, "weft-default-web-1", None, None)
+    assert await node._apply_pod_object(pod)
+    stored = await client.get("Pod", "default", "web-1")
+    assert stored is not None and pod.uid == stored["metadata"]["uid"]
+    spec = pod_spec(Pod.from_dict(doc), str(ip))
+    pod.runner = PodRunner(
+        spec,
+        launcher=NetnsLauncher(None),
+        probes=NetnsProbes(None, str(ip), None),
+        log_dir=tmp_path,
+        on_status=lambda status: None,
+        proxy_argv=["true"],
+        base_env={},
+    )
+    path = node.issue_token("default", "web-1", pod.uid, spec.service_account)
+    key = TokenKey.load_or_create(tmp_path / "identity" / "token.key")
+    first = key.verify(path.read_text())
+    assert (first.uid, first.service_account) == (pod.uid, "default")
+    # the store lost the object (a control plane restarted without its state): the agent applies
+    # it again, the store gives it a new uid, and the proxy's token follows
+    await client.delete([{"kind": "Pod", "metadata": {"name": "web-1", "namespace": "default"}}])
+    await node._reapply(pod)
+    stored = await client.get("Pod", "default", "web-1")
+    assert stored is not None and stored["metadata"]["uid"] not in (None, first.uid)
+    assert key.verify(path.read_text()).uid == stored["metadata"]["uid"]

@@ -5,9 +5,12 @@ before app, restarts with backoff, jobs, readiness, draining."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
+import stat
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,9 @@ from weft.runtime.local.pod import (
     expand,
     pod_spec,
     proxy_argv,
+    remove_token,
+    token_path,
+    write_token,
 )
 
 # -- reading pods ---------------------------------------------------------------------------
@@ -166,14 +172,144 @@ def test_proxy_argv_is_the_contract() -> None:
         deployment="web",
         service_account="sa",
     )
-    argv = proxy_argv(spec, python="/py", control_endpoint="unix:/run/weft/control.sock")
+    token = token_path(Path("/run/weft/pods/shop/web-1"))
+    argv = proxy_argv(
+        spec,
+        python="/py",
+        control_endpoint="unix:/run/weft/control.sock",
+        token_file=token,
+        trust_domain="example.org",
+    )
     assert argv == [
         "/py", "-m", "weft", "proxy",
         "--outbound", "127.0.0.1:4140", "--inbound", "0.0.0.0:4143", "--admin", "0.0.0.0:4191",
         "--control", "unix:/run/weft/control.sock",
+        "--identity-token-file", "/run/weft/pods/shop/web-1/identity/token",
+        "--trust-domain", "example.org",
         "--label", "pod=web-1", "--label", "namespace=shop", "--label", "deployment=web",
         "--label", "serviceaccount=sa", "--shutdown-grace", "12", "--log-level", "info",
     ]  # fmt: skip
+
+
+# -- identity tokens ------------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_token_is_written_for_its_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    path = token_path(tmp_path / "pods" / "shop" / "web-1")
+    old_umask = os.umask(0)  # would leave everything world-writable if modes were not set
+    try:
+        write_token(path, "v1.claims.mac", owner=None)
+    finally:
+        os.umask(old_umask)
+    assert path.read_text() == "v1.claims.mac"  # exactly the token: no newline
+    assert mode(path) == 0o400 and mode(path.parent) == 0o700
+    assert os.listdir(path.parent) == ["token"]  # no temporary file left
+
+
+def test_an_existing_directory_is_tightened(tmp_path: Path) -> None:
+    path = token_path(tmp_path)
+    path.parent.mkdir(mode=0o755)
+    os.chmod(path.parent, 0o755)
+    write_token(path, "t1", owner=None)
+    assert mode(path.parent) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_token_and_directory_belong_to_the_proxy_uid(tmp_path: Path) -> None:
+    path = token_path(tmp_path)
+    write_token(path, "t1", owner=net.PROXY_UID)
+    for p in (path, path.parent):
+        st = p.stat()
+        assert (st.st_uid, st.st_gid) == (net.PROXY_UID, net.PROXY_UID)
+    assert mode(path) == 0o400
+
+
+def test_mode_and_owner_are_set_before_the_token_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int]] = []
+    real_write = os.write
+
+    def checking_write(fd: int, data: bytes) -> int:
+        st = os.fstat(fd)
+        seen.append((stat.S_IMODE(st.st_mode), st.st_uid))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", checking_write)
+    owner = net.PROXY_UID if os.geteuid() == 0 else None
+    write_token(token_path(tmp_path), "secret", owner=owner)
+    assert seen and all(m == 0o400 for m, _ in seen)
+    if owner is not None:
+        assert all(uid == owner for _, uid in seen)
+
+
+def test_rewriting_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None:
+    path = token_path(tmp_path)
+    tokens = {"a" * 3000, "b" * 5000}
+    write_token(path, "a" * 3000, owner=None)
+    stop = threading.Event()
+    reads: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            reads.append(path.read_text())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(200):
+            write_token(path, sorted(tokens)[i % 2], owner=None)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert reads and set(reads) <= tokens  # never empty, never a mix, never missing
+
+
+def test_a_failed_write_keeps_the_old_token_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = token_path(tmp_path)
+    write_token(path, "old", owner=None)
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_token(path, "new", owner=None)
+    monkeypatch.undo()
+    assert path.read_text() == "old" and os.listdir(path.parent) == ["token"]
+
+
+def test_bad_tokens_and_a_symlinked_directory_are_refused(tmp_path: Path) -> None:
+    for bad in ("", "line\nbreak", "caf\u00e9"):
+        with pytest.raises(ValueError, match="printable ASCII"):
+            write_token(token_path(tmp_path / "a"), bad, owner=None)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pod_dir = tmp_path / "pod"
+    pod_dir.mkdir()
+    (pod_dir / "identity").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        write_token(token_path(pod_dir), "t", owner=None)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_remove_token(tmp_path: Path) -> None:
+    path = token_path(tmp_path / "pod")
+    write_token(path, "t", owner=None)
+    (path.parent / ".token.crashed").write_text("partial")  # a crash mid-write left it
+    remove_token(path)
+    assert not path.parent.exists() and (tmp_path / "pod").is_dir()
+    remove_token(path)  # gone already: nothing to do
+    write_token(path, "t", owner=None)
+    (path.parent / "other").write_text("not ours")
+    remove_token(path)
+    assert not path.exists() and (path.parent / "other").exists()
 
 
 def test_launcher_wraps_namespace_user_and_parent_death() -> None:

@@ -6,10 +6,12 @@ the caller's namespace, ``default`` unless given). It resolves to a
 :class:`weft.discovery.Destination`: the Service's ready pods that are not terminating, at the
 service port's targetPort (a number, or a name looked up in the pod's container ports), with their
 metadata as endpoint labels (``pod``, ``namespace``, ``deployment``, ``serviceaccount``), ``meshed``
-when the pod has a sidecar, and ``protocol="opaque"`` when the port's ``appProtocol`` is
-``tcp``/``opaque``. A target that names no Service port resolves to ``None``: the proxy forwards to
-the original address. The snapshot's ``policy`` (routes, retries, timeouts, failure accrual) is
-built from the Service's annotations and the HTTPRoutes attached to it
+when the pod has a sidecar (with the ``identity`` its proxy proves, which the client proxy checks
+during mutual TLS), and ``protocol="opaque"`` when the port's ``appProtocol`` is
+``tcp``/``opaque``. A target that is a running pod's own address resolves to that single endpoint
+(so direct calls between meshed pods are mutual TLS too). Any other target resolves to ``None``:
+the proxy forwards to the original address. The snapshot's ``policy`` (routes, retries, timeouts,
+failure accrual) is built from the Service's annotations and the HTTPRoutes attached to it
 (:mod:`weft.control.policies`).
 
 :class:`DestinationService` recomputes a subscribed target on every store change that can affect
@@ -31,6 +33,7 @@ from weft.addr import is_ip, parse_hostport
 from weft.control.policies import Policies
 from weft.control.store import Event, Store
 from weft.discovery import Destination, Endpoint
+from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity
 from weft.resources.models import (
     ANNOTATION_DEPLOYMENT,
     ANNOTATION_PROXY_ADMIN,
@@ -85,6 +88,41 @@ def _serving(pod: Mapping[str, Any]) -> bool:
     )
 
 
+def _endpoint(
+    pod: Mapping[str, Any], port: int, trust_domain: str, *, protocol: str | None = None
+) -> Endpoint:
+    """A pod's endpoint: metric labels, and the identity its proxy proves when meshed."""
+    meta = pod["metadata"]
+    ns = meta["namespace"]
+    annotations = meta.get("annotations") or {}
+    sa = pod["spec"].get("serviceAccountName", DEFAULT_SERVICE_ACCOUNT)
+    labels = {"pod": meta["name"], "namespace": ns, "serviceaccount": sa}
+    if annotations.get(ANNOTATION_DEPLOYMENT):
+        labels["deployment"] = annotations[ANNOTATION_DEPLOYMENT]
+    meshed = bool(annotations.get(ANNOTATION_PROXY_ADMIN))
+    return Endpoint(
+        address=(pod["status"]["podIP"], port),
+        labels=MappingProxyType(labels),
+        identity=dns_identity(ns, sa, trust_domain) if meshed else None,
+        meshed=meshed,
+        protocol=protocol,
+    )
+
+
+def _pod_target(store: Store, ip: str, port: int, trust_domain: str) -> Destination | None:
+    """A target that is a running pod's address (a direct call, as to a headless service's
+    pods): that one endpoint, so that meshed pods talk mutual TLS here too. No policy."""
+    for pod in store.list("Pod"):
+        if (pod.get("status") or {}).get("podIP") == ip and _serving(pod):
+            ns = pod["metadata"]["namespace"]
+            return Destination(
+                target=f"{ip}:{port}",
+                endpoints=(_endpoint(pod, port, trust_domain),),
+                labels=MappingProxyType({"namespace": ns}),
+            )
+    return None
+
+
 def resolve(
     store: Store,
     target: str,
@@ -92,6 +130,7 @@ def resolve(
     *,
     cluster_domain: str = "cluster.local",
     policies: Policies | None = None,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
 ) -> Destination | None:
     """The current snapshot of ``target``, or None when no Service port matches it.
 
@@ -103,7 +142,7 @@ def resolve(
         return None
     svc = _lookup_service(store, host, namespace or DEFAULT_NAMESPACE, cluster_domain)
     if svc is None:
-        return None
+        return _pod_target(store, host, port, trust_domain) if is_ip(host) else None
     spec = svc["spec"]
     sport = next((p for p in spec.get("ports", []) if p.get("port") == port), None)
     if sport is None:
@@ -121,21 +160,8 @@ def resolve(
             pod_port = _pod_port(pod, sport.get("targetPort", port))
             if pod_port is None:
                 continue
-            annotations = meta.get("annotations") or {}
-            labels = {
-                "pod": meta["name"],
-                "namespace": ns,
-                "serviceaccount": pod["spec"].get("serviceAccountName", DEFAULT_SERVICE_ACCOUNT),
-            }
-            if annotations.get(ANNOTATION_DEPLOYMENT):
-                labels["deployment"] = annotations[ANNOTATION_DEPLOYMENT]
             endpoints.append(
-                Endpoint(
-                    address=(pod["status"]["podIP"], pod_port),
-                    labels=MappingProxyType(labels),
-                    meshed=bool(annotations.get(ANNOTATION_PROXY_ADMIN)),
-                    protocol="opaque" if opaque else None,
-                )
+                _endpoint(pod, pod_port, trust_domain, protocol="opaque" if opaque else None)
             )
     endpoints.sort(key=lambda e: (e.labels.get("pod", ""), e.address))
     if policies is None:
@@ -152,10 +178,11 @@ def resolve(
 class _Translator:
     """One target's current snapshot and its listeners."""
 
-    __slots__ = ("current", "listeners", "namespace", "target")
+    __slots__ = ("by_ip", "current", "listeners", "namespace", "target")
 
     def __init__(self, target: str, namespace: str | None, current: Destination | None) -> None:
         self.target = target
+        self.by_ip = is_ip(target.rpartition(":")[0].strip("[]"))
         self.namespace = namespace
         self.current = current
         self.listeners: list[Listener] = []
@@ -164,9 +191,16 @@ class _Translator:
 class DestinationService:
     """Live destinations for subscribed targets (see the module docstring)."""
 
-    def __init__(self, store: Store, *, cluster_domain: str = "cluster.local") -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cluster_domain: str = "cluster.local",
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    ) -> None:
         self._store = store
         self.cluster_domain = cluster_domain
+        self.trust_domain = trust_domain
         self.policies = Policies(store, cluster_domain=cluster_domain)
         self._translators: dict[tuple[str, str | None], _Translator] = {}
         self._unsubscribe = store.subscribe(self._on_event)
@@ -182,6 +216,7 @@ class DestinationService:
             namespace,
             cluster_domain=self.cluster_domain,
             policies=self.policies,
+            trust_domain=self.trust_domain,
         )
 
     def subscribe(
@@ -214,10 +249,14 @@ class DestinationService:
         ns = event.object["metadata"].get("namespace")
         for tr in list(self._translators.values()):
             current = tr.current
-            # neither a pod nor a route can make an unknown target resolve, and both only affect
-            # Services of their own namespace (routes attach to Services of their namespace only)
-            if event.kind in ("Pod", "HTTPRoute") and (
+            # a route only affects Services of its own namespace, and a pod too, except that a
+            # pod can make an unknown IP target resolve (a direct call to its address)
+            if event.kind == "HTTPRoute" and (
                 current is None or current.labels.get("namespace") != ns
+            ):
+                continue
+            if event.kind == "Pod" and (
+                current.labels.get("namespace") != ns if current is not None else not tr.by_ip
             ):
                 continue
             new = self.resolve(tr.target, tr.namespace)

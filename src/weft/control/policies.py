@@ -7,9 +7,10 @@ to it re-sends the snapshot to watchers.
 
 What is built, for Service ``S`` and service port ``P``:
 
-- the routes: every HTTPRoute in ``S``'s namespace with a ``parentRef`` naming ``S`` (and ``P``
-  when the parentRef gives a port), oldest first (``creationTimestamp``, then ``ns/name``: the
-  Gateway API's tie-break between routes);
+- the routes: every HTTPRoute in ``S``'s namespace with a Service ``parentRef`` naming ``S`` (and
+  ``P`` when the parentRef gives a port), oldest first (``creationTimestamp``, then ``ns/name``:
+  the Gateway API's tie-break between routes). Parents of kind Server make inbound routes, which
+  :mod:`weft.control.inbound` reads and this module ignores;
 - each rule's matches and filters as written (Gateway defaults filled in), its backends as
   targets ``<name>.<ns>.svc.<cluster domain>:<port>`` with the backendRef's port or else ``P``, and
   its *effective* retry policy and timeouts: ``timeouts.request``/``backendRequest`` from the
@@ -49,8 +50,11 @@ def backend_target(name: str, namespace: str, port: int, cluster_domain: str) ->
 
 
 def route_applies(route: HTTPRoute, service: str, port: int) -> bool:
-    """The route has a parentRef naming ``service`` (in its namespace) and ``port`` or no port."""
-    return any(p.name == service and p.port in (None, port) for p in route.spec.parent_refs)
+    """The route has a Service parentRef naming ``service`` (in its namespace) and ``port`` or no
+    port."""
+    return any(
+        p.service and p.name == service and p.port in (None, port) for p in route.spec.parent_refs
+    )
 
 
 def translate_route(
@@ -193,7 +197,7 @@ class Policies:
             if route is None:
                 continue
             if port is None:
-                attached = any(p.name == service for p in route.spec.parent_refs)
+                attached = any(p.service and p.name == service for p in route.spec.parent_refs)
             else:
                 attached = route_applies(route, service, port)
             if attached:

@@ -5,14 +5,16 @@ For every parent of a route the control plane writes, in ``status.parents[]``, t
 ``type``, ``status``, ``reason``, ``message``, ``lastTransitionTime``, ``observedGeneration``):
 
 - ``Accepted``: ``True``/``Accepted`` when the parent Service exists (and has the parentRef's port,
-  when one is given); else ``False``/``NoMatchingParent`` saying which;
+  when one is given), or, for an inbound route, the parent Server exists; else
+  ``False``/``NoMatchingParent`` saying which;
 - ``ResolvedRefs``: ``True``/``ResolvedRefs`` when every backendRef names an existing Service with
   the port used (the backendRef's, else the parentRef's); else ``False``/``BackendNotFound``
   listing each unresolved backendRef by field path.
 
 ``lastTransitionTime`` changes only when a condition's status does. :func:`route_status` computes
 a status (pure); :class:`RouteStatusController` recomputes the routes a store change can affect
-(the route itself; every route on a Service change) and writes only statuses that differ. Writing
+(the route itself; every route on a Service change; the routes of its namespace on a Server
+change) and writes only statuses that differ. Writing
 is deferred through ``schedule`` (the control plane passes the event loop's ``call_soon``) so that
 it never happens inside another change's notification; without one it runs at once, guarded
 against re-entry.
@@ -31,7 +33,8 @@ from weft.control.store import Event, NotFound, Store
 from weft.resources.errors import InvalidResources
 from weft.resources.httproute import CONTROLLER_NAME, HTTPRoute
 
-ServiceLookup = Callable[[str, str], "Mapping[str, Any] | None"]
+# ``lookup(kind, namespace, name)``: a stored Service or Server
+Lookup = Callable[[str, str, str], "Mapping[str, Any] | None"]
 Schedule = Callable[[Callable[[], None]], object]
 
 
@@ -58,30 +61,31 @@ def _condition(
 
 def route_status(
     route: HTTPRoute,
-    lookup: ServiceLookup,
+    lookup: Lookup,
     *,
     generation: int,
     now: str,
     previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status of ``route``; ``lookup(namespace, name)`` finds a stored Service. Conditions
-    whose status is unchanged from ``previous`` keep their ``lastTransitionTime``."""
+    """The status of ``route``; ``lookup(kind, namespace, name)`` finds a stored Service or
+    Server. Conditions whose status is unchanged from ``previous`` keep their
+    ``lastTransitionTime``."""
     old_times = _transition_times(previous or {})
     parents: list[dict[str, Any]] = []
     for ref in route.spec.parent_refs:
-        where = f"{ref.namespace}/{ref.name}"
-        svc = lookup(ref.namespace, ref.name)
-        if svc is None:
-            accepted = (False, "NoMatchingParent", f"Service {where} not found")
-        elif ref.port is not None and not _has_port(svc, ref.port):
-            accepted = (False, "NoMatchingParent", f"Service {where} has no port {ref.port}")
+        where = f"{ref.kind} {ref.namespace}/{ref.name}"
+        parent = lookup(ref.kind, ref.namespace, ref.name)
+        if parent is None:
+            accepted = (False, "NoMatchingParent", f"{where} not found")
+        elif ref.port is not None and not _has_port(parent, ref.port):
+            accepted = (False, "NoMatchingParent", f"{where} has no port {ref.port}")
         else:
-            accepted = (True, "Accepted", f"attached to Service {where}")
+            accepted = (True, "Accepted", f"attached to {where}")
         problems: list[str] = []
         for i, rule in enumerate(route.spec.rules):
             for j, b in enumerate(rule.backend_refs):
                 path = f"spec.rules[{i}].backendRefs[{j}]"
-                backend = lookup(b.namespace, b.name)
+                backend = lookup("Service", b.namespace, b.name)
                 port = b.port if b.port is not None else ref.port
                 if backend is None:
                     problems.append(f"{path}: Service {b.namespace}/{b.name} not found")
@@ -106,7 +110,7 @@ def route_status(
 
 
 def _ref_key(ref: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (ref.get("name"), ref.get("namespace"), ref.get("port"))
+    return (ref.get("kind"), ref.get("name"), ref.get("namespace"), ref.get("port"))
 
 
 def _transition_times(status: Mapping[str, Any]) -> dict[tuple[Any, ...], tuple[str, str]]:
@@ -183,9 +187,11 @@ class RouteStatusController:
         if event.kind == "HTTPRoute" and event.type != "DELETED":
             meta = event.object["metadata"]
             self._dirty.add((str(meta["namespace"]), str(meta["name"])))
-        elif event.kind == "Service":
-            # parents and backends may be in any route of any namespace
-            for obj in self._store.list("HTTPRoute"):
+        elif event.kind in ("Service", "Server"):
+            # Service parents and backends may be in any route of any namespace; Server parents
+            # only in routes of the Server's namespace
+            ns = event.object["metadata"].get("namespace") if event.kind == "Server" else None
+            for obj in self._store.list("HTTPRoute", ns):
                 meta = obj["metadata"]
                 self._dirty.add((str(meta["namespace"]), str(meta["name"])))
         else:
@@ -221,8 +227,8 @@ class RouteStatusController:
         self.writes += written
         return written
 
-    def _lookup(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        return self._store.get("Service", namespace, name)
+    def _lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self._store.get(kind, namespace, name)
 
     def _update(self, namespace: str, name: str) -> bool:
         obj = self._store.get("HTTPRoute", namespace, name)

@@ -20,17 +20,21 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from weft.addr import Address
 from weft.control.api import Api
 from weft.control.client import DEFAULT_STATE_DIR, SOCKET_NAME
 from weft.control.destinations import DestinationService
 from weft.control.httpserver import HttpServer
+from weft.control.identity import IdentityService, IdentitySettings
+from weft.control.inbound import InboundPolicies
 from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.persist import StateFile
 from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
+from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 
 log = logging.getLogger("weft.control")
 
@@ -49,6 +53,11 @@ class ControlConfig:
     retention: float = 3900.0
     http_listen: Address | None = None
     heartbeat: float = 5.0
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    # inbound policy: the mesh-wide default, and the networks cluster-* policies trust (the
+    # pod network when empty)
+    default_inbound_policy: str = DEFAULT_POLICY
+    cluster_networks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("service_cidr", "pod_cidr"):
@@ -67,6 +76,16 @@ class ControlConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
         if not self.state_dir:
             raise ValueError("state-dir must not be empty")
+        if self.default_inbound_policy not in DEFAULT_POLICIES:
+            raise ValueError(
+                f"default-inbound-policy must be one of {', '.join(DEFAULT_POLICIES)}, "
+                f"got {self.default_inbound_policy!r}"
+            )
+        for cidr in self.cluster_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"cluster-networks: {cidr!r} is not a network") from None
 
     @property
     def socket_path(self) -> str:
@@ -84,7 +103,9 @@ class ControlPlane:
         self.config = config
         self._state = StateFile(config.state_file)
         self.store = Store(service_cidr=config.service_cidr, clock=clock)
-        self.destinations = DestinationService(self.store)
+        self.destinations = DestinationService(
+            self.store, trust_domain=config.identity.trust_domain
+        )
         # statuses are written from the event loop, never inside another change's notification
         self.route_status = RouteStatusController(
             self.store,
@@ -103,7 +124,30 @@ class ControlPlane:
             ),
             clock=clock,
         )
-        self.api = Api(self.store, self.destinations, self.stats, heartbeat=config.heartbeat)
+        settings = config.identity
+        self.identity = IdentityService(
+            Path(config.state_dir) / "identity",
+            self.store,
+            trust_domain=settings.trust_domain,
+            leaf_lifetime=settings.leaf_lifetime,
+            clock=clock,
+            heartbeat=config.heartbeat,
+            allowed_networks=(config.pod_cidr, "127.0.0.0/8"),
+        )
+        self.inbound = InboundPolicies(
+            self.store,
+            trust_domain=settings.trust_domain,
+            cluster_networks=config.cluster_networks or (config.pod_cidr,),
+            default_policy=config.default_inbound_policy,
+            heartbeat=config.heartbeat,
+        )
+        self.api = Api(
+            self.store,
+            self.destinations,
+            self.stats,
+            heartbeat=config.heartbeat,
+            handlers={"identity": self.identity.handle, "inbound": self.inbound.handle},
+        )
         self.http = HttpServer(self.api.handle)
         self.tcp_address: Address | None = None
         self._scrape_task: asyncio.Task[None] | None = None
@@ -130,6 +174,12 @@ class ControlPlane:
         # listen first: a second control plane on the same state dir fails here, before it
         # could write over the running one's state
         await self.http.listen_unix(self.config.socket_path)
+        settings = self.config.identity
+        if settings.trust_anchors and settings.issuer_cert and settings.issuer_key:
+            self.identity.import_files(
+                settings.trust_anchors, settings.issuer_cert, settings.issuer_key
+            )
+        self.identity.load_or_init()
         self.store.on_commit = self._save
         self._save(self.store)
         self.route_status.resync()
@@ -156,6 +206,7 @@ class ControlPlane:
             self._scrape_task = None
         await self.http.close(grace)
         self.route_status.close()
+        self.inbound.close()
         self.destinations.close()
 
 

@@ -6,6 +6,7 @@ timeout, fail-fast timeouts); see docs/architecture.md for where Weft differs an
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -44,6 +45,15 @@ class ProxyConfig:
     log_level: str = "info"
     log_format: str = "text"
     access_log: str | None = None
+    # identity: a per-pod token certified by the control plane, or files (--identity-*)
+    identity_token_file: str | None = None
+    trust_domain: str = "cluster.local"
+    identity_cert: str | None = None
+    identity_key: str | None = None
+    trust_anchors: str | None = None
+    # inbound policy before the control plane's first answer, or without a control plane
+    default_inbound_policy: str = "all-unauthenticated"
+    cluster_networks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout_outbound", "connect_timeout_inbound", "detect_timeout",
@@ -67,5 +77,25 @@ class ProxyConfig:
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.discovery_file and self.control:
             raise ValueError("discovery_file and control are exclusive: choose one source")
+        if self.identity_token_file and not self.control:
+            raise ValueError("identity_token_file needs a control plane (--control)")
+        files = (self.identity_cert, self.identity_key, self.trust_anchors)
+        if any(files) and not all(files):
+            raise ValueError("identity files: give --identity-cert, --identity-key and "
+                             "--trust-anchors together")  # fmt: skip
+        if all(files) and self.identity_token_file:
+            raise ValueError("identity: a token file or identity files, not both")
+        from weft.inbound import DEFAULT_POLICIES
+
+        if self.default_inbound_policy not in DEFAULT_POLICIES:
+            raise ValueError(
+                f"default_inbound_policy must be one of {', '.join(DEFAULT_POLICIES)}, "
+                f"got {self.default_inbound_policy!r}"
+            )
+        for cidr in self.cluster_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"cluster_networks: {cidr!r} is not a CIDR") from None
         if not isinstance(self.labels, MappingProxyType):
             object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))

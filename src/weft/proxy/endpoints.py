@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from weft.core.accrual import AccrualSet
     from weft.core.retry import RetryBudget
     from weft.core.routes import RouteTable
+    from weft.proxy.tls import TlsSource
 
 NO_TIMEOUTS = Timeouts()
 
@@ -49,11 +50,14 @@ class EndpointState:
 
     __slots__ = (
         "addr", "closing", "endpoint", "http_series", "idle", "label_items", "spare", "tcp_series",
+        "tls_identity",
     )  # fmt: skip
 
-    def __init__(self, endpoint: Endpoint, base_labels: LabelItems) -> None:
+    def __init__(self, endpoint: Endpoint, base_labels: LabelItems, *, tls: bool = False) -> None:
         self.endpoint = endpoint
         self.addr = endpoint.address
+        # mesh TLS to this endpoint: it is meshed and discovery names the identity to expect
+        self.tls_identity = endpoint.identity if tls and endpoint.meshed else None
         self.idle: list[tuple[PooledConn, float]] = []
         self.closing = False
         # a connection being dialed ahead of need (at accept, for detection) that the next
@@ -64,8 +68,12 @@ class EndpointState:
             value = endpoint.labels.get(key)
             if value is not None:
                 labels[f"dst_{key}"] = value
+        if tls:
+            from weft.proxy.tls import outbound_tls_labels
+
+            labels.update(outbound_tls_labels(self.tls_identity))
         self.label_items: LabelItems = tuple(sorted(labels.items()))
-        self.http_series: dict[bytes, HttpSeries] = {}
+        self.http_series: dict[bytes | tuple[bytes, LabelItems], HttpSeries] = {}
         self.tcp_series: TcpSeries | None = None
 
     def take_idle(self) -> PooledConn | None:
@@ -106,6 +114,7 @@ class Concrete:
         pool_max_idle: int,
         labels: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tls: TlsSource | None = None,
     ) -> None:
         self.name = name
         self.direction = direction
@@ -127,6 +136,8 @@ class Concrete:
         self.accrual: AccrualSet[Address] | None = None
         self._budgets: dict[RetryBudgetConfig, RetryBudget] = {}
         self._route_series: dict[str, tuple[HttpSeries, HttpSeries]] = {}
+        # this proxy's identity: meshed endpoints are dialed with mutual TLS (outbound only)
+        self.tls: TlsSource | None = tls
         self.set_labels(labels or {})
 
     def set_labels(self, labels: dict[str, str]) -> None:
@@ -144,7 +155,7 @@ class Concrete:
             if current is not None and current.endpoint == ep and not current.closing:
                 new[ep.address] = current
             else:
-                new[ep.address] = EndpointState(ep, self._base)
+                new[ep.address] = EndpointState(ep, self._base, tls=self.tls is not None)
         for addr, state in self.endpoints.items():
             if new.get(addr) is not state:
                 state.closing = True
@@ -300,10 +311,26 @@ class Concrete:
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
         loop = asyncio.get_running_loop()
         host, port = state.addr
+        identity = state.tls_identity
         try:
             async with asyncio.timeout(self.connect_timeout):
-                transport, protocol = await loop.create_connection(factory, host, port)
-        except (OSError, TimeoutError) as exc:
+                if identity is None:
+                    transport, protocol = await loop.create_connection(factory, host, port)
+                else:
+                    assert self.tls is not None
+                    context = self.tls.client_context
+                    if context is None:
+                        raise ConnectionError("this proxy has no certificate yet")
+                    # SNI and the certificate check both name the identity discovery expects
+                    transport, protocol = await loop.create_connection(
+                        factory,
+                        host,
+                        port,
+                        ssl=context,
+                        server_hostname=identity,
+                        ssl_handshake_timeout=self.connect_timeout,
+                    )
+        except (OSError, TimeoutError) as exc:  # ssl errors are OSErrors
             self.balancer.failed(state.addr)
             log.debug("connect to %s failed: %r", format_addr(state.addr), exc)
             raise
@@ -313,11 +340,20 @@ class Concrete:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return transport, protocol
 
-    def http_series(self, state: EndpointState, authority: bytes) -> HttpSeries:
-        series = state.http_series.get(authority)
+    def http_series(
+        self, state: EndpointState, authority: bytes, tls: LabelItems = ()
+    ) -> HttpSeries:
+        """The series of requests for ``authority`` to ``state`` (``tls``: an inbound client's
+        TLS labels, which replace the endpoint's)."""
+        key: bytes | tuple[bytes, LabelItems] = (authority, tls) if tls else authority
+        series = state.http_series.get(key)
         if series is None or series.expired:
-            labels = (*state.label_items, ("authority", authority.decode("latin-1")))
-            series = state.http_series[authority] = self.metrics.http(tuple(sorted(labels)))
+            labels = dict(state.label_items)
+            labels["authority"] = authority.decode("latin-1")
+            if tls:
+                labels.pop("tls", None)
+                labels.update(tls)
+            series = state.http_series[key] = self.metrics.http(tuple(sorted(labels.items())))
         return series
 
     def tcp_series(self, state: EndpointState) -> TcpSeries:

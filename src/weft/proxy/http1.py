@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from weft.addr import format_addr
-from weft.metrics.proxy import HttpSeries, ProxyMetrics, TcpSeries
+from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
 from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
 from weft.proxy.endpoints import NO_TIMEOUTS, Concrete, EndpointState, PooledConn
 
 if TYPE_CHECKING:
     from weft.core.retry import RetryBudget
     from weft.proxy.config import ProxyConfig
+    from weft.proxy.inbound_policy import HttpConn
 
 # weft.core.retry and weft.core.routes are imported where a policy is applied, not here: a
 # sidecar with no routes or retries configured does not load them (see endpoints.py).
@@ -70,8 +71,11 @@ _monotonic = time.monotonic
 
 _REASONS = {
     400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
@@ -120,15 +124,23 @@ def _no_backends(target: str) -> asyncio.Future[Concrete]:
 
 
 def error_response(
-    status: int, reason: str, *, close: bool, detail: str = "", head: bool = False
+    status: int,
+    reason: str,
+    *,
+    close: bool,
+    detail: str = "",
+    head: bool = False,
+    extra: bytes = b"",
 ) -> bytes:
-    """A complete response the proxy sends on its own behalf (no body for a HEAD request)."""
+    """A complete response the proxy sends on its own behalf (no body for a HEAD request);
+    ``extra``: more header lines, each ending in CRLF (``retry-after``...)."""
     body = f"weft proxy: {detail or reason}\n".encode()
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
         b"content-type: text/plain; charset=utf-8\r\n",
         b"content-length: %d\r\n" % len(body),
         ERROR_HEADER + b": " + reason.encode() + b"\r\n",
+        extra,
     ]
     if close:
         lines.append(b"connection: close\r\n")
@@ -321,6 +333,13 @@ class Exchange:
         """Route (first time), pick an endpoint and attach a connection (pooled, or dialed)."""
         if self.started == 0.0:
             self.started = _monotonic()
+            authz = self.down.authz
+            if authz is not None:
+                path, _, query = self.url.partition(b"?")
+                denial = authz.check(self.method, path, query, self._header)
+                if denial is not None:
+                    self.fail(denial.status, denial.reason, denial.detail, denial.extra)
+                    return
             if not self._decide():
                 return
         concrete = self.concrete
@@ -334,7 +353,7 @@ class Exchange:
             return
         self.state = state
         if self.series is None:
-            self.series = concrete.http_series(state, self.authority)
+            self.series = concrete.http_series(state, self.authority, self.down.tls_labels)
             self.series.requests += 1
         if self.actual is not None:
             self.actual.requests += 1
@@ -832,7 +851,7 @@ class Exchange:
 
     # -- endings --------------------------------------------------------------------------------
 
-    def fail(self, status: int, reason: str, detail: str) -> None:
+    def fail(self, status: int, reason: str, detail: str, extra: bytes = b"") -> None:
         """Answer with a proxy error (before any response byte went to the client)."""
         if self.finished:
             return
@@ -840,7 +859,11 @@ class Exchange:
         if self._body_pending():
             self.close_after = True
         close = self.close_after or down.closing_now()
-        down.write(error_response(status, reason, close=close, detail=detail, head=self.is_head))
+        down.write(
+            error_response(
+                status, reason, close=close, detail=detail, head=self.is_head, extra=extra
+            )
+        )
         self.status = status
         series = self.series
         if series is None:
@@ -945,6 +968,8 @@ class Http1Downstream(asyncio.Protocol):
         self._last_active = _monotonic()
         self._no_endpoint: dict[bytes, HttpSeries] = {}
         self.tcp: TcpSeries | None = None  # this connection's (peer=src) byte counters
+        self.tls_labels: LabelItems = ()  # inbound: the client's TLS labels (client_id...)
+        self.authz: HttpConn | None = None  # inbound: the port's policy for this client
         self._corked: list[bytes] | None = None
         self.on_close: Callable[[Http1Downstream], None] | None = None
         self._broken: tuple[int, str, str] | None = None
@@ -1237,7 +1262,7 @@ class Http1Downstream(asyncio.Protocol):
         if series is None or series.expired:
             labels = {"direction": self.ctx.direction, "target_addr": self.concrete.name}
             labels["authority"] = authority.decode("latin-1")
-            labels["tls"] = "disabled"
+            labels.update(self.tls_labels or (("tls", "disabled"),))
             series = self.ctx.metrics.http(tuple(sorted(labels.items())))
             self._no_endpoint[authority] = series
         return series

@@ -27,18 +27,22 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from weft.addr import Address, format_addr, parse_hostport
 from weft.core.detect import Protocol as Detected
-from weft.core.detect import detect
+from weft.core.detect import detect, parse_client_hello
 from weft.discovery import Discovery, Resolution
-from weft.metrics.proxy import ProxyMetrics, TcpSeries
+from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
 from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 from weft.proxy.http1 import Http1Context, Http1Downstream, Http1Upstream
 from weft.proxy.tcp import Relay
+from weft.proxy.tls import PeerTls, TlsSource, inbound_tls_labels, terminate
+
+if TYPE_CHECKING:
+    from weft.proxy.inbound_policy import InboundPolicyWatch, PortPolicy
 
 log = logging.getLogger("weft.proxy")
 
@@ -102,7 +106,12 @@ class Listener:
         self.relays: set[Relay] = set()
         self.accepting: set[Accept] = set()
         self.server: asyncio.Server | None = None
-        self._src_series: dict[str, TcpSeries] = {}
+        self._src_series: dict[tuple[str, LabelItems], TcpSeries] = {}
+        # this proxy's identity (mesh TLS): outbound dials meshed endpoints with it, inbound
+        # terminates mesh TLS addressed to it; None when identity is disabled
+        self.tls: TlsSource | None = None
+        # inbound only: who may call which local port (None: everyone, no accounting)
+        self.policy: InboundPolicyWatch | None = None
         self.http.backend = self.backend
         if direction == "outbound":
             metrics.extra.append(self._render_endpoint_states)
@@ -161,6 +170,7 @@ class Listener:
             metrics=self.metrics,
             connect_timeout=self.connect_timeout,
             pool_max_idle=self.config.pool_max_idle,
+            tls=self.tls if self.direction == "outbound" else None,
         )
         if self.direction == "inbound" or self.discovery is None:
             concrete.apply(None, target)
@@ -170,17 +180,22 @@ class Listener:
         self._unsubscribe[key] = resolution.subscribe(lambda d: concrete.apply(d, target))
         return concrete
 
-    def src_series(self, target: str) -> TcpSeries:
-        series = self._src_series.get(target)
+    def src_series(self, target: str, tls: LabelItems = ()) -> TcpSeries:
+        """The ``peer="src"`` TCP series of connections to ``target`` (``tls``: the client's
+        TLS labels on the inbound side; none means ``tls="disabled"``)."""
+        key = (target, tls)
+        series = self._src_series.get(key)
         if series is None or series.expired:
-            labels = (
-                ("direction", self.direction),
-                ("peer", "src"),
-                ("target_addr", target),
-                ("tls", "disabled"),
-            )
-            series = self._src_series[target] = self.metrics.tcp(labels)
+            labels = {"direction": self.direction, "peer": "src", "target_addr": target}
+            labels.update(tls or (("tls", "disabled"),))
+            series = self._src_series[key] = self.metrics.tcp(tuple(sorted(labels.items())))
         return series
+
+    def peer_labels(self, peer: PeerTls | None) -> LabelItems:
+        """TLS labels of an inbound client connection (none when identity is disabled)."""
+        if self.tls is None or self.direction != "inbound":
+            return ()
+        return inbound_tls_labels(peer)
 
     def acquire(self, concrete: Concrete) -> None:
         self.users[concrete.name] = self.users.get(concrete.name, 0) + 1
@@ -233,8 +248,14 @@ class _Probe(asyncio.Protocol):
 class Accept(asyncio.Protocol):
     """An accepted connection until its protocol is known."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, *, terminated: bool = False) -> None:
         self.listener = listener
+        # the decrypted side of a mesh TLS connection this proxy terminated
+        self.terminated = terminated
+        self.peer_tls: PeerTls | None = None
+        self.tls_labels: LabelItems = ()
+        self.port_policy: PortPolicy | None = None
+        self.peer_ip: str | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.client_eof = False
@@ -249,11 +270,15 @@ class Accept(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = format_addr((peer[0], peer[1]))
+            self.peer_ip = peer[0]
         orig = None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             orig = original_dst(sock)
+        if self.terminated:
+            self.peer_tls = PeerTls(_client_identity(transport, self.listener.tls))
+        self.tls_labels = self.listener.peer_labels(self.peer_tls)
         self.listener.accepting.add(self)
         self.task = asyncio.get_running_loop().create_task(self._run(orig))
 
@@ -287,8 +312,15 @@ class Accept(asyncio.Protocol):
             concrete = await listener.concrete_for(target)
             if self.client_lost:
                 return
-            if target[1] in listener.config.opaque_ports or concrete.opaque:
-                await self._opaque(concrete, None)
+            policy = listener.policy
+            pp = self.port_policy = policy.port(target[1]) if policy is not None else None
+            if (
+                target[1] in listener.config.opaque_ports
+                or concrete.opaque
+                or (pp is not None and pp.protocol in ("opaque", "tls"))
+            ):
+                if self._tcp_authorized():
+                    await self._opaque(concrete, None)
                 return
             await self._detect(concrete)
         except Exception:
@@ -303,7 +335,9 @@ class Accept(asyncio.Protocol):
         # Dial early only while the destination might greet first: once a client has spoken
         # HTTP to it, later connections just wait for the client (still no timeout for a
         # server that greets, since the detect timeout then falls back to opaque TCP).
-        state = None if concrete.http_seen else concrete.pick()
+        pp = self.port_policy
+        refused = pp is not None and not pp.tcp_allowed(self.peer_ip, self._client_id())
+        state = None if concrete.http_seen or refused else concrete.pick()
         probe: _Probe | None = None
         dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]] | None = None
         started = 0.0
@@ -320,9 +354,17 @@ class Accept(asyncio.Protocol):
         dials = 1
         failed: set[Address] = {state.addr} if state is not None else set()
         server_first = False
+        mesh_tls = False
         while True:
             if self.buffer:
                 decided = detect(self.buffer[:DETECT_MAX], max_bytes=DETECT_MAX)
+                if decided is Detected.TLS and self._may_terminate():
+                    assert listener.tls is not None
+                    ours = _mesh_hello(self.buffer, listener.tls.name)
+                    if ours is None:
+                        decided = None  # the ClientHello is not complete yet
+                    else:
+                        mesh_tls = ours
                 if decided is not None:
                     break
             if probe is not None and (probe.buffer or probe.eof):
@@ -380,11 +422,20 @@ class Accept(asyncio.Protocol):
                     t, _ = await dial
                     t.close()
             return
+        if mesh_tls and not server_first:
+            if dial is not None:
+                _discard(dial)
+            self._terminate()
+            return
         if decided is Detected.HTTP1 and not server_first:
             concrete.http_seen = True
             if dial is not None and state is not None:
                 self._pool_probe(concrete, state, dial)
             self._to_http1(concrete)
+            return
+        if not self._tcp_authorized():
+            if dial is not None:
+                _discard(dial)
             return
         early = None
         if dial is not None:
@@ -394,12 +445,49 @@ class Accept(asyncio.Protocol):
                 early = None
         await self._opaque(concrete, early)
 
+    def _client_id(self) -> str | None:
+        return self.peer_tls.client_id if self.peer_tls is not None else None
+
+    def _tcp_authorized(self) -> bool:
+        """Inbound policy for an opaque connection (counted); closes it when denied."""
+        pp = self.port_policy
+        if pp is None or pp.tcp_connection(self.peer_ip, self._client_id(), self.terminated):
+            return True
+        log.info("connection from %s denied by policy", self.peer)
+        assert self.transport is not None
+        self.transport.abort()
+        return False
+
+    def _may_terminate(self) -> bool:
+        return (
+            not self.terminated
+            and self.listener.direction == "inbound"
+            and self.listener.tls is not None
+        )
+
+    def _terminate(self) -> None:
+        """Mesh TLS addressed to this proxy: decrypt, then detect again on the inner stream."""
+        transport = self.transport
+        tls = self.listener.tls
+        assert transport is not None and tls is not None
+        context = tls.server_context
+        if context is None:
+            transport.abort()
+            return
+        buffered, self.buffer = self.buffer, b""
+        terminate(transport, Accept(self.listener, terminated=True), context, buffered)
+
     def _to_http1(self, concrete: Concrete) -> None:
         transport = self.transport
         assert transport is not None
         listener = self.listener
         down = Http1Downstream(listener.http, concrete, transport, self.peer)
-        series = listener.src_series(concrete.name)
+        down.tls_labels = self.tls_labels
+        if self.port_policy is not None:
+            down.authz = self.port_policy.http_connection(
+                self.peer_ip, self._client_id(), self.terminated
+            )
+        series = listener.src_series(concrete.name, self.tls_labels)
         series.opened()
         down.tcp = series
         listener.acquire(concrete)
@@ -496,7 +584,7 @@ class Accept(asyncio.Protocol):
             if self.client_lost:
                 upstream.close()
                 return
-        src = listener.src_series(concrete.name)
+        src = listener.src_series(concrete.name, self.tls_labels)
         src.opened()
         listener.acquire(concrete)
         dst = concrete.tcp_series(state) if state is not None else None
@@ -532,6 +620,38 @@ class Accept(asyncio.Protocol):
         return concrete.endpoints.get((peer[0], peer[1]))
 
 
+def _mesh_hello(data: bytes, name: str) -> bool | None:
+    """Whether the ClientHello at the start of ``data`` is mesh TLS for identity ``name`` (its
+    SNI names it); None while it is incomplete. Other TLS passes through to the app untouched."""
+    try:
+        hello = parse_client_hello(data)
+    except ValueError:
+        return False
+    return None if hello is None else hello.server_name == name
+
+
+def _client_identity(transport: asyncio.BaseTransport, tls: TlsSource | None) -> str | None:
+    """The mesh identity a terminated TLS client proved with its certificate, if any."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None or tls is None:
+        return None
+    from weft.identity.names import peer_identity
+
+    identity: str | None = peer_identity(ssl_object.getpeercert(), tls.trust_domain)
+    return identity
+
+
+def _discard(dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+    """Give up an early connection: cancel the dial, or close what it connected."""
+
+    def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            task.result()[0].close()
+
+    dial.cancel()
+    dial.add_done_callback(done)
+
+
 TRIM_EVERY = 30  # seconds between heap trims (each takes well under a millisecond)
 
 
@@ -565,12 +685,20 @@ class ProxyServer:
         *,
         metrics: ProxyMetrics | None = None,
         discovery: Discovery | None = None,
+        identity: TlsSource | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or ProxyMetrics()
         self.discovery = discovery
+        self.identity = identity
         self.outbound = Listener("outbound", config, self.metrics, discovery)
         self.inbound = Listener("inbound", config, self.metrics, None)
+        self.outbound.tls = self.inbound.tls = identity
+        # awaited after the admin listener is up and before the proxy listeners are: the first
+        # certificate, the first inbound policy (``/ready`` says 503 meanwhile)
+        self.startup: list[Callable[[], Awaitable[None]]] = []
+        # stopped on shutdown (identity renewal, policy watch)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self.admin: AdminServer | None = None
         # GET path -> JSON-able view, served on the admin port (e.g. ``/identity``)
         self.admin_views: dict[str, Callable[[], Any]] = {}
@@ -583,6 +711,11 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.admin is not None:
+            self.admin = AdminServer(self)
+            self.addresses["admin"] = await self.admin.start(self.config.admin)
+        for step in self.startup:
+            await step()
         for listener, addr in ((self.outbound, self.config.outbound),
                                (self.inbound, self.config.inbound)):  # fmt: skip
             if addr is None:
@@ -597,9 +730,6 @@ class ProxyServer:
             listener.server = server
             sockname = server.sockets[0].getsockname()
             self.addresses[listener.direction] = (sockname[0], sockname[1])
-        if self.config.admin is not None:
-            self.admin = AdminServer(self)
-            self.addresses["admin"] = await self.admin.start(self.config.admin)
         self._reaper = loop.create_task(self._reap())
         trim_heap()  # start-up's transient allocations (imports, compiling) back to the OS
         self.ready = True
@@ -656,6 +786,8 @@ class ProxyServer:
             await self.admin.close()
         if self.discovery is not None:
             await self.discovery.close()
+        for close in self.closers:
+            await close()
         self._stopped.set()
         log.info("proxy stopped")
 
@@ -663,23 +795,110 @@ class ProxyServer:
         await self._stopped.wait()
 
 
+def _identity(config: ProxyConfig, metrics: ProxyMetrics) -> TlsSource | None:
+    """This proxy's identity: certified by the control plane, from files, or none."""
+    if config.identity_token_file and config.control:
+        from weft.proxy.identity import ProxyIdentity
+
+        labels = config.labels
+        return ProxyIdentity(
+            config.control,
+            namespace=labels.get("namespace", "default"),
+            service_account=labels.get("serviceaccount", "default"),
+            token_file=config.identity_token_file,
+            trust_domain=config.trust_domain,
+            metrics=metrics,
+        )
+    if config.identity_cert and config.identity_key and config.trust_anchors:
+        from weft.proxy.static_identity import StaticIdentity
+
+        return StaticIdentity(
+            chain_file=config.identity_cert,
+            key_file=config.identity_key,
+            anchors_file=config.trust_anchors,
+            trust_domain=config.trust_domain,
+        )
+    return None
+
+
+async def _first_certificate(identity: Any) -> None:
+    """Wait for the first certificate as long as it takes (the proxy is not ready meanwhile:
+    serving plaintext to meshed peers instead would defeat mutual TLS)."""
+    from weft.proxy.identity import IdentityError
+
+    while True:
+        try:
+            await identity.start(30.0)
+            log.info("identity %s: certified", identity.name)
+            return
+        except IdentityError as exc:
+            log.warning("%s; still trying", exc)
+
+
+def configure(proxy: ProxyServer) -> None:
+    """Attach what the configuration asks for: identity (mutual TLS) and inbound policy."""
+    config = proxy.config
+    identity = proxy.identity
+    if identity is not None:
+        view = getattr(identity, "view", None)
+        if view is not None:
+            proxy.admin_views["/identity"] = view
+        if hasattr(identity, "start"):
+            proxy.startup.append(lambda: _first_certificate(identity))
+            proxy.closers.append(identity.close)  # type: ignore[attr-defined]
+    pod, namespace = config.labels.get("pod"), config.labels.get("namespace")
+    if config.control and pod and namespace:
+        from weft.proxy.inbound_policy import InboundPolicyWatch
+
+        watch = InboundPolicyWatch(
+            config.control,
+            namespace=namespace,
+            pod=pod,
+            metrics=proxy.metrics,
+            default_policy=config.default_inbound_policy,
+            cluster_networks=config.cluster_networks,
+        )
+        proxy.inbound.policy = watch
+
+        async def first_policy() -> None:
+            watch.start()
+            if not await watch.wait_ready(POLICY_WAIT):
+                log.warning("no inbound policy from the control plane yet: enforcing the "
+                            "default %s meanwhile", config.default_inbound_policy)  # fmt: skip
+
+        proxy.startup.append(first_policy)
+        proxy.closers.append(watch.close)
+
+
+# how long a starting proxy waits for its inbound policy before enforcing the default one
+POLICY_WAIT = 5.0
+
+
 async def run(
     config: ProxyConfig, discovery_factory: Callable[[], Awaitable[Discovery | None]]
 ) -> int:
     """Run a proxy until SIGTERM/SIGINT or ``POST /shutdown``; returns the exit status."""
     discovery = await discovery_factory()
-    proxy = ProxyServer(config, discovery=discovery)
+    metrics = ProxyMetrics()
+    proxy = ProxyServer(
+        config, metrics=metrics, discovery=discovery, identity=_identity(config, metrics)
+    )
+    configure(proxy)
     loop = asyncio.get_running_loop()
+    starting = loop.create_task(proxy.start())
 
     def on_signal(sig: signal.Signals) -> None:
         log.warning("%s: draining (grace %.0f s)", sig.name, config.shutdown_grace)
+        if not starting.done():
+            starting.cancel()
         proxy.request_shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    await proxy.start()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
     await proxy.wait()
     return 0
 
 
-__all__ = ["Accept", "Listener", "ProxyServer", "original_dst", "run"]
+__all__ = ["Accept", "Listener", "ProxyServer", "configure", "original_dst", "run"]

@@ -17,6 +17,14 @@ backendRefs, ``ReplacePrefixMatch`` redirects, the experimental ``retry`` and
 the :mod:`weft.policy` types the proxy receives, and written back by :meth:`HTTPRoute.to_dict` in
 the Kubernetes shape with the Gateway API's defaults filled in.
 
+A route whose parents are Servers (group ``policy.weft.io`` or ``policy.linkerd.io``, as
+Linkerd's inbound routes) is an *inbound* route: its matches split a Server's traffic so that
+AuthorizationPolicies can target one route (:mod:`weft.control.inbound`). It only matches: its
+requests go to the pod the Server selects, so ``backendRefs``, ``filters``, ``timeouts``,
+``hostnames`` and the ``retry.weft.io/*`` / ``timeout.weft.io/*`` annotations are refused on it,
+as is mixing Server and Service parents. Linkerd's ``policy.linkerd.io`` HTTPRoute apiVersions are
+accepted too (stored as ``gateway.networking.k8s.io/v1``).
+
 The status (``status.parents[]`` with ``Accepted`` / ``ResolvedRefs`` conditions) is written by the
 control plane (:mod:`weft.control.routestatus`); :func:`parse_route_status` validates its shape.
 
@@ -32,7 +40,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from weft.policy import HeaderModifier, PathMatch, Redirect, RouteMatch, Timeouts, ValueMatch
-from weft.resources.annotations import parse_policy_annotations
+from weft.resources.annotations import PREFIXES, parse_policy_annotations
 from weft.resources.errors import InvalidResources
 from weft.resources.models import (
     KindInfo,
@@ -47,6 +55,7 @@ from weft.resources.validate import EMPTY, Checker, index, join, show
 
 GROUP = "gateway.networking.k8s.io"
 API_VERSION = f"{GROUP}/v1"
+LINKERD_API_VERSIONS = tuple(f"policy.linkerd.io/v1beta{n}" for n in (1, 2, 3))
 CONTROLLER_NAME = "weft.io/control-plane"
 
 SUPPORTED_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect")
@@ -64,6 +73,11 @@ _FILTER_FIELDS = {
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 SERVICE_GROUPS = ("", "core")
+SERVER_GROUPS = ("policy.weft.io", "policy.linkerd.io")
+_PARENTS = (
+    'Service, with group "" or "core"; Server, with group policy.weft.io or policy.linkerd.io'
+)
+_INBOUND = "an inbound route (parentRef kind Server)"
 
 # Gateway API limits (maxItems in the CRD)
 MAX_PARENT_REFS = 32
@@ -120,21 +134,23 @@ def gateway_duration(text: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ParentRef:
-    """A Service the route attaches to (``port``: only that service port; None: every port)."""
+    """A Service the route attaches to (``port``: only that service port; None: every port), or
+    a Server (``kind="Server"``, never a port) for an inbound route."""
 
     name: str
     namespace: str
     port: int | None = None
     group: str = "core"
+    kind: str = "Service"
 
     @property
-    def kind(self) -> str:
-        return "Service"
+    def service(self) -> bool:
+        return self.kind == "Service"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "group": self.group,
-            "kind": "Service",
+            "kind": self.kind,
             "name": self.name,
             "namespace": self.namespace,
         }
@@ -143,7 +159,9 @@ class ParentRef:
         return out
 
     def describe(self) -> str:
-        """``web:8080`` / ``web`` (the namespace is the route's)."""
+        """``web:8080`` / ``web`` / ``Server web-http`` (the namespace is the route's)."""
+        if not self.service:
+            return f"Server {self.name}"
         return self.name if self.port is None else f"{self.name}:{self.port}"
 
 
@@ -264,14 +282,27 @@ class HTTPRoute:
         """``ns/name``: the route's name in policies and in the ``route`` metric label."""
         return f"{self.metadata.namespace}/{self.metadata.name}"
 
+    @property
+    def inbound(self) -> bool:
+        """Attached to Servers (an inbound route), not to Services."""
+        return any(not p.service for p in self.spec.parent_refs)
+
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> HTTPRoute:
         c = Checker()
         _top(c, doc)
         meta = _parse_meta(c, doc.get("metadata"), namespaced=True, name_rule=c.dns_subdomain)
-        parse_policy_annotations(meta.annotations, "HTTPRoute", c)
         ns = meta.namespace or "default"
         spec = _parse_spec(c, doc.get("spec"), ns)
+        if any(not p.service for p in spec.parent_refs):
+            for key in meta.annotations:
+                if key.startswith(PREFIXES):
+                    c.error(
+                        join("metadata.annotations", key),
+                        unsupported(f"{key} on {_INBOUND}", "matches only"),
+                    )
+        else:
+            parse_policy_annotations(meta.annotations, "HTTPRoute", c)
         status = c.mapping(doc.get("status"), "status")
         if status:
             c.json_value(dict(status), "status")
@@ -302,28 +333,37 @@ def _parse_spec(c: Checker, value: Any, namespace: str) -> HTTPRouteSpec:
         c.error("spec.parentRefs", "must list at least one parent: the Service the route is for")
     if len(raw_parents) > MAX_PARENT_REFS:
         c.error("spec.parentRefs", f"must have at most {MAX_PARENT_REFS} items")
-    seen: dict[tuple[str, int | None], int] = {}
+    seen: dict[tuple[str, str, int | None], int] = {}
     for i, item in enumerate(raw_parents):
         path = index("spec.parentRefs", i)
         ref = _parse_parent(c, item, path, namespace)
         if ref is None:
             continue
-        key = (ref.name, ref.port)
+        key = (ref.kind, ref.name, ref.port)
         if key in seen:
             c.error(path, f"duplicate of spec.parentRefs[{seen[key]}]")
             continue
         seen[key] = i
         parents.append(ref)
     # a parent for every port and one for a single port of the same Service overlap
-    names_all_ports = {p.name for p in parents if p.port is None}
+    names_all_ports = {p.name for p in parents if p.port is None and p.service}
     for i, p in enumerate(parents):
         if p.port is not None and p.name in names_all_ports:
             c.error(
                 index("spec.parentRefs", i),
                 f"overlaps the parentRef for every port of Service {show(p.name)}",
             )
+    inbound = any(not p.service for p in parents)
+    if inbound and any(p.service for p in parents):
+        c.error(
+            "spec.parentRefs",
+            "mixes Service and Server parents: a route is either outbound (Services) or "
+            "inbound (Servers), not both",
+        )
     hostnames: list[str] = []
-    raw_hosts = c.items(m.get("hostnames"), "spec.hostnames")
+    if inbound and m.get("hostnames") is not None:
+        c.error("spec.hostnames", unsupported(f"hostnames on {_INBOUND}", "matches only"))
+    raw_hosts = () if inbound else c.items(m.get("hostnames"), "spec.hostnames")
     if len(raw_hosts) > MAX_HOSTNAMES:
         c.error("spec.hostnames", f"must have at most {MAX_HOSTNAMES} items")
     for i, item in enumerate(raw_hosts):
@@ -345,7 +385,7 @@ def _parse_spec(c: Checker, value: Any, namespace: str) -> HTTPRouteSpec:
         c.error("spec.rules", f"must have at most {MAX_RULES} items")
     rule_names: set[str] = set()
     for i, item in enumerate(raw_rules):
-        rule = _parse_rule(c, item, index("spec.rules", i), namespace)
+        rule = _parse_rule(c, item, index("spec.rules", i), namespace, inbound=inbound)
         if rule is None:
             continue
         if rule.name is not None:
@@ -373,14 +413,26 @@ def _service_group(c: Checker, value: Any, path: str, *, default: str | None) ->
     return group
 
 
+def _server_group(c: Checker, value: Any, path: str) -> str | None:
+    group = c.string(value, path, nonempty=False)
+    if group is not None and group not in SERVER_GROUPS:
+        supported = "Server, with group policy.weft.io or policy.linkerd.io"
+        c.error(path, unsupported(f"group {show(group)}", supported))
+        return None
+    return group
+
+
 def _parse_parent(c: Checker, item: Any, path: str, namespace: str) -> ParentRef | None:
     m = c.mapping(item, path, required=True)
     if m is EMPTY:  # not a mapping (reported); an empty one is parsed, so its fields are named
         return None
     c.known_fields(m, path, _PARENT_KNOWN)
-    name = c.dns_1035_label(m.get("name"), join(path, "name"))
-    ok = name is not None
     kind = m.get("kind")
+    if kind == "Server":
+        name = c.dns_subdomain(m.get("name"), join(path, "name"))
+    else:
+        name = c.dns_1035_label(m.get("name"), join(path, "name"))
+    ok = name is not None
     if kind is None:
         c.error(
             join(path, "kind"),
@@ -390,10 +442,10 @@ def _parse_parent(c: Checker, item: Any, path: str, namespace: str) -> ParentRef
             ),
         )
         ok = False
-    elif kind != "Service":
+    elif kind not in ("Service", "Server"):
         text = c.string(kind, join(path, "kind"))
         if text is not None:
-            c.error(join(path, "kind"), unsupported(text, 'Service, with group "" or "core"'))
+            c.error(join(path, "kind"), unsupported(text, _PARENTS))
         ok = False
     group: str | None = None
     if "group" not in m:
@@ -403,7 +455,15 @@ def _parse_parent(c: Checker, item: Any, path: str, namespace: str) -> ParentRef
                 'required for a Service parent: "" or "core" (when omitted, the Gateway API '
                 "reads it as gateway.networking.k8s.io)",
             )
+        elif kind == "Server":
+            c.error(
+                join(path, "group"),
+                "required for a Server parent: policy.weft.io or policy.linkerd.io",
+            )
         ok = False
+    elif kind == "Server":
+        group = _server_group(c, m.get("group"), join(path, "group"))
+        ok = ok and group is not None
     else:
         group = _service_group(c, m.get("group"), join(path, "group"), default=None)
         ok = ok and group is not None
@@ -425,18 +485,29 @@ def _parse_parent(c: Checker, item: Any, path: str, namespace: str) -> ParentRef
     port = c.port(m.get("port"), join(path, "port"))
     if m.get("port") is not None and port is None:
         ok = False
+    if kind == "Server" and port is not None:
+        c.error(join(path, "port"), unsupported("port on a Server parent", "the Server's own port"))
+        ok = False
     if not ok or name is None or group is None:
         return None
-    return ParentRef(name=name, namespace=namespace, port=port, group=group)
+    return ParentRef(name=name, namespace=namespace, port=port, group=group, kind=str(kind))
 
 
-def _parse_rule(c: Checker, item: Any, path: str, namespace: str) -> HTTPRouteRule | None:
+def _parse_rule(
+    c: Checker, item: Any, path: str, namespace: str, *, inbound: bool
+) -> HTTPRouteRule | None:
     m = c.mapping(item, path, required=True)
     if not m and not isinstance(item, Mapping):
         return None
     for refused, message in _RULE_REFUSED.items():
         if m.get(refused) is not None:
             c.error(join(path, refused), message)
+    if inbound:
+        # an inbound route only matches: its requests go to the pod the Server selects
+        for key in ("filters", "backendRefs", "timeouts"):
+            if m.get(key) is not None:
+                c.error(join(path, key), unsupported(f"{key} on {_INBOUND}", "matches only"))
+        m = {k: v for k, v in m.items() if k not in ("filters", "backendRefs", "timeouts")}
     c.known_fields(m, path, _RULE_KNOWN | frozenset(_RULE_REFUSED))
     name: str | None = None
     if m.get("name") is not None:
@@ -883,5 +954,6 @@ register_kind(
         (),
         HTTPRoute.from_dict,
         parse_route_status,
+        LINKERD_API_VERSIONS,
     )
 )

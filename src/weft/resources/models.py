@@ -1,6 +1,9 @@
 """Typed models of the Kubernetes-shaped resources Weft stores: Namespace, Service, Deployment, Pod.
 
-(HTTPRoute lives in :mod:`weft.resources.httproute` and joins the registry from there.)
+(HTTPRoute lives in :mod:`weft.resources.httproute`, the inbound policy kinds — Server,
+AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy — in
+:mod:`weft.resources.policy`; each joins the registry from there. The policy module is imported at
+the end of this one, so that every user of the registry sees its kinds.)
 
 Each kind is a frozen dataclass built from a document (a plain mapping as YAML or JSON gives it) by
 ``from_dict``, which validates every field and raises
@@ -10,7 +13,9 @@ plane stores and serves). Fields Kubernetes defines but Weft does not interpret 
 volumes, ...) are kept verbatim so that the same files work on Kubernetes; fields nobody defines are
 rejected, which catches typos. A Service's ``retry.weft.io/*``, ``timeout.weft.io/*`` and
 ``failure-accrual.weft.io/*`` annotations are validated here too
-(:mod:`weft.resources.annotations`).
+(:mod:`weft.resources.annotations`), as is ``config.weft.io/default-inbound-policy`` on a
+Namespace or a Deployment's pod template (Pods, written by the runtime, are not refused for it:
+the control plane falls back to the mesh default and warns).
 
 :func:`parse_resource` dispatches on ``kind``; :data:`KINDS` is the registry later kinds (routes,
 policy) join with :func:`register_kind`.
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
+from weft.inbound import DEFAULT_POLICIES
 from weft.resources.annotations import parse_policy_annotations
 from weft.resources.errors import InvalidResources
 from weft.resources.validate import EMPTY, Checker, index, join, show
@@ -37,6 +43,8 @@ DEFAULT_GRACE_PERIOD = 30
 # Annotations shared with the runtime and the proxy.
 ANNOTATION_DEPLOYMENT = "weft.io/deployment"
 ANNOTATION_PROXY_ADMIN = "weft.io/proxy-admin"
+# The default inbound policy of a Pod (or of every pod of a Namespace): one of DEFAULT_POLICIES.
+ANNOTATION_DEFAULT_INBOUND_POLICY = "config.weft.io/default-inbound-policy"
 LABEL_POD_TEMPLATE_HASH = "pod-template-hash"
 
 _META_KNOWN = frozenset(
@@ -121,6 +129,17 @@ def _empty() -> Mapping[str, Any]:
 
 def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(d))
+
+
+def _check_inbound_annotation(c: Checker, annotations: Mapping[str, str], path: str) -> None:
+    """``config.weft.io/default-inbound-policy``, when set, names a default policy."""
+    value = annotations.get(ANNOTATION_DEFAULT_INBOUND_POLICY)
+    if value is not None and value not in DEFAULT_POLICIES:
+        c.error(
+            join(path, ANNOTATION_DEFAULT_INBOUND_POLICY),
+            f"invalid default inbound policy {show(value)}: must be one of "
+            f"{', '.join(DEFAULT_POLICIES)}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,9 +452,11 @@ def _parse_template(c: Checker, data: Any, path: str) -> PodTemplate:
     mpath = join(path, "metadata")
     meta = c.mapping(m.get("metadata"), mpath)
     c.known_fields(meta, mpath, frozenset({"labels", "annotations", "name", "namespace"}))
+    annotations = c.annotations(meta.get("annotations"), join(mpath, "annotations"))
+    _check_inbound_annotation(c, annotations, join(mpath, "annotations"))
     return PodTemplate(
         labels=c.labels(meta.get("labels"), join(mpath, "labels")),
-        annotations=c.annotations(meta.get("annotations"), join(mpath, "annotations")),
+        annotations=annotations,
         spec=_parse_pod_spec(c, m.get("spec"), join(path, "spec"), template=True),
     )
 
@@ -597,6 +618,7 @@ class Namespace:
         spec = c.mapping(doc.get("spec"), "spec")
         c.known_fields(spec, "spec", frozenset(), frozenset({"finalizers"}))
         meta = _parse_meta(c, doc.get("metadata"), namespaced=False, name_rule=c.dns_label)
+        _check_inbound_annotation(c, meta.annotations, "metadata.annotations")
         status = c.mapping(doc.get("status"), "status")
         _finish(c)
         return cls(meta, _frozen(status))
@@ -964,7 +986,9 @@ class Pod:
 
 @dataclass(frozen=True, slots=True)
 class KindInfo:
-    """How the store and the CLI handle one kind."""
+    """How the store and the CLI handle one kind. Documents may also carry one of
+    ``other_api_versions`` (another project's group for the same kind, e.g. Linkerd's); the
+    store keeps every object under ``api_version``."""
 
     kind: str
     api_version: str
@@ -973,6 +997,11 @@ class KindInfo:
     aliases: tuple[str, ...]
     parse: Callable[[Mapping[str, Any]], Resource]
     parse_status: Callable[[Mapping[str, Any]], dict[str, Any]]
+    other_api_versions: tuple[str, ...] = ()
+
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        return (self.api_version, *self.other_api_versions)
 
 
 def _generic_status(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -1054,11 +1083,9 @@ def parse_resource(doc: Any) -> Resource:
         c.error("kind", f"unknown kind {show(kind)}; known kinds: {', '.join(sorted(KINDS))}")
     if api_version is None:
         c.error("apiVersion", "required field is missing")
-    elif isinstance(kind, str) and kind in KINDS and api_version != KINDS[kind].api_version:
-        c.error(
-            "apiVersion",
-            f"must be {show(KINDS[kind].api_version)} for kind {kind}, got {show(api_version)}",
-        )
+    elif isinstance(kind, str) and kind in KINDS and api_version not in KINDS[kind].api_versions:
+        accepted = " or ".join(show(v) for v in KINDS[kind].api_versions)
+        c.error("apiVersion", f"must be {accepted} for kind {kind}, got {show(api_version)}")
     if c.errors:
         raise InvalidResources(c.errors)
     assert isinstance(kind, str)
@@ -1080,3 +1107,7 @@ def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, st
     if not selector:
         return False
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+# the policy kinds register themselves; imported last, as they build on this module
+from weft.resources import policy as _policy  # noqa: E402, F401

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -343,20 +344,40 @@ class Checker:
             kpath = join(path, key)
             if not self.qualified_key(key, kpath):
                 continue
-            text = self.string(val, kpath, nonempty=False)
-            if text is None:
-                if val is None:
-                    self.error(kpath, "label value must be a string, got null")
-                continue
-            if len(text) > 63 or not _LABEL_VALUE.match(text):
-                self.error(
-                    kpath,
-                    f"invalid label value {show(text)}: must be at most 63 alphanumeric "
-                    "characters, '-', '_' or '.', starting and ending with an alphanumeric",
-                )
-                continue
-            out[key] = text
+            text = self.label_value(val, kpath)
+            if text is not None:
+                out[key] = text
         return MappingProxyType(out)
+
+    def label_value(self, value: Any, path: str) -> str | None:
+        """A label value: at most 63 alphanumerics, '-', '_' or '.' (or empty)."""
+        text = self.string(value, path, nonempty=False)
+        if text is None:
+            if value is None:
+                self.error(path, "label value must be a string, got null")
+            return None
+        if len(text) > 63 or not _LABEL_VALUE.match(text):
+            self.error(
+                path,
+                f"invalid label value {show(text)}: must be at most 63 alphanumeric "
+                "characters, '-', '_' or '.', starting and ending with an alphanumeric",
+            )
+            return None
+        return text
+
+    def positive_number(self, value: Any, path: str, *, required: bool = False) -> float | None:
+        """A finite number > 0 (an integer or a decimal)."""
+        if value is None:
+            if required:
+                self.error(path, "required field is missing")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, f"must be a number, got {type_name(value)} {show(value)}")
+            return None
+        if not math.isfinite(value) or value <= 0:
+            self.error(path, f"must be a positive number, got {show(value)}")
+            return None
+        return value
 
     def annotations(self, value: Any, path: str) -> Mapping[str, str]:
         out: dict[str, str] = {}

@@ -2,18 +2,37 @@
 
 Host: root, ``ip``/``setpriv``, network namespaces, an iptables whose nat table works in a
 namespace, ``/proc/sys/net``. Mesh (when one is up): the node agent runs, the control plane
-answers, every running pod's proxy answers ``/ready``. One line per check, ✔ or ✘ with a hint;
-exit status 1 when any check fails.
+answers, every running pod's proxy answers ``/ready``, and the mesh's trust anchors and issuer
+are valid (a warning when one expires within 60 days: an expired CA stops every meshed
+connection). One line per check, ✔ or ✘ with a hint, ⚠ for a warning; exit status 1 when any
+check fails (warnings do not fail).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 
+from weft.cli.commands.get import human_duration
 from weft.cli.commands.up import add_state_arg, mesh_for
+from weft.control.client import ApiError, ControlClient, ControlUnavailable, run_sync
 from weft.runtime.base import Check
+
+STATUS_PATH = "/api/v1/identity/status"
+ROTATE_HINT = {
+    "issuer": "rotate the issuer: weft identity rotate-issuer (docs/identity.md)",
+    "trust anchor": "rotate the trust anchor: add a new one first (docs/identity.md)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckWarning(Check):
+    """A check that holds for now but needs attention soon: printed ⚠ with its hint."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +47,11 @@ def show(console: Console, title: str, checks: list[Check]) -> bool:
     ok = True
     for c in checks:
         detail = f" [dim]({c.detail})[/dim]" if c.detail else ""
-        if c.ok:
+        if isinstance(c, CheckWarning):
+            console.print(f"  [yellow]⚠[/yellow] {c.name}{detail}", highlight=False)
+            if c.hint:
+                console.print(f"      [yellow]→ {c.hint}[/yellow]", highlight=False)
+        elif c.ok:
             console.print(f"  [green]✔[/green] {c.name}{detail}", highlight=False)
         else:
             ok = False
@@ -43,6 +66,49 @@ def run(args: argparse.Namespace) -> int:
     mesh = mesh_for(args)
     ok = show(console, "host", mesh.host_checks())
     if not args.pre:
-        ok = show(console, f"mesh ({mesh.state.root})", mesh.mesh_checks()) and ok
+        checks = mesh.mesh_checks() + identity_checks(mesh.control_endpoint)
+        ok = show(console, f"mesh ({mesh.state.root})", checks) and ok
     console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
     return 0 if ok else 1
+
+
+def identity_checks(endpoint: str) -> list[Check]:
+    """One line per trust anchor and for the issuer, from ``/api/v1/identity/status``: ✔ valid,
+    ⚠ expiring within 60 days, ✘ expired. Nothing when the control plane cannot be reached
+    (the mesh checks already say so)."""
+    try:
+        status = run_sync(ControlClient(endpoint, timeout=3.0).call("GET", STATUS_PATH))
+    except ControlUnavailable:
+        return []
+    except ApiError as exc:
+        return [
+            Check("identity service answers", False, exc.message, "see the control plane's log")
+        ]
+    return ca_checks(status, time.time())
+
+
+def ca_checks(status: Mapping[str, Any], now: float) -> list[Check]:
+    """The checks for a status answer; which CA warns or fails is the control plane's call
+    (its ``warnings``)."""
+    flagged = {
+        (w.get("kind"), w.get("fingerprint")): bool(w.get("expired"))
+        for w in status.get("warnings") or []
+    }
+    items = [("trust anchor", a) for a in status.get("anchors") or []]
+    items.append(("issuer", status.get("issuer") or {}))
+    checks: list[Check] = []
+    for kind, info in items:
+        fp = str(info.get("fingerprint", ""))
+        name = f"{kind} {fp[:16]} valid"
+        left = float(info.get("notAfterEpoch", 0)) - now
+        key = (kind, fp)
+        if flagged.get(key):
+            detail = f"expired at {info.get('notAfter')}"
+            checks.append(Check(name, False, detail, ROTATE_HINT[kind]))
+        elif key in flagged:
+            detail = f"expires at {info.get('notAfter')}, in {human_duration(max(left, 0.0))}"
+            checks.append(CheckWarning(name, True, detail, ROTATE_HINT[kind]))
+        else:
+            detail = f"until {info.get('notAfter')}, {human_duration(max(left, 0.0))} left"
+            checks.append(Check(name, True, detail))
+    return checks

@@ -4,6 +4,11 @@ Listens on ``<state dir>/control.sock`` (and ``--http-listen``, default 127.0.0.
 disable), persists the store in ``<state dir>/store.json``, scrapes the proxies' metrics every
 ``--scrape-interval``. ``weft up`` starts it inside the node network namespace; it stops on
 SIGTERM/SIGINT.
+
+Identity: the CA lives in ``<state dir>/identity`` (generated at first start), or comes from
+``--trust-anchors``, ``--issuer-cert`` and ``--issuer-key`` (all three: the user's own CA; read at
+every start, and kept with any rotation made since when the files have not changed). Leaves last
+``--leaf-lifetime`` (24h) and name identities in ``--trust-domain`` (cluster.local).
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from weft.addr import Address, parse_hostport
 from weft.cli.commands.stat import parse_duration
 from weft.control.client import DEFAULT_STATE_DIR
+from weft.identity.names import DEFAULT_TRUST_DOMAIN
+
+if TYPE_CHECKING:
+    from weft.control.identity import IdentitySettings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +46,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="127.0.0.1:8086",
         metavar="ADDR",
         help="also serve the API on this TCP address ('' to disable)",
+    )
+    p.add_argument(
+        "--trust-domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help=f"the identities' trust domain ({DEFAULT_TRUST_DOMAIN})",
+    )
+    p.add_argument(
+        "--trust-anchors", metavar="FILE", help="your own CA: trust anchors (PEM bundle)"
+    )
+    p.add_argument("--issuer-cert", metavar="FILE", help="your own CA: issuer certificate (PEM)")
+    p.add_argument("--issuer-key", metavar="FILE", help="your own CA: issuer private key (PEM)")
+    p.add_argument("--leaf-lifetime", default="24h", help="proxies' certificate lifetime (24h)")
+    p.add_argument(
+        "--default-inbound-policy",
+        default="all-unauthenticated",
+        help="mesh-wide default inbound policy (all-unauthenticated)",
+    )
+    p.add_argument(
+        "--cluster-networks",
+        default="",
+        help="comma-separated CIDRs cluster-* policies trust (default: the pod network)",
     )
     p.add_argument("--log-level", default=os.environ.get("WEFT_LOG", "info"))
     p.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -59,15 +90,52 @@ def run(args: argparse.Namespace) -> int:
             scrape_interval=interval,
             scrape_timeout=min(interval, 1.5),
             http_listen=listen,
+            identity=identity_settings(args),  # bad identity flags fail here, before start
+            default_inbound_policy=args.default_inbound_policy,
+            cluster_networks=tuple(
+                c.strip() for c in str(args.cluster_networks).split(",") if c.strip()
+            ),
         )
     except ValueError as exc:
         print(f"weft control: {exc}", file=sys.stderr)
         return 2
     import uvloop
 
+    from weft.identity.ca import CaError
+
     try:
         uvloop.run(serve(config))
-    except OSError as exc:
+    except (OSError, CaError) as exc:  # CaError: the CA material cannot be used
         print(f"weft control: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def identity_settings(args: argparse.Namespace) -> IdentitySettings:
+    """The identity flags, validated; the CA files must be readable (ValueError naming them)."""
+    from weft.control.identity import IdentitySettings  # cryptography: only when running
+
+    files = {
+        "trust-anchors": args.trust_anchors,
+        "issuer-cert": args.issuer_cert,
+        "issuer-key": args.issuer_key,
+    }
+    for flag, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"--{flag} {path}: {exc.strerror or exc}") from None
+    return IdentitySettings(
+        trust_domain=args.trust_domain,
+        leaf_lifetime=parse_duration(args.leaf_lifetime),
+        trust_anchors=_absolute(args.trust_anchors),
+        issuer_cert=_absolute(args.issuer_cert),
+        issuer_key=_absolute(args.issuer_key),
+    )
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(path)

@@ -2,8 +2,9 @@
 
 Watches Deployments, Services and Pods through the control plane, runs each pod as a network
 namespace with a ``weft proxy`` sidecar, rolls Deployments, and reports Pod status. Reads the
-mesh's ranges and iptables flavour from ``<state dir>/mesh.json`` (written by ``weft up``). On
-SIGTERM it stops every pod (SIGTERM, grace period) and exits.
+mesh's ranges and iptables flavour from ``<state dir>/mesh.json`` (written by ``weft up``). Issues
+each meshed pod's identity token for the trust domain given by ``--trust-domain``. On SIGTERM it
+stops every pod (SIGTERM, grace period) and exits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import sys
 
 from weft.control.client import ControlClient
+from weft.identity.names import DEFAULT_TRUST_DOMAIN
 from weft.runtime.local.agent import NodeAgent, NodeConfig
 from weft.runtime.local.state import StateDir, StateDirError, resolve_state_dir
 
@@ -41,6 +43,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     p.add_argument("--proxy-log-level", default="info", help="log level of the sidecars")
+    p.add_argument(
+        "--trust-domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help=f"the mesh's identity trust domain, given to the sidecars ({DEFAULT_TRUST_DOMAIN})",
+    )
     p.set_defaults(func=run)
 
 
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             drain_delay=args.drain_delay,
             shutdown_timeout=args.shutdown_timeout,
             proxy_log_level=args.proxy_log_level,
+            trust_domain=args.trust_domain,
         )
     except ValueError as exc:
         print(f"weft node: {exc}", file=sys.stderr)

@@ -73,6 +73,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=float(_env("shutdown-grace", 30.0)),
         help="seconds in-flight requests get to finish on shutdown",
     )
+    p.add_argument(
+        "--identity-token-file",
+        default=_env("identity-token-file", None),
+        help="this pod's token: with --control, certify an identity and speak mutual TLS",
+    )
+    p.add_argument(
+        "--trust-domain", default=_env("trust-domain", "cluster.local"), help="identity domain"
+    )
+    p.add_argument(
+        "--identity-cert",
+        default=_env("identity-cert", None),
+        help="an identity from files instead: certificate chain (PEM)",
+    )
+    p.add_argument(
+        "--identity-key", default=_env("identity-key", None), help="its private key (PEM)"
+    )
+    p.add_argument(
+        "--trust-anchors", default=_env("trust-anchors", None), help="trust anchors (PEM bundle)"
+    )
+    p.add_argument(
+        "--default-inbound-policy",
+        default=_env("default-inbound-policy", "all-unauthenticated"),
+        help="inbound policy until the control plane's arrives (or without one)",
+    )
+    p.add_argument(
+        "--cluster-networks",
+        default=_env("cluster-networks", ""),
+        help="comma-separated CIDRs the cluster-* default policies trust",
+    )
     p.add_argument("--log-level", default=_env("log-level", os.environ.get("WEFT_LOG", "info")))
     p.add_argument("--log-format", default=_env("log-format", "text"), choices=["text", "json"])
     p.add_argument(
@@ -124,6 +153,15 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
             log_level=args.log_level,
             log_format=args.log_format,
             access_log=args.access_log,
+            identity_token_file=args.identity_token_file or None,
+            trust_domain=args.trust_domain,
+            identity_cert=args.identity_cert or None,
+            identity_key=args.identity_key or None,
+            trust_anchors=args.trust_anchors or None,
+            default_inbound_policy=args.default_inbound_policy,
+            cluster_networks=tuple(
+                c.strip() for c in str(args.cluster_networks).split(",") if c.strip()
+            ),
         )
     except ValueError as exc:
         raise SystemExit(f"weft proxy: {exc}") from None

@@ -6,6 +6,11 @@ missing; removes leftovers of a crashed run; creates the node namespace ``weft-n
 waits for the control plane's API; applies ``-f`` files if given; returns. On a mesh that is
 already up it restarts whichever of the two processes is missing.
 
+Identity and policy: ``--trust-domain`` (cluster.local), user-supplied CA material
+(``--trust-anchors``, ``--issuer-cert`` and ``--issuer-key``, together or not at all; without them
+the control plane makes its own CA), and ``--default-inbound-policy``; checked before anything
+else, passed to ``weft control`` and ``weft node``.
+
 Also the home of what ``down``, ``check``, ``exec``, ``logs`` and ``demo`` share: state directory
 flags and the choice of the mesh to talk to.
 """
@@ -17,8 +22,10 @@ import os
 import sys
 from pathlib import Path
 
+from weft.identity.names import DEFAULT_TRUST_DOMAIN
+from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.runtime.base import RuntimeFailure
-from weft.runtime.local.mesh import CONTROL_START_TIMEOUT, LocalMesh
+from weft.runtime.local.mesh import CONTROL_START_TIMEOUT, IssuerFiles, LocalMesh, MeshIdentity
 from weft.runtime.local.net import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, MeshNetwork
 from weft.runtime.local.state import (
     STATE_DIR_ENV,
@@ -89,11 +96,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=CONTROL_START_TIMEOUT,
         help=f"seconds to wait for the control plane ({CONTROL_START_TIMEOUT:g})",
     )
+    p.add_argument(
+        "--trust-domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help=f"the mesh's identity trust domain ({DEFAULT_TRUST_DOMAIN})",
+    )
+    p.add_argument(
+        "--trust-anchors",
+        metavar="FILE",
+        help="trust anchors (root CA certificates, PEM) instead of a generated CA; "
+        "with --issuer-cert and --issuer-key",
+    )
+    p.add_argument(
+        "--issuer-cert", metavar="FILE", help="issuer (intermediate CA) certificate, PEM"
+    )
+    p.add_argument("--issuer-key", metavar="FILE", help="issuer private key, PEM")
+    p.add_argument(
+        "--default-inbound-policy",
+        choices=DEFAULT_POLICIES,
+        default=DEFAULT_POLICY,
+        help=f"who may call pods that no policy covers ({DEFAULT_POLICY})",
+    )
     p.set_defaults(func=run)
 
 
-def bring_up(args: argparse.Namespace, prog: str) -> LocalMesh | None:
-    """Start (or repair) the mesh; prints the error and returns None when it cannot."""
+def identity_from_args(args: argparse.Namespace) -> MeshIdentity:
+    """The identity and policy flags, checked (CA files readable PEM, all three or none);
+    ValueError saying what is wrong."""
+    return MeshIdentity(
+        trust_domain=args.trust_domain,
+        issuer=IssuerFiles.from_flags(args.trust_anchors, args.issuer_cert, args.issuer_key),
+        default_inbound_policy=args.default_inbound_policy,
+    )
+
+
+def bring_up(
+    args: argparse.Namespace, prog: str, identity: MeshIdentity | None = None
+) -> LocalMesh | None:
+    """Start (or repair) the mesh (with default identity settings unless given); prints the
+    error and returns None when it cannot."""
     try:
         network = MeshNetwork.parse(args.pod_cidr, args.service_cidr)
     except ValueError as exc:
@@ -103,6 +144,7 @@ def bring_up(args: argparse.Namespace, prog: str) -> LocalMesh | None:
         resolve_state_dir(args.state_dir),
         network,
         echo=lambda text: print(f"{prog}: {text}", file=sys.stderr),
+        identity=identity,
     )
     try:
         mesh.up(timeout=args.timeout)
@@ -121,12 +163,17 @@ def apply_files(mesh: LocalMesh, files: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    mesh = bring_up(args, "weft up")
+    try:
+        identity = identity_from_args(args)
+    except ValueError as exc:
+        print(f"weft up: {exc}", file=sys.stderr)
+        return 1
+    mesh = bring_up(args, "weft up", identity)
     if mesh is None:
         return 1
     print(
         f"mesh up: control plane {mesh.control_endpoint}, pods {mesh.network.pod_cidr}, "
-        f"services {mesh.network.service_cidr}"
+        f"services {mesh.network.service_cidr}, trust domain {mesh.identity.trust_domain}"
     )
     if args.filename:
         return apply_files(mesh, args.filename)

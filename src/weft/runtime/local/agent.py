@@ -14,7 +14,13 @@ It watches Deployments, Services and Pods through the control plane's API and:
 - removes a pod in three steps so that no client sees a failed request: mark it
   ``terminating``/not ready (its endpoints leave discovery within milliseconds), wait
   :attr:`NodeConfig.drain_delay` for proxies to act on that, then SIGTERM with the grace period;
-- keeps every pod's hosts file in step with the Services (their cluster IPs).
+- keeps every pod's hosts file in step with the Services (their cluster IPs);
+- gives every meshed pod its identity token (the local stand-in for a Kubernetes service-account
+  token): claims ``(namespace, pod, metadata.uid, serviceAccountName)`` signed with the mesh's
+  token key (``<state>/identity/token.key``, shared with the control plane, which checks the uid
+  against the store), written for the proxy's uid only and removed when the pod ends. A proxy
+  restarted after a crash reads the same token; a pod recreated under the same name has a new
+  uid, so a new token, and the old one stops verifying.
 
 The agent is the source of truth for the pods it runs: when the control plane restarts, pods keep
 running, status reports wait and are retried, and watches reconnect with backoff. When the agent
@@ -47,6 +53,8 @@ from typing import Any
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
 from weft.core.backoff import ExponentialBackoff
+from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
+from weft.identity.tokens import TokenClaims, TokenKey
 from weft.resources.errors import InvalidResources
 from weft.resources.models import (
     ANNOTATION_DEPLOYMENT,
@@ -66,6 +74,9 @@ from weft.runtime.local.pod import (
     base_env,
     pod_spec,
     proxy_argv,
+    remove_token,
+    token_path,
+    write_token,
 )
 from weft.runtime.local.pod import PodSpec as RunSpec
 from weft.runtime.local.state import StateDir
@@ -215,10 +226,12 @@ class NodeConfig:
     shutdown_timeout: float = 10.0
     resync_interval: float = 1.0
     proxy_log_level: str = "info"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
 
     def __post_init__(self) -> None:
         if not self.state_dir.is_absolute():
             raise ValueError(f"state_dir must be absolute, got {self.state_dir}")
+        check_trust_domain(self.trust_domain)
         for name in ("drain_delay", "shutdown_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -248,6 +261,7 @@ class _Pod:
     netns: str
     deployment: str | None
     template_hash: str | None
+    uid: str | None = None  # the store's metadata.uid, once the object is applied
     runner: PodRunner | None = None
     task: asyncio.Task[None] | None = None
     terminating: bool = False
@@ -364,6 +378,7 @@ class NodeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._env = base_env(state_dir=str(config.state_dir), python=config.python)
+        self._token_key: TokenKey | None = None
 
     def __repr__(self) -> str:
         return (
@@ -375,6 +390,7 @@ class NodeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.remove_stale_namespaces()
+        self.remove_stale_tokens()
         background = [
             asyncio.create_task(self._watch_loop(), name="watch"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
@@ -405,6 +421,17 @@ class NodeAgent:
         if removed:
             log.info("removed %d stale pod namespaces", len(removed))
         return removed
+
+    def remove_stale_tokens(self) -> list[Path]:
+        """Tokens of pods this agent does not run (an earlier agent's): remove them."""
+        running = {token_path(self.state.pod_dir(*key)) for key in self._pods}
+        tokens = (token_path(d) for d in self.state.pods_dir.glob("*/*"))
+        stale = [t for t in tokens if t not in running and t.parent.is_dir()]
+        for token in stale:
+            remove_token(token)
+        if stale:
+            log.info("removed %d stale pod tokens", len(stale))
+        return stale
 
     async def _watch_loop(self) -> None:
         backoff = ExponentialBackoff(base=0.2, maximum=5.0, jitter=0.2, rng=self._rng)
@@ -700,22 +727,16 @@ class NodeAgent:
             self._push_status(pod, {"phase": "Pending", "podIP": str(pod.ip), "ready": False})
             if pod.terminating:
                 return
+            if spec.meshed:
+                try:
+                    self.issue_token(pod.namespace, pod.name, pod.uid, spec.service_account)
+                except (OSError, ValueError) as exc:
+                    self._start_failed(pod, "IdentitySetupFailed", f"no identity token: {exc}")
+                    return
             try:
                 await self._setup_network(pod, spec)
             except (net.NetError, OSError) as exc:
-                log.error("pod %s/%s: network setup failed: %s", *pod.key, exc)
-                self._push_status(
-                    pod,
-                    {
-                        "phase": "Failed",
-                        "podIP": str(pod.ip),
-                        "ready": False,
-                        "reason": "NetworkSetupFailed",
-                        "message": str(exc)[:1000],
-                    },
-                )
-                pod.finished = True
-                self._note_start_failure(pod)
+                self._start_failed(pod, "NetworkSetupFailed", f"network setup failed: {exc}")
                 return
             if pod.terminating:
                 return
@@ -729,6 +750,8 @@ class NodeAgent:
                     spec,
                     python=self.config.python,
                     control_endpoint=self.config.control_endpoint,
+                    token_file=self._token_path(pod.key),
+                    trust_domain=self.config.trust_domain,
                     log_level=self.config.proxy_log_level,
                 )
                 if spec.meshed
@@ -751,12 +774,50 @@ class NodeAgent:
                 # the pod ended by itself: make sure nothing of it keeps running
                 await pod.runner.terminate(grace=1.0)
             await self._teardown_netns(pod.netns)
+            remove_token(self._token_path(pod.key))
             self._ipam.release(pod.ip)
             if pod.terminating:
                 await self._delete_pod_object(pod.key)
                 self._pods.pop(pod.key, None)
                 self._remove_logs(pod)
             self.kick()
+
+    def _start_failed(self, pod: _Pod, reason: str, message: str) -> None:
+        log.error("pod %s/%s: %s", *pod.key, message)
+        self._push_status(
+            pod,
+            {
+                "phase": "Failed",
+                "podIP": str(pod.ip),
+                "ready": False,
+                "reason": reason,
+                "message": message[:1000],
+            },
+        )
+        pod.finished = True
+        self._note_start_failure(pod)
+
+    def _token_path(self, key: Key) -> Path:
+        return token_path(self.state.pod_dir(*key))
+
+    def issue_token(self, namespace: str, name: str, uid: str | None, service_account: str) -> Path:
+        """Issue pod ``namespace/name``'s identity token for the Pod object with ``uid`` and
+        write it where its proxy reads it (readable by the proxy's uid only); returns the path.
+        Raises OSError or ValueError (no uid, an unusable token key) when it cannot."""
+        if not uid:
+            raise ValueError(f"pod {namespace}/{name} has no metadata.uid in the store")
+        if self._token_key is None:
+            self._token_key = TokenKey.load_or_create(self.state.root / "identity" / "token.key")
+        claims = TokenClaims(
+            namespace=namespace,
+            pod=name,
+            uid=uid,
+            service_account=service_account,
+            issued_at=time.time(),
+        )
+        path = self._token_path((namespace, name))
+        write_token(path, self._token_key.issue(claims), owner=net.PROXY_UID)
+        return path
 
     def _note_start_failure(self, pod: _Pod) -> None:
         if pod.deployment is None:
@@ -792,7 +853,18 @@ class NodeAgent:
         self._spawn(self._reapply(pod))
 
     async def _reapply(self, pod: _Pod) -> None:
-        if await self._apply_pod_object(pod) and pod.status is not None:
+        uid = pod.uid
+        if not await self._apply_pod_object(pod):
+            return
+        runner = pod.runner
+        ended = pod.finished or pod.terminating
+        if pod.uid != uid and runner is not None and runner.spec.meshed and not ended:
+            # a new object, so a new uid: the proxy's old token no longer verifies
+            try:
+                self.issue_token(pod.namespace, pod.name, pod.uid, runner.spec.service_account)
+            except (OSError, ValueError) as exc:
+                log.error("pod %s/%s: cannot renew its identity token: %s", *pod.key, exc)
+        if pod.status is not None:
             self._reporter.push("Pod", pod.key, pod.status)
 
     async def _apply_pod_object(self, pod: _Pod) -> bool:
@@ -800,7 +872,9 @@ class NodeAgent:
         attempt = 0
         while not self._stopping:
             try:
-                await self.client.apply([pod.doc], source="weft node")
+                stored = await self.client.apply([pod.doc], source="weft node")
+                uid = stored[0].get("metadata", {}).get("uid") if stored else None
+                pod.uid = str(uid) if uid else None
                 return True
             except ControlUnavailable:
                 await asyncio.sleep(backoff.delay(attempt))

@@ -10,7 +10,8 @@ What Weft creates on a host, and how each is found without trusting any state it
   iptables rules; the node namespace holds the bridge);
 - ``/etc/netns/weft-*`` directories (pods' hosts files);
 - host routes tagged with :data:`~weft.runtime.local.net.ROUTE_PROTO` (the blackhole routes);
-- the state directory (only when it carries Weft's marker) and ``/run/weft-mesh.json``.
+- the state directory (only when it carries Weft's marker), with everything in it (pods' logs
+  and identity tokens, the control plane's CA and token key), and ``/run/weft-mesh.json``.
 
 Weft adds no iptables rules, links or addresses in the host namespace: nothing else to remove.
 

@@ -8,6 +8,11 @@
   node namespace (so it can scrape pods' admin ports) and ``weft node`` on the host, both
   detached (own session, logs and process records in the state directory); and returns once the
   API answers. On a mesh that is already up it only restarts a component that died.
+- :class:`MeshIdentity` holds the mesh's identity and inbound-policy settings (trust domain,
+  CA material the user supplies, default inbound policy): ``weft up`` checks them before
+  anything else, hands them to ``weft control`` and ``weft node`` on their command lines
+  (:meth:`~LocalMesh.control_argv`, :meth:`~LocalMesh.node_argv`), and records them in
+  ``<state>/mesh-identity.json`` so that a component restarted later gets the same ones.
 - :meth:`~LocalMesh.down` stops the node agent (which drains its pods), then the control plane,
   then removes whatever is left (:mod:`~weft.runtime.local.cleanup`).
 - :meth:`~LocalMesh.exec` and :meth:`~LocalMesh.logs` find a pod through the API (or its log
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,10 +33,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
+from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.runtime.base import CONTAINER_ALIASES, PROXY_CONTAINER, Check, PodRef, RuntimeFailure
 from weft.runtime.local import cleanup, net, procs
 from weft.runtime.local.pod import base_env
@@ -46,6 +55,115 @@ from weft.runtime.local.state import (
 CONTROL_START_TIMEOUT = 20.0
 # sun_path holds 108 bytes including the terminating NUL
 MAX_UNIX_PATH = 107
+IDENTITY_RECORD = "mesh-identity.json"
+# a PEM file's header is near its start; reading this much is enough to recognise one
+_PEM_PEEK = 64 * 1024
+
+
+# -- identity and policy settings -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerFiles:
+    """CA material the user supplies instead of the one the control plane generates: the trust
+    anchors (PEM bundle), and the issuer's certificate and private key (PEM). Absolute paths:
+    the control plane runs from ``/``."""
+
+    trust_anchors: Path
+    issuer_cert: Path
+    issuer_key: Path
+
+    def __post_init__(self) -> None:
+        for flag, path in self.flags():
+            if not path.is_absolute():
+                raise ValueError(f"{flag} must be an absolute path, got {path}")
+
+    def flags(self) -> list[tuple[str, Path]]:
+        return [
+            ("--trust-anchors", self.trust_anchors),
+            ("--issuer-cert", self.issuer_cert),
+            ("--issuer-key", self.issuer_key),
+        ]
+
+    @classmethod
+    def from_flags(
+        cls, trust_anchors: str | None, issuer_cert: str | None, issuer_key: str | None
+    ) -> IssuerFiles | None:
+        """The three flags' files (made absolute), or None when none is given. ValueError when
+        only some are given, or a file cannot be read or is not PEM."""
+        given = {
+            "--trust-anchors": trust_anchors,
+            "--issuer-cert": issuer_cert,
+            "--issuer-key": issuer_key,
+        }
+        missing = [flag for flag, value in given.items() if not value]
+        if len(missing) == len(given):
+            return None
+        if missing:
+            raise ValueError(
+                "--trust-anchors, --issuer-cert and --issuer-key go together (or none, and the "
+                f"control plane makes its own CA): missing {', '.join(missing)}"
+            )
+        paths = {flag: Path(os.path.abspath(str(value))) for flag, value in given.items()}
+        for flag, path in paths.items():
+            _check_pem(flag, path)
+        return cls(paths["--trust-anchors"], paths["--issuer-cert"], paths["--issuer-key"])
+
+
+def _check_pem(flag: str, path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PEM_PEEK)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in head:
+        raise ValueError(f"{flag} {path}: not a PEM file (no '-----BEGIN ' line)")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshIdentity:
+    """A mesh's identity and inbound-policy settings (see the module docstring)."""
+
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    issuer: IssuerFiles | None = None
+    default_inbound_policy: str = DEFAULT_POLICY
+
+    def __post_init__(self) -> None:
+        check_trust_domain(self.trust_domain)
+        if self.default_inbound_policy not in DEFAULT_POLICIES:
+            raise ValueError(
+                f"default inbound policy must be one of {', '.join(DEFAULT_POLICIES)}, "
+                f"got {self.default_inbound_policy!r}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "trustDomain": self.trust_domain,
+            "defaultInboundPolicy": self.default_inbound_policy,
+        }
+        if self.issuer is not None:
+            out["trustAnchors"] = str(self.issuer.trust_anchors)
+            out["issuerCert"] = str(self.issuer.issuer_cert)
+            out["issuerKey"] = str(self.issuer.issuer_key)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> MeshIdentity:
+        """The recorded settings; ValueError naming what is wrong. The CA files are not read
+        again: the control plane imported them when the mesh came up."""
+        if not isinstance(data, dict):
+            raise ValueError(f"identity record must be an object, got {type(data).__name__}")
+        files = [data.get(k) for k in ("trustAnchors", "issuerCert", "issuerKey")]
+        issuer: IssuerFiles | None = None
+        if any(files):
+            if not all(isinstance(f, str) and f for f in files):
+                raise ValueError("identity record: trustAnchors, issuerCert, issuerKey go together")
+            issuer = IssuerFiles(*(Path(str(f)) for f in files))
+        return cls(
+            trust_domain=str(data.get("trustDomain", DEFAULT_TRUST_DOMAIN)),
+            issuer=issuer,
+            default_inbound_policy=str(data.get("defaultInboundPolicy", DEFAULT_POLICY)),
+        )
 
 
 class _KilledAtStart(RuntimeFailure):
@@ -64,9 +182,11 @@ class LocalMesh:
         *,
         python: str = sys.executable,
         echo: Any = None,
+        identity: MeshIdentity | None = None,
     ) -> None:
         self.state = StateDir(state_dir)
         self.network = network or net.MeshNetwork.parse()
+        self.identity = identity or MeshIdentity()
         self.python = python
         self._echo = echo
         self._iptables: str | None = None
@@ -242,6 +362,7 @@ class LocalMesh:
         )
         self.state.write_record(record)
         write_host_record(record)
+        self.write_identity()
         try:
             net.run_plan(net.node_up_plan(self.network))
             net.run_plan(net.host_routes_plan(self.network))
@@ -270,10 +391,40 @@ class LocalMesh:
         except StateDirError:
             return None
 
+    @property
+    def identity_record_path(self) -> Path:
+        return self.state.root / IDENTITY_RECORD
+
+    def write_identity(self) -> None:
+        """Record the identity settings (so a component restarted later gets the same ones)."""
+        path = self.identity_record_path
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.identity.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+
+    def read_identity(self) -> MeshIdentity | None:
+        """The identity settings the mesh was brought up with (None: none recorded)."""
+        try:
+            return MeshIdentity.from_json(json.loads(self.identity_record_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise RuntimeFailure(f"{self.identity_record_path}: {exc}") from None
+
     def _repair(
         self, record: MeshRecord, running: dict[str, procs.ProcRecord], timeout: float
     ) -> None:
         self.network = record.network
+        recorded = self.read_identity()
+        if recorded is None:
+            self.write_identity()
+        elif recorded != self.identity:
+            self._say(
+                f"mesh already up with trust domain {recorded.trust_domain} and default inbound "
+                f"policy {recorded.default_inbound_policy}; keeping its identity settings "
+                "(weft down first to change them)"
+            )
+            self.identity = recorded
         if "control" not in running:
             self._say("control plane is not running: restarting it")
             self._start_control(record)
@@ -323,22 +474,38 @@ class LocalMesh:
             return f" (killed by signal {signal.Signals(-code).name})", True
         return f" (exit status {code})", False
 
+    def control_argv(self, record: MeshRecord) -> list[str]:
+        """``weft control``'s command line: inside the node namespace, with the mesh's ranges
+        (the pod range is also the cluster's network for the ``cluster-*`` default policies)
+        and identity settings."""
+        argv = [
+            "ip", "netns", "exec", net.NODE_NETNS,
+            self.python, "-m", "weft", "control",
+            "--state-dir", str(self.state.root),
+            "--pod-cidr", record.pod_cidr,
+            "--service-cidr", record.service_cidr,
+            "--cluster-networks", record.pod_cidr,
+            "--trust-domain", self.identity.trust_domain,
+            "--default-inbound-policy", self.identity.default_inbound_policy,
+        ]  # fmt: skip
+        if self.identity.issuer is not None:
+            for flag, path in self.identity.issuer.flags():
+                argv += [flag, str(path)]
+        return argv
+
+    def node_argv(self) -> list[str]:
+        """``weft node``'s command line."""
+        return [
+            self.python, "-m", "weft", "node",
+            "--state-dir", str(self.state.root),
+            "--trust-domain", self.identity.trust_domain,
+        ]  # fmt: skip
+
     def _start_control(self, record: MeshRecord) -> None:
-        self._spawn(
-            "control",
-            [
-                "ip", "netns", "exec", net.NODE_NETNS,
-                self.python, "-m", "weft", "control",
-                "--state-dir", str(self.state.root),
-                "--pod-cidr", record.pod_cidr,
-                "--service-cidr", record.service_cidr,
-            ],
-        )  # fmt: skip
+        self._spawn("control", self.control_argv(record))
 
     def _start_node(self) -> None:
-        self._spawn(
-            "node", [self.python, "-m", "weft", "node", "--state-dir", str(self.state.root)]
-        )
+        self._spawn("node", self.node_argv())
 
     def _wait_control(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -22,6 +22,11 @@ job completion, draining, log files.
 Each start of a container appends to ``<state>/pods/<ns>/<pod>/<container>.log``. Every process
 gets ``PR_SET_PDEATHSIG`` (via ``setpriv``) so pods never outlive a killed agent.
 
+A meshed pod's identity token (the local stand-in for a Kubernetes service-account token, issued
+by the agent) lives in ``<state>/pods/<ns>/<pod>/identity/token``: :func:`write_token` puts it
+there for the proxy's uid only, :func:`remove_token` takes it away with the pod, and
+:func:`proxy_argv` points the sidecar at it.
+
 The decisions (what to do after an exit, when a probe result flips readiness) are pure functions
 and small classes tested without processes; :class:`PodRunner` is the asyncio shell around them.
 
@@ -37,6 +42,7 @@ import logging
 import os
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -283,7 +289,13 @@ def pod_spec(pod: Pod, ip: str) -> PodSpec:
 
 
 def proxy_argv(
-    spec: PodSpec, *, python: str, control_endpoint: str, log_level: str = "info"
+    spec: PodSpec,
+    *,
+    python: str,
+    control_endpoint: str,
+    token_file: Path,
+    trust_domain: str,
+    log_level: str = "info",
 ) -> list[str]:
     """The sidecar's command line (the contract in docs/local-runtime.md)."""
     argv = [
@@ -292,6 +304,8 @@ def proxy_argv(
         "--inbound", f"0.0.0.0:{net.PROXY_INBOUND_PORT}",
         "--admin", f"0.0.0.0:{net.PROXY_ADMIN_PORT}",
         "--control", control_endpoint,
+        "--identity-token-file", str(token_file),
+        "--trust-domain", trust_domain,
         "--label", f"pod={spec.name}",
         "--label", f"namespace={spec.namespace}",
     ]  # fmt: skip
@@ -303,6 +317,63 @@ def proxy_argv(
         "--log-level", log_level,
     ]  # fmt: skip
     return argv
+
+
+# -- identity token -------------------------------------------------------------------------
+
+TOKEN_DIR = "identity"
+TOKEN_FILE = "token"
+
+
+def token_path(pod_dir: Path) -> Path:
+    """Where the token of the pod whose files live in ``pod_dir`` goes."""
+    return pod_dir / TOKEN_DIR / TOKEN_FILE
+
+
+def write_token(path: Path, token: str, *, owner: int | None) -> None:
+    """Write a pod's identity token to ``path`` so that only ``owner`` (the proxy's uid; None:
+    whoever runs this) can read it: its directory mode 0700, the file 0400, both owned by
+    ``owner``. The file is written atomically (a temporary file whose mode and owner are set
+    before the token goes in, then renamed over the earlier token): a proxy reading it at any
+    moment sees the old token or the new one, whole, and nobody else ever could read either."""
+    if not token or not token.isascii() or not token.isprintable():
+        raise ValueError("a token must be non-empty printable ASCII")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and an existing directory keeps its own: set both,
+    # through a descriptor so that a symlink put in its place is refused rather than followed
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if owner is not None:
+            os.fchown(dfd, owner, owner)
+        os.fchmod(dfd, 0o700)
+    finally:
+        os.close(dfd)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        try:
+            os.fchmod(fd, 0o400)
+            if owner is not None:
+                os.fchown(fd, owner, owner)
+            data = memoryview(token.encode("ascii"))
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_token(path: Path) -> None:
+    """Remove a pod's token, temporary files a crash left beside it, and its directory when
+    that is then empty. Nothing to do when they are gone already."""
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        leftover.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # gone already, or something else lives there
+        path.parent.rmdir()
 
 
 # -- decisions ------------------------------------------------------------------------------

@@ -1,0 +1,297 @@
+"""Mutual TLS between two real proxies over loopback: client proxy -> mTLS -> server proxy.
+
+Identity comes from files here (:class:`~weft.proxy.static_identity.StaticIdentity` with a
+throwaway CA from :mod:`weft.testing.pki`); the control-plane path is tested in
+test_proxy_identity.py and end to end. A recording relay between the two proxies shows what is
+on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.test_proxy_http1 import sample
+from weft.metrics import ProxyMetrics
+from weft.proxy.config import ProxyConfig
+from weft.proxy.server import ProxyServer
+from weft.proxy.static_discovery import StaticDiscovery
+from weft.proxy.static_identity import StaticIdentity
+from weft.testing.pki import LeafFiles, Pki
+from weft.testing.servers import Backend, HttpClient, Request, Response, raw_exchange
+
+TARGET = ("127.0.0.1", 9)  # the service address the app dials
+
+
+def identity(leaf: LeafFiles) -> StaticIdentity:
+    return StaticIdentity(chain_file=leaf.chain, key_file=leaf.key, anchors_file=leaf.anchors)
+
+
+@contextlib.asynccontextmanager
+async def proxy(identity: StaticIdentity | None, **fields: Any) -> AsyncIterator[ProxyServer]:
+    config = {
+        "outbound": ("127.0.0.1", 0),
+        "inbound": ("127.0.0.1", 0),
+        "admin": ("127.0.0.1", 0),
+        "shutdown_grace": 1.0,
+    }
+    discovery = fields.pop("discovery", None)
+    config.update(fields)
+    server = ProxyServer(
+        ProxyConfig(**config),
+        metrics=ProxyMetrics(process=False),
+        discovery=discovery,
+        identity=identity,
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace=0.2)
+
+
+class Tap:
+    """A TCP relay that records both directions (what a packet capture would see)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.sent = bytearray()  # client -> server
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Tap:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for t in self.tasks:
+            t.cancel()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return (host, port)
+
+    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(*self.upstream)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    log += data
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(OSError):
+                dst.close()
+
+        for t in (pump(r, uw, self.sent), pump(ur, w, self.received)):
+            task = asyncio.get_running_loop().create_task(t)
+            self.tasks.add(task)
+
+
+def discovery_file(path: Path, endpoint: tuple[str, int], *, identity: str | None,
+                   opaque: bool = False) -> StaticDiscovery:  # fmt: skip
+    ep: dict[str, Any] = {
+        "address": f"{endpoint[0]}:{endpoint[1]}",
+        "labels": {"pod": "server-0", "namespace": "app"},
+    }
+    if identity is not None:
+        ep.update(meshed=True, identity=identity)
+    doc = {
+        "destinations": [
+            {
+                "target": f"{TARGET[0]}:{TARGET[1]}",
+                "labels": {"service": "server", "namespace": "app"},
+                "opaque": opaque,
+                "endpoints": [ep],
+            }
+        ]
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return StaticDiscovery(str(path), interval=0.05)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki.create(tmp_path / "pki")
+
+
+async def echo(req: Request) -> Response:
+    return Response(body=b"secret answer to " + req.path.encode())
+
+
+async def test_http_between_meshed_proxies_is_mutual_tls_with_identities(
+    pki: Pki, tmp_path: Path
+) -> None:
+    server_leaf, client_leaf = pki.leaf("app", "server"), pki.leaf("app", "client")
+    async with (
+        Backend(echo) as backend,
+        proxy(identity(server_leaf), inbound_target=backend.address) as server,
+        Tap(server.addresses["inbound"]) as tap,
+        proxy(
+            identity(client_leaf),
+            outbound_target=TARGET,
+            discovery=discovery_file(tmp_path / "d.yaml", tap.address, identity=server_leaf.name),
+        ) as client,
+        HttpClient(client.addresses["outbound"]) as app,
+    ):
+        for i in range(20):
+            reply = await app.request("GET", f"/plaintext-{i}")
+            assert reply.status == 200
+            assert reply.body == f"secret answer to /plaintext-{i}".encode()
+        # one pooled TLS connection between the proxies carried every request
+        assert len(tap.tasks) == 2
+        wire = bytes(tap.sent) + bytes(tap.received)
+        assert b"plaintext-" not in wire and b"secret answer" not in wire
+        assert tap.sent[:1] == b"\x16" and tap.received[:1] == b"\x16"  # TLS handshake records
+        assert (
+            sample(client, "request_total", direction="outbound", tls="true",
+                   server_id=server_leaf.name)  # fmt: skip
+            == 20
+        )
+        assert (
+            sample(server, "request_total", direction="inbound", tls="true",
+                   client_id=client_leaf.name)  # fmt: skip
+            == 20
+        )
+
+
+async def test_client_refuses_a_server_with_the_wrong_identity(pki: Pki, tmp_path: Path) -> None:
+    # the server's certificate is valid (same CA) but names another workload
+    impostor, client_leaf = pki.leaf("app", "impostor"), pki.leaf("app", "client")
+    expected = pki.leaf("app", "server").name
+    async with (
+        Backend(echo) as backend,
+        proxy(identity(impostor), inbound_target=backend.address) as server,
+        proxy(
+            identity(client_leaf),
+            outbound_target=TARGET,
+            discovery=discovery_file(
+                tmp_path / "d.yaml", server.addresses["inbound"], identity=expected
+            ),
+        ) as client,
+        HttpClient(client.addresses["outbound"]) as app,
+    ):
+        reply = await app.request("GET", "/")
+        assert reply.status == 502
+        assert reply.header("weft-proxy-error") is not None
+
+
+@pytest.mark.parametrize("forgery", ["foreign-ca", "expired"])
+async def test_server_refuses_forged_client_certificates(
+    pki: Pki, tmp_path: Path, forgery: str
+) -> None:
+    server_leaf = pki.leaf("app", "server")
+    if forgery == "foreign-ca":
+        bad = pki.leaf("app", "client", issuer=pki.foreign_issuer(), tag="-forged")
+    else:
+        import time
+
+        bad = pki.leaf("app", "client", now=time.time() - 7200, lifetime=3600, tag="-expired")
+    # the forger trusts our anchor, so only the server's check can stop it
+    forger = StaticIdentity(chain_file=bad.chain, key_file=bad.key, anchors_file=pki.anchors_file)
+    async with (
+        Backend(echo) as backend,
+        proxy(identity(server_leaf), inbound_target=backend.address) as server,
+        proxy(
+            forger,
+            outbound_target=TARGET,
+            discovery=discovery_file(
+                tmp_path / "d.yaml", server.addresses["inbound"], identity=server_leaf.name
+            ),
+        ) as client,
+        HttpClient(client.addresses["outbound"]) as app,
+    ):
+        reply = await app.request("GET", "/")
+        assert reply.status == 502
+        assert sample(server, "request_total", direction="inbound") == 0
+
+
+async def test_opaque_tcp_between_meshed_proxies_is_encrypted(pki: Pki, tmp_path: Path) -> None:
+    server_leaf, client_leaf = pki.leaf("app", "server"), pki.leaf("app", "client")
+
+    async def echo_tcp(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            w.write(data.upper())
+            await w.drain()
+        w.close()
+
+    backend = await asyncio.start_server(echo_tcp, "127.0.0.1", 0)
+    try:
+        address = backend.sockets[0].getsockname()[:2]
+        async with (
+            proxy(identity(server_leaf), inbound_target=address) as server,
+            Tap(server.addresses["inbound"]) as tap,
+            proxy(
+                identity(client_leaf),
+                outbound_target=TARGET,
+                discovery=discovery_file(
+                    tmp_path / "d.yaml", tap.address, identity=server_leaf.name, opaque=True
+                ),
+            ) as client,
+        ):
+            got = await raw_exchange(
+                client.addresses["outbound"], b"\x00opaque words", shutdown=True, timeout=5.0
+            )
+            assert got == b"\x00OPAQUE WORDS"
+            assert b"opaque words" not in bytes(tap.sent)
+            assert b"OPAQUE WORDS" not in bytes(tap.received)
+            assert tap.sent[:1] == b"\x16"
+    finally:
+        backend.close()
+
+
+async def test_tls_an_app_starts_itself_passes_through_untouched(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """A ClientHello whose SNI is not the proxy's identity reaches the app byte for byte."""
+    server_leaf = pki.leaf("app", "server")
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def record(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        received.extend(await r.read(65536))
+        done.set()
+        w.close()
+
+    backend = await asyncio.start_server(record, "127.0.0.1", 0)
+    try:
+        address = backend.sockets[0].getsockname()[:2]
+        async with proxy(identity(server_leaf), inbound_target=address) as server:
+            ctx = ssl.create_default_context()
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = ctx.wrap_bio(incoming, outgoing, server_hostname="app.example.com")
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+            hello = outgoing.read()
+            r, w = await asyncio.open_connection(*server.addresses["inbound"])
+            w.write(hello)
+            await w.drain()
+            await asyncio.wait_for(done.wait(), 5.0)
+            w.close()
+            assert bytes(received) == hello
+    finally:
+        backend.close()
+
+
+async def test_plaintext_clients_still_reach_a_meshed_server(pki: Pki) -> None:
+    server_leaf = pki.leaf("app", "server")
+    async with (
+        Backend(echo) as backend,
+        proxy(identity(server_leaf), inbound_target=backend.address) as server,
+        HttpClient(server.addresses["inbound"]) as app,
+    ):
+        reply = await app.request("GET", "/x")
+        assert reply.status == 200
+        assert sample(server, "request_total", direction="inbound", tls="no_identity") == 1
