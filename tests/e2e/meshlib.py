@@ -250,12 +250,21 @@ class E2EMesh:
 class Load:
     """A bounded load run from inside a pod with the demo's traffic generator."""
 
-    def __init__(self, mesh: E2EMesh, client_pod: str, url: str, *, rate: float = 25) -> None:
+    def __init__(
+        self,
+        mesh: E2EMesh,
+        client_pod: str,
+        url: str,
+        *,
+        rate: float = 25,
+        namespace: str = NAMESPACE,
+    ) -> None:
         self.proc = mesh.start_exec(
             client_pod,
             "python", "-m", "weft.demo.traffic",
             "--url", url, "--rate", str(rate), "--concurrency", "3",
             "--count", "5000", "--duration", "90", "--timeout", "10", "--json",
+            namespace=namespace,
         )  # fmt: skip
 
     def stop(self) -> dict[str, Any]:

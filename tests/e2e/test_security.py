@@ -9,6 +9,7 @@ are made directly against the server pod's address.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import textwrap
 import threading
@@ -159,7 +160,8 @@ FORGER = textwrap.dedent(
     try:
         with socket.create_connection((ip, 8080), timeout=5) as raw:
             with ctx.wrap_socket(raw, server_hostname=sni) as tls:
-                tls.sendall(b"GET /forged HTTP/1.1\\r\\nhost: server\\r\\nconnection: close\\r\\n\\r\\n")
+                tls.sendall(b"GET /forged HTTP/1.1\\r\\nhost: server\\r\\n"
+                            b"connection: close\\r\\n\\r\\n")
                 data = b""
                 while True:
                     chunk = tls.recv(65536)
@@ -200,7 +202,9 @@ def metrics(mesh: E2EMesh, pod: str) -> str:
 def counter(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -211,8 +215,11 @@ def test_traffic_between_meshed_pods_is_mutual_tls_on_the_wire(
     marker = "/plaintext-marker-6f1d"
     result: dict[str, Capture] = {}
 
+    # the node side of the server pod's veth: every packet to or from the pod
+    veth = net.veth_name(net.MeshNetwork.parse().pod_cidr, ipaddress.IPv4Address(sec["server_ip"]))
+
     def sniff() -> None:
-        result["cap"] = capture(net.NODE_NETNS, net.BRIDGE, seconds=6.0, max_bytes=4 << 20)
+        result["cap"] = capture(net.NODE_NETNS, veth, seconds=10.0, max_bytes=4 << 20)
 
     sniffer = threading.Thread(target=sniff)
     sniffer.start()
@@ -227,9 +234,13 @@ def test_traffic_between_meshed_pods_is_mutual_tls_on_the_wire(
     assert b"HTTP/1.1" not in to_server
     assert looks_like_tls(to_server)
     text = metrics(mesh, sec["server"])
-    assert counter(text, "request_total", direction="inbound", tls="true", client_id=CLIENT_ID) >= 20
+    assert (
+        counter(text, "request_total", direction="inbound", tls="true", client_id=CLIENT_ID) >= 20
+    )
     text = metrics(mesh, sec["client"])
-    assert counter(text, "request_total", direction="outbound", tls="true", server_id=SERVER_ID) >= 20
+    assert (
+        counter(text, "request_total", direction="outbound", tls="true", server_id=SERVER_ID) >= 20
+    )
 
 
 def forge(mesh: E2EMesh, sec: dict[str, str], tmp: Path, kind: str) -> dict[str, Any]:
@@ -241,6 +252,7 @@ def forge(mesh: E2EMesh, sec: dict[str, str], tmp: Path, kind: str) -> dict[str,
 
     material = load_material(mesh.state_dir / "identity")
     assert material is not None
+    tmp.mkdir(parents=True, exist_ok=True)
     anchors = tmp / "anchors.pem"
     anchors.write_bytes(material.bundle.to_pem())
     chain = key = "-"
@@ -270,9 +282,7 @@ def test_policy_allows_the_client_and_refuses_forgeries(
     mesh.apply(SERVER_RESOURCE + "---\n" + ALLOW_CLIENT)
     # the allowed client gets through once the policy is in force
     wait_for(
-        lambda: counter(metrics(mesh, sec["server"]), "inbound_http_authz_allow_total",
-                        authz_name="server-allow-client")  # fmt: skip
-        or run_client(mesh, sec["client"], n=1)["statuses"] == {"200": 1} and None,
+        lambda: run_client(mesh, sec["client"], n=1)["statuses"] == {"200": 1},
         "the client to be authorized",
         limit=20,
     )
@@ -280,10 +290,11 @@ def test_policy_allows_the_client_and_refuses_forgeries(
     # plaintext from an unmeshed pod: 403 naming the proxy
     plain = run_client(mesh, sec["intruder"], n=3, host=sec["server_ip"])
     assert plain["statuses"] == {"403": 3}, plain
-    # certificates from another CA and expired ones fail the handshake
+    # certificates from another CA and expired ones fail the handshake: with TLS 1.3 the client
+    # learns it on its first read (an alert, or the connection closed): no response either way
     for kind in ("foreign-ca", "expired"):
         result = forge(mesh, sec, tmp_path / kind, kind)
-        assert "error" in result, (kind, result)
+        assert "error" in result or not result.get("response"), (kind, result)
     # a valid certificate of another workload, and no certificate: TLS, but not authorized
     for kind in ("wrong-identity", "no-certificate"):
         result = forge(mesh, sec, tmp_path / kind, kind)
@@ -325,13 +336,15 @@ def test_rate_limit_holds_within_ten_percent(mesh: E2EMesh, sec: dict[str, str])
 def test_issuer_rotation_under_load_fails_no_request(mesh: E2EMesh, sec: dict[str, str]) -> None:
     mesh.apply(SERVER_RESOURCE + "---\n" + ALLOW_CLIENT)
     before = counter(metrics(mesh, sec["server"]), "identity_cert_refresh_count")
-    load = Load(mesh, sec["client"], "http://server:8080/", rate=40)
+    load = Load(mesh, sec["client"], "http://server:8080/", rate=40, namespace=NS)
     try:
         time.sleep(3.0)
         mesh.weft("identity", "rotate-issuer")
         wait_for(
-            lambda: counter(metrics(mesh, sec["server"]), "identity_cert_refresh_count") > before
-            and counter(metrics(mesh, sec["client"]), "identity_cert_refresh_count") >= 1,
+            lambda: (
+                counter(metrics(mesh, sec["server"]), "identity_cert_refresh_count") > before
+                and counter(metrics(mesh, sec["client"]), "identity_cert_refresh_count") >= 1
+            ),
             "both proxies to renew with the new issuer",
             limit=30,
         )

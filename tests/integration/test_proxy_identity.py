@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_control_identity import identity_plane, pod, token_for, weft
 from weft.control.client import ControlClient
-from weft.control.identity import IdentityService
+from weft.control.identity import IdentityService, describe_view
 from weft.core.backoff import ExponentialBackoff
 from weft.identity import ca
 from weft.identity.names import dns_identity, peer_identity
@@ -36,6 +37,17 @@ def state_dir() -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="weft-pid-", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def described(identity: ProxyIdentity) -> dict[str, Any]:
+    """The identity's admin view as the control plane describes it."""
+    view: dict[str, Any] = describe_view(identity.view())
+    return view
+
+
+def public_key(chain_pem: str) -> bytes:
+    leaf = ca.load_certs_pem(chain_pem.encode())[0]
+    return leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 async def eventually(check: Callable[[], bool], what: str, within: float = WAIT) -> None:
@@ -97,9 +109,13 @@ async def test_first_certificate_view_and_metrics(state_dir: str) -> None:
             assert server.verify_mode == ssl.CERT_OPTIONAL
             assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
 
-            view = identity.view()
-            assert view["identity"] == identity.name and view["ready"] is True
+            raw = identity.view()
+            assert raw["identity"] == identity.name and raw["ready"] is True
+            assert "chain" not in raw and "trustAnchors" not in raw  # PEM only, from the proxy
+            view = describe_view(raw)
             leaf, issuer = view["chain"]
+            assert raw["notBefore"] == leaf["notBeforeEpoch"]
+            assert raw["notAfter"] == leaf["notAfterEpoch"]
             assert f"DNS:{identity.name}" in leaf["sans"]
             assert issuer["fingerprint"] == ca.fingerprint(service.material.issuer.cert)
             assert "PRIVATE KEY" not in view["pem"] and view["pem"].count("CERTIFICATE") == 4
@@ -126,11 +142,13 @@ async def test_renews_before_expiry(state_dir: str) -> None:
         web = Workload(state_dir, "web-1", "web")
         await web.create(ControlClient(plane.endpoint), service)
         async with started(web.identity(plane.endpoint)) as identity:
-            first = identity.view()["chain"][0]
+            first, first_pem = described(identity)["chain"][0], identity.view()["pem"]
             assert first["notAfterEpoch"] - time.time() <= 3.0
             await eventually(lambda: identity.refresh_count >= 3, "two renewals")
-            latest = identity.view()["chain"][0]
+            latest = described(identity)["chain"][0]
             assert latest["serial"] != first["serial"]
+            # a new key for every renewal
+            assert public_key(identity.view()["pem"]) != public_key(first_pem)
             assert latest["notAfterEpoch"] > first["notAfterEpoch"]
 
 
@@ -147,7 +165,8 @@ async def test_renews_on_issuer_rotation_and_takes_new_anchors(state_dir: str) -
             rotated = await client.call("POST", "/api/v1/identity/issuer", {})
             fp = rotated["issuer"]["fingerprint"]
             await eventually(
-                lambda: identity.view()["chain"][1]["fingerprint"] == fp, "a leaf of the new issuer"
+                lambda: described(identity)["chain"][1]["fingerprint"] == fp,
+                "a leaf of the new issuer",
             )
             assert identity.refresh_count == 2
             assert changes and changes[-1] is identity.client_context is not before
@@ -156,7 +175,7 @@ async def test_renews_on_issuer_rotation_and_takes_new_anchors(state_dir: str) -
             await eventually(
                 lambda: (
                     added["fingerprint"]
-                    in [a["fingerprint"] for a in identity.view()["trustAnchors"]]
+                    in [a["fingerprint"] for a in described(identity)["trustAnchors"]]
                 ),
                 "the new anchor in the proxy's bundle",
             )
@@ -177,10 +196,10 @@ async def test_serves_with_its_certificate_while_the_control_plane_is_down(
         await api_id.start(WAIT)
     try:
         # the control plane is gone: renewal (due after 5.6 s) fails and is retried
-        held = web_id.view()["chain"][0]
+        held = described(web_id)["chain"][0]
         await eventually(lambda: web_id.last_error is not None, "a failed renewal")
         assert "cannot reach the control plane" in (web_id.last_error or "")
-        assert web_id.ready and web_id.view()["chain"][0] == held
+        assert web_id.ready and described(web_id)["chain"][0] == held
         # ... while the current certificate still serves
         assert time.time() < held["notAfterEpoch"]
         got = await mtls_exchange(web_id, api_id, web_id.name)
@@ -191,7 +210,7 @@ async def test_serves_with_its_certificate_while_the_control_plane_is_down(
                 lambda: web_id.last_error is None and web_id.refresh_count >= 2,
                 "renewal once the control plane is back",
             )
-            assert web_id.view()["chain"][0]["serial"] != held["serial"]
+            assert described(web_id)["chain"][0]["serial"] != held["serial"]
     finally:
         await web_id.close()
         await api_id.close()
@@ -207,11 +226,12 @@ async def test_first_certificate_failures(state_dir: str) -> None:
         await web.create(client, service)
         # the proxy claims another service account than its pod runs as: 403
         wrong = Workload(state_dir, "web-1", "admin")
+        # (the first attempt includes the key generator's child process: a few seconds)
         with pytest.raises(IdentityError, match="answered 403"):
-            await wrong.identity(plane.endpoint).start(0.5)
+            await wrong.identity(plane.endpoint).start(3.0)
         web.token_file.write_text("v1.forged.token")
         with pytest.raises(IdentityError, match="answered 401: invalid token"):
-            await web.identity(plane.endpoint).start(0.5)
+            await web.identity(plane.endpoint).start(3.0)
         web.token_file.write_text("")
         with pytest.raises(IdentityError, match="is empty"):
             await web.identity(plane.endpoint).start(0.5)
@@ -298,12 +318,12 @@ async def test_mutual_tls_between_two_identities(state_dir: str) -> None:
                 await client.call("POST", "/api/v1/identity/issuer", {})
                 fp = ca.fingerprint(service.material.issuer.cert)
                 await eventually(
-                    lambda: web_id.view()["chain"][1]["fingerprint"] == fp, "web renewed"
+                    lambda: described(web_id)["chain"][1]["fingerprint"] == fp, "web renewed"
                 )
-                if api_id.view()["chain"][1]["fingerprint"] != fp:
+                if described(api_id)["chain"][1]["fingerprint"] != fp:
                     assert await mtls_exchange(web_id, api_id, web_id.name) == api_id.name
                 await eventually(
-                    lambda: api_id.view()["chain"][1]["fingerprint"] == fp, "api renewed"
+                    lambda: described(api_id)["chain"][1]["fingerprint"] == fp, "api renewed"
                 )
                 assert await mtls_exchange(api_id, web_id, api_id.name) == web_id.name
 
@@ -318,7 +338,7 @@ async def test_admin_view_through_the_control_plane(state_dir: str, proxy_factor
         ):
             got = await client.call("GET", "/api/v1/identity/pods/default/web-1")
             assert got["proxy"]["identity"] == identity.name
-            leaf_fp = identity.view()["chain"][0]["fingerprint"]
+            leaf_fp = described(identity)["chain"][0]["fingerprint"]
             assert got["proxy"]["chain"][0]["fingerprint"] == leaf_fp
             rc, out, err = await weft("identity", "web-1", "-n", "default", state_dir=state_dir)
             assert rc == 0, err

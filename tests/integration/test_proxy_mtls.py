@@ -86,7 +86,9 @@ class Tap:
     async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(*self.upstream)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray) -> None:
+        async def pump(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray
+        ) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
                     log += data
@@ -155,16 +157,10 @@ async def test_http_between_meshed_proxies_is_mutual_tls_with_identities(
         wire = bytes(tap.sent) + bytes(tap.received)
         assert b"plaintext-" not in wire and b"secret answer" not in wire
         assert tap.sent[:1] == b"\x16" and tap.received[:1] == b"\x16"  # TLS handshake records
-        assert (
-            sample(client, "request_total", direction="outbound", tls="true",
-                   server_id=server_leaf.name)  # fmt: skip
-            == 20
-        )
-        assert (
-            sample(server, "request_total", direction="inbound", tls="true",
-                   client_id=client_leaf.name)  # fmt: skip
-            == 20
-        )
+        outbound = {"direction": "outbound", "tls": "true", "server_id": server_leaf.name}
+        assert sample(client, "request_total", **outbound) == 20
+        inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
+        assert sample(server, "request_total", **inbound) == 20
 
 
 async def test_client_refuses_a_server_with_the_wrong_identity(pki: Pki, tmp_path: Path) -> None:
@@ -252,9 +248,7 @@ async def test_opaque_tcp_between_meshed_proxies_is_encrypted(pki: Pki, tmp_path
         backend.close()
 
 
-async def test_tls_an_app_starts_itself_passes_through_untouched(
-    pki: Pki, tmp_path: Path
-) -> None:
+async def test_tls_an_app_starts_itself_passes_through_untouched(pki: Pki, tmp_path: Path) -> None:
     """A ClientHello whose SNI is not the proxy's identity reaches the app byte for byte."""
     server_leaf = pki.leaf("app", "server")
     received = bytearray()
@@ -275,7 +269,7 @@ async def test_tls_an_app_starts_itself_passes_through_untouched(
             with contextlib.suppress(ssl.SSLWantReadError):
                 obj.do_handshake()
             hello = outgoing.read()
-            r, w = await asyncio.open_connection(*server.addresses["inbound"])
+            _, w = await asyncio.open_connection(*server.addresses["inbound"])
             w.write(hello)
             await w.drain()
             await asyncio.wait_for(done.wait(), 5.0)

@@ -188,7 +188,7 @@ def test_resolve_kind_aliases() -> None:
     assert resolve_kind("deploy").kind == "Deployment"
     assert resolve_kind("Services").kind == "Service"
     assert resolve_kind("ns").kind == "Namespace"
-    with pytest.raises(ValueError, match="unknown kind 'gadgets'; known kinds: .*Deployment"):
+    with pytest.raises(ValueError, match=r"unknown kind 'gadgets'; known kinds: .*Deployment"):
         resolve_kind("gadgets")
 
 

@@ -14,7 +14,8 @@ API group ``/api/v1/identity/`` (reference with examples in docs/identity.md):
 - ``POST issuer`` (new issuer from the newest anchor whose key is held, or a supplied one),
   ``POST anchors`` (generate or add), ``DELETE anchors/<fingerprint>``: rotations;
 - ``GET pods/<ns>/<name>``: that pod's proxy's ``/identity`` admin view, fetched from its admin
-  port (only in the allowed networks: the pod range and loopback, as metrics scraping).
+  port (only in the allowed networks: the pod range and loopback, as metrics scraping), with its
+  PEM described here (:func:`describe_view`: the proxy does not load ``cryptography``).
 
 Every change is saved before it takes effect, so a restarted control plane keeps its CA.
 
@@ -442,6 +443,10 @@ class IdentityService:
             view = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise HttpError(502, f"proxy of pod {ref} answered invalid JSON") from None
+        try:
+            view = describe_view(view)
+        except CaError as exc:
+            raise HttpError(502, f"proxy of pod {ref} answered unreadable PEM: {exc}") from None
         return {"pod": ref, "admin": f"{host}:{port}", "proxy": view}
 
     # -- HTTP ---------------------------------------------------------------------------------
@@ -495,6 +500,21 @@ class IdentityService:
                     await writer.send(b"{}\n")
         finally:
             self._watchers.discard(wake)
+
+
+def describe_view(view: Any) -> Any:
+    """A proxy's ``/identity`` view with its PEM described (the proxy has no ``cryptography``):
+    ``chain`` from ``pem`` and ``trustAnchors`` from ``trustAnchorsPem``, each a list of
+    :func:`weft.identity.ca.describe`; other views unchanged. CaError for unreadable PEM."""
+    if not isinstance(view, dict):
+        return view
+    out = dict(view)
+    for pem_field, field in (("pem", "chain"), ("trustAnchorsPem", "trustAnchors")):
+        pem = view.get(pem_field)
+        if isinstance(pem, str):
+            certs = load_certs_pem(pem.encode(), pem_field) if pem.strip() else []
+            out[field] = [describe(c) for c in certs]
+    return out
 
 
 def _expiry_warning(kind: str, info: dict[str, Any], now: float) -> dict[str, Any] | None:

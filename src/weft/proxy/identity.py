@@ -51,13 +51,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weft.control.client import ApiError, ControlClient
 from weft.core.backoff import ExponentialBackoff
 from weft.identity.keygen import KeyAndCsr, KeygenError, generate
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity, peer_identity, spiffe_id
 from weft.metrics import ProxyMetrics
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from weft.identity.ca import PrivateKey, TrustBundle
 
 log = logging.getLogger("weft.proxy.identity")
 
@@ -101,7 +106,7 @@ def fingerprint_pem(cert: bytes, what: str = "certificate") -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def tls_contexts(
+def pem_tls_contexts(
     chain_pem: bytes,
     key_pem: bytes,
     anchors_pem: bytes,
@@ -132,6 +137,19 @@ def tls_contexts(
     finally:
         os.close(fd)
     return server, client
+
+
+def tls_contexts(
+    certs: Sequence[x509.Certificate],
+    key: PrivateKey,
+    bundle: TrustBundle,
+    alpn: Sequence[str] = (),
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """:func:`pem_tls_contexts` for holders of ``cryptography`` objects (tests, tools; never
+    the proxy, which would then load ``cryptography``)."""
+    from weft.identity.ca import certs_pem, key_pem
+
+    return pem_tls_contexts(certs_pem(certs), key_pem(key), bundle.to_pem(), alpn)
 
 
 def self_handshake(
@@ -358,7 +376,7 @@ class ProxyIdentity:
         anchor_fps = tuple(fingerprint_pem(a) for a in split_certs(anchors, "trust anchors"))
         chain_pem = b"".join([*leaves, *issuers])
         try:
-            server, client = tls_contexts(chain_pem, keys.key_pem, anchors, self.alpn)
+            server, client = pem_tls_contexts(chain_pem, keys.key_pem, anchors, self.alpn)
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise ValueError("the control plane certified another key") from None
@@ -460,7 +478,9 @@ class ProxyIdentity:
             return
         if fps != cert.anchor_fps:
             try:
-                server, client = tls_contexts(cert.chain_pem, cert.keys.key_pem, anchors, self.alpn)
+                server, client = pem_tls_contexts(
+                    cert.chain_pem, cert.keys.key_pem, anchors, self.alpn
+                )
             except ssl.SSLError as exc:
                 log.warning(
                     "identity %s: cannot use the new trust anchors: %s", self.name, _ssl_reason(exc)

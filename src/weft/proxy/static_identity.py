@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, parse_dns_identity
-from weft.proxy.identity import MAX_PEM_BYTES, split_certs, tls_contexts
+from weft.proxy.identity import MAX_PEM_BYTES, pem_tls_contexts, split_certs
 
 # the DER of the OID id-ecPublicKey (1.2.840.10045.2.1), in a PKCS#8 key's algorithm
 _EC_OID = bytes.fromhex("06072a8648ce3d0201")
@@ -137,7 +137,7 @@ class StaticIdentity:
         _check_key(key, self.key_file)
         name = _name_of(certs[0], self.chain_file, self.trust_domain, self._wanted)
         try:
-            server, client = tls_contexts(b"".join(certs), key, anchors, self.alpn)
+            server, client = pem_tls_contexts(b"".join(certs), key, anchors, self.alpn)
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise ValueError(f"{self.key_file} is not the key of {self.chain_file}") from None

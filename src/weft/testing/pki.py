@@ -3,7 +3,8 @@
 ``Pki.create(directory)`` makes a trust anchor and an issuer with :mod:`weft.identity.ca`;
 ``pki.leaf(namespace, service_account)`` writes ``<sa>.<ns>.{crt,key}`` (the leaf followed by the
 issuer, and its key) and returns their paths with the anchors file, ready for ``weft proxy
---identity-cert/--identity-key/--trust-anchors`` or :class:`~weft.proxy.static_identity.StaticIdentity`.
+--identity-cert/--identity-key/--trust-anchors`` or
+:class:`~weft.proxy.static_identity.StaticIdentity`.
 Variants for the negative cases: a leaf from another CA, an expired leaf.
 
 Not for production: the mesh's CA lives in the control plane (:mod:`weft.control.identity`).
