@@ -289,3 +289,21 @@ async def test_plaintext_clients_still_reach_a_meshed_server(pki: Pki) -> None:
         reply = await app.request("GET", "/x")
         assert reply.status == 200
         assert sample(server, "request_total", direction="inbound", tls="no_identity") == 1
+
+
+async def test_a_call_to_its_own_pod_is_not_wrapped_in_tls(pki: Pki, tmp_path: Path) -> None:
+    """A pod calling a service whose endpoint is itself reaches its app directly (iptables does
+    not send the proxy's own connections to its inbound listener), so no TLS is attempted."""
+    own = pki.leaf("app", "server")
+    async with (
+        Backend(echo) as backend,
+        proxy(
+            identity(own),
+            outbound_target=TARGET,
+            discovery=discovery_file(tmp_path / "d.yaml", backend.address, identity=own.name),
+        ) as client,
+        HttpClient(client.addresses["outbound"]) as app,
+    ):
+        reply = await app.request("GET", "/self")
+        assert reply.status == 200
+        assert reply.body == b"secret answer to /self"

@@ -45,6 +45,17 @@ class PooledConn(Protocol):
     def close(self) -> None: ...
 
 
+def _is_local(ip: str) -> bool:
+    """Whether ``ip`` is an address of this network namespace (it can be bound)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
 class EndpointState:
     """One endpoint of a concrete: metric labels, series cache and idle connections."""
 
@@ -53,11 +64,18 @@ class EndpointState:
         "tls_identity",
     )  # fmt: skip
 
-    def __init__(self, endpoint: Endpoint, base_labels: LabelItems, *, tls: bool = False) -> None:
+    def __init__(
+        self, endpoint: Endpoint, base_labels: LabelItems, *, tls: bool = False, own: str = ""
+    ) -> None:
         self.endpoint = endpoint
         self.addr = endpoint.address
-        # mesh TLS to this endpoint: it is meshed and discovery names the identity to expect
-        self.tls_identity = endpoint.identity if tls and endpoint.meshed else None
+        # mesh TLS to this endpoint: it is meshed and discovery names the identity to expect;
+        # not to this very pod (a call to its own service): that connection reaches the app
+        # directly, not through the inbound proxy
+        identity = endpoint.identity if tls and endpoint.meshed else None
+        if identity is not None and identity == own and _is_local(self.addr[0]):
+            identity = None
+        self.tls_identity = identity
         self.idle: list[tuple[PooledConn, float]] = []
         self.closing = False
         # a connection being dialed ahead of need (at accept, for detection) that the next
@@ -155,7 +173,10 @@ class Concrete:
             if current is not None and current.endpoint == ep and not current.closing:
                 new[ep.address] = current
             else:
-                new[ep.address] = EndpointState(ep, self._base, tls=self.tls is not None)
+                tls = self.tls
+                new[ep.address] = EndpointState(
+                    ep, self._base, tls=tls is not None, own=tls.name if tls is not None else ""
+                )
         for addr, state in self.endpoints.items():
             if new.get(addr) is not state:
                 state.closing = True
