@@ -85,6 +85,7 @@ class Tap:
 
     async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(*self.upstream)
+        finished: list[int] = []
 
         async def pump(
             src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray
@@ -94,8 +95,11 @@ class Tap:
                     log += data
                     dst.write(data)
                     await dst.drain()
-            with contextlib.suppress(OSError):
-                dst.close()
+                dst.write_eof()  # pass a half-close on; the other direction keeps flowing
+            finished.append(1)
+            if len(finished) == 2:
+                w.close()
+                uw.close()
 
         for t in (pump(r, uw, self.sent), pump(ur, w, self.received)):
             task = asyncio.get_running_loop().create_task(t)
@@ -237,10 +241,15 @@ async def test_opaque_tcp_between_meshed_proxies_is_encrypted(pki: Pki, tmp_path
                 ),
             ) as client,
         ):
+            # the client half-closes: the server app sees the end of the stream across mesh TLS
+            # and closes, so the exchange ends well before the 5 s timeout
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
             got = await raw_exchange(
                 client.addresses["outbound"], b"\x00opaque words", shutdown=True, timeout=5.0
             )
             assert got == b"\x00OPAQUE WORDS"
+            assert loop.time() - t0 < 3.0
             assert b"opaque words" not in bytes(tap.sent)
             assert b"OPAQUE WORDS" not in bytes(tap.received)
             assert tap.sent[:1] == b"\x16"

@@ -16,7 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from weft.addr import Address, format_addr
 from weft.core.balancer import Balancer
@@ -343,14 +343,11 @@ class Concrete:
                     if context is None:
                         raise ConnectionError("this proxy has no certificate yet")
                     # SNI and the certificate check both name the identity discovery expects
-                    transport, protocol = await loop.create_connection(
-                        factory,
-                        host,
-                        port,
-                        ssl=context,
-                        server_hostname=identity,
-                        ssl_handshake_timeout=self.connect_timeout,
-                    )
+                    from weft.proxy.tls import connect
+
+                    tls, app = await connect(factory, host, port, context, identity)
+                    transport = cast(asyncio.Transport, tls)  # duck-typed as one
+                    protocol = cast(asyncio.Protocol, app)
         except (OSError, TimeoutError) as exc:  # ssl errors are OSErrors
             self.balancer.failed(state.addr)
             log.debug("connect to %s failed: %r", format_addr(state.addr), exc)

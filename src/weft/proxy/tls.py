@@ -1,16 +1,14 @@
-"""Mutual TLS between proxies: what the data path needs from the workload identity, and the
-server side's termination of a connection whose first bytes were already read.
+"""Mutual TLS between proxies: a TLS transport over memory BIOs, what the data path needs from
+the workload identity, and the ``tls``/``client_id``/``server_id`` metric labels.
 
-The inbound listener detects the protocol on the bytes a client sends first, so by the time it
-sees a TLS ClientHello (whose SNI names this proxy's identity: mesh TLS) those bytes have been
-consumed. :func:`terminate` hands the raw transport and those bytes to the event loop's own TLS
-protocol (uvloop's, implemented in C, or asyncio's), so the handshake and every record after it
-run in the loop's native TLS code; the application protocol it is given (an inner
-:class:`~weft.proxy.server.Accept`) sees the decrypted stream as any other connection.
-
-The client side needs nothing special: ``loop.create_connection(ssl=..., server_hostname=...)``
-with the identity's client context, and the expected server identity as ``server_hostname`` (the
-SNI the server proxy recognises, and the name OpenSSL checks the certificate against).
+:class:`TlsConnection` runs TLS 1.3 over an asyncio transport with ``ssl.MemoryBIO``s. The server
+side starts from bytes already read: the inbound listener detects the protocol on the bytes a
+client sends first, so by the time it sees a ClientHello whose SNI names this proxy's identity
+(mesh TLS) those bytes are consumed; :func:`terminate` hands them and the socket to a
+``TlsConnection`` whose application protocol (an inner :class:`~weft.proxy.server.Accept`) sees
+the decrypted stream as any other connection. The client side is :func:`connect`, with the
+expected server identity as ``server_hostname`` (the SNI the server proxy recognises, and the
+name OpenSSL checks the certificate against).
 
 Not for: certificates and their renewal (:mod:`weft.proxy.identity`).
 """
@@ -18,10 +16,12 @@ Not for: certificates and their renewal (:mod:`weft.proxy.identity`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 log = logging.getLogger("weft.proxy.tls")
 
@@ -51,19 +51,291 @@ class PeerTls:
     client_id: str | None
 
 
-def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+class TlsConnection:
+    """TLS over an asyncio transport, with ``ssl`` memory BIOs: a protocol for the raw transport
+    and a transport for the application protocol.
+
+    Why not the event loop's own TLS (``create_connection(ssl=...)``, ``start_tls``): measured on
+    this machine, a 200-byte request and answer over uvloop's TLS protocol cost 42.6 us of CPU for
+    both ends against 4.5 us in plaintext, while the record layer itself (``SSLObject.write`` and
+    ``read`` through memory BIOs) costs 3.3 us; this class adds one Python call per read and per
+    write around that. It also does what the loop's TLS cannot: a half-close (TLS 1.3
+    ``close_notify`` then a TCP FIN, while still reading), so opaque TCP keeps its semantics across
+    mesh TLS; and the server side can start from bytes already read (detection consumed them).
+
+    The application protocol's ``connection_made`` is called once the handshake is done;
+    ``handshake`` (a future) gets the handshake's outcome.
+    """
+
+    __slots__ = (
+        "_app",
+        "_closing",
+        "_eof_received",
+        "_eof_sent",
+        "_in",
+        "_out",
+        "_pending",
+        "_raw",
+        "_ssl",
+        "_timer",
+        "handshake",
+        "server_side",
+    )
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        app: asyncio.BaseProtocol,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
+        self._app = app
+        self._raw: asyncio.Transport | None = None
+        self._pending: list[bytes] | None = []  # application writes before the handshake
+        self._closing = False
+        self._eof_sent = False
+        self._eof_received = False
+        self.server_side = server_side
+        loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self._timer: asyncio.TimerHandle | None = loop.call_later(
+            handshake_timeout, self._handshake_timed_out
+        )
+
+    # -- protocol of the raw transport ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = cast(asyncio.Transport, transport)
+        if not self.server_side:
+            self._do_handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._in.write(data)
+        if self._pending is not None:
+            self._do_handshake()
+            if self._pending is not None:
+                return
+        self._read()
+
+    def eof_received(self) -> bool:
+        # the peer's TCP FIN; after a close_notify this is expected, before one it is a
+        # truncation, which opaque TCP treats as the end of the stream as well
+        if self._pending is not None:
+            self._fail(ConnectionResetError("connection closed during the TLS handshake"))
+            return False
+        if self._eof_received:
+            return True
+        self._eof_received = True
+        return bool(self._app.eof_received())  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionResetError("connection lost"))
+            self.handshake.exception()
+            return
+        self._app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._app.resume_writing()
+
+    # -- TLS --------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self._out
+        if out.pending and self._raw is not None:
+            self._raw.write(out.read())
+
+    def _do_handshake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            self._flush()  # the alert, for the peer's logs
+            self._fail(exc)
+            return
+        self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, None
+        if not self.handshake.done():
+            self.handshake.set_result(None)
+        self._app.connection_made(self)  # type: ignore[arg-type]
+        if pending:
+            self.write(b"".join(pending))
+        if self._in.pending:
+            self._read()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
+            self.handshake.exception()  # retrieved: the caller may have gone
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._raw is not None:
+            self._raw.abort()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._pending is not None:
+            self._fail(TimeoutError("TLS handshake timed out"))
+
+    def _read(self) -> None:
+        chunks: list[bytes] = []
+        read = self._ssl.read
+        closed = False
+        try:
+            while True:
+                chunk = read(262144)
+                if not chunk:
+                    closed = True
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            closed = True  # close_notify: the peer will send no more
+        except ssl.SSLError as exc:
+            log.info("TLS error from %s: %s", self.get_extra_info("peername"), exc)
+            self._flush()
+            assert self._raw is not None
+            self._raw.abort()
+            return
+        self._flush()  # post-handshake messages (tickets, key updates) may need answers
+        if chunks:
+            self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[attr-defined]
+        if closed and not self._eof_received:
+            self._eof_received = True
+            if not self._app.eof_received() and not self._closing:  # type: ignore[attr-defined]
+                self.close()
+
+    # -- transport of the application protocol --------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._pending is not None:
+            self._pending.append(bytes(data))
+            return
+        if self._closing or self._eof_sent or not data:
+            return
+        self._ssl.write(data)
+        assert self._raw is not None
+        self._raw.write(self._out.read())
+
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(lines))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close: ``close_notify``, then a TCP FIN; reading goes on."""
+        if self._eof_sent or self._closing:
+            return
+        self._eof_sent = True
+        self._send_close_notify()
+        raw = self._raw
+        if raw is not None and not raw.is_closing() and raw.can_write_eof():
+            raw.write_eof()
+
+    def _send_close_notify(self) -> None:
+        if self._pending is not None:
+            return
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            self._ssl.unwrap()
+        self._flush()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._send_close_notify()
+        if self._raw is not None:
+            self._raw.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._raw is not None:
+            self._raw.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._raw is None or self._raw.is_closing()
+
+    def pause_reading(self) -> None:
+        if self._raw is not None:
+            self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._raw is not None:
+            self._raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._raw is not None and self._raw.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size() if self._raw is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._raw is not None:
+            self._raw.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        if name == "peercert":
+            return self._ssl.getpeercert()
+        if name == "cipher":
+            return self._ssl.cipher()
+        if self._raw is None:
+            return default
+        return self._raw.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._app
+
+    def __repr__(self) -> str:
+        side = "server" if self.server_side else "client"
+        return f"<TlsConnection {side} {self.get_extra_info('peername')}>"
+
+
+async def connect(
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    server_hostname: str,
+) -> tuple[TlsConnection, asyncio.BaseProtocol]:
+    """Dial ``host:port`` and complete a TLS handshake (the caller bounds the time)."""
+    loop = asyncio.get_running_loop()
+    app = factory()
+    tls = TlsConnection(context, app, server_side=False, server_hostname=server_hostname)
     try:
-        import uvloop
-
-        if isinstance(loop, uvloop.Loop):
-            import uvloop.loop
-
-            return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        pass
-    from asyncio.sslproto import SSLProtocol
-
-    return SSLProtocol
+        await loop.create_connection(lambda: cast(asyncio.Protocol, tls), host, port)
+        await tls.handshake
+    except BaseException:
+        tls.abort()
+        raise
+    return tls, app
 
 
 def terminate(
@@ -73,47 +345,26 @@ def terminate(
     pre_read: bytes,
     *,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
-) -> asyncio.Future[None]:
+) -> TlsConnection:
     """Run the server side of TLS on ``transport``, whose first ``pre_read`` bytes were read
-    already; ``app_protocol.connection_made`` gets the decrypted transport after the handshake.
-
-    Returns the handshake's future (its exception, if any, is consumed and logged here; the
-    transport is closed by the TLS protocol when the handshake fails)."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    cls = _ssl_protocol_class(loop)
-    proto = cls(
-        loop,
-        app_protocol,
-        context,
-        waiter,
-        server_side=True,
-        ssl_handshake_timeout=handshake_timeout,
+    already; ``app_protocol.connection_made`` gets the decrypted transport after the handshake
+    (a failed handshake closes the connection and is logged)."""
+    tls = TlsConnection(
+        context, app_protocol, server_side=True, handshake_timeout=handshake_timeout
     )
-    transport.pause_reading()
-    transport.set_protocol(proto)
-    proto.connection_made(transport)
-    if pre_read:
-        view = proto.get_buffer(len(pre_read))
-        n = min(len(view), len(pre_read))
-        view[:n] = pre_read[:n]
-        proto.buffer_updated(n)
-        rest = pre_read[n:]
-        while rest:  # the TLS protocol's buffer is smaller than what was read (rare)
-            view = proto.get_buffer(len(rest))
-            n = min(len(view), len(rest))
-            view[:n] = rest[:n]
-            proto.buffer_updated(n)
-            rest = rest[n:]
-    transport.resume_reading()
 
     def done(fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             peer = transport.get_extra_info("peername")
             log.info("mesh TLS handshake from %s failed: %s", peer, fut.exception())
 
-    waiter.add_done_callback(done)
-    return waiter
+    tls.handshake.add_done_callback(done)
+    transport.set_protocol(tls)  # type: ignore[arg-type]
+    tls.connection_made(transport)
+    if pre_read:
+        tls.data_received(pre_read)
+    transport.resume_reading()
+    return tls
 
 
 def outbound_tls_labels(identity: str | None) -> dict[str, str]:
@@ -135,7 +386,9 @@ def inbound_tls_labels(peer: PeerTls | None) -> tuple[tuple[str, str], ...]:
 __all__ = [
     "HANDSHAKE_TIMEOUT",
     "PeerTls",
+    "TlsConnection",
     "TlsSource",
+    "connect",
     "inbound_tls_labels",
     "outbound_tls_labels",
     "terminate",
