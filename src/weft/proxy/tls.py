@@ -198,15 +198,19 @@ class TlsConnection:
 
     def _read(self) -> None:
         chunks: list[bytes] = []
-        read = self._ssl.read
+        obj = self._ssl
+        incoming = self._in
         closed = False
         try:
             while True:
-                chunk = read(262144)
+                chunk = obj.read(262144)
                 if not chunk:
                     closed = True
                     break
                 chunks.append(chunk)
+                # the common case, one whole record read: stop without raising SSLWantReadError
+                if not incoming.pending and not obj.pending():
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
