@@ -316,3 +316,35 @@ async def test_a_call_to_its_own_pod_is_not_wrapped_in_tls(pki: Pki, tmp_path: P
         reply = await app.request("GET", "/self")
         assert reply.status == 200
         assert reply.body == b"secret answer to /self"
+
+
+async def test_grpc_between_meshed_proxies_is_per_call_over_mutual_tls(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """grpcio client -> client proxy (h2c, per call) -> h2 over mTLS -> server proxy -> grpcio."""
+    import grpc.aio
+
+    from tests.integration.test_proxy_http2 import METHOD_UNARY, GrpcServer
+
+    server_leaf, client_leaf = pki.leaf("app", "server"), pki.leaf("app", "client")
+    async with (
+        GrpcServer("g0") as backend,
+        proxy(identity(server_leaf), inbound_target=backend.address) as server,
+        Tap(server.addresses["inbound"]) as tap,
+        proxy(
+            identity(client_leaf),
+            outbound_target=TARGET,
+            discovery=discovery_file(tmp_path / "d.yaml", tap.address, identity=server_leaf.name),
+        ) as client,
+    ):
+        host, port = client.addresses["outbound"]
+        async with grpc.aio.insecure_channel(f"{host}:{port}") as ch:
+            call = ch.unary_unary(METHOD_UNARY)
+            for i in range(10):
+                assert await call(b"secret-%d" % i, timeout=5)
+        assert b"secret-" not in bytes(tap.sent)
+        assert tap.sent[:1] == b"\x16"
+        inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
+        assert sample(server, "request_total", **inbound) == 10
+        text = server.metrics.expose().decode()
+        assert 'grpc_status_code="0"' in text

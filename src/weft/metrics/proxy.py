@@ -61,11 +61,12 @@ class HttpSeries:
         self.expired = False
         self.last_seen = -1
         self.requests = 0
-        self.responses: dict[tuple[int, bool], ResponseSeries] = {}
+        # (HTTP status, success, gRPC status or None) -> counts and latency
+        self.responses: dict[tuple[int, bool, int | None], ResponseSeries] = {}
         self.last_used = 0.0
 
-    def response(self, status: int, success: bool) -> ResponseSeries:
-        key = (status, success)
+    def response(self, status: int, success: bool, grpc: int | None = None) -> ResponseSeries:
+        key = (status, success, grpc)
         series = self.responses.get(key)
         if series is None:
             series = self.responses[key] = ResponseSeries()
@@ -221,10 +222,11 @@ class ProxyMetrics:
             base = _labels(s.labels)
             req.append(f"{req_name}{{{base}}} {s.requests}\n")
             by_status: dict[int, list[ResponseSeries]] = {}
-            for (status, success), r in s.responses.items():
+            for (status, success, grpc), r in s.responses.items():
                 cls = "success" if success else "failure"
+                extra = "" if grpc is None else f',grpc_status_code="{grpc}"'
                 rsp.append(
-                    f'{rsp_name}{{{base},status_code="{status}",classification="{cls}"}} '
+                    f'{rsp_name}{{{base},status_code="{status}",classification="{cls}"{extra}}} '
                     f"{r.count}\n"
                 )
                 by_status.setdefault(status, []).append(r)

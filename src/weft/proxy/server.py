@@ -38,6 +38,7 @@ from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 from weft.proxy.http1 import Http1Context, Http1Downstream, Http1Upstream
+from weft.proxy.http2 import Http2Context, Http2Downstream
 from weft.proxy.tcp import Relay
 from weft.proxy.tls import PeerTls, TlsSource, inbound_tls_labels, terminate
 
@@ -90,6 +91,7 @@ class Listener:
         self.metrics = metrics
         self.discovery = discovery
         self.http = Http1Context(config, metrics, direction)
+        self.http2 = Http2Context(config, metrics, direction)
         self.default_target = (
             config.outbound_target if direction == "outbound" else config.inbound_target
         )
@@ -207,6 +209,7 @@ class Listener:
 
     def reap(self, now: float) -> None:
         self.http.reap(now)
+        self.http2.reap(now)
         for key, concrete in list(self.concretes.items()):
             concrete.sweep(self.config.pool_idle_timeout)
             if self.users.get(key, 0) <= 0 and now - self.last_used.get(key, now) > EVICT_IDLE:
@@ -219,7 +222,12 @@ class Listener:
                     unsubscribe()
 
     def active(self) -> int:
-        return len(self.http.connections) + len(self.relays) + len(self.accepting)
+        return (
+            len(self.http.connections)
+            + len(self.http2.connections)
+            + len(self.relays)
+            + len(self.accepting)
+        )
 
 
 class _Probe(asyncio.Protocol):
@@ -427,6 +435,12 @@ class Accept(asyncio.Protocol):
                 _discard(dial)
             self._terminate()
             return
+        if decided is Detected.HTTP2 and not server_first:
+            concrete.http_seen = True
+            if dial is not None:
+                _discard(dial)
+            self._to_http2(concrete)
+            return
         if decided is Detected.HTTP1 and not server_first:
             concrete.http_seen = True
             if dial is not None and state is not None:
@@ -503,6 +517,34 @@ class Accept(asyncio.Protocol):
         if buffered:
             down.data_received(buffered)
         if self.client_eof and not down.eof_received():
+            transport.close()
+
+    def _to_http2(self, concrete: Concrete) -> None:
+        """Prior-knowledge HTTP/2 (h2c, or h2 inside mesh TLS): each stream is a request."""
+        transport = self.transport
+        assert transport is not None
+        listener = self.listener
+        down = Http2Downstream(listener.http2, concrete, transport, self.peer)
+        down.tls_labels = self.tls_labels
+        if self.port_policy is not None:
+            down.authz = self.port_policy.http_connection(
+                self.peer_ip, self._client_id(), self.terminated
+            )
+        series = listener.src_series(concrete.name, self.tls_labels)
+        series.opened()
+        down.tcp = series
+        listener.acquire(concrete)
+
+        def closed(d: Http2Downstream) -> None:
+            series.closed()
+            listener.release(concrete)
+
+        down.on_close = closed
+        transport.set_protocol(down)
+        buffered, self.buffer = self.buffer, b""
+        transport.resume_reading()
+        down.start(buffered)
+        if self.client_eof:
             transport.close()
 
     def _pool_probe(
@@ -762,15 +804,22 @@ class ProxyServer:
             if listener.server is not None:
                 listener.server.close()
             listener.http.drain()
+            listener.http2.drain()
         log.info("draining: %d connections in flight", sum(x.active() for x in listeners))
         deadline = time.monotonic() + grace
-        while any(x.http.connections or x.accepting for x in listeners):
+        while any(x.http.connections or x.http2.connections or x.accepting for x in listeners):
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.05)
         for listener in listeners:
             for conn in list(listener.http.connections):
                 conn.transport.abort()
+            for conn2 in list(listener.http2.connections):
+                if conn2.transport is not None:
+                    conn2.transport.abort()
+            for pool in list(listener.http2.pools.values()):
+                for up in list(pool):
+                    up.close()
             for relay in list(listener.relays):
                 relay.close()
             for acc in list(listener.accepting):

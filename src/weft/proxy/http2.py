@@ -1,0 +1,1136 @@
+"""HTTP/2 proxying, per stream: the client-facing server side and multiplexed upstream connections.
+
+:class:`Http2Downstream` is the ``asyncio.Protocol`` of a client's HTTP/2 connection (prior
+knowledge h2c; any transport, so later h2 over mesh TLS too), driven by ``h2`` (python-hyper).
+Every stream is one request, a :class:`H2Stream`: it picks its own endpoint from the
+:class:`~weft.proxy.endpoints.Concrete` (so the calls of one long-lived gRPC connection spread
+over every endpoint) and opens a stream on an :class:`Http2Upstream` to that endpoint: one
+multiplexed connection per endpoint, dialed on demand, more when the server's
+``MAX_CONCURRENT_STREAMS`` is reached (:class:`Http2Context` keeps these pools).
+
+Callbacks only (no task per stream): ``h2`` events drive the streams; only dialing awaits, in the
+Concrete's connect task. Frames produced while handling one read are written with one ``write``
+per connection (:meth:`Http2Context.flush`).
+
+Flow control is the backpressure: DATA received on one side is acknowledged to its sender
+(``acknowledge_received_data``, which reopens its window) only once it was handed to the other
+side, which happens only while that side's flow-control window is open and its transport is not
+paused. So a stream whose reader is slow holds at most its stream window (``STREAM_WINDOW``) in
+the proxy and stalls nobody else; all of a connection's streams together hold at most the
+connection window (``CONNECTION_WINDOW``) per direction.
+
+Trailers (``grpc-status``, ``grpc-message``) pass through; RST_STREAM is carried both ways (a
+client's cancel resets the upstream stream, an upstream reset resets the client's); long-lived
+streams are never cut (the idle timeout applies only to a connection with no open stream); drain
+sends GOAWAY and closes each connection once its streams finish.
+
+Errors the proxy makes carry ``weft-proxy-error``: 503 no endpoint, 502 connect failure or
+upstream lost before answering. For gRPC requests (``content-type: application/grpc...``) these
+are HTTP 200 trailers-only answers with ``grpc-status: 14`` (UNAVAILABLE) and ``grpc-message``.
+Malformed frames end the client connection with GOAWAY PROTOCOL_ERROR (``h2`` decides).
+
+Metrics: per request through ``concrete.http_series`` as HTTP/1 does, recorded when the stream
+ends (gRPC classification needs the trailers): failure when the status is 5xx, when the stream
+was reset, or when ``grpc-status`` is non-zero; the latency is to the response headers.
+
+Not for: choosing the destination (the caller hands a Concrete), routes and retries (GRPCRoute is
+later work), TLS, HTTP/1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import Frame, GoAwayFrame
+
+from weft.addr import format_addr
+from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
+from weft.proxy.endpoints import Concrete, EndpointState
+
+if TYPE_CHECKING:
+    from weft.proxy.config import ProxyConfig
+    from weft.proxy.inbound_policy import HttpConn
+
+log = logging.getLogger("weft.proxy")
+
+Headers = list[tuple[bytes, bytes]]
+
+ERROR_HEADER = b"weft-proxy-error"
+STREAM_WINDOW = 256 * 1024  # bytes one stream may have in flight into the proxy, per direction
+CONNECTION_WINDOW = 4 * 1024 * 1024  # the same, all streams of one connection together
+MAX_CONCURRENT_STREAMS = 1000  # streams a client may open on one connection
+MAX_CONNECT_ATTEMPTS = 3
+GRPC_UNAVAILABLE = b"14"
+
+_NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
+_CANCEL = h2.errors.ErrorCodes.CANCEL
+_INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
+_REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
+_monotonic = time.monotonic
+
+_SERVER_CONFIG = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_outbound_headers=False,  # what we send was validated when it was received
+)
+_CLIENT_CONFIG = h2.config.H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    validate_outbound_headers=False,
+)
+_LOCAL_SETTINGS = {
+    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+    h2.settings.SettingCodes.ENABLE_PUSH: 0,
+}
+
+
+class _H2Connection(h2.connection.H2Connection):
+    """``h2``'s connection, except that a graceful GOAWAY (NO_ERROR) from the peer leaves it
+    open: ``h2`` closes its state machine on any GOAWAY, where RFC 9113 6.8 lets the streams it
+    covers complete (a draining gRPC server finishes its calls)."""
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        state = self.state_machine.state
+        result = super()._receive_goaway_frame(frame)
+        if frame.error_code == _NO_ERROR and state is not _CLOSED:
+            self.state_machine.state = state
+        return result
+
+
+_CLOSED = h2.connection.ConnectionState.CLOSED
+
+
+def _goaway(last_stream_id: int, error_code: int = 0) -> bytes:
+    """A GOAWAY frame, sent without closing ``h2``'s state machine (which would refuse to finish
+    the streams the GOAWAY lets complete)."""
+    frame = GoAwayFrame(0)
+    frame.last_stream_id = last_stream_id
+    frame.error_code = error_code
+    return frame.serialize()
+
+
+class Http2Context:
+    """What every HTTP/2 connection of one listener shares: config, metrics, live client
+    connections, and the upstream connection pools (per endpoint)."""
+
+    def __init__(self, config: ProxyConfig, metrics: ProxyMetrics, direction: str) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.direction = direction
+        self.connections: set[Http2Downstream] = set()
+        self.pools: dict[EndpointState, list[Http2Upstream]] = {}
+        self.draining = False
+        self.fail_fast = (
+            config.fail_fast_outbound if direction == "outbound" else config.fail_fast_inbound
+        )
+        self._dirty: list[_Peer] = []
+
+    def upstream(self, concrete: Concrete, state: EndpointState) -> Http2Upstream:
+        """A connection to ``state`` with room for one more stream (dialed when none has)."""
+        conns = self.pools.get(state)
+        if conns is None:
+            conns = self.pools[state] = []
+        for up in conns:
+            if up.has_room():
+                return up
+        up = Http2Upstream(self, concrete, state)
+        conns.append(up)
+        up.dial()
+        return up
+
+    def forget(self, up: Http2Upstream) -> None:
+        conns = self.pools.get(up.state)
+        if conns is not None and up in conns:
+            conns.remove(up)
+            if not conns:
+                del self.pools[up.state]
+
+    def flush(self) -> None:
+        """Write what the connections touched since the last flush have to send."""
+        dirty = self._dirty
+        while dirty:
+            peer = dirty.pop()
+            peer.dirty = False
+            peer.write_out()
+
+    def reap(self, now: float) -> None:
+        """Idle timeouts (about once a second, by the server): a client connection with no open
+        stream for ``idle_timeout`` gets GOAWAY; an upstream connection with none for
+        ``pool_idle_timeout`` (or whose endpoint left) is closed. Open streams are never cut."""
+        idle_deadline = now - self.config.idle_timeout
+        for down in list(self.connections):
+            if not down.streams and down.last_active < idle_deadline:
+                down.drain()
+        pool_deadline = now - self.config.pool_idle_timeout
+        for conns in list(self.pools.values()):
+            for up in list(conns):
+                idle = not up.streams and not up.queued and up.connected
+                if idle and (up.state.closing or up.last_active < pool_deadline):
+                    up.close()
+        self.flush()
+
+    def drain(self) -> None:
+        """Graceful shutdown: GOAWAY to every client; each connection closes once its streams
+        have finished (the server aborts what is left after the grace period)."""
+        self.draining = True
+        for down in list(self.connections):
+            down.drain()
+        for conns in list(self.pools.values()):
+            for up in list(conns):
+                if not up.streams and not up.queued:
+                    up.close()
+        self.flush()
+
+
+class _Peer(asyncio.Protocol):
+    """One HTTP/2 connection of the proxy (either side): its ``h2`` state and transport."""
+
+    conn: _H2Connection
+
+    def __init__(self, ctx: Http2Context) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.dirty = False
+        self.paused = False  # the transport's write buffer is full
+        self.last_active = _monotonic()
+        # streams with data waiting for this connection's window (or its transport)
+        self.blocked: dict[H2Stream, None] = {}
+        self.tcp: TcpSeries | None = None
+
+    def mark(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            self.ctx._dirty.append(self)
+
+    def write_out(self) -> None:
+        data = self.conn.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            if self.tcp is not None:
+                self.tcp.write_bytes += len(data)
+            transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for stream in list(self.blocked):
+            stream.pump_to(self)
+        self.ctx.flush()
+
+
+def _pump(buf: deque[bytes], dst: _Peer, dst_sid: int, src: _Peer | None, src_sid: int) -> bool:
+    """Send what ``buf`` holds on ``dst``'s stream as far as its window allows and acknowledge
+    it to ``src`` (reopening the sender's window); True when ``buf`` is empty."""
+    if dst.paused:
+        return not buf
+    conn = dst.conn
+    try:
+        window = conn.local_flow_control_window(dst_sid)
+    except h2.exceptions.H2Error:  # the stream is gone: nothing more can go
+        buf.clear()
+        return True
+    max_frame = conn.max_outbound_frame_size
+    sent = 0
+    while buf and window > 0:
+        data = buf[0]
+        size = len(data)
+        if size > window or size > max_frame:
+            size = min(window, max_frame)
+            conn.send_data(dst_sid, data[:size])
+            buf[0] = data[size:]
+        else:
+            conn.send_data(dst_sid, data)
+            buf.popleft()
+        sent += size
+        window -= size
+    if sent:
+        dst.mark()
+        if src is not None:
+            src.conn.acknowledge_received_data(sent, src_sid)
+            src.mark()
+    return not buf
+
+
+def _is_grpc(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.startswith(b"application/grpc")
+    return False
+
+
+def grpc_message(text: str) -> bytes:
+    """``text`` percent-encoded as gRPC's ``grpc-message`` wants (UTF-8; bytes outside
+    printable ASCII, and ``%``, as ``%XX``)."""
+    out = bytearray()
+    for byte in text.encode():
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
+
+
+def _trailer_status(headers: Headers) -> bytes | None:
+    for name, value in headers:
+        if name == b"grpc-status":
+            return value
+    return None
+
+
+class H2Stream:
+    """One request and its response: a client stream and the upstream stream it maps to."""
+
+    __slots__ = (
+        "attempts", "authority", "concrete", "down", "failed", "finished", "grpc",
+        "grpc_status", "headers", "latency_ms", "req_buf", "req_closed", "req_end",
+        "req_trailers", "resp_buf", "resp_closed", "resp_end", "resp_started", "resp_trailers",
+        "sent_at", "series", "sid", "started", "state", "status", "up", "up_sid", "waiting",
+    )  # fmt: skip
+
+    def __init__(self, down: Http2Downstream, sid: int, headers: Headers) -> None:
+        self.down = down
+        self.sid = sid
+        self.concrete = down.concrete
+        self.headers = headers
+        self.authority = b""
+        self.grpc = _is_grpc(headers)
+        self.up: Http2Upstream | None = None
+        self.up_sid = 0
+        self.state: EndpointState | None = None
+        self.series: HttpSeries | None = None
+        self.started = _monotonic()
+        self.sent_at = 0.0
+        self.latency_ms = 0.0
+        self.status = 0
+        self.grpc_status: bytes | None = None
+        self.attempts = 0
+        self.waiting: asyncio.TimerHandle | None = None
+        self.req_buf: deque[bytes] = deque()
+        self.req_end = False  # the client ended its request
+        self.req_trailers: Headers | None = None
+        self.req_closed = False  # the request's end went upstream (or the request was dropped)
+        self.resp_buf: deque[bytes] = deque()
+        self.resp_started = False
+        self.resp_end = False  # the upstream ended its response
+        self.resp_trailers: Headers | None = None
+        self.resp_closed = False  # the response's end went to the client
+        self.failed = False  # reset either way, or answered by the proxy
+        self.finished = False
+
+    # -- request side ---------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Pick an endpoint and open the stream on a connection to it (pooled, or dialed)."""
+        concrete = self.concrete
+        state = concrete.pick()
+        if state is None:
+            if concrete.all_ejected():
+                self.fail(503, "endpoints-ejected", f"every endpoint of {concrete.name} is "
+                          "ejected by failure accrual")  # fmt: skip
+            else:
+                self._wait_for_endpoints()
+            return
+        self.state = state
+        if self.series is None:
+            self.series = concrete.http_series(state, self.authority, self.down.tls_labels)
+            self.series.requests += 1
+        self.sent_at = concrete.balancer.start(state.addr)
+        self.down.ctx.upstream(concrete, state).add(self)
+
+    def _wait_for_endpoints(self) -> None:
+        concrete = self.concrete
+
+        def wake() -> None:
+            if self.waiting is not None:
+                self.waiting.cancel()
+                self.waiting = None
+                if not self.finished:
+                    self.dispatch()
+                    self.down.ctx.flush()
+
+        def give_up() -> None:
+            self.waiting = None
+            if wake in concrete.waiters:
+                concrete.waiters.remove(wake)
+            self.fail(503, "no-endpoints", f"no endpoints available for {concrete.name}")
+            self.down.ctx.flush()
+
+        concrete.waiters.append(wake)
+        self.waiting = asyncio.get_running_loop().call_later(self.down.ctx.fail_fast, give_up)
+
+    def opened(self, up: Http2Upstream, up_sid: int) -> None:
+        """The upstream stream exists (its headers are queued): send what the client sent."""
+        self.up = up
+        self.up_sid = up_sid
+        self.pump_request()
+
+    def connect_failed(self, exc: BaseException | None) -> None:
+        state = self.state
+        assert state is not None
+        concrete = self.concrete
+        concrete.balancer.finish(state.addr, self.sent_at, success=False)
+        concrete.record(state.addr, False)
+        self.attempts += 1
+        others = len(concrete.endpoints)
+        # nothing was sent: another endpoint may be tried
+        if self.attempts < min(MAX_CONNECT_ATTEMPTS, max(others, 1) + 1) and others:
+            self.dispatch()
+            return
+        self.state = None  # its balancer accounting is done
+        self.fail(502, "connect-failed", f"connect to {format_addr(state.addr)}: {exc}")
+
+    def on_request_data(self, data: bytes) -> None:
+        if self.req_closed:  # answered already, or the upstream gave up on it: drop
+            self.down.ack(len(data), self.sid)
+            return
+        self.req_buf.append(data)
+        if self.up is not None:
+            self.pump_request()
+
+    def on_request_end(self, trailers: Headers | None) -> None:
+        self.req_end = True
+        self.req_trailers = trailers
+        if self.up is not None:
+            self.pump_request()
+        elif self.req_closed:
+            self._maybe_finish()
+
+    def pump_request(self) -> None:
+        up = self.up
+        if up is None or self.req_closed:
+            return
+        if self.req_buf and not _pump(self.req_buf, up, self.up_sid, self.down, self.sid):
+            up.blocked[self] = None
+            return
+        up.blocked.pop(self, None)
+        if self.req_end:
+            self.req_closed = True
+            try:
+                if self.req_trailers:
+                    up.conn.send_headers(self.up_sid, self.req_trailers, end_stream=True)
+                else:
+                    up.conn.end_stream(self.up_sid)
+            except h2.exceptions.H2Error:  # the upstream stream was reset meanwhile
+                pass
+            up.mark()
+            self._maybe_finish()
+
+    def pump_to(self, peer: _Peer) -> None:
+        """``peer``'s window (or transport) has room again."""
+        if peer is self.up:
+            self.pump_request()
+        else:
+            self.pump_response()
+
+    # -- response side --------------------------------------------------------------------------
+
+    def on_response(self, headers: Headers, ended: bool) -> None:
+        status = 0
+        for name, value in headers:
+            if name == b":status":
+                status = int(value) if value.isdigit() else 0
+                break
+        self.status = status
+        self.resp_started = True
+        self.latency_ms = (_monotonic() - self.started) * 1000.0
+        if ended:  # trailers-only (gRPC errors): one HEADERS frame with END_STREAM
+            self.grpc_status = _trailer_status(headers)
+            self.resp_end = True
+            self.resp_closed = True
+        down = self.down
+        try:
+            down.conn.send_headers(self.sid, headers, end_stream=ended)
+        except h2.exceptions.H2Error:  # the client reset it meanwhile
+            return
+        down.mark()
+        if ended:
+            self._maybe_finish()
+
+    def on_response_data(self, data: bytes) -> None:
+        self.resp_buf.append(data)
+        self.pump_response()
+
+    def on_response_end(self, trailers: Headers | None) -> None:
+        if self.resp_end:
+            return
+        self.resp_end = True
+        self.resp_trailers = trailers
+        if trailers is not None:
+            self.grpc_status = _trailer_status(trailers)
+        self.pump_response()
+
+    def pump_response(self) -> None:
+        if self.resp_closed:
+            return
+        down = self.down
+        if self.resp_buf and not _pump(self.resp_buf, down, self.sid, self.up, self.up_sid):
+            down.blocked[self] = None
+            return
+        down.blocked.pop(self, None)
+        if self.resp_end:
+            self.resp_closed = True
+            try:
+                if self.resp_trailers:
+                    down.conn.send_headers(self.sid, self.resp_trailers, end_stream=True)
+                else:
+                    down.conn.end_stream(self.sid)
+            except h2.exceptions.H2Error:
+                pass
+            down.mark()
+            self._maybe_finish()
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def fail(self, status: int, reason: str, detail: str, extra: Headers | None = None) -> None:
+        """Answer with a proxy error (before any response header went to the client)."""
+        if self.finished or self.resp_started:
+            return
+        log.debug("stream %d from %s: %d %s", self.sid, self.down.peer, status, detail)
+        self.status = 200 if self.grpc else status
+        self.latency_ms = (_monotonic() - self.started) * 1000.0
+        self.failed = True
+        up = self.up
+        if up is not None:
+            up.reset(self, _CANCEL)
+        if self.grpc:
+            headers: Headers = [
+                (b":status", b"200"),
+                (b"content-type", b"application/grpc"),
+                (b"grpc-status", GRPC_UNAVAILABLE),
+                (b"grpc-message", grpc_message(detail)),
+                (ERROR_HEADER, reason.encode()),
+                *(extra or ()),
+            ]
+            self.grpc_status = GRPC_UNAVAILABLE
+            body = b""
+        else:
+            body = f"weft proxy: {detail}\n".encode()
+            headers = [
+                (b":status", b"%d" % status),
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+                (ERROR_HEADER, reason.encode()),
+                *(extra or ()),
+            ]
+        self.resp_started = True
+        self.resp_end = True
+        self._drop_request()
+        down = self.down
+        try:
+            down.conn.send_headers(self.sid, headers, end_stream=not body)
+        except h2.exceptions.H2Error:
+            self.resp_closed = True
+            self._maybe_finish()
+            return
+        down.mark()
+        if body:
+            self.resp_buf.append(body)
+            self.pump_response()
+        else:
+            self.resp_closed = True
+            self._maybe_finish()
+
+    def _drop_request(self) -> None:
+        """The request will not go upstream: acknowledge what is buffered, drop the rest."""
+        if self.req_closed:
+            return
+        self.req_closed = True
+        pending = sum(len(b) for b in self.req_buf)
+        self.req_buf.clear()
+        if pending:
+            self.down.ack(pending, self.sid)
+        if self.up is not None:
+            self.up.blocked.pop(self, None)
+
+    def _drop_response(self) -> None:
+        """The response will not reach the client: give its buffered bytes' window back."""
+        self.resp_closed = True
+        pending = sum(len(b) for b in self.resp_buf)
+        self.resp_buf.clear()
+        up = self.up
+        if pending and up is not None and not up.closed:
+            up.conn.acknowledge_received_data(pending, self.up_sid)
+            up.mark()
+
+    def on_client_reset(self, code: int) -> None:
+        """The client reset the stream (a gRPC cancel): reset the upstream stream too."""
+        if self.finished:
+            return
+        self.failed = True
+        self._drop_request()
+        self._drop_response()
+        if self.up is not None:
+            self.up.reset(self, code)
+        self._finish()
+
+    def on_upstream_reset(self, code: int) -> None:
+        if self.finished:
+            return
+        if self.resp_end and code == _NO_ERROR:
+            # a complete response, and the server wants no more of the request: send the rest
+            # of the response, then tell the client the same (RFC 9113 8.1)
+            self._drop_request()
+            self.pump_response()
+            return
+        # REFUSED_STREAM before any answer: not processed, the client may retry (gRPC does)
+        self.failed = True
+        self._reset_client(code)
+
+    def on_upstream_lost(self, why: str, *, processed: bool = True) -> None:
+        """The upstream connection ended (or refused the stream with GOAWAY) before the stream
+        completed: an error answer if nothing was answered yet, else a reset."""
+        if self.finished:
+            return
+        self.up = None
+        if not self.resp_started:
+            if not processed:
+                self._reset_client(_REFUSED_STREAM)
+                return
+            self.fail(502, "upstream-closed", why)
+            return
+        self.failed = True
+        self._reset_client(_INTERNAL_ERROR)
+
+    def _reset_client(self, code: int) -> None:
+        self._drop_request()
+        self._drop_response()
+        down = self.down
+        with contextlib.suppress(h2.exceptions.H2Error):
+            down.conn.reset_stream(self.sid, code)
+        down.mark()
+        self._finish()
+
+    def _maybe_finish(self) -> None:
+        if self.finished or not self.resp_closed:
+            return
+        if not self.req_closed:
+            if self.req_end:
+                return  # the request's end still waits for the upstream's window
+            # the response is complete while the client still sends: stop both sides
+            down = self.down
+            with contextlib.suppress(h2.exceptions.H2Error):
+                down.conn.reset_stream(self.sid, _NO_ERROR)
+            down.mark()
+            if self.up is not None:
+                self.up.reset(self, _CANCEL)
+            self._drop_request()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
+        success = not self.failed and self.status < 500
+        if self.grpc_status is not None and self.grpc_status != b"0":
+            success = False
+        concrete = self.concrete
+        state = self.state
+        if state is not None:
+            concrete.balancer.finish(state.addr, self.sent_at, success=success)
+            if self.status:
+                concrete.record(state.addr, success)
+            else:
+                concrete.cancel(state.addr)
+        series = self.series
+        if self.status:
+            if series is None:
+                series = self.down.no_endpoint_series(self.authority)
+                series.requests += 1
+            grpc = self.grpc_status
+            code = int(grpc) if grpc is not None and grpc.isdigit() else None
+            series.response(self.status, success, code).observe(self.latency_ms)
+        down = self.down
+        down.streams.pop(self.sid, None)
+        down.blocked.pop(self, None)
+        up = self.up
+        if up is not None:
+            up.streams.pop(self.up_sid, None)
+            up.blocked.pop(self, None)
+            up.stream_done()
+        down.stream_done()
+
+
+class Http2Downstream(_Peer):
+    """The server side of one client's HTTP/2 connection."""
+
+    def __init__(
+        self,
+        ctx: Http2Context,
+        concrete: Concrete,
+        transport: asyncio.Transport,
+        peer: str,
+    ) -> None:
+        super().__init__(ctx)
+        self.concrete = concrete
+        self.transport = transport
+        self.peer = peer
+        self.conn = _H2Connection(config=_SERVER_CONFIG)
+        self.streams: dict[int, H2Stream] = {}
+        self.closing = False  # GOAWAY sent or received: close once the streams are done
+        self.tls_labels: LabelItems = ()  # inbound: the client's TLS labels (client_id...)
+        self.authz: HttpConn | None = None  # inbound: the port's policy for this client
+        self.on_close: Callable[[Http2Downstream], None] | None = None
+        self._no_endpoint: dict[bytes, HttpSeries] = {}
+        ctx.connections.add(self)
+
+    def start(self, buffered: bytes = b"") -> None:
+        """Send our preface (SETTINGS) and handle what was already read (part of the client's
+        preface, perhaps more)."""
+        conn = self.conn
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                **_LOCAL_SETTINGS,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            },
+        )
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.mark()
+        if buffered:
+            self.data_received(buffered)
+        else:
+            self.ctx.flush()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.tcp is not None:
+            self.tcp.read_bytes += len(data)
+        self.last_active = _monotonic()
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued GOAWAY with the error code: send it and close
+            log.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
+            self._broken()
+            return
+        handlers = _DOWN_HANDLERS
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        self.mark()  # settings and ping acknowledgements
+        self.ctx.flush()
+
+    def eof_received(self) -> bool:
+        return False  # HTTP/2 has no half-close: the connection ends
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.on_client_reset(_CANCEL)
+        self.streams.clear()
+        if self.on_close is not None:
+            self.on_close(self)
+        ctx.flush()
+
+    # -- h2 events ------------------------------------------------------------------------------
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        headers = event.headers
+        if self.closing:
+            self.conn.reset_stream(sid, _REFUSED_STREAM)
+            return
+        stream = H2Stream(self, sid, headers)
+        self.streams[sid] = stream
+        authority = b""
+        method = path = b""
+        for name, value in headers:
+            if name[:1] != b":":
+                break
+            if name == b":authority":
+                authority = value
+            elif name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+        stream.authority = authority or self.concrete.name.encode()
+        if event.stream_ended is not None:
+            stream.req_end = True
+        authz = self.authz
+        if authz is not None:
+            target, _, query = path.partition(b"?")
+            denial = authz.check(method, target, query, _lookup(headers))
+            if denial is not None:
+                extra: Headers = []
+                if denial.retry_after > 0:
+                    extra.append((b"retry-after", denial.extra[13:-2]))
+                stream.fail(denial.status, denial.reason, denial.detail, extra)
+                return
+        stream.dispatch()
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        data = event.data
+        flow = event.flow_controlled_length
+        stream = self.streams.get(event.stream_id)
+        if stream is None:  # finished already (answered, or reset): drop
+            if flow:
+                self.ack(flow, event.stream_id)
+            return
+        if flow > len(data):  # padding is never forwarded
+            self.ack(flow - len(data), event.stream_id)
+        if data:
+            stream.on_request_data(data)
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_request_end(event.headers)
+
+    def _on_end(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and not stream.req_end:  # trailers (or HEADERS) ended it already
+            stream.on_request_end(None)
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_client_reset(event.error_code)
+
+    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        sid = event.stream_id
+        if sid == 0:
+            for stream in list(self.blocked):
+                stream.pump_response()
+        else:
+            one = self.streams.get(sid)
+            if one is not None and one in self.blocked:
+                one.pump_response()
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for stream in list(self.blocked):
+                stream.pump_response()
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self.closing = True
+        if not self.streams and self.transport is not None:
+            self.write_out()
+            self.transport.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def ack(self, size: int, sid: int) -> None:
+        """Give ``size`` bytes of window back to the client (data dropped, not forwarded)."""
+        self.conn.acknowledge_received_data(size, sid)
+        self.mark()
+
+    def stream_done(self) -> None:
+        if self.closing and not self.streams and self.transport is not None:
+            self.write_out()
+            self.transport.close()
+
+    def drain(self) -> None:
+        """GOAWAY (no new streams); close once the open ones have finished."""
+        transport = self.transport
+        if not self.closing and transport is not None and not transport.is_closing():
+            self.closing = True
+            self.write_out()
+            transport.write(_goaway(self.conn.highest_inbound_stream_id))
+        self.closing = True
+        if not self.streams and self.transport is not None:
+            self.write_out()
+            self.transport.close()
+
+    def _broken(self) -> None:
+        self.closing = True
+        self.write_out()
+        if self.transport is not None:
+            self.transport.close()
+        for stream in list(self.streams.values()):
+            stream.on_client_reset(_CANCEL)
+        self.ctx.flush()
+
+    def no_endpoint_series(self, authority: bytes) -> HttpSeries:
+        series = self._no_endpoint.get(authority)
+        if series is None or series.expired:
+            labels = {"direction": self.ctx.direction, "target_addr": self.concrete.name}
+            labels["authority"] = authority.decode("latin-1")
+            labels.update(self.tls_labels or (("tls", "disabled"),))
+            series = self.ctx.metrics.http(tuple(sorted(labels.items())))
+            self._no_endpoint[authority] = series
+        return series
+
+    def __repr__(self) -> str:
+        return f"<Http2Downstream {self.peer} streams={len(self.streams)} closing={self.closing}>"
+
+
+def _lookup(headers: Headers) -> Callable[[bytes], bytes | None]:
+    def header(name: bytes) -> bytes | None:
+        for key, value in headers:
+            if key == name:
+                return value
+        return None
+
+    return header
+
+
+_DownHandler = Callable[[Http2Downstream, h2.events.Event], None]
+_DOWN_HANDLERS: dict[type[h2.events.Event], _DownHandler] = {
+    h2.events.RequestReceived: Http2Downstream._on_request,  # type: ignore[dict-item]
+    h2.events.DataReceived: Http2Downstream._on_data,  # type: ignore[dict-item]
+    h2.events.TrailersReceived: Http2Downstream._on_trailers,  # type: ignore[dict-item]
+    h2.events.StreamEnded: Http2Downstream._on_end,  # type: ignore[dict-item]
+    h2.events.StreamReset: Http2Downstream._on_reset,  # type: ignore[dict-item]
+    h2.events.WindowUpdated: Http2Downstream._on_window,  # type: ignore[dict-item]
+    h2.events.RemoteSettingsChanged: Http2Downstream._on_settings,  # type: ignore[dict-item]
+    h2.events.ConnectionTerminated: Http2Downstream._on_goaway,  # type: ignore[dict-item]
+}
+
+
+class Http2Upstream(_Peer):
+    """A multiplexed client connection to one endpoint (prior-knowledge h2c)."""
+
+    def __init__(self, ctx: Http2Context, concrete: Concrete, state: EndpointState) -> None:
+        super().__init__(ctx)
+        self.concrete = concrete
+        self.state = state
+        self.conn = _H2Connection(config=_CLIENT_CONFIG)
+        self.streams: dict[int, H2Stream] = {}
+        self.queued: list[H2Stream] = []  # waiting for the connection and the server's SETTINGS
+        self.connected = False  # the server's first SETTINGS arrived: its limits are known
+        self.goaway = False
+        self.closed = False
+
+    def dial(self) -> None:
+        task = self.concrete.connect(self.state, lambda: self)
+        task.add_done_callback(self._dialed)
+
+    def _dialed(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            return  # connection_made did the rest
+        exc = None if task.cancelled() else task.exception()
+        self.closed = True
+        self.ctx.forget(self)
+        queued, self.queued = self.queued, []
+        for stream in queued:
+            if not stream.finished:
+                stream.connect_failed(exc)
+        self.ctx.flush()
+
+    def has_room(self) -> bool:
+        if self.closed or self.goaway:
+            return False
+        if not self.connected:
+            return True  # queued until the server says how many streams it takes
+        limit = self.conn.remote_settings.max_concurrent_streams
+        return self.conn.open_outbound_streams < limit
+
+    def add(self, stream: H2Stream) -> None:
+        if self.connected:
+            self._open(stream)
+        else:
+            self.queued.append(stream)
+
+    def _open(self, stream: H2Stream) -> None:
+        conn = self.conn
+        sid = conn.get_next_available_stream_id()
+        end = stream.req_end and not stream.req_buf and not stream.req_trailers
+        try:
+            conn.send_headers(sid, stream.headers, end_stream=end)
+        except h2.exceptions.TooManyStreamsError:
+            # the server lowered its limit: another connection takes it
+            self.ctx.upstream(self.concrete, self.state).add(stream)
+            return
+        self.streams[sid] = stream
+        if end:
+            stream.req_closed = True
+        self.mark()
+        stream.opened(self, sid)
+
+    def reset(self, stream: H2Stream, code: int) -> None:
+        """Reset ``stream``'s upstream stream (the client cancelled it, or it was answered)."""
+        if self.streams.pop(stream.up_sid, None) is None:
+            return
+        self.blocked.pop(stream, None)
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.conn.reset_stream(stream.up_sid, code)
+        self.mark()
+
+    def stream_done(self) -> None:
+        self.last_active = _monotonic()
+        if self.streams or self.queued:
+            return
+        if self.goaway or self.state.closing or self.ctx.draining:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ctx.forget(self)
+        if self.transport is not None:
+            if not self.goaway:
+                self.conn.close_connection(_NO_ERROR)
+            self.write_out()
+            self.transport.close()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        conn = self.conn
+        conn.local_settings = h2.settings.Settings(client=True, initial_values=_LOCAL_SETTINGS)
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.write_out()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = _monotonic()
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.info("HTTP/2 protocol error from upstream %s: %s",
+                     format_addr(self.state.addr), exc)  # fmt: skip
+            self.goaway = True
+            self.write_out()
+            self._lost(f"invalid HTTP/2 from upstream: {exc}")
+            if self.transport is not None:
+                self.transport.close()
+            self.ctx.flush()
+            return
+        for event in events:
+            handler = _UP_HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        self.mark()
+        self.ctx.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.forget(self)
+        self._lost(f"upstream closed the connection: {exc or 'EOF'}")
+        self.ctx.flush()
+
+    def _lost(self, why: str) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.blocked.clear()
+        queued, self.queued = self.queued, []
+        for stream in streams:
+            stream.on_upstream_lost(why)
+        for stream in queued:
+            if not stream.finished:
+                stream.connect_failed(ConnectionError(why))
+
+    # -- h2 events ------------------------------------------------------------------------------
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        codes = h2.settings.SettingCodes
+        if not self.connected:
+            self.connected = True
+            queued, self.queued = self.queued, []
+            for stream in queued:
+                if stream.finished:
+                    continue
+                if self.has_room():
+                    self._open(stream)
+                else:  # more than the server takes on one connection
+                    self.ctx.upstream(self.concrete, self.state).add(stream)
+        elif codes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for stream in list(self.blocked):
+                stream.pump_request()
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_response(event.headers, event.stream_ended is not None)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        sid = event.stream_id
+        data = event.data
+        flow = event.flow_controlled_length
+        stream = self.streams.get(sid)
+        if stream is None or stream.resp_closed:
+            if flow:
+                self.conn.acknowledge_received_data(flow, sid)
+            return
+        if flow > len(data):
+            self.conn.acknowledge_received_data(flow - len(data), sid)
+        if data:
+            stream.on_response_data(data)
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_response_end(event.headers)
+
+    def _on_end(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and not stream.resp_end:
+            stream.on_response_end(None)
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            self.blocked.pop(stream, None)
+            stream.on_upstream_reset(event.error_code)
+
+    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        sid = event.stream_id
+        if sid == 0:
+            for stream in list(self.blocked):
+                stream.pump_request()
+        else:
+            one = self.streams.get(sid)
+            if one is not None and one in self.blocked:
+                one.pump_request()
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """No new streams here; those above ``last_stream_id`` were not processed."""
+        self.goaway = True
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        for sid, stream in list(self.streams.items()):
+            if sid > last:
+                del self.streams[sid]
+                self.blocked.pop(stream, None)
+                stream.on_upstream_lost("upstream went away", processed=False)
+        self.stream_done()
+
+    def __repr__(self) -> str:
+        return f"<Http2Upstream {format_addr(self.state.addr)} streams={len(self.streams)}>"
+
+
+_UpHandler = Callable[[Http2Upstream, h2.events.Event], None]
+_UP_HANDLERS: dict[type[h2.events.Event], _UpHandler] = {
+    h2.events.RemoteSettingsChanged: Http2Upstream._on_settings,  # type: ignore[dict-item]
+    h2.events.ResponseReceived: Http2Upstream._on_response,  # type: ignore[dict-item]
+    h2.events.DataReceived: Http2Upstream._on_data,  # type: ignore[dict-item]
+    h2.events.TrailersReceived: Http2Upstream._on_trailers,  # type: ignore[dict-item]
+    h2.events.StreamEnded: Http2Upstream._on_end,  # type: ignore[dict-item]
+    h2.events.StreamReset: Http2Upstream._on_reset,  # type: ignore[dict-item]
+    h2.events.WindowUpdated: Http2Upstream._on_window,  # type: ignore[dict-item]
+    h2.events.ConnectionTerminated: Http2Upstream._on_goaway,  # type: ignore[dict-item]
+}
+
+__all__ = [
+    "ERROR_HEADER",
+    "H2Stream",
+    "Http2Context",
+    "Http2Downstream",
+    "Http2Upstream",
+    "grpc_message",
+]

@@ -1,0 +1,488 @@
+"""HTTP/2 and gRPC through :mod:`weft.proxy.http2` over real sockets: grpcio client -> an
+in-test listener handing connections to ``Http2Downstream`` -> real grpcio servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import grpc.aio
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from weft.addr import Address
+from weft.discovery import Endpoint
+from weft.metrics.proxy import ProxyMetrics
+from weft.proxy.config import ProxyConfig
+from weft.proxy.endpoints import Concrete
+from weft.proxy.http2 import STREAM_WINDOW, Http2Context, Http2Downstream
+
+pytestmark = pytest.mark.timeout(60)
+
+METHOD_UNARY = "/test.Svc/Unary"
+METHOD_SERVER = "/test.Svc/ServerStream"
+METHOD_CLIENT = "/test.Svc/ClientStream"
+METHOD_BIDI = "/test.Svc/Bidi"
+METHOD_WAIT = "/test.Svc/Wait"
+METHOD_FAIL = "/test.Svc/Fail"
+METHOD_BIG = "/test.Svc/Big"
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class GrpcServer:
+    """A real grpcio (asyncio) server with generic handlers; ``name`` tags its answers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.cancelled = asyncio.Event()
+        self.deadlines: list[float | None] = []
+        self.started = asyncio.Event()
+        self.server = grpc.aio.server()
+        self.port = 0
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return self.name + b":" + request
+
+    async def server_stream(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        for i in range(int(request)):
+            yield b"%s:%d" % (self.name, i)
+
+    async def client_stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> bytes:
+        total = 0
+        count = 0
+        slow = dict(context.invocation_metadata() or ()).get("slow") == "1"
+        async for message in requests:
+            total += len(message)
+            count += 1
+            if slow and total % (1024 * 1024) == 0:
+                await asyncio.sleep(0.01)  # a slow reader
+        return b"%d:%d" % (count, total)
+
+    async def bidi(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        async for message in requests:
+            yield message.upper()
+
+    async def wait(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self.deadlines.append(context.time_remaining())
+        self.started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return b"late"
+
+    async def fail(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if request == b"after-data":
+            await context.send_initial_metadata(())
+        await context.abort(grpc.StatusCode.NOT_FOUND, "nothing here")
+        return b""  # not reached
+
+    async def big(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        chunk = b"x" * (64 * 1024)
+        for _ in range(int(request)):
+            yield chunk
+
+    async def __aenter__(self) -> GrpcServer:
+        rpc = grpc
+        handlers = {
+            "Unary": rpc.unary_unary_rpc_method_handler(self.unary, _identity, _identity),
+            "ServerStream": rpc.unary_stream_rpc_method_handler(
+                self.server_stream, _identity, _identity
+            ),
+            "ClientStream": rpc.stream_unary_rpc_method_handler(
+                self.client_stream, _identity, _identity
+            ),
+            "Bidi": rpc.stream_stream_rpc_method_handler(self.bidi, _identity, _identity),
+            "Wait": rpc.unary_unary_rpc_method_handler(self.wait, _identity, _identity),
+            "Fail": rpc.unary_unary_rpc_method_handler(self.fail, _identity, _identity),
+            "Big": rpc.unary_stream_rpc_method_handler(self.big, _identity, _identity),
+        }
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Svc", handlers),)
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(grace=None)
+
+    @property
+    def address(self) -> Address:
+        return ("127.0.0.1", self.port)
+
+
+class _Handoff(asyncio.Protocol):
+    """Accepts like the proxy's ``Accept``: reads the first bytes (part of the preface), then
+    hands the transport and those bytes to an ``Http2Downstream``."""
+
+    def __init__(self, proxy: H2Proxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        down = Http2Downstream(self.proxy.ctx, self.proxy.concrete, self.transport, "test")
+        self.transport.set_protocol(down)
+        down.start(data)
+
+
+class H2Proxy:
+    """The HTTP/2 path of the proxy on a loopback port, over ``endpoints``."""
+
+    def __init__(self, endpoints: list[Address], **config: Any) -> None:
+        self.metrics = ProxyMetrics(process=False)
+        self.config = ProxyConfig(**config)
+        self.ctx = Http2Context(self.config, self.metrics, "outbound")
+        self.concrete = Concrete(
+            "svc.test:8080",
+            direction="outbound",
+            metrics=self.metrics,
+            connect_timeout=1.0,
+            pool_max_idle=16,
+            labels={"service": "svc"},
+        )
+        self.concrete.set_endpoints([Endpoint(a) for a in endpoints])
+        self.server: asyncio.Server | None = None
+        self.address: Address = ("127.0.0.1", 0)
+
+    async def __aenter__(self) -> H2Proxy:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Handoff(self), "127.0.0.1", 0)
+        self.address = self.server.sockets[0].getsockname()[:2]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for down in list(self.ctx.connections):
+            if down.transport is not None:
+                down.transport.abort()
+        for conns in list(self.ctx.pools.values()):
+            for up in list(conns):
+                up.close()
+        self.concrete.close()
+        await asyncio.sleep(0)
+
+    def sample(self, name: str, **labels: str) -> float:
+        total = 0.0
+        for fam in text_string_to_metric_families(self.metrics.expose().decode()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def buffered(self) -> int:
+        """Bytes the proxy holds for its streams (stream buffers and transport write buffers)."""
+        total = 0
+        for down in self.ctx.connections:
+            for stream in down.streams.values():
+                total += sum(len(b) for b in stream.req_buf) + sum(len(b) for b in stream.resp_buf)
+            if down.transport is not None:
+                total += down.transport.get_write_buffer_size()
+        for conns in self.ctx.pools.values():
+            for up in conns:
+                if up.transport is not None:
+                    total += up.transport.get_write_buffer_size()
+        return total
+
+
+@asynccontextmanager
+async def channel(proxy: H2Proxy) -> AsyncIterator[grpc.aio.Channel]:
+    host, port = proxy.address
+    async with grpc.aio.insecure_channel(f"{host}:{port}") as ch:
+        yield ch
+
+
+@asynccontextmanager
+async def servers(n: int) -> AsyncIterator[list[GrpcServer]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(GrpcServer(f"s{i}")) for i in range(n)]
+
+
+def _unary(ch: grpc.aio.Channel, method: str = METHOD_UNARY) -> Callable[..., Any]:
+    return ch.unary_unary(method, request_serializer=_identity, response_deserializer=_identity)
+
+
+async def test_all_four_streaming_kinds() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        assert await _unary(ch)(b"hello") == b"s0:hello"
+        stream = ch.unary_stream(
+            METHOD_SERVER, request_serializer=_identity, response_deserializer=_identity
+        )
+        got = [m async for m in stream(b"5")]
+        assert got == [b"s0:%d" % i for i in range(5)]
+        client = ch.stream_unary(
+            METHOD_CLIENT, request_serializer=_identity, response_deserializer=_identity
+        )
+
+        async def messages() -> AsyncIterator[bytes]:
+            for i in range(10):
+                yield b"m" * i
+
+        assert await client(messages()) == b"10:45"
+        bidi = ch.stream_stream(
+            METHOD_BIDI, request_serializer=_identity, response_deserializer=_identity
+        )
+        call = bidi()
+        for word in (b"ab", b"cd", b"ef"):
+            await call.write(word)
+            assert await call.read() == word.upper()
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+        assert proxy.sample("request_total", authority=f"127.0.0.1:{proxy.address[1]}") == 4
+        assert proxy.sample("response_total", classification="success", status_code="200") == 4
+
+
+async def test_1000_concurrent_streams_on_one_connection_spread_over_3_endpoints() -> None:
+    async with servers(3) as srvs, H2Proxy([s.address for s in srvs]) as proxy:
+        async with channel(proxy) as ch:
+            call = _unary(ch)
+            replies = await asyncio.gather(*(call(b"%d" % i) for i in range(1000)))
+        assert len(proxy.ctx.connections) <= 1  # closed by now, or the one connection
+        served = Counter(r.split(b":")[0] for r in replies)
+        assert set(served) == {b"s0", b"s1", b"s2"}
+        assert min(served.values()) > 100, served
+        assert all(r.endswith(b":%d" % i) for i, r in enumerate(replies))
+        assert proxy.sample("response_total", classification="success") == 1000
+
+
+async def test_nonzero_grpc_status_is_a_failure_in_metrics() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        for request in (b"trailers-only", b"after-data"):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _unary(ch, METHOD_FAIL)(request)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            assert info.value.details() == "nothing here"
+        assert await _unary(ch)(b"ok") == b"s0:ok"
+        assert proxy.sample("response_total", classification="failure", status_code="200") == 2
+        assert proxy.sample("response_total", classification="success") == 1
+
+
+async def test_client_cancellation_reaches_the_server() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        call = _unary(ch, METHOD_WAIT)(b"")
+        await asyncio.wait_for(srv.started.wait(), 10)
+        call.cancel()
+        await asyncio.wait_for(srv.cancelled.wait(), 10)
+        # the connection and the upstream connection both stay usable
+        assert await _unary(ch)(b"again") == b"s0:again"
+        assert all(not d.streams for d in proxy.ctx.connections)
+
+
+async def test_deadline_is_forwarded_and_expiry_reaches_the_server() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _unary(ch, METHOD_WAIT)(b"", timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        remaining = srv.deadlines[0]
+        assert remaining is not None and 0 < remaining <= 1.0
+        await asyncio.wait_for(srv.cancelled.wait(), 10)
+
+
+async def test_32_mib_to_a_slow_reader_through_bounded_memory() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        big = ch.unary_stream(
+            METHOD_BIG, request_serializer=_identity, response_deserializer=_identity
+        )
+        peak = 0
+        received = 0
+        call = big(b"512")  # 512 x 64 KiB = 32 MiB
+        async for message in call:
+            received += len(message)
+            if received % (1024 * 1024) == 0:
+                await asyncio.sleep(0.01)  # a slow reader
+                peak = max(peak, proxy.buffered())
+                # another stream on the same connection is not stalled by it
+                assert await asyncio.wait_for(_unary(ch)(b"x"), 10) == b"s0:x"
+        assert received == 32 * 1024 * 1024
+        # the proxy held a few windows' worth at most, never the stream
+        assert peak <= 4 * STREAM_WINDOW + 1024 * 1024, peak
+
+
+async def test_32_mib_request_stream_to_a_slow_server_through_bounded_memory() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        client = ch.stream_unary(
+            METHOD_CLIENT, request_serializer=_identity, response_deserializer=_identity
+        )
+        peak = 0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, proxy.buffered())
+                await asyncio.sleep(0.002)
+
+        async def messages() -> AsyncIterator[bytes]:
+            chunk = b"y" * (64 * 1024)
+            for _ in range(512):
+                yield chunk
+
+        sampler = asyncio.ensure_future(sample())
+        try:
+            reply = await client(messages(), metadata=(("slow", "1"),))
+        finally:
+            sampler.cancel()
+        assert reply == b"512:%d" % (32 * 1024 * 1024)
+        assert 0 < peak <= 4 * STREAM_WINDOW + 1024 * 1024, peak
+
+
+async def test_no_endpoint_answers_grpc_unavailable() -> None:
+    async with H2Proxy([], fail_fast_outbound=0.2) as proxy, channel(proxy) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _unary(ch)(b"x")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no endpoints" in (info.value.details() or "")
+        metadata = dict(info.value.trailing_metadata() or ())
+        assert metadata.get("weft-proxy-error") == "no-endpoints"
+        assert proxy.sample("response_total", classification="failure", status_code="200") == 1
+
+
+def _closed_port() -> Address:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return ("127.0.0.1", s.getsockname()[1])
+
+
+async def test_connect_failure_answers_502_or_grpc_unavailable() -> None:
+    async with H2Proxy([_closed_port()]) as proxy:
+        async with channel(proxy) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _unary(ch)(b"x")
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            metadata = dict(info.value.trailing_metadata() or ())
+            assert metadata.get("weft-proxy-error") == "connect-failed"
+        # plain HTTP/2 (not gRPC): a 502
+        events = await _raw_request(
+            proxy.address,
+            [
+                (b":method", b"GET"),
+                (b":path", b"/"),
+                (b":scheme", b"http"),
+                (b":authority", b"svc"),
+            ],
+        )
+        responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert responses and dict(responses[0].headers)[b":status"] == b"502"
+        assert dict(responses[0].headers)[b"weft-proxy-error"] == b"connect-failed"
+
+
+async def _raw_request(
+    address: Address, headers: list[tuple[bytes, bytes]], *, garbage: bytes = b""
+) -> list[h2.events.Event]:
+    """One raw HTTP/2 request (headers not validated: they may be malformed) or garbage after
+    the preface; the events read back until the stream or the connection ends."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+    )
+    conn.initiate_connection()
+    reader, writer = await asyncio.open_connection(*address)
+    events: list[h2.events.Event] = []
+    try:
+        if garbage:
+            writer.write(conn.data_to_send() + garbage)
+        else:
+            conn.send_headers(1, headers, end_stream=True)
+            writer.write(conn.data_to_send())
+        async with asyncio.timeout(10):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                try:
+                    new = conn.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    break
+                events.extend(new)
+                writer.write(conn.data_to_send())
+                ended = (h2.events.StreamEnded, h2.events.StreamReset,
+                         h2.events.ConnectionTerminated)  # fmt: skip
+                if any(isinstance(e, ended) for e in new):
+                    break
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return events
+
+
+async def test_malformed_input_gets_goaway_or_reset_and_the_proxy_keeps_serving() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy:
+        # garbage after the preface: a connection error
+        events = await _raw_request(proxy.address, [], garbage=b"\x00\x00\x04\x09" + b"\xff" * 30)
+        goaways = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaways and goaways[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        # a HEADERS frame with bad pseudo-headers (no :path, an unknown one)
+        bad = [(b":method", b"GET"), (b":scheme", b"http"), (b":bogus", b"1")]
+        events = await _raw_request(proxy.address, bad)
+        assert any(
+            isinstance(e, h2.events.ConnectionTerminated | h2.events.StreamReset) for e in events
+        )
+        async with channel(proxy) as ch:
+            assert await _unary(ch)(b"still") == b"s0:still"
+
+
+async def test_drain_sends_goaway_and_lets_open_streams_finish() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        bidi = ch.stream_stream(
+            METHOD_BIDI, request_serializer=_identity, response_deserializer=_identity
+        )
+        call = bidi()
+        await call.write(b"before")
+        assert await call.read() == b"BEFORE"
+        proxy.ctx.drain()
+        await call.write(b"during")  # the open stream keeps going after GOAWAY
+        assert await call.read() == b"DURING"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+        for _ in range(100):  # the drained connection closes once its stream is done
+            if not proxy.ctx.connections:
+                break
+            await asyncio.sleep(0.05)
+        assert not proxy.ctx.connections
+
+
+async def test_upstream_graceful_shutdown_lets_its_streams_finish() -> None:
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        bidi = ch.stream_stream(
+            METHOD_BIDI, request_serializer=_identity, response_deserializer=_identity
+        )
+        call = bidi()
+        await call.write(b"a")
+        assert await call.read() == b"A"
+        stopping = asyncio.ensure_future(srv.server.stop(grace=5))  # GOAWAY, then waits
+        for _ in range(100):
+            if any(up.goaway for conns in proxy.ctx.pools.values() for up in conns):
+                break
+            await asyncio.sleep(0.02)
+        assert any(up.goaway for conns in proxy.ctx.pools.values() for up in conns)
+        await call.write(b"b")
+        assert await call.read() == b"B"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+        await stopping
