@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -158,10 +159,21 @@ def machine_info() -> dict[str, object]:
         "envoy_build": envoy_version,
         "wrk": _first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
         "weft": (_first_line([str(weft), "--version"]).removeprefix("weft ") if weft else "missing")
-        + f" (git {rev}{src_state})",
+        + f" (git {rev}{src_state}{_build_kind()})",
         "loadavg_before": Path("/proc/loadavg").read_text().split()[0],
         "clock_ticks": procfs.CLOCK_TICKS,
     }
+
+
+def _build_kind() -> str:
+    """``", mypyc"`` when this interpreter's weft has compiled modules (``make compiled``).
+
+    The ``weft`` the run starts is the one next to this interpreter (``tool``), so this is its
+    build too.
+    """
+    spec = importlib.util.find_spec("weft.proxy.http1")
+    origin = spec.origin if spec is not None else None
+    return ", mypyc" if origin is not None and not origin.endswith(".py") else ""
 
 
 def _progress(console: Console, text: str) -> None:

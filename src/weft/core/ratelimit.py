@@ -88,7 +88,8 @@ class Gcra:
         seconds until a request would be allowed."""
         tat = self._tat if self._tat > now else now
         excess = tat + self.interval - now - self.tolerance
-        if excess > _EPSILON:
+        # float rounding grows with the clock's magnitude (monotonic clocks read ~1e5-1e6 s)
+        if excess > _EPSILON + abs(now) * 1e-12:
             return excess
         self._tat = tat + self.interval
         return 0.0
