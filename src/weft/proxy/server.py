@@ -38,11 +38,11 @@ from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 from weft.proxy.http1 import Http1Context, Http1Downstream, Http1Upstream
-from weft.proxy.http2 import Http2Context, Http2Downstream
 from weft.proxy.tcp import Relay
 from weft.proxy.tls import PeerTls, TlsSource, inbound_tls_labels, terminate
 
 if TYPE_CHECKING:
+    from weft.proxy.http2 import Http2Context
     from weft.proxy.inbound_policy import InboundPolicyWatch, PortPolicy
 
 log = logging.getLogger("weft.proxy")
@@ -91,7 +91,9 @@ class Listener:
         self.metrics = metrics
         self.discovery = discovery
         self.http = Http1Context(config, metrics, direction)
-        self.http2 = Http2Context(config, metrics, direction)
+        # created with the first HTTP/2 connection: a sidecar that never sees one does not load
+        # h2 (about 1.5 MB of RSS)
+        self.http2: Http2Context | None = None
         self.default_target = (
             config.outbound_target if direction == "outbound" else config.inbound_target
         )
@@ -209,7 +211,8 @@ class Listener:
 
     def reap(self, now: float) -> None:
         self.http.reap(now)
-        self.http2.reap(now)
+        if self.http2 is not None:
+            self.http2.reap(now)
         for key, concrete in list(self.concretes.items()):
             concrete.sweep(self.config.pool_idle_timeout)
             if self.users.get(key, 0) <= 0 and now - self.last_used.get(key, now) > EVICT_IDLE:
@@ -221,13 +224,14 @@ class Listener:
                 if unsubscribe is not None:
                     unsubscribe()
 
+    def active_requests(self) -> bool:
+        """Whether HTTP connections or undecided connections remain (what a drain waits for)."""
+        h2 = self.http2 is not None and bool(self.http2.connections)
+        return bool(self.http.connections) or h2 or bool(self.accepting)
+
     def active(self) -> int:
-        return (
-            len(self.http.connections)
-            + len(self.http2.connections)
-            + len(self.relays)
-            + len(self.accepting)
-        )
+        h2 = len(self.http2.connections) if self.http2 is not None else 0
+        return len(self.http.connections) + h2 + len(self.relays) + len(self.accepting)
 
 
 class _Probe(asyncio.Protocol):
@@ -524,6 +528,10 @@ class Accept(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         listener = self.listener
+        from weft.proxy.http2 import Http2Context, Http2Downstream
+
+        if listener.http2 is None:
+            listener.http2 = Http2Context(listener.config, listener.metrics, listener.direction)
         down = Http2Downstream(listener.http2, concrete, transport, self.peer)
         down.tls_labels = self.tls_labels
         if self.port_policy is not None:
@@ -535,7 +543,7 @@ class Accept(asyncio.Protocol):
         down.tcp = series
         listener.acquire(concrete)
 
-        def closed(d: Http2Downstream) -> None:
+        def closed(d: Any) -> None:
             series.closed()
             listener.release(concrete)
 
@@ -804,22 +812,24 @@ class ProxyServer:
             if listener.server is not None:
                 listener.server.close()
             listener.http.drain()
-            listener.http2.drain()
+            if listener.http2 is not None:
+                listener.http2.drain()
         log.info("draining: %d connections in flight", sum(x.active() for x in listeners))
         deadline = time.monotonic() + grace
-        while any(x.http.connections or x.http2.connections or x.accepting for x in listeners):
+        while any(x.active_requests() for x in listeners):
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.05)
         for listener in listeners:
             for conn in list(listener.http.connections):
                 conn.transport.abort()
-            for conn2 in list(listener.http2.connections):
-                if conn2.transport is not None:
-                    conn2.transport.abort()
-            for pool in list(listener.http2.pools.values()):
-                for up in list(pool):
-                    up.close()
+            if listener.http2 is not None:
+                for conn2 in list(listener.http2.connections):
+                    if conn2.transport is not None:
+                        conn2.transport.abort()
+                for pool in list(listener.http2.pools.values()):
+                    for up in list(pool):
+                        up.close()
             for relay in list(listener.relays):
                 relay.close()
             for acc in list(listener.accepting):
