@@ -133,6 +133,21 @@ class InboundPolicy:
         return policy
 
 
+def default_authorizations(
+    policy: str, cluster_networks: tuple[Network, ...]
+) -> tuple[Authorization, ...]:
+    """What a default policy allows, as authorizations of kind ``default`` named after it:
+    ``all-*`` any address, ``cluster-*`` the cluster networks, ``*-authenticated`` any mesh
+    identity; ``deny`` and ``audit`` nothing (audit allows by recording, not by authorizing)."""
+    if policy not in DEFAULT_POLICIES:
+        raise ValueError(f"unknown default policy {policy!r}; expected one of {DEFAULT_POLICIES}")
+    if policy in ("deny", "audit"):
+        return ()
+    networks = cluster_networks if policy.startswith("cluster-") else ()
+    authenticated = policy.endswith("-authenticated")
+    return (Authorization("default", policy, networks=networks, authenticated=authenticated),)
+
+
 @dataclass(frozen=True, slots=True)
 class PodInboundPolicy:
     """All ports of one pod: ``ports`` holds the ports a Server or a container declares;
@@ -183,4 +198,5 @@ __all__ = [
     "PodInboundPolicy",
     "RateLimit",
     "RateLimitOverride",
+    "default_authorizations",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from weft.control.inbound import InboundPolicies, default_authorizations
+from weft.control.inbound import InboundPolicies
 from weft.control.policies import Policies
 from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
@@ -22,6 +22,7 @@ from weft.inbound import (
     PodInboundPolicy,
     RateLimit,
     RateLimitOverride,
+    default_authorizations,
 )
 from weft.policy import PathMatch, RouteMatch
 from weft.testing.clock import FakeClock

@@ -60,6 +60,7 @@ from weft.inbound import (
     PodInboundPolicy,
     RateLimit,
     RateLimitOverride,
+    default_authorizations,
 )
 from weft.resources.errors import InvalidResources
 from weft.resources.httproute import HTTPRoute
@@ -93,17 +94,6 @@ _NAMESPACE_KINDS = frozenset(
     {"Server", "AuthorizationPolicy", "HTTPRoute", "HTTPLocalRateLimitPolicy"}
 )
 _REFERENCED_KINDS = frozenset({"MeshTLSAuthentication", "NetworkAuthentication"})
-
-
-def default_authorizations(
-    policy: str, cluster_networks: tuple[Network, ...]
-) -> tuple[Authorization, ...]:
-    """What a default policy allows, as authorizations of kind ``default``."""
-    if policy in ("deny", "audit"):
-        return ()
-    networks = cluster_networks if policy.startswith("cluster-") else ()
-    authenticated = policy.endswith("-authenticated")
-    return (Authorization("default", policy, networks=networks, authenticated=authenticated),)
 
 
 def _covers(pattern: str, identity: str) -> bool:
@@ -603,4 +593,4 @@ def _policy_json(policy: PodInboundPolicy | None) -> dict[str, Any] | None:
     return None if policy is None else policy.to_json()
 
 
-__all__ = ["Computed", "InboundPolicies", "default_authorizations"]
+__all__ = ["Computed", "InboundPolicies"]

@@ -69,12 +69,14 @@ from weft.core.backoff import ExponentialBackoff
 from weft.core.ratelimit import LocalRateLimiter, check_config
 from weft.core.routes import HeaderLookup
 from weft.inbound import (
-    DEFAULT_POLICIES,
     DEFAULT_POLICY,
     Authorization,
     InboundPolicy,
     Network,
     PodInboundPolicy,
+)
+from weft.inbound import (
+    default_authorizations as implied_authorizations,
 )
 from weft.metrics.proxy import LabelItems, ProxyMetrics, _labels
 
@@ -93,24 +95,10 @@ DEFAULT_CLUSTER_NETWORKS = (
 def default_authorizations(
     name: str, cluster_networks: Sequence[str] = ()
 ) -> tuple[Authorization, ...]:
-    """The authorizations a default policy implies (kind ``default``, named after the policy):
-    ``all-*`` any address, ``cluster-*`` the cluster networks (Linkerd's defaults when none are
-    given), ``*-authenticated`` any mesh identity; ``deny`` and ``audit`` none."""
-    if name not in DEFAULT_POLICIES:
-        raise ValueError(f"unknown default policy {name!r}; expected one of {DEFAULT_POLICIES}")
-    if name in ("deny", "audit"):
-        return ()
-    networks: tuple[Network, ...] = ()
-    if name.startswith("cluster-"):
-        networks = tuple(Network(cidr) for cidr in (cluster_networks or DEFAULT_CLUSTER_NETWORKS))
-    return (
-        Authorization(
-            kind="default",
-            name=name,
-            networks=networks,
-            authenticated=name.endswith("-authenticated"),
-        ),
-    )
+    """:func:`weft.inbound.default_authorizations` with the cluster networks as CIDRs
+    (Linkerd's defaults when none are given)."""
+    networks = tuple(Network(cidr) for cidr in (cluster_networks or DEFAULT_CLUSTER_NETWORKS))
+    return implied_authorizations(name, networks)
 
 
 def default_pod_policy(name: str, cluster_networks: Sequence[str] = ()) -> PodInboundPolicy:
