@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
 import shutil
 import socket
+import sys
 import tempfile
+import textwrap
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -376,3 +380,62 @@ async def test_garbage_from_the_network_never_breaks_the_server(plane: ControlPl
         assert status != 500, answer
     assert await ControlClient(plane.endpoint).healthz()
     assert plane.store.list("Deployment") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+async def test_other_local_users_get_only_the_workload_endpoints() -> None:
+    """A proxy's uid (any uid but root's) may resolve destinations, certify and read the trust
+    bundle and its policy, nothing else: no writes, no identity administration (else any local
+    user could add a trust anchor and mint identities)."""
+    base = tempfile.mkdtemp(prefix="weft-perm-")
+    os.chmod(base, 0o755)
+    plane = ControlPlane(ControlConfig(state_dir=os.path.join(base, "s")))
+    await plane.start()
+    script = textwrap.dedent(
+        """
+        import http.client, json, os, socket, sys
+        os.setgid(65534); os.setuid(65534)
+        class C(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(sys.argv[1])
+        out = {}
+        for method, path in json.loads(sys.argv[2]):
+            c = C("control", timeout=5)
+            c.request(method, path, body=b"{}" if method != "GET" else None)
+            out[method + " " + path.split("?")[0]] = c.getresponse().status
+            c.close()
+        print(json.dumps(out))
+        """
+    )
+    calls = [
+        ["GET", "/healthz"],
+        ["GET", "/api/v1/destinations?target=web:80"],
+        ["GET", "/api/v1/identity/trust"],
+        ["GET", "/api/v1/inbound/default/web-1?once=1"],
+        ["POST", "/api/v1/identity/certify"],
+        ["POST", "/api/v1/identity/anchors"],
+        ["POST", "/api/v1/identity/issuer"],
+        ["GET", "/api/v1/identity/status"],
+        ["POST", "/api/v1/apply"],
+        ["GET", "/api/v1/resources/Pod"],
+    ]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, plane.config.socket_path, json.dumps(calls),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        got = json.loads(out)
+    finally:
+        await plane.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    assert got["GET /healthz"] == 200
+    assert got["GET /api/v1/destinations"] == 200
+    assert got["GET /api/v1/identity/trust"] == 200
+    assert got["GET /api/v1/inbound/default/web-1"] == 200
+    assert got["POST /api/v1/identity/certify"] == 400  # reached: the body has no token/CSR
+    for denied in ("POST /api/v1/identity/anchors", "POST /api/v1/identity/issuer",
+                   "GET /api/v1/identity/status", "POST /api/v1/apply",
+                   "GET /api/v1/resources/Pod"):  # fmt: skip
+        assert got[denied] == 403, (denied, got)

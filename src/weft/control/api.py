@@ -101,6 +101,12 @@ class Api:
         path = request.path.rstrip("/") or "/"
         parts = [p for p in path.split("/") if p]
         method = request.method
+        if not request.privileged and not _for_workloads(method, parts):
+            raise HttpError(
+                403,
+                f"{method} {request.path} is for the mesh's administrator (root); workloads may "
+                "only resolve destinations, certify their identity and read their policy",
+            )
         if path in ("/healthz", "/ready", "/live"):
             self._method(method, "GET")
             return Response.json(
@@ -294,6 +300,23 @@ class Api:
         ]
         rows = self.stats.routes(service, namespace, window, configured)
         return Response.json(200, {"rows": rows, "window": window})
+
+
+def _for_workloads(method: str, parts: list[str]) -> bool:
+    """What a workload's proxy (any uid but root's) may call: discovery, its certificate, the
+    trust bundle and its inbound policy. The rest (writes, identity administration, reading the
+    store) needs root: with the CA's anchors writable by anyone, any local user could mint any
+    identity."""
+    if parts in (["healthz"], ["ready"], ["live"]):
+        return method == "GET"
+    if parts[:2] != ["api", "v1"] or len(parts) < 3:
+        return False
+    group = parts[2]
+    if group == "destinations" or group == "inbound":
+        return method == "GET"
+    if group == "identity" and len(parts) == 4:
+        return (method, parts[3]) in (("POST", "certify"), ("GET", "trust"))
+    return False
 
 
 def _window(request: Request) -> float:

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ class Request:
     headers: Mapping[str, str]
     body: bytes
     keep_alive: bool = True
+    # whether the caller may use every endpoint: root or the control plane's own user on the
+    # unix socket (SO_PEERCRED), or a TCP client (the listener is loopback of the control
+    # plane's namespace); other local users (the proxies' uid) only get what a workload needs
+    privileged: bool = True
 
     def json(self) -> Any:
         """The body as JSON; HttpError 400 when it is not."""
@@ -119,6 +124,22 @@ class StreamWriter:
             raise ConnectionError("stream closed")
 
 
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _privileged_peer(sock: Any) -> bool:
+    """Root or our own user at the other end of a unix socket; True for TCP clients."""
+    if sock is None or sock.family != socket.AF_UNIX:
+        return True
+    try:
+        _, uid, _ = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+    except OSError:
+        return False
+    return uid in (0, os.geteuid())
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -139,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.closed = False
+        self._privileged = True
 
     # -- transport callbacks -----------------------------------------------------------------
 
@@ -146,6 +168,7 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        self._privileged = _privileged_peer(transport.get_extra_info("socket"))
         self._server._connections.add(self)
         self._arm_idle()
 
@@ -222,7 +245,11 @@ class _Connection(asyncio.Protocol):
         method = self._parser.get_method().decode("latin-1")
         keep = bool(self._parser.should_keep_alive())
         body = b"".join(self._body)
-        self._pending.append(Request(method, path, query, dict(self._headers), body, keep))
+        self._pending.append(
+            Request(
+                method, path, query, dict(self._headers), body, keep, privileged=self._privileged
+            )
+        )
         if len(self._pending) > MAX_PIPELINED:
             raise HttpError(429, f"more than {MAX_PIPELINED} pipelined requests")
         if self._worker is None:

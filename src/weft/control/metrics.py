@@ -36,6 +36,15 @@ the window), from the outbound route series of every client proxy with ``dst_ser
 - ACTUAL (what the servers saw, one per attempt, retries included):
   ``route_actual_response_total``.
 
+The scraper also keeps each proxy's *outbound* series that name a destination pod
+(``request_total``, and ``tcp_open_total`` / ``tcp_open_connections`` with ``peer="dst"``, which
+opaque TCP has too) with their ``tls`` labels. :meth:`Stats.edges` answers ``weft edges``: one row
+per (source deployment or pod, destination deployment or pod) with traffic in the window (a
+counter that rose, or a connection open), SECURED when all of it was ``tls="true"`` (mutual TLS:
+the client proxy presents its own certificate and checks the server's against ``server_id``),
+with the reasons when not (``no_identity`` and its ``no_tls_reason``, or ``disabled``: the source
+proxy has no identity), the source's own identity (CLIENT_ID) and the SERVER_ID it verified.
+
 All computations are synchronous with an injected clock.
 
 Not for: the proxy's own metrics registry (:mod:`weft.metrics`) nor output formatting (the CLI).
@@ -61,7 +70,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from weft.addr import parse_hostport
 from weft.control.store import Store
-from weft.resources.models import ANNOTATION_DEPLOYMENT, ANNOTATION_PROXY_ADMIN, selector_matches
+from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity
+from weft.resources.models import (
+    ANNOTATION_DEPLOYMENT,
+    ANNOTATION_PROXY_ADMIN,
+    DEFAULT_SERVICE_ACCOUNT,
+    selector_matches,
+)
 
 log = logging.getLogger("weft.control.metrics")
 
@@ -89,6 +104,9 @@ ROUTE_SAMPLES = frozenset(
         "route_response_latency_ms_bucket",
     }
 )
+# outbound series per destination pod that edges use (``weft edges``); TCP ones with peer "dst"
+EDGE_SAMPLES = frozenset({"request_total", "tcp_open_total", "tcp_open_connections"})
+EDGE_KINDS = ("deploy", "pod")
 DEFAULT_ROUTE = "default"
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -99,7 +117,8 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 def parse_metrics(text: str, direction: str = "inbound") -> dict[SeriesKey, float]:
     """The series of ``text`` that stats use: the golden series of one traffic ``direction``,
-    and the route series (:data:`ROUTE_SAMPLES`, outbound or without a direction label).
+    the route series (:data:`ROUTE_SAMPLES`, outbound or without a direction label), and the
+    outbound series edges use (:func:`is_edge_sample`).
 
     Raises ValueError when the text is not Prometheus exposition format.
     """
@@ -110,11 +129,23 @@ def parse_metrics(text: str, direction: str = "inbound") -> dict[SeriesKey, floa
             if sample.name in ROUTE_SAMPLES:
                 if labels.get("direction", "outbound") != "outbound":
                     continue
+            elif is_edge_sample(sample.name, labels):
+                pass
             elif sample.name not in KEPT_SAMPLES or labels.get("direction") != direction:
                 continue
             key = (sample.name, tuple(sorted(labels.items())))
             out[key] = out.get(key, 0.0) + float(sample.value)
     return out
+
+
+def is_edge_sample(name: str, labels: Mapping[str, str]) -> bool:
+    """An outbound series to a known destination pod that edges count: ``request_total``, or a
+    TCP series of the connections to the destination (``peer="dst"``, opaque TCP included)."""
+    if name not in EDGE_SAMPLES or labels.get("direction") != "outbound":
+        return False
+    if not labels.get("dst_pod") or not labels.get("dst_namespace"):
+        return False
+    return name == "request_total" or labels.get("peer") == "dst"
 
 
 def increase(values: Iterable[float | None], *, from_zero: bool) -> float:
@@ -215,6 +246,7 @@ class PodHistory:
     labels: Mapping[str, str]
     deployment: str | None
     created: float | None
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
     # compact storage: each series gets a column once; a sample is its time and an array of
     # values by column (NaN where the series was absent from that scrape)
     columns: dict[SeriesKey, int] = field(default_factory=dict)
@@ -349,11 +381,13 @@ class Stats:
                 labels=dict(meta.get("labels") or {}),
                 deployment=annotations.get(ANNOTATION_DEPLOYMENT),
                 created=_parse_time(meta.get("creationTimestamp")),
+                service_account=_service_account(pod),
             )
             self._pods[uid] = hist
         else:
             hist.labels = dict(meta.get("labels") or {})
             hist.deployment = annotations.get(ANNOTATION_DEPLOYMENT)
+            hist.service_account = _service_account(pod)
         hist.add(at, values)
         self.prune(at)
 
@@ -440,6 +474,34 @@ class Stats:
         return [
             _route_row(namespace, service, r, totals.get(r, _RouteTotals()), window) for r in order
         ]
+
+    def edges(
+        self,
+        kind: str,
+        namespace: str | None,
+        window: float,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    ) -> list[dict[str, Any]]:
+        """Edge rows between deployments (``deploy``) or pods (``pod``) with traffic in the
+        window (see the module docstring), from the outbound series of every source proxy; with
+        ``namespace``, the edges whose source or destination is in it. Sorted by source, then
+        destination. Raises ValueError for another kind."""
+        if kind not in EDGE_KINDS:
+            raise ValueError(f"kind must be {' or '.join(EDGE_KINDS)}, got {kind!r}")
+        now = self._clock()
+        start = now - window
+        live = {p["metadata"].get("uid") for p in self._store.list("Pod")}
+        edges: dict[tuple[str, str, str, str], _Edge] = {}
+        for hist in self._pods.values():
+            src = hist.deployment if kind == "deploy" else hist.name
+            if src is not None:
+                _accumulate_edges(edges, hist, src, kind, start, now, hist.uid in live)
+        rows = []
+        for key in sorted(edges):
+            if namespace is None or namespace in (key[0], key[2]):
+                rows.append(_edge_row(key, edges[key], trust_domain))
+        return rows
 
     def _row(
         self,
@@ -555,6 +617,114 @@ def _route_row(
     row["actual_success"] = _round(t.actual_successes / t.actual) if actual else None
     row["actual_rps"] = _round(t.actual / window) if actual else None
     return row
+
+
+@dataclass
+class _Edge:
+    """What one edge carried over the window."""
+
+    requests: float = 0.0
+    connections: float = 0.0
+    open_connections: float = 0.0
+    unsecured: float = 0.0
+    secured: bool = True
+    reasons: set[str] = field(default_factory=set)
+    server_ids: set[str] = field(default_factory=set)
+    # the source pods whose proxies had an identity (their series' tls is not "disabled")
+    clients: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _tls_reason(labels: Mapping[str, str]) -> str | None:
+    """Why a series' traffic is not mutual TLS (None: it is)."""
+    tls = labels.get("tls")
+    if tls == "true":
+        return None
+    if tls == "no_identity":
+        return f"no_identity ({labels.get('no_tls_reason') or 'no reason given'})"
+    if tls == "disabled":
+        return "disabled (the source proxy has no identity)"
+    return "no tls label" if tls is None else f"tls={tls}"
+
+
+def _accumulate_edges(
+    edges: dict[tuple[str, str, str, str], _Edge],
+    hist: PodHistory,
+    src: str,
+    kind: str,
+    start: float,
+    end: float,
+    live: bool,
+) -> None:
+    """Add ``hist``'s outbound series over the window to ``edges`` by (source, destination)."""
+    samples, from_zero = hist.window(start, end)
+    keys: set[SeriesKey] = set()
+    for s in samples:
+        for key in s:
+            if key[0] in EDGE_SAMPLES:
+                keys.add(key)
+    latest = hist.latest(start) if live else None
+    for key in keys:
+        name, labels = key
+        lab = dict(labels)
+        dst = lab.get("dst_deployment") if kind == "deploy" else lab.get("dst_pod")
+        dst_ns = lab.get("dst_namespace")
+        if not dst or not dst_ns or not is_edge_sample(name, lab):
+            continue
+        if name == "tcp_open_connections":
+            # a gauge: traffic when a connection was open at any sample of the window
+            amount = 0.0
+            active = any(s.get(key, 0.0) > 0 for s in samples)
+        else:
+            amount = series_increase(samples, key, from_zero=from_zero)
+            active = amount > 0
+        if not active:
+            continue
+        edge = edges.setdefault((hist.namespace, src, dst_ns, dst), _Edge())
+        if name == "request_total":
+            edge.requests += amount
+        elif name == "tcp_open_total":
+            edge.connections += amount
+        elif latest is not None:
+            edge.open_connections += latest.get(key, 0.0)
+        reason = _tls_reason(lab)
+        if reason is None:
+            if lab.get("server_id"):
+                edge.server_ids.add(lab["server_id"])
+        else:
+            edge.secured = False
+            edge.unsecured += amount
+            edge.reasons.add(reason)
+        if lab.get("tls") in ("true", "no_identity"):
+            edge.clients.add((hist.namespace, hist.service_account))
+
+
+def _edge_row(key: tuple[str, str, str, str], edge: _Edge, trust_domain: str) -> dict[str, Any]:
+    src_ns, src, dst_ns, dst = key
+    client_ids: set[str] = set()
+    for ns, sa in edge.clients:
+        try:
+            client_ids.add(dns_identity(ns, sa, trust_domain))
+        except ValueError:
+            continue  # not a valid identity: the proxy cannot have proven one
+    return {
+        "src": src,
+        "src_namespace": src_ns,
+        "dst": dst,
+        "dst_namespace": dst_ns,
+        "secured": edge.secured,
+        "client_id": ",".join(sorted(client_ids)) or None,
+        "server_id": ",".join(sorted(edge.server_ids)) or None,
+        "requests": round(edge.requests),
+        "connections": round(edge.connections),
+        "open_connections": round(edge.open_connections),
+        "unsecured": round(edge.unsecured),
+        "reasons": sorted(edge.reasons),
+    }
+
+
+def _service_account(pod: Mapping[str, Any]) -> str:
+    account = (pod.get("spec") or {}).get("serviceAccountName")
+    return account if isinstance(account, str) and account else DEFAULT_SERVICE_ACCOUNT
 
 
 def _annotation(pod: Mapping[str, Any], key: str) -> str | None:

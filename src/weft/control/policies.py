@@ -1,4 +1,5 @@
-"""The policy translator: Services, their annotations and HTTPRoutes -> a :class:`ServicePolicy`.
+"""The policy translator: Services, their annotations, HTTPRoutes and GRPCRoutes -> a
+:class:`ServicePolicy`.
 
 The destination service (:mod:`weft.control.destinations`) calls :meth:`Policies.policy` for the
 Service and port a target resolves to; the snapshot it sends carries the result, and since
@@ -7,10 +8,12 @@ to it re-sends the snapshot to watchers.
 
 What is built, for Service ``S`` and service port ``P``:
 
-- the routes: every HTTPRoute in ``S``'s namespace with a Service ``parentRef`` naming ``S`` (and
-  ``P`` when the parentRef gives a port), oldest first (``creationTimestamp``, then ``ns/name``:
-  the Gateway API's tie-break between routes). Parents of kind Server make inbound routes, which
-  :mod:`weft.control.inbound` reads and this module ignores;
+- the routes: every HTTPRoute and GRPCRoute in ``S``'s namespace with a Service ``parentRef``
+  naming ``S`` (and ``P`` when the parentRef gives a port), oldest first (``creationTimestamp``,
+  then ``ns/name``: the Gateway API's tie-break between routes), both kinds in one order. Parents
+  of kind Server make inbound routes, which :mod:`weft.control.inbound` reads and this module
+  ignores. A GRPCRoute's method matches become path matches (:func:`~weft.resources.grpcroute.
+  compile_match`) and its timeouts come from the annotations only (it has no ``timeouts``);
 - each rule's matches and filters as written (Gateway defaults filled in), its backends as
   targets ``<name>.<ns>.svc.<cluster domain>:<port>`` with the backendRef's port or else ``P``, and
   its *effective* retry policy and timeouts: ``timeouts.request``/``backendRequest`` from the
@@ -38,10 +41,13 @@ from weft.control.store import Store
 from weft.policy import Backend, Route, Rule, ServicePolicy, Timeouts
 from weft.resources.annotations import PolicyAnnotations, parse_policy_annotations
 from weft.resources.errors import InvalidResources
+from weft.resources.grpcroute import GRPCRoute, GRPCRouteRule
 from weft.resources.httproute import HTTPRoute
 from weft.resources.validate import Checker
 
 MAX_CACHED = 4096
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+AnyRoute = HTTPRoute | GRPCRoute
 
 
 def backend_target(name: str, namespace: str, port: int, cluster_domain: str) -> str:
@@ -49,7 +55,7 @@ def backend_target(name: str, namespace: str, port: int, cluster_domain: str) ->
     return f"{name}.{namespace}.svc.{cluster_domain}:{port}"
 
 
-def route_applies(route: HTTPRoute, service: str, port: int) -> bool:
+def route_applies(route: AnyRoute, service: str, port: int) -> bool:
     """The route has a Service parentRef naming ``service`` (in its namespace) and ``port`` or no
     port."""
     return any(
@@ -58,26 +64,31 @@ def route_applies(route: HTTPRoute, service: str, port: int) -> bool:
 
 
 def translate_route(
-    route: HTTPRoute,
+    route: AnyRoute,
     service_annotations: PolicyAnnotations,
     route_annotations: PolicyAnnotations,
     *,
     port: int,
     cluster_domain: str = "cluster.local",
 ) -> Route:
-    """One HTTPRoute as the proxy receives it for service port ``port`` (see the module doc)."""
+    """One HTTPRoute or GRPCRoute as the proxy receives it for service port ``port`` (see the
+    module doc)."""
     effective = service_annotations.overridden_by(route_annotations)
     retry = effective.retry_policy(all_methods=route_annotations.configures_retry)
     inherited = effective.timeouts()
     rules: list[Rule] = []
     for rule in route.spec.rules:
-        own = rule.timeouts.seconds()
-        timeouts = Timeouts(
-            request=own.request if rule.timeouts.request is not None else inherited.request,
-            backend_request=own.backend_request,
-            response=inherited.response,
-            idle=inherited.idle,
-        )
+        if isinstance(rule, GRPCRouteRule):
+            matches, redirect, timeouts = rule.route_matches(), None, inherited
+        else:
+            own = rule.timeouts.seconds()
+            matches, redirect = rule.matches, rule.redirect
+            timeouts = Timeouts(
+                request=own.request if rule.timeouts.request is not None else inherited.request,
+                backend_request=own.backend_request,
+                response=inherited.response,
+                idle=inherited.idle,
+            )
         backends = tuple(
             Backend(
                 target=backend_target(
@@ -90,11 +101,11 @@ def translate_route(
         )
         rules.append(
             Rule(
-                matches=rule.matches,
+                matches=matches,
                 backends=backends,
                 request_headers=rule.request_headers,
                 response_headers=rule.response_headers,
-                redirect=rule.redirect,
+                redirect=redirect,
                 timeouts=timeouts,
                 retry=retry,
             )
@@ -104,7 +115,7 @@ def translate_route(
 
 def build_policy(
     service_annotations: PolicyAnnotations,
-    routes: Iterable[tuple[HTTPRoute, PolicyAnnotations]],
+    routes: Iterable[tuple[AnyRoute, PolicyAnnotations]],
     *,
     port: int,
     cluster_domain: str = "cluster.local",
@@ -126,25 +137,28 @@ def build_policy(
 
 
 class ParseCache:
-    """Parsed HTTPRoutes and policy annotations of stored objects, by resourceVersion."""
+    """Parsed routes (HTTPRoutes, GRPCRoutes) and policy annotations of stored objects, by
+    resourceVersion."""
 
     def __init__(self) -> None:
-        self._routes: dict[tuple[str, str], tuple[str, HTTPRoute | None]] = {}
+        self._routes: dict[tuple[str, str, str], tuple[str, AnyRoute | None]] = {}
         self._annotations: dict[tuple[str, str, str], tuple[str, PolicyAnnotations]] = {}
 
     def __repr__(self) -> str:
         return f"<ParseCache routes={len(self._routes)} annotations={len(self._annotations)}>"
 
-    def route(self, obj: Mapping[str, Any]) -> HTTPRoute | None:
+    def route(self, obj: Mapping[str, Any]) -> AnyRoute | None:
         """The stored route parsed (None if it no longer validates: it is then left out)."""
         meta = obj["metadata"]
-        key = (str(meta.get("namespace")), str(meta["name"]))
+        kind = str(obj.get("kind"))
+        key = (kind, str(meta.get("namespace")), str(meta["name"]))
         rv = str(meta.get("resourceVersion"))
         hit = self._routes.get(key)
         if hit is not None and hit[0] == rv:
             return hit[1]
+        parser = GRPCRoute if kind == "GRPCRoute" else HTTPRoute
         try:
-            parsed: HTTPRoute | None = HTTPRoute.from_dict(obj)
+            parsed: AnyRoute | None = parser.from_dict(obj)
         except InvalidResources:
             parsed = None
         if len(self._routes) >= MAX_CACHED:
@@ -153,7 +167,7 @@ class ParseCache:
         return parsed
 
     def annotations(self, obj: Mapping[str, Any]) -> PolicyAnnotations:
-        """The valid policy annotations of a stored Service or HTTPRoute."""
+        """The valid policy annotations of a stored Service, HTTPRoute or GRPCRoute."""
         meta = obj["metadata"]
         kind = str(obj.get("kind"))
         key = (kind, str(meta.get("namespace")), str(meta["name"]))
@@ -188,11 +202,12 @@ class Policies:
 
     def attached_routes(
         self, namespace: str, service: str, port: int | None = None
-    ) -> list[tuple[Mapping[str, Any], HTTPRoute]]:
-        """Stored routes attached to the Service (to ``port``, or to any port when None),
-        oldest first."""
-        out: list[tuple[Mapping[str, Any], HTTPRoute]] = []
-        for obj in sorted(self._store.list("HTTPRoute", namespace), key=_route_order):
+    ) -> list[tuple[Mapping[str, Any], AnyRoute]]:
+        """Stored routes (HTTPRoutes and GRPCRoutes) attached to the Service (to ``port``, or to
+        any port when None), oldest first."""
+        out: list[tuple[Mapping[str, Any], AnyRoute]] = []
+        stored = [obj for kind in ROUTE_KINDS for obj in self._store.list(kind, namespace)]
+        for obj in sorted(stored, key=_route_order):
             route = self.cache.route(obj)
             if route is None:
                 continue
@@ -207,7 +222,7 @@ class Policies:
     def policy(self, service: Mapping[str, Any], port: int) -> ServicePolicy | None:
         """The policy for clients of the stored ``service`` at service port ``port``."""
         meta = service["metadata"]
-        routes: Sequence[tuple[HTTPRoute, PolicyAnnotations]] = [
+        routes: Sequence[tuple[AnyRoute, PolicyAnnotations]] = [
             (route, self.cache.annotations(obj))
             for obj, route in self.attached_routes(str(meta["namespace"]), meta["name"], port)
         ]

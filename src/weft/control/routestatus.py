@@ -1,4 +1,5 @@
-"""HTTPRoute status: Gateway API conditions per parentRef, kept current as Services come and go.
+"""Route status (HTTPRoutes and GRPCRoutes): Gateway API conditions per parentRef, kept current as
+Services come and go.
 
 For every parent of a route the control plane writes, in ``status.parents[]``, the parentRef,
 ``controllerName: weft.io/control-plane`` and two conditions (``metav1.Condition`` shaped:
@@ -13,8 +14,8 @@ For every parent of a route the control plane writes, in ``status.parents[]``, t
 
 ``lastTransitionTime`` changes only when a condition's status does. :func:`route_status` computes
 a status (pure); :class:`RouteStatusController` recomputes the routes a store change can affect
-(the route itself; every route on a Service change; the routes of its namespace on a Server
-change) and writes only statuses that differ. Writing
+(the route itself; every route of either kind on a Service change; the HTTPRoutes of its namespace
+on a Server change) and writes only statuses that differ. Writing
 is deferred through ``schedule`` (the control plane passes the event loop's ``call_soon``) so that
 it never happens inside another change's notification; without one it runs at once, guarded
 against re-entry.
@@ -28,10 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from weft.control.policies import ParseCache
+from weft.control.policies import ROUTE_KINDS, AnyRoute, ParseCache
 from weft.control.store import Event, NotFound, Store
 from weft.resources.errors import InvalidResources
-from weft.resources.httproute import CONTROLLER_NAME, HTTPRoute
+from weft.resources.httproute import CONTROLLER_NAME
 
 # ``lookup(kind, namespace, name)``: a stored Service or Server
 Lookup = Callable[[str, str, str], "Mapping[str, Any] | None"]
@@ -60,7 +61,7 @@ def _condition(
 
 
 def route_status(
-    route: HTTPRoute,
+    route: AnyRoute,
     lookup: Lookup,
     *,
     generation: int,
@@ -82,8 +83,9 @@ def route_status(
         else:
             accepted = (True, "Accepted", f"attached to {where}")
         problems: list[str] = []
-        for i, rule in enumerate(route.spec.rules):
-            for j, b in enumerate(rule.backend_refs):
+        backend_refs = [rule.backend_refs for rule in route.spec.rules]
+        for i, refs in enumerate(backend_refs):
+            for j, b in enumerate(refs):
                 path = f"spec.rules[{i}].backendRefs[{j}]"
                 backend = lookup("Service", b.namespace, b.name)
                 port = b.port if b.port is not None else ref.port
@@ -149,7 +151,7 @@ def summarize(status: Mapping[str, Any] | None) -> tuple[str, str]:
 
 
 class RouteStatusController:
-    """Writes every HTTPRoute's status when it or a Service changes (see the module docstring)."""
+    """Writes every route's status when it or a Service changes (see the module docstring)."""
 
     def __init__(
         self,
@@ -163,7 +165,7 @@ class RouteStatusController:
         self._clock = clock
         self._schedule = schedule
         self._cache = cache or ParseCache()
-        self._dirty: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str, str]] = set()  # (kind, namespace, name)
         self._scheduled = False
         self._running = False
         self.writes = 0
@@ -178,22 +180,26 @@ class RouteStatusController:
 
     def resync(self) -> None:
         """Recompute every route (at start, after the store was restored)."""
-        for obj in self._store.list("HTTPRoute"):
-            meta = obj["metadata"]
-            self._dirty.add((str(meta["namespace"]), str(meta["name"])))
+        for kind in ROUTE_KINDS:
+            self._mark(kind, None)
         self._request()
 
+    def _mark(self, kind: str, namespace: str | None) -> None:
+        for obj in self._store.list(kind, namespace):
+            meta = obj["metadata"]
+            self._dirty.add((kind, str(meta["namespace"]), str(meta["name"])))
+
     def _on_event(self, event: Event) -> None:
-        if event.kind == "HTTPRoute" and event.type != "DELETED":
+        if event.kind in ROUTE_KINDS and event.type != "DELETED":
             meta = event.object["metadata"]
-            self._dirty.add((str(meta["namespace"]), str(meta["name"])))
-        elif event.kind in ("Service", "Server"):
-            # Service parents and backends may be in any route of any namespace; Server parents
-            # only in routes of the Server's namespace
-            ns = event.object["metadata"].get("namespace") if event.kind == "Server" else None
-            for obj in self._store.list("HTTPRoute", ns):
-                meta = obj["metadata"]
-                self._dirty.add((str(meta["namespace"]), str(meta["name"])))
+            self._dirty.add((event.kind, str(meta["namespace"]), str(meta["name"])))
+        elif event.kind == "Service":
+            # Service parents and backends may be in any route of any namespace
+            for kind in ROUTE_KINDS:
+                self._mark(kind, None)
+        elif event.kind == "Server":
+            # Server parents (HTTPRoutes only) are in routes of the Server's namespace
+            self._mark("HTTPRoute", event.object["metadata"].get("namespace"))
         else:
             return
         self._request()
@@ -219,8 +225,8 @@ class RouteStatusController:
         written = 0
         try:
             while self._dirty:
-                ns, name = self._dirty.pop()
-                if self._update(ns, name):
+                kind, ns, name = self._dirty.pop()
+                if self._update(kind, ns, name):
                     written += 1
         finally:
             self._running = False
@@ -230,8 +236,8 @@ class RouteStatusController:
     def _lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self._store.get(kind, namespace, name)
 
-    def _update(self, namespace: str, name: str) -> bool:
-        obj = self._store.get("HTTPRoute", namespace, name)
+    def _update(self, kind: str, namespace: str, name: str) -> bool:
+        obj = self._store.get(kind, namespace, name)
         if obj is None:
             return False
         route = self._cache.route(obj)
@@ -248,7 +254,7 @@ class RouteStatusController:
         if status == current:
             return False
         try:
-            self._store.put_status("HTTPRoute", namespace, name, status)
+            self._store.put_status(kind, namespace, name, status)
         except (NotFound, InvalidResources):
             return False
         return True

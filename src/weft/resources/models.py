@@ -1,6 +1,7 @@
 """Typed models of the Kubernetes-shaped resources Weft stores: Namespace, Service, Deployment, Pod.
 
-(HTTPRoute lives in :mod:`weft.resources.httproute`, the inbound policy kinds — Server,
+(HTTPRoute lives in :mod:`weft.resources.httproute`, GRPCRoute in
+:mod:`weft.resources.grpcroute`, the inbound policy kinds — Server,
 AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy — in
 :mod:`weft.resources.policy`; each joins the registry from there. The policy module is imported at
 the end of this one, so that every user of the registry sees its kinds.)
@@ -1109,5 +1110,6 @@ def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, st
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-# the policy kinds register themselves; imported last, as they build on this module
+# the policy and route kinds register themselves; imported last, as they build on this module
+from weft.resources import grpcroute as _grpcroute  # noqa: E402, F401
 from weft.resources import policy as _policy  # noqa: E402, F401
