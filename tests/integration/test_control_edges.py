@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from weft.control.client import ApiError, ControlClient
-from weft.control.edges import EdgesApi
 from weft.control.server import ControlConfig, ControlPlane
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery
@@ -106,7 +105,6 @@ async def plane(state_dir: str) -> AsyncIterator[tuple[ControlPlane, FakeClock]]
     cp = ControlPlane(ControlConfig(state_dir=state_dir, scrape_interval=3600.0), clock=clock)
     await cp.start()
     # the group as control/server.py serves it
-    cp.api.handlers["edges"] = EdgesApi(cp.stats, trust_domain=cp.identity.trust_domain).handle
     try:
         yield cp, clock
     finally:

@@ -117,7 +117,9 @@ SAMPLES: list[tuple[str, bytes, Protocol, int]] = [
     ("double-space", b"GET  / HTTP/1.1\r\n", Protocol.OPAQUE, 5),
     ("ctl-in-target", b"GET /\x01 HTTP/1.1\r\n", Protocol.OPAQUE, 6),
     ("utf8-target", "GET /ä HTTP/1.1\r\n".encode(), Protocol.OPAQUE, 6),
-    ("leading-crlf", b"\r\nGET / HTTP/1.1\r\n", Protocol.OPAQUE, 1),
+    # RFC 9112 2.2: empty lines before the request line are ignored (a bypass otherwise)
+    ("leading-crlf", b"\r\nGET / HTTP/1.1\r\n", Protocol.HTTP1, 15),
+    ("only-crlf-then-junk", b"\r\n\r\n\x00junk", Protocol.OPAQUE, 5),
 ]
 
 

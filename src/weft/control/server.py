@@ -27,6 +27,7 @@ from weft.addr import Address
 from weft.control.api import Api
 from weft.control.client import DEFAULT_STATE_DIR, SOCKET_NAME
 from weft.control.destinations import DestinationService
+from weft.control.edges import EdgesApi
 from weft.control.httpserver import HttpServer
 from weft.control.identity import IdentityService, IdentitySettings
 from weft.control.inbound import InboundPolicies
@@ -146,7 +147,11 @@ class ControlPlane:
             self.destinations,
             self.stats,
             heartbeat=config.heartbeat,
-            handlers={"identity": self.identity.handle, "inbound": self.inbound.handle},
+            handlers={
+                "identity": self.identity.handle,
+                "inbound": self.inbound.handle,
+                "edges": EdgesApi(self.stats, trust_domain=settings.trust_domain).handle,
+            },
         )
         self.http = HttpServer(self.api.handle)
         self.tcp_address: Address | None = None

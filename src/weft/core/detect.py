@@ -100,6 +100,18 @@ def _detect_http(data: bytes) -> Protocol | None:
     if data[:k] == H2_PREFACE[:k]:
         return Protocol.HTTP2 if k == len(H2_PREFACE) else None
 
+    # Empty lines before the request line are ignored by HTTP/1 servers (RFC 9112 2.2, llhttp
+    # does): a client that sends them still speaks HTTP, and must get HTTP's policy (routes,
+    # authorization per request, rate limits), not an opaque relay that bypasses it.
+    skipped = 0
+    while skipped < n and data[skipped] in b"\r\n":
+        skipped += 1
+    if skipped == n:
+        return None
+    if skipped:
+        data = data[skipped:]
+        n -= skipped
+
     # method = 1*tchar, at most _MAX_METHOD long, then SP
     i = 0
     while i < n and data[i] in _TCHAR:

@@ -29,12 +29,30 @@ upstream lost before answering. For gRPC requests (``content-type: application/g
 are HTTP 200 trailers-only answers with ``grpc-status: 14`` (UNAVAILABLE) and ``grpc-message``.
 Malformed frames end the client connection with GOAWAY PROTOCOL_ERROR (``h2`` decides).
 
+Policy (the destination's :class:`~weft.policy.ServicePolicy`), per stream as HTTP/1 applies it:
+the routes (HTTPRoutes and GRPCRoutes, whose method matches are path matches) pick a rule, whose
+weighted backend is resolved through ``Http2Context.backend``; header filters and redirects
+apply. Retries: a stream whose request was fully received with a body within ``REPLAY_LIMIT`` is
+sent again, after a jittered backoff, on a fresh pick, while the retry limit and the destination's
+retry budget (:mod:`weft.core.retry`) allow it, when its attempt fails before anything of the
+response went to the client: a gRPC call that ends with a status the policy's ``grpc`` names
+(trailers-only, or headers then trailers with no message: for such calls the proxy holds the
+response headers until the first DATA or the trailers), a non-gRPC request with a retryable HTTP
+status and an idempotent method, a connection error, or the per-attempt timeout. Timeouts: the
+request timeout (``timeouts.request`` / ``response``, until the response headers go out), the
+per-attempt timeout, and for gRPC the request's ``grpc-timeout``, which bounds the whole call (the
+smaller wins; a retry forwards what is left of it). On expiry the proxy answers (trailers-only)
+``grpc-status: 4`` DEADLINE_EXCEEDED with ``weft-proxy-error``, or, once the response has started,
+ends it with those trailers; either way the upstream stream is reset. A malformed
+``grpc-timeout`` is answered ``grpc-status: 13`` INTERNAL (as grpc-go does).
+
 Metrics: per request through ``concrete.http_series`` as HTTP/1 does, recorded when the stream
 ends (gRPC classification needs the trailers): failure when the status is 5xx, when the stream
-was reset, or when ``grpc-status`` is non-zero; the latency is to the response headers.
+was reset, or when ``grpc-status`` is non-zero; the latency is to the response headers. Per route
+(``concrete.route_series``): the effective series counts what the client saw, the actual series
+every attempt.
 
-Not for: choosing the destination (the caller hands a Concrete), routes and retries (GRPCRoute is
-later work), TLS, HTTP/1.
+Not for: choosing the destination (the caller hands a Concrete), TLS, HTTP/1.
 """
 
 from __future__ import annotations
@@ -42,6 +60,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,11 +77,14 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from weft.addr import format_addr
 from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
+from weft.policy import HeaderModifier
 from weft.proxy.endpoints import Concrete, EndpointState
 
 if TYPE_CHECKING:
     from weft.proxy.config import ProxyConfig
     from weft.proxy.inbound_policy import HttpConn
+
+# weft.core.retry and weft.core.routes are imported where a policy is applied (as in http1.py)
 
 log = logging.getLogger("weft.proxy")
 
@@ -72,7 +95,22 @@ STREAM_WINDOW = 256 * 1024  # bytes one stream may have in flight into the proxy
 CONNECTION_WINDOW = 4 * 1024 * 1024  # the same, all streams of one connection together
 MAX_CONCURRENT_STREAMS = 1000  # streams a client may open on one connection
 MAX_CONNECT_ATTEMPTS = 3
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept for a retry
 GRPC_UNAVAILABLE = b"14"
+GRPC_DEADLINE_EXCEEDED = b"4"
+GRPC_INTERNAL = b"13"
+# RetryPolicy.grpc names (the retry.weft.io/grpc annotation) -> grpc-status values
+GRPC_RETRY_CODES = {
+    "cancelled": b"1",
+    "deadline-exceeded": b"4",
+    "resource-exhausted": b"8",
+    "internal": b"13",
+    "unavailable": b"14",
+}
+# grpc-timeout: at most 8 digits and a unit (gRPC over HTTP/2, "Timeout")
+_GRPC_TIMEOUT = re.compile(rb"([0-9]{1,8})([HMSmun])")
+_GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_rng = random.Random()
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _CANCEL = h2.errors.ErrorCodes.CANCEL
@@ -137,6 +175,9 @@ class Http2Context:
         self.fail_fast = (
             config.fail_fast_outbound if direction == "outbound" else config.fail_fast_inbound
         )
+        # resolves a route backend's target to its concrete (at once when known); the server
+        # sets it to its listener's (as for HTTP/1)
+        self.backend: Callable[[str], Concrete | asyncio.Future[Concrete]] = _no_backends
         self._dirty: list[_Peer] = []
 
     def upstream(self, concrete: Concrete, state: EndpointState) -> Http2Upstream:
@@ -291,6 +332,39 @@ def _trailer_status(headers: Headers) -> bytes | None:
         if name == b"grpc-status":
             return value
     return None
+
+
+def parse_grpc_timeout(value: bytes) -> float | None:
+    """A ``grpc-timeout`` value (``100m``, ``5S``, ``1H``) in seconds; None when malformed."""
+    m = _GRPC_TIMEOUT.fullmatch(value)
+    if m is None:
+        return None
+    return int(m.group(1)) * _GRPC_TIMEOUT_UNITS[m.group(2)]
+
+
+def grpc_timeout_value(seconds: float) -> bytes:
+    """``seconds`` (> 0) as a ``grpc-timeout`` value, in the finest unit that fits 8 digits."""
+    for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60)):
+        amount = max(1, int(seconds * scale))
+        if amount < 100_000_000:
+            return b"%d%s" % (amount, unit)
+    return b"%dH" % min(99_999_999, max(1, int(seconds / 3600)))
+
+
+def _modified(mod: HeaderModifier, headers: Headers) -> Headers:
+    """``headers`` with a header filter applied to the regular fields (pseudo-headers first and
+    untouched; names lower-cased, as HTTP/2 requires)."""
+    from weft.core.routes import apply_header_modifier
+
+    pseudo = [(n, v) for n, v in headers if n[:1] == b":"]
+    regular = [(n, v) for n, v in headers if n[:1] != b":"]
+    return pseudo + [(n.lower(), v) for n, v in apply_header_modifier(mod, regular)]
+
+
+def _no_backends(target: str) -> asyncio.Future[Concrete]:
+    fut: asyncio.Future[Concrete] = asyncio.get_running_loop().create_future()
+    fut.set_exception(LookupError(f"no discovery to resolve {target}"))
+    return fut
 
 
 class H2Stream:
