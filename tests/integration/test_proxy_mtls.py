@@ -348,3 +348,58 @@ async def test_grpc_between_meshed_proxies_is_per_call_over_mutual_tls(
         assert sample(server, "request_total", **inbound) == 10
         text = server.metrics.expose().decode()
         assert 'grpc_status_code="0"' in text
+
+
+@pytest.mark.parametrize("greets", [False, True])
+async def test_opaque_port_between_meshed_proxies_one_app_connection(
+    pki: Pki, tmp_path: Path, greets: bool
+) -> None:
+    """An opaque port (as 3306 is by default) on the server side still terminates mesh TLS; the
+    early connection to the app is handed over, so the app sees exactly one connection, and a
+    server that greets first (MySQL-like) is answered through TLS."""
+    server_leaf, client_leaf = pki.leaf("app", "server"), pki.leaf("app", "client")
+    connections = 0
+
+    async def app(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if greets:
+            w.write(b"\x0agreeting")
+            await w.drain()
+        while data := await r.read(65536):
+            w.write(data.upper())
+            await w.drain()
+        w.close()
+
+    backend = await asyncio.start_server(app, "127.0.0.1", 0)
+    try:
+        address = backend.sockets[0].getsockname()[:2]
+        async with (
+            proxy(
+                identity(server_leaf), inbound_target=address, opaque_ports=frozenset({address[1]})
+            ) as server,
+            Tap(server.addresses["inbound"]) as tap,
+            proxy(
+                identity(client_leaf),
+                outbound_target=TARGET,
+                discovery=discovery_file(
+                    tmp_path / "d.yaml", tap.address, identity=server_leaf.name, opaque=True
+                ),
+            ) as client,
+        ):
+            r, w = await asyncio.open_connection(*client.addresses["outbound"])
+            if greets:
+                assert await asyncio.wait_for(r.readexactly(9), 5) == b"\x0agreeting"
+            w.write(b"\x00ping")
+            await w.drain()
+            assert await asyncio.wait_for(r.readexactly(5), 5) == b"\x00PING"
+            w.write_eof()
+            assert await asyncio.wait_for(r.read(), 5) == b""
+            w.close()
+            assert tap.sent[:1] == b"\x16"
+            assert b"ping" not in bytes(tap.sent)
+            assert connections == 1
+            inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
+            assert sample(server, "tcp_open_total", peer="src", **inbound) == 1
+    finally:
+        backend.close()

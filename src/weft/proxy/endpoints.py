@@ -73,9 +73,8 @@ class EndpointState:
         # not to this very pod (a call to its own service): that connection reaches the app
         # directly, not through the inbound proxy
         identity = endpoint.identity if tls and endpoint.meshed else None
-        if identity is not None and identity == own and _is_local(self.addr[0]):
-            identity = None
-        self.tls_identity = identity
+        loopback = identity is not None and identity == own and _is_local(self.addr[0])
+        self.tls_identity = None if loopback else identity
         self.idle: list[tuple[PooledConn, float]] = []
         self.closing = False
         # a connection being dialed ahead of need (at accept, for detection) that the next
@@ -89,7 +88,7 @@ class EndpointState:
         if tls:
             from weft.proxy.tls import outbound_tls_labels
 
-            labels.update(outbound_tls_labels(self.tls_identity))
+            labels.update(outbound_tls_labels(self.tls_identity, loopback=loopback))
         self.label_items: LabelItems = tuple(sorted(labels.items()))
         self.http_series: dict[bytes | tuple[bytes, LabelItems], HttpSeries] = {}
         self.tcp_series: TcpSeries | None = None

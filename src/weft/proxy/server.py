@@ -247,6 +247,12 @@ class _Probe(asyncio.Protocol):
         self.buffer += data
         self._on_data()
 
+    def rebind(self, on_data: Callable[[], None]) -> None:
+        """Report to another waiter (the inner side of a terminated mesh TLS connection)."""
+        self._on_data = on_data
+        if self.buffer or self.eof or self.lost:
+            on_data()
+
     def eof_received(self) -> bool:
         self.eof = True
         self._on_data()
@@ -255,6 +261,12 @@ class _Probe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._on_data()
+
+
+# (concrete, endpoint, dial, probe): an early connection passed from the outer to the inner side
+_Handoff = tuple[
+    Concrete, EndpointState, "asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]", _Probe
+]
 
 
 class Accept(asyncio.Protocol):
@@ -268,6 +280,8 @@ class Accept(asyncio.Protocol):
         self.tls_labels: LabelItems = ()
         self.port_policy: PortPolicy | None = None
         self.peer_ip: str | None = None
+        # the outer side's early connection to the app, for the inner side of mesh TLS
+        self.handoff: _Handoff | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.client_eof = False
@@ -326,22 +340,25 @@ class Accept(asyncio.Protocol):
                 return
             policy = listener.policy
             pp = self.port_policy = policy.port(target[1]) if policy is not None else None
-            if (
+            opaque = (
                 target[1] in listener.config.opaque_ports
                 or concrete.opaque
                 or (pp is not None and pp.protocol in ("opaque", "tls"))
-            ):
+            )
+            if opaque and not self._may_terminate():
                 if self._tcp_authorized():
-                    await self._opaque(concrete, None)
+                    await self._opaque(concrete, await self._take_handoff(concrete))
                 return
-            await self._detect(concrete)
+            # an opaque port still carries mesh TLS from meshed clients: only that is detected
+            await self._detect(concrete, opaque=opaque)
         except Exception:
             log.exception("error handling connection from %s", self.peer)
             transport.abort()
         finally:
             listener.accepting.discard(self)
 
-    async def _detect(self, concrete: Concrete) -> None:
+    async def _detect(self, concrete: Concrete, *, opaque: bool = False) -> None:
+        """Decide the protocol (``opaque``: only mesh TLS, or opaque TCP at once)."""
         listener = self.listener
         loop = asyncio.get_running_loop()
         # Dial early only while the destination might greet first: once a client has spoken
@@ -349,11 +366,21 @@ class Accept(asyncio.Protocol):
         # server that greets, since the detect timeout then falls back to opaque TCP).
         pp = self.port_policy
         refused = pp is not None and not pp.tcp_allowed(self.peer_ip, self._client_id())
-        state = None if concrete.http_seen or refused else concrete.pick()
         probe: _Probe | None = None
         dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]] | None = None
         started = 0.0
-        if state is not None:
+        state: EndpointState | None = None
+        handoff = self.handoff if self.handoff is not None and self.handoff[0] is concrete else None
+        self.handoff = None
+        if handoff is not None:  # the connection the outer side dialed before it saw mesh TLS
+            _, state, dial, probe = handoff
+            probe.rebind(self.event.set)
+            dial.add_done_callback(lambda _: self.event.set())
+            concrete.balancer.start(state.addr)
+            started = time.monotonic()
+        else:
+            state = None if concrete.http_seen or refused else concrete.pick()
+        if state is not None and handoff is None:
             concrete.balancer.start(state.addr)
             started = time.monotonic()
             probe = _Probe(self.event.set)
@@ -367,19 +394,30 @@ class Accept(asyncio.Protocol):
         failed: set[Address] = {state.addr} if state is not None else set()
         server_first = False
         mesh_tls = False
+        may_terminate = self._may_terminate()
         while True:
+            hello_pending = False
             if self.buffer:
-                decided = detect(self.buffer[:DETECT_MAX], max_bytes=DETECT_MAX)
-                if decided is Detected.TLS and self._may_terminate():
+                if may_terminate and self.buffer[0] == 0x16:
                     assert listener.tls is not None
                     ours = _mesh_hello(self.buffer, listener.tls.name)
                     if ours is None:
-                        decided = None  # the ClientHello is not complete yet
+                        hello_pending = True  # a ClientHello, not complete yet
                     else:
                         mesh_tls = ours
-                if decided is not None:
-                    break
-            if probe is not None and (probe.buffer or probe.eof):
+                        decided = Detected.TLS
+                        break
+                else:
+                    decided = (
+                        Detected.OPAQUE
+                        if opaque
+                        else detect(self.buffer[:DETECT_MAX], max_bytes=DETECT_MAX)
+                    )
+                    if decided is not None:
+                        break
+            # a server that greets while a mesh ClientHello is still arriving must wait: the
+            # client is a proxy, and the greeting goes to it inside TLS
+            if probe is not None and (probe.buffer or probe.eof) and not hello_pending:
                 server_first = True
                 break
             if self.client_lost:
@@ -435,9 +473,10 @@ class Accept(asyncio.Protocol):
                     t.close()
             return
         if mesh_tls and not server_first:
-            if dial is not None:
-                _discard(dial)
-            self._terminate()
+            handed = None
+            if dial is not None and state is not None and probe is not None:
+                handed = (concrete, state, dial, probe)
+            self._terminate(handed)
             return
         if decided is Detected.HTTP2 and not server_first:
             concrete.http_seen = True
@@ -483,17 +522,47 @@ class Accept(asyncio.Protocol):
             and self.listener.tls is not None
         )
 
-    def _terminate(self) -> None:
-        """Mesh TLS addressed to this proxy: decrypt, then detect again on the inner stream."""
+    def _terminate(self, handoff: _Handoff | None) -> None:
+        """Mesh TLS addressed to this proxy: decrypt, then detect again on the inner stream,
+        which takes over the connection dialed early to the app (one connection per client)."""
         transport = self.transport
         tls = self.listener.tls
         assert transport is not None and tls is not None
         context = tls.server_context
         if context is None:
+            if handoff is not None:
+                _discard(handoff[2])
             transport.abort()
             return
         buffered, self.buffer = self.buffer, b""
-        terminate(transport, Accept(self.listener, terminated=True), context, buffered)
+        inner = Accept(self.listener, terminated=True)
+        inner.handoff = handoff
+        tls_conn = terminate(transport, inner, context, buffered)
+        if handoff is not None:
+
+            def failed(fut: asyncio.Future[None]) -> None:
+                ok = not fut.cancelled() and fut.exception() is None
+                if not ok and inner.handoff is not None:  # nobody will take it over
+                    _discard(inner.handoff[2])
+                    inner.handoff = None
+
+            tls_conn.handshake.add_done_callback(failed)
+
+    async def _take_handoff(
+        self, concrete: Concrete
+    ) -> tuple[asyncio.Transport, asyncio.Protocol] | None:
+        """For an opaque inner connection: the early connection to the app, once it is up."""
+        handoff, self.handoff = self.handoff, None
+        if handoff is None:
+            return None
+        owner, _, dial, _ = handoff
+        if owner is not concrete:
+            _discard(dial)
+            return None
+        try:
+            return await dial
+        except (OSError, TimeoutError):
+            return None
 
     def _to_http1(self, concrete: Concrete) -> None:
         transport = self.transport

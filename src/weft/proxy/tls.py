@@ -136,9 +136,7 @@ class TlsConnection:
         return bool(self._app.eof_received())  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if not self.handshake.done():
             self.handshake.set_exception(exc or ConnectionResetError("connection lost"))
             self.handshake.exception()
@@ -169,9 +167,7 @@ class TlsConnection:
             self._fail(exc)
             return
         self._flush()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         pending, self._pending = self._pending, None
         if not self.handshake.done():
             self.handshake.set_result(None)
@@ -185,9 +181,7 @@ class TlsConnection:
         if not self.handshake.done():
             self.handshake.set_exception(exc)
             self.handshake.exception()  # retrieved: the caller may have gone
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if self._raw is not None:
             self._raw.abort()
 
@@ -264,10 +258,16 @@ class TlsConnection:
             self._ssl.unwrap()
         self._flush()
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        self._cancel_timer()
         if not self._eof_sent:
             self._eof_sent = True
             self._send_close_notify()
@@ -276,6 +276,7 @@ class TlsConnection:
 
     def abort(self) -> None:
         self._closing = True
+        self._cancel_timer()
         if self._raw is not None:
             self._raw.abort()
 
@@ -371,11 +372,12 @@ def terminate(
     return tls
 
 
-def outbound_tls_labels(identity: str | None) -> dict[str, str]:
+def outbound_tls_labels(identity: str | None, *, loopback: bool = False) -> dict[str, str]:
     """The ``tls`` labels of an outbound endpoint when this proxy has an identity."""
     if identity:
         return {"tls": "true", "server_id": identity}
-    return {"tls": "no_identity", "no_tls_reason": "not_provided_by_service_discovery"}
+    reason = "loopback" if loopback else "not_provided_by_service_discovery"
+    return {"tls": "no_identity", "no_tls_reason": reason}
 
 
 def inbound_tls_labels(peer: PeerTls | None) -> tuple[tuple[str, str], ...]:
