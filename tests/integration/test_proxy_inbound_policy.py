@@ -391,6 +391,14 @@ async def test_inbound_routes_404_and_route_authorizations(
     assert (denial.status, denial.reason) == (404, "route-not-found")
     assert status(conn, "/ready") == 200
     assert status(port.http_connection("10.244.0.9", None, False), "/books") == 403
+    # a path an app would normalize into /admin does not get /books' rights
+    for sneaky in ("/books/../admin", "/books/%2e%2e/admin", "//admin", "/books/.%2E/admin"):
+        denial = get(conn, sneaky)
+        assert denial is not None and (denial.status, denial.reason) == (
+            400,
+            "path-not-normalized",
+        ), sneaky
+    assert status(conn, "/books/a.b/c..d") == 200
 
 
 async def test_null_policy_keeps_the_default_until_the_pod_exists(

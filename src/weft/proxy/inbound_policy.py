@@ -50,6 +50,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -303,6 +304,16 @@ def _client_labels(client_id: str | None, tls: bool) -> LabelItems:
     return labels
 
 
+# dot-segments, empty segments, encoded dots, slashes and backslashes, raw backslashes
+_ABNORMAL_PATH = re.compile(rb"(?:^|/)\.{1,2}(?:/|$)|//|%2[eEfF]|%5[cC]|\\")
+ABNORMAL_PATH = Denial(
+    400,
+    "path-not-normalized",
+    "the request path is not in normal form (dot-segments, empty segments or encoded '.', '/'"
+    " or '\\'); this port's routes are matched on the exact path",
+)
+
+
 class _Outcome:
     """What a verdict means on one connection: the counter to bump and the answer."""
 
@@ -362,6 +373,10 @@ class HttpConn:
     def _check(
         self, method: bytes, path: bytes, query: bytes, headers: HeaderLookup
     ) -> Denial | None:
+        if self._authz.constant is None and _ABNORMAL_PATH.search(path):
+            # routes decide by path: a path an app would normalize into another route's
+            # (``/public/../admin``, ``//admin``, ``%2e%2e``) must not get this route's rights
+            return ABNORMAL_PATH
         verdict = self._authz.check(method, path, query, headers)
         outcome = self._outcomes.get(verdict)
         if outcome is None:
