@@ -192,3 +192,21 @@ async def test_graceful_shutdown_finishes_in_flight_and_closes_idle() -> None:
         await asyncio.wait_for(shutdown, 5)
         await idle.close()
         await busy.close()
+
+
+async def test_a_client_that_leaves_while_waiting_for_endpoints_leaves_no_waiter(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "d.yaml"
+    write_discovery(f, [])
+    disc = StaticDiscovery(str(f), interval=0.05)
+    async with running_proxy(disc, outbound_target=TARGET, fail_fast_outbound=0.2) as proxy:
+        for _ in range(5):
+            _, w = await asyncio.open_connection(*proxy.addresses["outbound"])
+            w.write(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.close()
+        await asyncio.sleep(0.5)  # past the fail-fast timeout of every request
+        (concrete,) = proxy.outbound.concretes.values()
+        assert concrete.waiters == []

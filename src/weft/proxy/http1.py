@@ -222,6 +222,7 @@ class Exchange:
         "up",
         "upgrade",
         "url",
+        "waiter",
         "waiting",
     )
 
@@ -283,6 +284,7 @@ class Exchange:
         self.attempts = 0
         self.timer: asyncio.TimerHandle | None = None
         self.waiting: asyncio.TimerHandle | None = None
+        self.waiter: Callable[[], None] | None = None  # in concrete.waiters while waiting
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -597,6 +599,7 @@ class Exchange:
         loop = asyncio.get_running_loop()
 
         def wake() -> None:
+            self.waiter = None
             if self.waiting is not None:
                 self.waiting.cancel()
                 self.waiting = None
@@ -605,12 +608,19 @@ class Exchange:
 
         def give_up() -> None:
             self.waiting = None
-            if wake in self.concrete.waiters:
-                self.concrete.waiters.remove(wake)
+            self._leave_waiters()  # also when the client left meanwhile (fail does nothing then)
             self.fail(503, "no-endpoints", f"no endpoints available for {self.concrete.name}")
 
+        self.waiter = wake
         self.concrete.waiters.append(wake)
         self.waiting = loop.call_later(down.ctx.fail_fast, give_up)
+
+    def _leave_waiters(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if waiter in self.concrete.waiters:
+                self.concrete.waiters.remove(waiter)
 
     def _connected(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
         state = self.state
@@ -898,6 +908,7 @@ class Exchange:
         if self.waiting is not None:
             self.waiting.cancel()
             self.waiting = None
+        self._leave_waiters()
         down = self.down
         state, up = self.state, self.up
         if state is not None and up is not None:
