@@ -192,3 +192,14 @@ def test_a_valid_service_keeps_its_annotations() -> None:
 def test_without_a_checker_the_first_problem_raises() -> None:
     with pytest.raises(ValueError, match=r'retry\.weft\.io/limit"\]: invalid'):
         parse_policy_annotations({"retry.weft.io/limit": "x"}, "Service")
+
+
+def test_grpc_retry_annotation_on_services_and_grpc_routes() -> None:
+    for kind in ("Service", "GRPCRoute"):
+        p = parse({"retry.weft.io/grpc": "Unavailable, cancelled,unavailable"}, kind)
+        policy = p.retry_policy()
+        assert policy is not None
+        assert policy.grpc == ("cancelled", "unavailable")
+    c = Checker()
+    parse_policy_annotations({"retry.weft.io/grpc": "unavailable, not-found"}, "Service", c)
+    assert c.errors and "not-found" in str(c.errors[0])

@@ -43,7 +43,7 @@ from weft.resources.models import (
 )
 
 Listener = Callable[[Destination | None], None]
-_WATCHED_KINDS = frozenset({"Pod", "Service", "Namespace", "HTTPRoute"})
+_WATCHED_KINDS = frozenset({"Pod", "Service", "Namespace", "HTTPRoute", "GRPCRoute"})
 
 
 def _lookup_service(
@@ -251,7 +251,7 @@ class DestinationService:
             current = tr.current
             # a route only affects Services of its own namespace, and a pod too, except that a
             # pod can make an unknown IP target resolve (a direct call to its address)
-            if event.kind == "HTTPRoute" and (
+            if event.kind in ("HTTPRoute", "GRPCRoute") and (
                 current is None or current.labels.get("namespace") != ns
             ):
                 continue

@@ -92,6 +92,34 @@ def _parse_condition(token: str, raw: str, text: str) -> tuple[int, int]:
     )
 
 
+#: The gRPC statuses ``retry.weft.io/grpc`` may name (Linkerd's and Envoy's retryable set).
+GRPC_CONDITIONS = (
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+)
+
+
+def parse_grpc_conditions(text: str) -> tuple[str, ...]:
+    """Parse a ``retry.weft.io/grpc`` value: comma-separated names from :data:`GRPC_CONDITIONS`
+    (case-insensitive, spaces ignored), sorted without duplicates, for ``RetryPolicy.grpc``.
+    Raises ``ValueError`` naming the first bad token; an empty value or token is an error."""
+    if not text.strip():
+        raise ValueError(f"retry grpc conditions: empty value {text!r}")
+    names: set[str] = set()
+    for raw in text.split(","):
+        token = raw.strip().lower()
+        if token not in GRPC_CONDITIONS:
+            raise ValueError(
+                f"retry grpc conditions: bad token {raw.strip()!r} in {text!r} "
+                f"(expected {', '.join(GRPC_CONDITIONS)})"
+            )
+        names.add(token)
+    return tuple(sorted(names))
+
+
 def _check_code(code: int, raw: str, text: str) -> None:
     if not 100 <= code <= 599:
         raise ValueError(

@@ -75,12 +75,14 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import Frame, GoAwayFrame
 
-from weft.addr import format_addr
+from weft.addr import Address, format_addr
 from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
-from weft.policy import HeaderModifier
+from weft.policy import HeaderModifier, Redirect, RetryPolicy, ServicePolicy, Timeouts
 from weft.proxy.endpoints import Concrete, EndpointState
 
 if TYPE_CHECKING:
+    from weft.core.retry import RetryBudget
+    from weft.core.routes import Matched
     from weft.proxy.config import ProxyConfig
     from weft.proxy.inbound_policy import HttpConn
 
@@ -371,16 +373,18 @@ class H2Stream:
     """One request and its response: a client stream and the upstream stream it maps to."""
 
     __slots__ = (
-        "attempts", "authority", "concrete", "down", "failed", "finished", "grpc",
-        "grpc_status", "headers", "latency_ms", "req_buf", "req_closed", "req_end",
-        "req_trailers", "resp_buf", "resp_closed", "resp_end", "resp_started", "resp_trailers",
-        "sent_at", "series", "sid", "started", "state", "status", "up", "up_sid", "waiting",
+        "actual", "attempt_timeout", "attempt_timer", "attempts", "authority", "avoid", "backoff",
+        "budget", "concrete", "deadline_at", "down", "failed", "finished", "grpc", "grpc_status",
+        "headers", "held", "latency_ms", "replay", "replay_size", "replayed", "req_buf",
+        "req_closed", "req_end", "req_trailers", "resp_buf", "resp_closed", "resp_end",
+        "resp_mod", "resp_started", "resp_trailers", "retries", "retry", "route", "sent_at",
+        "series", "sid", "started", "state", "status", "timer", "up", "up_sid", "waiting",
     )  # fmt: skip
 
     def __init__(self, down: Http2Downstream, sid: int, headers: Headers) -> None:
         self.down = down
         self.sid = sid
-        self.concrete = down.concrete
+        self.concrete = down.concrete  # serving this attempt: the service, or a route's backend
         self.headers = headers
         self.authority = b""
         self.grpc = _is_grpc(headers)
@@ -388,6 +392,8 @@ class H2Stream:
         self.up_sid = 0
         self.state: EndpointState | None = None
         self.series: HttpSeries | None = None
+        self.route: HttpSeries | None = None  # effective (client-visible) route series
+        self.actual: HttpSeries | None = None  # per-attempt route series
         self.started = _monotonic()
         self.sent_at = 0.0
         self.latency_ms = 0.0
@@ -400,12 +406,159 @@ class H2Stream:
         self.req_trailers: Headers | None = None
         self.req_closed = False  # the request's end went upstream (or the request was dropped)
         self.resp_buf: deque[bytes] = deque()
-        self.resp_started = False
+        self.resp_started = False  # response headers went to the client
         self.resp_end = False  # the upstream ended its response
         self.resp_trailers: Headers | None = None
         self.resp_closed = False  # the response's end went to the client
         self.failed = False  # reset either way, or answered by the proxy
         self.finished = False
+        # policy: set by decide() when the destination has one (or for a grpc-timeout)
+        self.retry: RetryPolicy | None = None
+        self.budget: RetryBudget | None = None
+        self.retries = 0
+        self.avoid: Address | None = None  # the endpoint whose attempt failed, for the retry
+        self.replay: list[bytes] | None = None  # the request body, kept for a retry
+        self.replay_size = 0
+        self.replayed = False  # req_buf holds bytes the client's window already got back
+        self.held: Headers | None = None  # response headers held until a retry is ruled out
+        self.resp_mod: HeaderModifier | None = None
+        self.deadline_at = 0.0  # the grpc-timeout's end (monotonic), 0: none
+        self.timer: asyncio.TimerHandle | None = None  # request timeout or gRPC deadline
+        self.attempt_timeout: float | None = None
+        self.attempt_timer: asyncio.TimerHandle | None = None
+        self.backoff: asyncio.TimerHandle | None = None
+
+    # -- policy ---------------------------------------------------------------------------------
+
+    def header(self, name: bytes) -> bytes | None:
+        """A request header's value (``host``: the authority), for route matching."""
+        if name == b"host":
+            return self.authority
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def decide(self, method: bytes, path: bytes) -> bool:
+        """Apply the destination's policy (route, backend, filters, retries, timeouts) and the
+        request's ``grpc-timeout``. False when the stream was answered here or waits for a
+        backend's discovery (which dispatches it)."""
+        service = self.down.concrete
+        deadline: float | None = None
+        if self.grpc:
+            raw = self.header(b"grpc-timeout")
+            if raw is not None:
+                deadline = parse_grpc_timeout(raw)
+                if deadline is None:
+                    detail = f"malformed grpc-timeout {raw.decode('latin-1')!r}"
+                    self.fail(400, "invalid-grpc-timeout", detail, grpc_status=GRPC_INTERNAL)
+                    return False
+                self.deadline_at = self.started + deadline
+        policy = service.policy
+        if service.known:
+            matched = None
+            table = service.routes
+            if table is not None:
+                target, _, query = path.partition(b"?")
+                matched = table.match(method, target, query, self.header)
+            route_name = "default" if matched is None else matched.route_name
+            self.route, self.actual = service.route_series(route_name)
+            self.route.requests += 1
+            if matched is not None:
+                return self._apply_rule(matched, policy, deadline, path)
+        if policy is None and deadline is None:
+            return True
+        retry = policy.retry if policy is not None else None
+        self._arm(retry, service.timeouts, deadline)
+        return True
+
+    def _apply_rule(
+        self, matched: Matched, policy: ServicePolicy | None, deadline: float | None, path: bytes
+    ) -> bool:
+        rule = matched.rule
+        retry = rule.retry if rule.retry is not None else (policy.retry if policy else None)
+        timeouts = rule.timeouts.over(self.down.concrete.timeouts)
+        if rule.redirect is not None:
+            self._redirect(rule.redirect, path)
+            return False
+        if rule.request_headers is not None:
+            self.headers = _modified(rule.request_headers, self.headers)
+        self.resp_mod = rule.response_headers
+        self._arm(retry, timeouts, deadline)
+        if matched.picker is None:
+            return True
+        backend = matched.picker.pick()
+        if backend is None:
+            detail = f"route {matched.route_name}: every backend has weight 0"
+            self.fail(500, "no-backends", detail)
+            return False
+        found = self.down.ctx.backend(backend.target)
+        if isinstance(found, Concrete):
+            if not found.known:
+                self._unknown_backend(backend.target)
+                return False
+            self.concrete = found
+            return True
+        found.add_done_callback(self._backend_ready)
+        return False
+
+    def _arm(self, retry: RetryPolicy | None, timeouts: Timeouts, deadline: float | None) -> None:
+        if retry is not None:
+            self.retry = retry
+            self.budget = self.down.concrete.budget(retry.budget)
+            self.budget.record_request()
+            self.replay = []
+            self.attempt_timeout = retry.timeout
+        if timeouts.backend_request is not None:
+            self.attempt_timeout = timeouts.backend_request
+        request = timeouts.request
+        if timeouts.response is not None and (request is None or timeouts.response < request):
+            request = timeouts.response
+        if deadline is not None and (request is None or deadline < request):
+            request = deadline
+        if request is not None:
+            self.timer = asyncio.get_running_loop().call_later(request, self._timed_out)
+
+    def _backend_ready(self, fut: asyncio.Future[Concrete]) -> None:
+        if self.finished:
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            self.fail(502, "backend-unresolved", f"cannot resolve a backend: {fut.exception()}")
+        else:
+            concrete = fut.result()
+            if not concrete.known:
+                self._unknown_backend(concrete.name)
+            else:
+                self.concrete = concrete
+                self.dispatch()
+        self.down.ctx.flush()
+
+    def _unknown_backend(self, target: str) -> None:
+        # the Gateway API's answer for the share of traffic of an unresolvable backendRef
+        self.fail(500, "backend-not-found", f"route backend {target} is not a known service")
+
+    def _redirect(self, redirect: Redirect, path: bytes) -> None:
+        from weft.core.routes import redirect_location
+
+        scheme = self.header(b":scheme") or b"http"
+        port = self.down.concrete.name.rpartition(":")[2]
+        target, _, query = path.partition(b"?")
+        status, location = redirect_location(
+            redirect, scheme, self.authority, int(port) if port.isdigit() else None, target, query
+        )
+        self._answer([(b":status", b"%d" % status), (b"location", location)], status)
+
+    def _answer(self, headers: Headers, status: int) -> None:
+        """A complete header-only answer of the proxy's own that is not an error."""
+        self.status = status
+        self.latency_ms = (_monotonic() - self.started) * 1000.0
+        self.resp_started = self.resp_end = True
+        self._drop_request()
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.down.conn.send_headers(self.sid, headers, end_stream=True)
+        self.down.mark()
+        self.resp_closed = True
+        self._maybe_finish()
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -420,12 +573,33 @@ class H2Stream:
             else:
                 self._wait_for_endpoints()
             return
+        avoid = self.avoid
+        if avoid is not None:  # a retry: to another endpoint than the one that failed, if any
+            self.avoid = None
+            if state.addr == avoid:
+                state = self._other_endpoint(avoid) or state
         self.state = state
         if self.series is None:
             self.series = concrete.http_series(state, self.authority, self.down.tls_labels)
             self.series.requests += 1
+            if self.actual is not None:
+                self.actual.requests += 1
+            if self.attempt_timeout is not None:
+                self.attempt_timer = asyncio.get_running_loop().call_later(
+                    self.attempt_timeout, self._attempt_timed_out
+                )
         self.sent_at = concrete.balancer.start(state.addr)
         self.down.ctx.upstream(concrete, state).add(self)
+
+    def _other_endpoint(self, avoid: Address) -> EndpointState | None:
+        concrete = self.concrete
+        accrual = concrete.accrual
+        others = [
+            state
+            for addr, state in concrete.endpoints.items()
+            if addr != avoid and (accrual is None or accrual.available(addr))
+        ]
+        return _rng.choice(others) if others else None
 
     def _wait_for_endpoints(self) -> None:
         concrete = self.concrete
@@ -467,12 +641,22 @@ class H2Stream:
             self.dispatch()
             return
         self.state = None  # its balancer accounting is done
+        if self._retryable():
+            self._retry_later()
+            return
         self.fail(502, "connect-failed", f"connect to {format_addr(state.addr)}: {exc}")
 
     def on_request_data(self, data: bytes) -> None:
         if self.req_closed:  # answered already, or the upstream gave up on it: drop
             self.down.ack(len(data), self.sid)
             return
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size <= REPLAY_LIMIT:
+                replay.append(data)
+            else:
+                self.replay = None
         self.req_buf.append(data)
         if self.up is not None:
             self.pump_request()
@@ -489,7 +673,8 @@ class H2Stream:
         up = self.up
         if up is None or self.req_closed:
             return
-        if self.req_buf and not _pump(self.req_buf, up, self.up_sid, self.down, self.sid):
+        src = None if self.replayed else self.down
+        if self.req_buf and not _pump(self.req_buf, up, self.up_sid, src, self.sid):
             up.blocked[self] = None
             return
         up.blocked.pop(self, None)
@@ -512,6 +697,148 @@ class H2Stream:
         else:
             self.pump_response()
 
+    # -- retries --------------------------------------------------------------------------------
+
+    def _retryable(self) -> bool:
+        """Whether this attempt's failure may be retried (and the budget pays for it)."""
+        retry = self.retry
+        if retry is None or self.retries >= retry.limit or self.resp_started:
+            return False
+        if not self.req_end or self.replay is None or self.down.ctx.draining:
+            return False
+        if not self.grpc:
+            from weft.core.retry import may_retry
+
+            method = self.header(b":method") or b""
+            if not may_retry(retry, method, None, True):
+                return False
+        assert self.budget is not None
+        return self.budget.try_withdraw()
+
+    def _may_hold(self) -> bool:
+        """A gRPC call that could still be retried on its status: hold the response headers."""
+        retry = self.retry
+        return (
+            retry is not None
+            and self.grpc
+            and bool(retry.grpc)
+            and self.retries < retry.limit
+            and self.req_end
+            and self.replay is not None
+        )
+
+    def _retryable_grpc(self) -> bool:
+        retry = self.retry
+        code = self.grpc_status
+        if retry is None or code is None:
+            return False
+        return any(GRPC_RETRY_CODES.get(name) == code for name in retry.grpc)
+
+    def _retry_later(self) -> None:
+        """Abandon this attempt (what it answered goes nowhere) and try again after a backoff."""
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        up, state = self.up, self.state
+        if up is not None:
+            self._drop_response()
+            up.reset(self, _CANCEL)
+            up.stream_done()
+            self.up = None
+        self.resp_buf.clear()
+        concrete = self.concrete
+        if state is not None:
+            concrete.balancer.finish(state.addr, self.sent_at, success=False)
+            concrete.record(state.addr, False)
+            self.avoid = state.addr
+        grpc = self.grpc_status
+        code = int(grpc) if grpc is not None and grpc.isdigit() else None
+        latency_ms = (_monotonic() - self.started) * 1000.0
+        if self.series is not None and self.status:
+            self.series.response(self.status, False, code).observe(latency_ms)
+        if self.actual is not None:
+            self.actual.response(self.status or 502, False, code).count += 1
+        self.state = None
+        self.series = None
+        self.status = 0
+        self.grpc_status = None
+        self.held = None
+        self.resp_end = self.resp_closed = False
+        self.resp_trailers = None
+        self.attempts = 0
+        if not self.replayed:
+            # bytes the old attempt never took: the client's window gets them back now, since
+            # the replay is sent without acknowledging again
+            pending = sum(len(b) for b in self.req_buf)
+            if pending:
+                self.down.ack(pending, self.sid)
+            self.replayed = True
+        assert self.replay is not None and self.retry is not None
+        self.req_buf = deque(self.replay)
+        self.req_closed = False
+        if self.deadline_at:
+            left = self.deadline_at - _monotonic()
+            value = grpc_timeout_value(max(left, 0.001))
+            self.headers = [(n, value if n == b"grpc-timeout" else v) for n, v in self.headers]
+        from weft.core.retry import backoff_delay
+
+        delay = backoff_delay(self.retry, self.retries, _rng)
+        self.retries += 1
+        self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
+
+    def _redispatch(self) -> None:
+        self.backoff = None
+        if not self.finished:
+            self.dispatch()
+            self.down.ctx.flush()
+
+    def _attempt_timed_out(self) -> None:
+        self.attempt_timer = None
+        if self.finished or self.resp_started:
+            return
+        if self._retryable():
+            self._retry_later()
+        else:
+            self.fail(504, "attempt-timeout", "upstream did not respond in time",
+                      grpc_status=GRPC_DEADLINE_EXCEEDED)  # fmt: skip
+        self.down.ctx.flush()
+
+    def _timed_out(self) -> None:
+        """The request timeout or the gRPC deadline expired."""
+        self.timer = None
+        if self.finished:
+            return
+        if not self.resp_started:
+            self.fail(504, "response-timeout", "upstream did not respond in time",
+                      grpc_status=GRPC_DEADLINE_EXCEEDED)  # fmt: skip
+        elif not self.resp_closed:  # only the gRPC deadline runs once the response started
+            self._end_with_deadline()
+        self.down.ctx.flush()
+
+    def _end_with_deadline(self) -> None:
+        """The gRPC deadline passed mid-response: end it with DEADLINE_EXCEEDED trailers and
+        reset the upstream stream."""
+        self.failed = True
+        self.grpc_status = GRPC_DEADLINE_EXCEEDED
+        self._drop_response()
+        up = self.up
+        if up is not None:
+            up.reset(self, _CANCEL)
+        down = self.down
+        trailers: Headers = [
+            (b"grpc-status", GRPC_DEADLINE_EXCEEDED),
+            (b"grpc-message", b"deadline exceeded (grpc-timeout)"),
+            (ERROR_HEADER, b"deadline-exceeded"),
+        ]
+        with contextlib.suppress(h2.exceptions.H2Error):
+            down.conn.send_headers(self.sid, trailers, end_stream=True)
+            if not self.req_end:  # the client is still sending: it need not
+                down.conn.reset_stream(self.sid, _NO_ERROR)
+        down.mark()
+        self.resp_end = True
+        self._drop_request()
+        self._finish()
+
     # -- response side --------------------------------------------------------------------------
 
     def on_response(self, headers: Headers, ended: bool) -> None:
@@ -521,11 +848,43 @@ class H2Stream:
                 status = int(value) if value.isdigit() else 0
                 break
         self.status = status
-        self.resp_started = True
         self.latency_ms = (_monotonic() - self.started) * 1000.0
         if ended:  # trailers-only (gRPC errors): one HEADERS frame with END_STREAM
             self.grpc_status = _trailer_status(headers)
             self.resp_end = True
+        retry = self.retry
+        if retry is not None and not self.resp_started:
+            if self.grpc:
+                if ended and self._retryable_grpc() and self._retryable():
+                    self._retry_later()
+                    return
+                if not ended and self._may_hold():
+                    self.held = headers
+                    return
+            else:
+                from weft.core.retry import is_retryable_status
+
+                if is_retryable_status(retry, status) and self._retryable():
+                    self._retry_later()
+                    return
+        self._commit(headers, ended)
+
+    def _commit(self, headers: Headers, ended: bool) -> None:
+        """Send the response headers: from here on, this attempt's response is the answer."""
+        self.resp_started = True
+        self.held = None
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            left = self.deadline_at - _monotonic() if self.deadline_at else 0.0
+            if left > 0 and not ended:  # the gRPC deadline bounds the whole call
+                self.timer = asyncio.get_running_loop().call_later(left, self._timed_out)
+        if self.resp_mod is not None:
+            headers = _modified(self.resp_mod, headers)
+        if ended:
             self.resp_closed = True
         down = self.down
         try:
@@ -537,6 +896,9 @@ class H2Stream:
             self._maybe_finish()
 
     def on_response_data(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            self._commit(held, False)
         self.resp_buf.append(data)
         self.pump_response()
 
@@ -547,6 +909,12 @@ class H2Stream:
         self.resp_trailers = trailers
         if trailers is not None:
             self.grpc_status = _trailer_status(trailers)
+        held = self.held
+        if held is not None:
+            if self._retryable_grpc() and self._retryable():
+                self._retry_later()
+                return
+            self._commit(held, False)
         self.pump_response()
 
     def pump_response(self) -> None:
@@ -571,27 +939,38 @@ class H2Stream:
 
     # -- endings --------------------------------------------------------------------------------
 
-    def fail(self, status: int, reason: str, detail: str, extra: Headers | None = None) -> None:
-        """Answer with a proxy error (before any response header went to the client)."""
+    def fail(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        extra: Headers | None = None,
+        *,
+        grpc_status: bytes = GRPC_UNAVAILABLE,
+    ) -> None:
+        """Answer with a proxy error (before any response header went to the client); a gRPC
+        request gets HTTP 200 with ``grpc_status`` (trailers-only)."""
         if self.finished or self.resp_started:
             return
         log.debug("stream %d from %s: %d %s", self.sid, self.down.peer, status, detail)
         self.status = 200 if self.grpc else status
         self.latency_ms = (_monotonic() - self.started) * 1000.0
         self.failed = True
+        self.held = None
         up = self.up
         if up is not None:
+            self._drop_response()
             up.reset(self, _CANCEL)
         if self.grpc:
             headers: Headers = [
                 (b":status", b"200"),
                 (b"content-type", b"application/grpc"),
-                (b"grpc-status", GRPC_UNAVAILABLE),
+                (b"grpc-status", grpc_status),
                 (b"grpc-message", grpc_message(detail)),
                 (ERROR_HEADER, reason.encode()),
                 *(extra or ()),
             ]
-            self.grpc_status = GRPC_UNAVAILABLE
+            self.grpc_status = grpc_status
             body = b""
         else:
             body = f"weft proxy: {detail}\n".encode()
@@ -662,6 +1041,9 @@ class H2Stream:
             self._drop_request()
             self.pump_response()
             return
+        if not self.resp_started and self._retryable():
+            self._retry_later()
+            return
         # REFUSED_STREAM before any answer: not processed, the client may retry (gRPC does)
         self.failed = True
         self._reset_client(code)
@@ -673,6 +1055,9 @@ class H2Stream:
             return
         self.up = None
         if not self.resp_started:
+            if self._retryable():
+                self._retry_later()
+                return
             if not processed:
                 self._reset_client(_REFUSED_STREAM)
                 return
@@ -708,9 +1093,10 @@ class H2Stream:
 
     def _finish(self) -> None:
         self.finished = True
-        if self.waiting is not None:
-            self.waiting.cancel()
-            self.waiting = None
+        for handle in (self.waiting, self.timer, self.attempt_timer, self.backoff):
+            if handle is not None:
+                handle.cancel()
+        self.waiting = self.timer = self.attempt_timer = self.backoff = None
         success = not self.failed and self.status < 500
         if self.grpc_status is not None and self.grpc_status != b"0":
             success = False
@@ -730,6 +1116,10 @@ class H2Stream:
             grpc = self.grpc_status
             code = int(grpc) if grpc is not None and grpc.isdigit() else None
             series.response(self.status, success, code).observe(self.latency_ms)
+            if self.route is not None:
+                self.route.response(self.status, success, code).observe(self.latency_ms)
+                if self.actual is not None and self.series is not None:
+                    self.actual.response(self.status, success, code).count += 1
         down = self.down
         down.streams.pop(self.sid, None)
         down.blocked.pop(self, None)
@@ -851,7 +1241,8 @@ class Http2Downstream(_Peer):
                     extra.append((b"retry-after", denial.extra[13:-2]))
                 stream.fail(denial.status, denial.reason, denial.detail, extra)
                 return
-        stream.dispatch()
+        if stream.decide(method, path):
+            stream.dispatch()
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         data = event.data

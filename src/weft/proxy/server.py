@@ -601,6 +601,7 @@ class Accept(asyncio.Protocol):
 
         if listener.http2 is None:
             listener.http2 = Http2Context(listener.config, listener.metrics, listener.direction)
+            listener.http2.backend = listener.backend
         down = Http2Downstream(listener.http2, concrete, transport, self.peer)
         down.tls_labels = self.tls_labels
         if self.port_policy is not None:

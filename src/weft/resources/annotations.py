@@ -4,6 +4,8 @@ Weft reads these annotations (in the style of Linkerd's ``retry.linkerd.io/*`` a
 ``timeout.linkerd.io/*``):
 
 - ``retry.weft.io/http``: ``5xx``, ``gateway-error``, codes and ranges (``RetryPolicy.statuses``);
+- ``retry.weft.io/grpc``: gRPC statuses to retry (``cancelled``, ``deadline-exceeded``,
+  ``internal``, ``resource-exhausted``, ``unavailable``; ``RetryPolicy.grpc``);
 - ``retry.weft.io/limit``: retries per request, ``0`` .. ``10`` (``RetryPolicy.limit``);
 - ``retry.weft.io/timeout``: per-attempt timeout, a duration, ``0s`` for none;
 - ``retry.weft.io/budget-ratio`` (``0.2``), ``retry.weft.io/budget-min-per-second`` (``10``),
@@ -37,7 +39,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from weft.core.retry import parse_duration, parse_http_conditions, parse_timeout
+from weft.core.retry import (
+    parse_duration,
+    parse_grpc_conditions,
+    parse_http_conditions,
+    parse_timeout,
+)
 from weft.policy import (
     DEFAULT_BUDGET,
     FailureAccrualConfig,
@@ -48,6 +55,7 @@ from weft.policy import (
 from weft.resources.validate import Checker, join, show
 
 RETRY_HTTP = "retry.weft.io/http"
+RETRY_GRPC = "retry.weft.io/grpc"
 RETRY_LIMIT = "retry.weft.io/limit"
 RETRY_TIMEOUT = "retry.weft.io/timeout"
 RETRY_BUDGET_RATIO = "retry.weft.io/budget-ratio"
@@ -60,6 +68,7 @@ FAILURE_ACCRUAL = "failure-accrual.weft.io/consecutive"
 
 RETRY_KEYS = (
     RETRY_HTTP,
+    RETRY_GRPC,
     RETRY_LIMIT,
     RETRY_TIMEOUT,
     RETRY_BUDGET_RATIO,
@@ -158,6 +167,7 @@ def parse_failure_accrual(text: str) -> FailureAccrualConfig:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     RETRY_HTTP: parse_http_conditions,
+    RETRY_GRPC: parse_grpc_conditions,
     RETRY_LIMIT: _limit,
     RETRY_TIMEOUT: parse_timeout,
     RETRY_BUDGET_RATIO: _ratio,
@@ -173,6 +183,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
     "Service": (*RETRY_KEYS, *TIMEOUT_KEYS, FAILURE_ACCRUAL),
     "HTTPRoute": (*RETRY_KEYS, *TIMEOUT_KEYS),
+    "GRPCRoute": (*RETRY_KEYS, *TIMEOUT_KEYS),
 }
 
 
@@ -215,6 +226,7 @@ class PolicyAnnotations:
         defaults = RetryPolicy()
         return RetryPolicy(
             statuses=v.get(RETRY_HTTP, defaults.statuses),
+            grpc=v.get(RETRY_GRPC, defaults.grpc),
             limit=v.get(RETRY_LIMIT, defaults.limit),
             timeout=v.get(RETRY_TIMEOUT),
             all_methods=all_methods,

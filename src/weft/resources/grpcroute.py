@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 # its names are looked up when used, not at import time
 import weft.resources.httproute as _http
 from weft.policy import HeaderModifier, PathMatch, RouteMatch, ValueMatch
-from weft.resources import annotations as _annotations
 from weft.resources.annotations import parse_policy_annotations
 from weft.resources.models import KindInfo, ObjectMeta, _finish, _frozen, _parse_meta, _top
 from weft.resources.models import register_kind as _register_kind
@@ -433,8 +432,6 @@ def _parse_filters(
 
 
 def _register() -> None:
-    # GRPCRoutes carry the same policy annotations as HTTPRoutes
-    _annotations.KEYS_BY_KIND.setdefault(KIND, _annotations.KEYS_BY_KIND["HTTPRoute"])
     _register_kind(
         KindInfo(
             KIND,

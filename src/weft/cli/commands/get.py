@@ -228,6 +228,7 @@ def table_for(
         "Service": (["NAME", "CLUSTER-IP", "PORTS", "AGE"], _service_row),
         "Namespace": (["NAME", "STATUS", "AGE"], _namespace_row),
         "HTTPRoute": (["NAME", "PARENTS", "ACCEPTED", "REASON", "AGE"], _httproute_row),
+        "GRPCRoute": (["NAME", "PARENTS", "ACCEPTED", "REASON", "AGE"], _httproute_row),
     }
     columns, fn = spec.get(kind, (["NAME", "AGE"], _generic_row))
     return columns, [fn(o, pods, t) for o in items]
