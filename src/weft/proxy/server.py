@@ -564,11 +564,12 @@ class Accept(asyncio.Protocol):
         except (OSError, TimeoutError):
             return None
 
-    def _to_http1(self, concrete: Concrete) -> None:
+    def _hand_over(self, down: Any, concrete: Concrete) -> bytes:
+        """Give the connection to an HTTP protocol (HTTP/1 or HTTP/2): its client's TLS labels
+        and policy, its ``peer="src"`` accounting; returns the bytes already read."""
         transport = self.transport
         assert transport is not None
         listener = self.listener
-        down = Http1Downstream(listener.http, concrete, transport, self.peer)
         down.tls_labels = self.tls_labels
         if self.port_policy is not None:
             down.authz = self.port_policy.http_connection(
@@ -579,7 +580,7 @@ class Accept(asyncio.Protocol):
         down.tcp = series
         listener.acquire(concrete)
 
-        def closed(d: Http1Downstream) -> None:
+        def closed(_: Any) -> None:
             series.closed()
             listener.release(concrete)
 
@@ -587,6 +588,13 @@ class Accept(asyncio.Protocol):
         transport.set_protocol(down)
         buffered, self.buffer = self.buffer, b""
         transport.resume_reading()
+        return buffered
+
+    def _to_http1(self, concrete: Concrete) -> None:
+        transport = self.transport
+        assert transport is not None
+        down = Http1Downstream(self.listener.http, concrete, transport, self.peer)
+        buffered = self._hand_over(down, concrete)
         if buffered:
             down.data_received(buffered)
         if self.client_eof and not down.eof_received():
@@ -594,34 +602,16 @@ class Accept(asyncio.Protocol):
 
     def _to_http2(self, concrete: Concrete) -> None:
         """Prior-knowledge HTTP/2 (h2c, or h2 inside mesh TLS): each stream is a request."""
+        from weft.proxy.http2 import Http2Context, Http2Downstream
+
         transport = self.transport
         assert transport is not None
         listener = self.listener
-        from weft.proxy.http2 import Http2Context, Http2Downstream
-
         if listener.http2 is None:
             listener.http2 = Http2Context(listener.config, listener.metrics, listener.direction)
             listener.http2.backend = listener.backend
         down = Http2Downstream(listener.http2, concrete, transport, self.peer)
-        down.tls_labels = self.tls_labels
-        if self.port_policy is not None:
-            down.authz = self.port_policy.http_connection(
-                self.peer_ip, self._client_id(), self.terminated
-            )
-        series = listener.src_series(concrete.name, self.tls_labels)
-        series.opened()
-        down.tcp = series
-        listener.acquire(concrete)
-
-        def closed(d: Any) -> None:
-            series.closed()
-            listener.release(concrete)
-
-        down.on_close = closed
-        transport.set_protocol(down)
-        buffered, self.buffer = self.buffer, b""
-        transport.resume_reading()
-        down.start(buffered)
+        down.start(self._hand_over(down, concrete))
         if self.client_eof:
             transport.close()
 
