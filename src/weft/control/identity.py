@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httptools
-
 from weft.addr import parse_hostport
 from weft.control.httpserver import HttpError, Request, Response, Streaming, StreamWriter
+from weft.control.metrics import fetch
 from weft.control.store import Store
 from weft.identity.ca import (
     LEAF_LIFETIME,
@@ -558,56 +557,3 @@ def _pem_fields(body: dict[str, Any], *names: str) -> list[bytes]:
 
 def _line(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-class _Collect:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.body: list[bytes] = []
-        self.size = 0
-        self.done = False
-
-    def on_body(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise ValueError(f"answer larger than {self.limit} bytes")
-        self.body.append(data)
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
-async def fetch(
-    host: str, port: int, path: str, time_limit: float, max_bytes: int
-) -> tuple[int, bytes]:
-    """``GET path`` over plain HTTP/1.1: ``(status, body)``. OSError, TimeoutError (after
-    ``time_limit``) or ValueError (malformed or too large)."""
-
-    async def go() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n".encode(
-                    "latin-1"
-                )
-            )
-            collect = _Collect(max_bytes)
-            parser = httptools.HttpResponseParser(collect)
-            while not collect.done:
-                data = await reader.read(65536)
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserError as exc:
-                    raise ValueError(str(exc.__context__ or exc)) from None
-                if not data:
-                    break
-            if not collect.done:
-                raise ValueError("connection closed before the end of the answer")
-            return int(parser.get_status_code()), b"".join(collect.body)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    return await asyncio.wait_for(go(), time_limit)

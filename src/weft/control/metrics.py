@@ -784,16 +784,20 @@ class _Collect:
         self.done = True
 
 
-async def fetch_metrics(host: str, port: int, *, time_limit: float, max_bytes: int) -> str:
-    """``GET /metrics`` over plain HTTP/1.1; the body text. Raises ScrapeError."""
+async def fetch(
+    host: str, port: int, path: str, time_limit: float, max_bytes: int
+) -> tuple[int, bytes]:
+    """``GET path`` over plain HTTP/1.1 (a pod proxy's admin port): ``(status, body)``.
+    OSError, TimeoutError (after ``time_limit``) or ValueError (malformed or too large)."""
 
-    async def go() -> str:
+    async def go() -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             writer.write(
-                f"GET /metrics HTTP/1.1\r\nHost: {hostport}\r\nAccept: text/plain\r\n"
-                "Connection: close\r\n\r\n".encode("latin-1")
+                f"GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n".encode(
+                    "latin-1"
+                )
             )
             collect = _Collect(max_bytes)
             parser = httptools.HttpResponseParser(collect)
@@ -802,27 +806,33 @@ async def fetch_metrics(host: str, port: int, *, time_limit: float, max_bytes: i
                 try:
                     parser.feed_data(data)
                 except httptools.HttpParserError as exc:
-                    inner = exc.__context__
-                    raise ScrapeError(str(inner or exc)) from None
+                    raise ValueError(str(exc.__context__ or exc)) from None
                 if not data:
                     break
-            status = parser.get_status_code()
-            if status != 200:
-                raise ScrapeError(f"HTTP {status}")
             if not collect.done:
-                raise ScrapeError("connection closed before the end of the response")
-            return b"".join(collect.body).decode("utf-8", errors="replace")
+                raise ValueError("connection closed before the end of the answer")
+            return int(parser.get_status_code()), b"".join(collect.body)
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    return await asyncio.wait_for(go(), time_limit)
+
+
+async def fetch_metrics(host: str, port: int, *, time_limit: float, max_bytes: int) -> str:
+    """``GET /metrics`` over plain HTTP/1.1; the body text. Raises ScrapeError."""
     try:
-        return await asyncio.wait_for(go(), time_limit)
+        status, body = await fetch(host, port, "/metrics", time_limit, max_bytes)
     except TimeoutError:
         raise ScrapeError(f"no answer within {time_limit:g}s") from None
     except OSError as exc:
         raise ScrapeError(exc.strerror or str(exc)) from None
+    except ValueError as exc:
+        raise ScrapeError(str(exc)) from None
+    if status != 200:
+        raise ScrapeError(f"HTTP {status}")
+    return body.decode("utf-8", errors="replace")
 
 
 class Scraper:
