@@ -293,7 +293,7 @@ async def mtls_exchange(
             writer.close()
     finally:
         server.close()
-        await server.wait_closed()
+        await asyncio.wait_for(server.wait_closed(), WAIT)
     return seen[0]
 
 

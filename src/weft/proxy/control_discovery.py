@@ -32,6 +32,7 @@ from weft.addr import format_addr, parse_hostport
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
 from weft.core.backoff import ExponentialBackoff
 from weft.discovery import Destination, Listener, Resolution
+from weft.tasks import cancel_and_wait
 
 log = logging.getLogger("weft.discovery.control")
 
@@ -194,10 +195,6 @@ class ControlDiscovery:
         tasks = [e.task for e in self._entries.values() if e.task is not None]
         if self._sweeper is not None:
             tasks.append(self._sweeper)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
         self._entries.clear()
         self._sweeper = None

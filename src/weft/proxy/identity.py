@@ -58,6 +58,7 @@ from weft.core.backoff import ExponentialBackoff
 from weft.identity.keygen import KeyAndCsr, KeygenError, generate
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity, peer_identity, spiffe_id
 from weft.metrics import ProxyMetrics
+from weft.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -300,12 +301,9 @@ class ProxyIdentity:
         ]
 
     async def close(self) -> None:
+        """Stop renewing and watching."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
 
     def renew_soon(self, within: float = 0.0) -> None:
         """Renew within ``within`` seconds (a random point in it), unless due earlier."""

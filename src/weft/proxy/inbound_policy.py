@@ -80,6 +80,7 @@ from weft.inbound import (
     default_authorizations as implied_authorizations,
 )
 from weft.metrics.proxy import LabelItems, ProxyMetrics, _labels
+from weft.tasks import cancel_and_wait
 
 log = logging.getLogger("weft.inbound.policy")
 
@@ -589,9 +590,7 @@ class InboundPolicyWatch:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         with contextlib.suppress(ValueError):
             self.metrics.extra.remove(self._counters.render)
 
