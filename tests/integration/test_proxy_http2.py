@@ -361,6 +361,21 @@ async def test_no_endpoint_answers_grpc_unavailable() -> None:
         assert proxy.sample("response_total", classification="failure", status_code="200") == 1
 
 
+async def test_calls_that_give_up_waiting_for_endpoints_leave_no_waiter() -> None:
+    """Calls whose deadline ends (the client resets the stream) while no endpoint exists must
+    not pile up in the destination's waiters."""
+    async with H2Proxy([], fail_fast_outbound=30.0) as proxy, channel(proxy) as ch:
+        for _ in range(20):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _unary(ch)(b"x", timeout=0.05)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(100):  # the resets reach the proxy a moment after the client gives up
+            if not proxy.concrete.waiters:
+                break
+            await asyncio.sleep(0.02)
+        assert proxy.concrete.waiters == []
+
+
 def _closed_port() -> Address:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -378,7 +378,7 @@ class H2Stream:
         "headers", "held", "latency_ms", "replay", "replay_size", "replayed", "req_buf",
         "req_closed", "req_end", "req_trailers", "resp_buf", "resp_closed", "resp_end",
         "resp_mod", "resp_started", "resp_trailers", "retries", "retry", "route", "sent_at",
-        "series", "sid", "started", "state", "status", "timer", "up", "up_sid", "waiting",
+        "series", "sid", "started", "state", "status", "timer", "up", "up_sid", "waiter", "waiting",
     )  # fmt: skip
 
     def __init__(self, down: Http2Downstream, sid: int, headers: Headers) -> None:
@@ -401,6 +401,7 @@ class H2Stream:
         self.grpc_status: bytes | None = None
         self.attempts = 0
         self.waiting: asyncio.TimerHandle | None = None
+        self.waiter: Callable[[], None] | None = None  # in concrete.waiters while waiting
         self.req_buf: deque[bytes] = deque()
         self.req_end = False  # the client ended its request
         self.req_trailers: Headers | None = None
@@ -605,6 +606,7 @@ class H2Stream:
         concrete = self.concrete
 
         def wake() -> None:
+            self.waiter = None
             if self.waiting is not None:
                 self.waiting.cancel()
                 self.waiting = None
@@ -614,11 +616,11 @@ class H2Stream:
 
         def give_up() -> None:
             self.waiting = None
-            if wake in concrete.waiters:
-                concrete.waiters.remove(wake)
+            self._leave_waiters()
             self.fail(503, "no-endpoints", f"no endpoints available for {concrete.name}")
             self.down.ctx.flush()
 
+        self.waiter = wake
         concrete.waiters.append(wake)
         self.waiting = asyncio.get_running_loop().call_later(self.down.ctx.fail_fast, give_up)
 
@@ -1091,12 +1093,20 @@ class H2Stream:
             self._drop_request()
         self._finish()
 
+    def _leave_waiters(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if waiter in self.concrete.waiters:
+                self.concrete.waiters.remove(waiter)
+
     def _finish(self) -> None:
         self.finished = True
         for handle in (self.waiting, self.timer, self.attempt_timer, self.backoff):
             if handle is not None:
                 handle.cancel()
         self.waiting = self.timer = self.attempt_timer = self.backoff = None
+        self._leave_waiters()  # a stream reset while waiting for endpoints
         success = not self.failed and self.status < 500
         if self.grpc_status is not None and self.grpc_status != b"0":
             success = False
