@@ -21,9 +21,12 @@ from setuptools import Extension, setup
 # The modules every proxied request runs through (issue #2: CPU per request).
 HOT_MODULES = (
     "src/weft/core/balancer.py",
+    "src/weft/core/h2conn.py",
+    "src/weft/core/hpack.py",
     "src/weft/metrics/proxy.py",
     "src/weft/proxy/endpoints.py",
     "src/weft/proxy/http1.py",
+    "src/weft/proxy/http2.py",
     "src/weft/proxy/tcp.py",
 )
 

@@ -1,10 +1,12 @@
 """The results of a run as plain frozen data, with the JSON form written to ``bench/results``.
 
-One :class:`CaseResult` per case: its load phases (:class:`Phase`: what wrk saw plus the CPU the
-measured process spent; each phase is run once per round, and :class:`PhaseSummary` takes the
-median over the rounds), its memory after them, its volume samples (:class:`VolumeSample`) and its
-streaming transfers (:class:`Transfer`). :func:`from_json` reads a results file back, so a table can
-be rendered again from an earlier run (``python -m bench.run --report FILE``).
+One :class:`CaseResult` per case: its load phases (:class:`Phase`: what the load generator -- wrk,
+h2load or the gRPC client -- saw, the CPU the measured processes spent and the CPU the generator
+itself used, and for a meshed pair the connections between its proxies; each phase is run once
+per round, and :class:`PhaseSummary` takes the median over the rounds), its memory after them,
+its volume samples (:class:`VolumeSample`) and its streaming transfers (:class:`Transfer`).
+:func:`from_json` reads a results file back, so a table can be rendered again from an earlier
+run (``python -m bench.run --report FILE``).
 
 Units: latencies in microseconds, CPU in seconds (and microseconds per request), memory in KiB as
 ``/proc`` reports it; :func:`mb` converts KiB to decimal megabytes for display and targets.
@@ -15,6 +17,7 @@ Not for: measuring (that is :mod:`bench.load`, :mod:`bench.stream`, :mod:`bench.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +29,7 @@ def mb(kib: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """Latency percentiles of one wrk run, in microseconds."""
+    """Latency percentiles of one load run, in microseconds."""
 
     p50: int
     p90: int
@@ -35,10 +38,33 @@ class Latency:
     max: int
     mean: float
 
+    @classmethod
+    def of(cls, values_us: Sequence[int]) -> Latency:
+        """Percentiles of individual latencies (nearest rank: the smallest value that at least
+        p% of them do not exceed); all zero when there are none."""
+        if not values_us:
+            return cls(0, 0, 0, 0, 0, 0.0)
+        ordered = sorted(values_us)
+        n = len(ordered)
+
+        def rank(per_mille: int) -> int:  # integers: 99.9% of 1,000 is the 999th, exactly
+            return ordered[max(0, -(-per_mille * n // 1000) - 1)]
+
+        return cls(
+            p50=rank(500),
+            p90=rank(900),
+            p99=rank(990),
+            p999=rank(999),
+            max=ordered[-1],
+            mean=round(sum(ordered) / n, 1),
+        )
+
 
 @dataclass(frozen=True, slots=True)
-class WrkRun:
-    """What wrk reported: completed requests, time, latency, errors and (paced) late sends."""
+class LoadRun:
+    """What the load generator reported: completed requests, time, latency, errors (by kind) and,
+    at a fixed rate, the sends that left late (each generator's definition: docs/benchmarks.md).
+    """
 
     requests: int
     duration_s: float
@@ -58,20 +84,31 @@ class WrkRun:
 
 @dataclass(frozen=True, slots=True)
 class Phase:
-    """One measured load phase: wrk's view plus the CPU the measured process tree spent in it."""
+    """One measured load phase: the load generator's view plus the CPU the measured process trees
+    spent in it; for a meshed pair also the most TCP connections seen open between its proxies.
+    """
 
     name: str
     round: int
     target_rps: int | None
-    wrk: WrkRun
+    load: LoadRun
     cpu_user_s: float
     cpu_system_s: float
+    pair_connections: int | None = None
+    load_cpu_s: float | None = None  # CPU the load generator used (None in older results)
 
     @property
     def cpu_us_per_request(self) -> float | None:
-        if self.wrk.requests == 0:
+        if self.load.requests == 0:
             return None
-        return (self.cpu_user_s + self.cpu_system_s) * 1e6 / self.wrk.requests
+        return (self.cpu_user_s + self.cpu_system_s) * 1e6 / self.load.requests
+
+    @property
+    def load_busy(self) -> float | None:
+        """The load generator's CPU time over the phase's duration (1.0: one CPU all along)."""
+        if self.load_cpu_s is None or self.load.duration_s <= 0:
+            return None
+        return self.load_cpu_s / self.load.duration_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +124,28 @@ class PhaseSummary:
     cpu_max: float | None
     errors: int
     late: int
+    pair_connections: int | None = None  # the most over the rounds (meshed pairs only)
+    load_busy: float | None = None  # median over the rounds
 
     @classmethod
     def of(cls, phases: list[Phase]) -> PhaseSummary | None:
         if not phases:
             return None
         cpus = [c for p in phases if (c := p.cpu_us_per_request) is not None]
+        conns = [p.pair_connections for p in phases if p.pair_connections is not None]
+        busy = [b for p in phases if (b := p.load_busy) is not None]
         return cls(
             rounds=len(phases),
-            rps=statistics.median(p.wrk.rps for p in phases),
-            p50_us=statistics.median(p.wrk.latency.p50 for p in phases),
-            p99_us=statistics.median(p.wrk.latency.p99 for p in phases),
+            rps=statistics.median(p.load.rps for p in phases),
+            p50_us=statistics.median(p.load.latency.p50 for p in phases),
+            p99_us=statistics.median(p.load.latency.p99 for p in phases),
             cpu_us_per_request=statistics.median(cpus) if cpus else None,
             cpu_min=min(cpus) if cpus else None,
             cpu_max=max(cpus) if cpus else None,
-            errors=sum(p.wrk.error_count for p in phases),
-            late=sum(p.wrk.late for p in phases),
+            errors=sum(p.load.error_count for p in phases),
+            late=sum(p.load.late for p in phases),
+            pair_connections=max(conns) if conns else None,
+            load_busy=statistics.median(busy) if busy else None,
         )
 
 
@@ -187,7 +230,7 @@ class RunResult:
         out = asdict(self)
         for case, data in zip(self.cases, out["cases"], strict=True):
             for phase, pdata in zip(case.phases, data["phases"], strict=True):
-                pdata["rps"] = phase.wrk.rps
+                pdata["rps"] = phase.load.rps
                 pdata["cpu_us_per_request"] = phase.cpu_us_per_request
             for name in ("saturation", "fixed"):
                 s = case.summary(name)
@@ -198,8 +241,22 @@ class RunResult:
         return out
 
 
+def _load_run(data: dict[str, Any]) -> LoadRun:
+    return LoadRun(
+        requests=data["requests"],
+        duration_s=data["duration_s"],
+        bytes=data["bytes"],
+        latency=Latency(**data["latency"]),
+        errors=dict(data["errors"]),
+        late=data["late"],
+    )
+
+
 def from_json(data: dict[str, Any]) -> RunResult:
-    """Read back what :meth:`RunResult.to_json` wrote (derived fields are recomputed)."""
+    """Read back what :meth:`RunResult.to_json` wrote (derived fields are recomputed).
+
+    Files written before the HTTP/2 cases name a phase's load run ``wrk``; they read the same.
+    """
     cases = []
     for c in data["cases"]:
         phases = tuple(
@@ -207,16 +264,11 @@ def from_json(data: dict[str, Any]) -> RunResult:
                 name=p["name"],
                 round=p["round"],
                 target_rps=p["target_rps"],
-                wrk=WrkRun(
-                    requests=p["wrk"]["requests"],
-                    duration_s=p["wrk"]["duration_s"],
-                    bytes=p["wrk"]["bytes"],
-                    latency=Latency(**p["wrk"]["latency"]),
-                    errors=dict(p["wrk"]["errors"]),
-                    late=p["wrk"]["late"],
-                ),
+                load=_load_run(p["load"] if "load" in p else p["wrk"]),
                 cpu_user_s=p["cpu_user_s"],
                 cpu_system_s=p["cpu_system_s"],
+                pair_connections=p.get("pair_connections"),
+                load_cpu_s=p.get("load_cpu_s"),
             )
             for p in c["phases"]
         )

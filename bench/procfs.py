@@ -1,4 +1,5 @@
-"""CPU time and memory of the server processes of a case (and their children), from ``/proc``.
+"""CPU time and memory of the server processes of a case (and their children), and the TCP
+connections open to a port, from ``/proc``.
 
 The benchmark measures the processes that do the work: nginx runs with ``master_process off``,
 Envoy's wrapper ``exec``s the real binary and ``weft proxy`` runs in its own interpreter, so the
@@ -8,15 +9,21 @@ Descendants are included anyway, so a proxy that forks workers is measured whole
 over the trees (``utime + stime`` plus what reaped children left in ``cutime + cstime``); RSS is
 summed too, which over-counts pages shared between processes (an upper bound, stated in the docs).
 
+:class:`ConnectionSampler` counts, while a load phase runs, the established connections to a
+meshed pair's server side (``/proc/net/tcp`` of this network namespace, where every server of the
+run lives): how many connections the client proxy keeps to it.
+
 Not for: per-thread breakdowns or system-wide accounting.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 _PROC = Path("/proc")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -133,3 +140,70 @@ def rss_kib(pids: Sequence[int], roots: Sequence[int]) -> int:
             if p in roots:
                 raise ProcessLookupError(f"process {p} is gone") from None
     return total
+
+
+_TCP_ESTABLISHED = "01"
+
+
+def established_to(table: str, port: int) -> int:
+    """How many rows of a ``/proc/net/tcp`` table are established connections to ``port``.
+
+    Each connection on loopback appears twice (once per end); only the end whose remote port is
+    ``port`` (the dialing side) is counted.
+    """
+    count = 0
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or ":" not in fields[2]:
+            continue
+        try:
+            remote_port = int(fields[2].rpartition(":")[2], 16)
+        except ValueError:
+            continue
+        if remote_port == port and fields[3] == _TCP_ESTABLISHED:
+            count += 1
+    return count
+
+
+class ConnectionSampler:
+    """The most established connections to ``port`` seen while the ``with`` block ran.
+
+    A thread reads ``/proc/net/tcp`` every ``interval`` seconds (and once at each end of the
+    block). A read costs about 1.5 ms of CPU here (the kernel walks its whole TCP table), so the
+    default is four reads a second: a pool's size changes far more slowly. With ``port`` None it
+    does nothing and :attr:`most` stays None.
+    """
+
+    def __init__(self, port: int | None, interval: float = 0.25) -> None:
+        self.port = port
+        self.interval = interval
+        self.most: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        assert self.port is not None
+        n = established_to((_PROC / "net" / "tcp").read_text(), self.port)
+        self.most = n if self.most is None else max(self.most, n)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> ConnectionSampler:
+        if self.port is not None:
+            self.sample()
+            self._thread = threading.Thread(target=self._loop, name="bench-conns", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.sample()

@@ -2,10 +2,17 @@
 
 Three tables -- load (throughput, latency, CPU per request, memory), streaming, volume -- rendered
 as a ``rich`` table on the terminal or as Markdown for ``docs/benchmarks.md``; the CPU ratios of
-weft to the anchors (and of the weft meshed pair to the Envoy pair, with their p99 ratio); and the
-targets (:func:`verdicts` for weft, :func:`mesh_verdicts` for the meshed pair when the run has
-one), each computed from the figures of this run and reported as ``pass``, ``FAIL`` or ``n/a``
-(not measured in this run). A meshed pair's CPU and memory are those of both its processes.
+weft to the anchors, and of each weft case to its Envoy counterpart (meshed pair, HTTP/2, gRPC,
+HTTP/2 meshed pair) with their p99 ratio; and the targets (:func:`verdicts` for weft,
+:func:`pair_verdicts` for each weft/Envoy pair of cases the run has), each computed from the
+figures of this run and reported as ``pass``, ``FAIL`` or ``n/a`` (not measured in this run). A
+meshed pair's CPU and memory are those of both its processes.
+
+When the run has the weft pair both ways (``weft-mtls`` and ``weft-h2-mtls``),
+:func:`protocol_rows` sets HTTP/1.1 and HTTP/2 between the proxies side by side (with the
+connections between them) and :func:`protocol_lines` adds the ratios and, when ``weft`` and
+``weft-h2`` ran too, the estimate of HTTP/1.1 traffic carried over HTTP/2 between the proxies.
+:func:`load_notes` says when a load generator used (nearly) a whole CPU, i.e. set the rate itself.
 
 Units on display: milliseconds for latency, microseconds of CPU per request, decimal megabytes
 (10^6 bytes) for memory, as in the targets.
@@ -22,12 +29,20 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.model import CaseResult, PhaseSummary, RunResult, mb
-from bench.settings import MESH_CASES
+from bench.settings import protocol_of
 
 RSS_LIMIT_MB = 30.0
 RSS_GROWTH_LIMIT_MB = 1.0  # "no growth" between the first and fifth million, allowing for noise
 STREAM_GROWTH_LIMIT_MB = 10.0
 NGINX_CPU_FACTOR = 2.0
+BUSY_LOAD = 0.9  # a load generator using this much of a CPU set the rate itself
+# weft's case, Envoy's case set up the same way, and what the pair of cases compares
+COMPARED = (
+    ("weft-mtls", "envoy-mtls", "meshed pair"),
+    ("weft-h2", "envoy-h2", "HTTP/2"),
+    ("weft-grpc", "envoy-grpc", "gRPC"),
+    ("weft-h2-mtls", "envoy-h2-mtls", "HTTP/2 meshed pair"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,25 +168,39 @@ def not_measured(run: RunResult) -> list[str]:
     return [f"{c.name}: {c.status}: {c.reason}" for c in run.cases if c.status != "ok"]
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.2f}x"
+
+
+def _in_run(run: RunResult, *names: str) -> bool:
+    return any(c.name in names for c in run.cases)
+
+
+def _compared(run: RunResult) -> list[tuple[str, str, str]]:
+    """The weft/Envoy pairs of cases this run was asked for (both of each; measured or not)."""
+    return [(w, e, what) for w, e, what in COMPARED if _in_run(run, w) and _in_run(run, e)]
+
+
 def ratios(run: RunResult) -> list[str]:
-    """weft's CPU per request over each anchor's, at saturation and at the fixed rate."""
-    weft = run.case("weft")
+    """weft's CPU per request over each anchor's in the run, at saturation and at the fixed rate;
+    then for each weft/Envoy pair of cases in the run, their CPU per request and p99 ratios."""
     out = []
+    weft = run.case("weft")
     for anchor in ("envoy", "nginx"):
+        if not (_in_run(run, "weft") and _in_run(run, anchor)):
+            continue
         other = run.case(anchor)
         for phase in ("saturation", "fixed"):
-            label = f"CPU per request weft/{anchor} ({phase})"
             a = None if weft is None else _cpu(weft, phase)
             b = None if other is None else _cpu(other, phase)
-            out.append(f"{label}: {'n/a' if a is None or not b else f'{a / b:.2f}x'}")
-    if _has_mesh(run):
-        weft_pair, envoy_pair = run.case("weft-mtls"), run.case("envoy-mtls")
+            out.append(f"CPU per request weft/{anchor} ({phase}): {_ratio(a, b)}")
+    for weft_name, envoy_name, _what in _compared(run):
+        w, e = run.case(weft_name), run.case(envoy_name)
         for what, metric in (("CPU per request", _cpu), ("p99", _p99)):
             for phase in ("saturation", "fixed"):
-                a = None if weft_pair is None else metric(weft_pair, phase)
-                b = None if envoy_pair is None else metric(envoy_pair, phase)
-                label = f"{what} weft-mtls/envoy-mtls ({phase})"
-                out.append(f"{label}: {'n/a' if a is None or not b else f'{a / b:.2f}x'}")
+                a = None if w is None else metric(w, phase)
+                b = None if e is None else metric(e, phase)
+                out.append(f"{what} {weft_name}/{envoy_name} ({phase}): {_ratio(a, b)}")
     return out
 
 
@@ -183,29 +212,166 @@ def _ms_unit(us: float) -> str:
     return f"{_ms(us)} ms"
 
 
-def _has_mesh(run: RunResult) -> bool:
-    return any(c.name in MESH_CASES for c in run.cases)
-
-
 def _p99(case: CaseResult, phase: str) -> float | None:
     s = case.summary(phase)
     return None if s is None else s.p99_us
 
 
-def mesh_verdicts(run: RunResult) -> list[Verdict]:
-    """Issue #4's targets for the meshed pair: CPU per request and p99 below the Envoy pair's."""
-    weft, envoy = run.case("weft-mtls"), run.case("envoy-mtls")
+def pair_verdicts(run: RunResult, weft_name: str, envoy_name: str, what: str) -> list[Verdict]:
+    """CPU per request and p99 of a weft case below its Envoy counterpart's (issue 4's targets
+    for the meshed pair, issue 6's for HTTP/2 and gRPC)."""
+    weft, envoy = run.case(weft_name), run.case(envoy_name)
+    anchor = "the Envoy pair's" if "pair" in what else "Envoy's"
     out: list[Verdict] = []
     for phase in ("fixed", "saturation"):
-        for what, metric, fmt in (("CPU/request", _cpu, _us), ("p99 latency", _p99, _ms_unit)):
-            target = f"meshed pair {what} below the Envoy pair's ({phase})"
+        for metric_name, metric, fmt in (
+            ("CPU/request", _cpu, _us),
+            ("p99 latency", _p99, _ms_unit),
+        ):
+            target = f"{what} {metric_name} below {anchor} ({phase})"
             w = None if weft is None else metric(weft, phase)
             e = None if envoy is None else metric(envoy, phase)
             if w is None or e is None:
-                out.append(Verdict(target, "n/a", "weft-mtls or envoy-mtls not measured"))
+                out.append(Verdict(target, "n/a", f"{weft_name} or {envoy_name} not measured"))
             else:
-                detail = f"weft-mtls {fmt(w)} vs envoy-mtls {fmt(e)}"
+                detail = f"{weft_name} {fmt(w)} vs {envoy_name} {fmt(e)}"
                 out.append(Verdict(target, "pass" if w < e else "FAIL", detail))
+    return out
+
+
+def _pair_sections(run: RunResult) -> list[tuple[str, list[Verdict]]]:
+    """The targets of each weft/Envoy pair of cases in the run, with a heading each."""
+    sections = []
+    for weft_name, envoy_name, what in _compared(run):
+        heading = (
+            "Targets (meshed pair, CPU and memory of both proxies):"
+            if what == "meshed pair"
+            else f"Targets ({what}, issue 6" + (", both proxies" if "pair" in what else "") + "):"
+        )
+        sections.append((heading, pair_verdicts(run, weft_name, envoy_name, what)))
+    return sections
+
+
+PROTOCOL_HEADERS = (
+    "between the proxies",
+    "case",
+    "load",
+    "in flight",
+    "rps (sat)",
+    "p99 ms (sat)",
+    "CPU us/req (sat)",
+    "p99 ms (fixed)",
+    "CPU us/req (fixed)",
+    "connections between (sat / fixed)",
+    "RSS MB",
+    "HWM MB",
+)
+
+
+def _in_flight(run: RunResult, case: str) -> tuple[str, int]:
+    """How the load of ``case`` was generated, and how many requests it kept in flight."""
+    s = run.settings
+    if protocol_of(case) == "h2":
+        clients, streams = s.get("h2_clients", 0), s.get("h2_streams", 0)
+        return f"h2load -c{clients} -m{streams}", clients * streams
+    return f"wrk -c{s['connections']}", s["connections"]
+
+
+def protocol_rows(run: RunResult) -> list[list[str]]:
+    """HTTP/1.1 (``weft-mtls``) and HTTP/2 (``weft-h2-mtls``) between the weft proxies, side by
+    side; empty unless the run has both."""
+    cases = [(run.case("weft-mtls"), "HTTP/1.1, pooled"), (run.case("weft-h2-mtls"), "HTTP/2")]
+    if any(c is None for c, _ in cases):
+        return []
+    rows = []
+    for c, between in cases:
+        assert c is not None
+        sat, fixed = c.summary("saturation"), c.summary("fixed")
+        load, in_flight = _in_flight(run, c.name)
+        conns = " / ".join(
+            "-" if x is None or x.pair_connections is None else str(x.pair_connections)
+            for x in (sat, fixed)
+        )
+        rows.append(
+            [
+                between,
+                c.name,
+                load,
+                str(in_flight),
+                "-" if sat is None else f"{sat.rps:,.0f}",
+                "-" if sat is None else _ms(sat.p99_us),
+                _cpu_cell(sat),
+                "-" if fixed is None else _ms(fixed.p99_us),
+                _cpu_cell(fixed),
+                conns,
+                _num(None if c.rss_kib is None else mb(c.rss_kib)),
+                _num(None if c.hwm_kib is None else mb(c.hwm_kib)),
+            ]
+        )
+    return rows
+
+
+def protocol_lines(run: RunResult) -> list[str]:
+    """The HTTP/2-to-HTTP/1.1 ratios between the weft proxies, whether the two loads had the
+    same concurrency, and (with ``weft`` and ``weft-h2`` in the run) the estimate of HTTP/1.1
+    traffic carried over HTTP/2 between the proxies: each proxy pays one app-side leg and one
+    mesh leg, so that pair would cost about weft-h2-mtls - weft-h2 + weft per request."""
+    h1, h2 = run.case("weft-mtls"), run.case("weft-h2-mtls")
+    if h1 is None or h2 is None:
+        return []
+    out = []
+    for what, metric in (("CPU per request", _cpu), ("p99", _p99)):
+        for phase in ("saturation", "fixed"):
+            ratio = _ratio(metric(h2, phase), metric(h1, phase))
+            out.append(f"{what} HTTP/2 / HTTP/1.1 between the proxies ({phase}): {ratio}")
+    if h1.rss_kib and h2.rss_kib:
+        out.append(f"RSS HTTP/2 / HTTP/1.1 between the proxies: {_ratio(h2.rss_kib, h1.rss_kib)}")
+    n1, n2 = _in_flight(run, h1.name)[1], _in_flight(run, h2.name)[1]
+    if n1 != n2:
+        out.append(
+            f"not the same concurrency ({n1} requests in flight with wrk, {n2} with h2load): "
+            f"run with --h2-clients {n1} --h2-streams 1 to compare"
+        )
+    single, single_h2 = run.case("weft"), run.case("weft-h2")
+    if single is not None and single_h2 is not None:
+        behind = [c.name for c in (h1, h2, single, single_h2) if not _kept_up(run, c)]
+        if behind:
+            out.append(
+                f"{', '.join(behind)} did not keep up with the fixed rate: the fixed-rate "
+                "estimate compares cases at different rates"
+            )
+        for phase in ("fixed", "saturation"):
+            parts = [_cpu(h2, phase), _cpu(single_h2, phase), _cpu(single, phase), _cpu(h1, phase)]
+            if any(x is None for x in parts):
+                continue
+            pair2, one2, one1, pair1 = (x or 0.0 for x in parts)
+            out.append(
+                f"estimate ({phase}), HTTP/1.1 traffic over HTTP/2 between the proxies: "
+                f"weft-h2-mtls - weft-h2 + weft = {pair2:.1f} - {one2:.1f} + {one1:.1f} = "
+                f"{pair2 - one2 + one1:.1f} us/request, against {pair1:.1f} over HTTP/1.1"
+            )
+    return out
+
+
+def _kept_up(run: RunResult, case: CaseResult) -> bool:
+    """Whether ``case`` served the fixed rate (within 3%: h2load's stagger and rounding)."""
+    fixed = case.summary("fixed")
+    return fixed is not None and fixed.rps >= 0.97 * run.settings["rate"]
+
+
+def load_notes(run: RunResult) -> list[str]:
+    """Cases whose load generator used at least ``BUSY_LOAD`` of a CPU at saturation: there the
+    generator, not the case, set the rate, and CPU per request is the case's at that rate."""
+    out = []
+    for c in run.cases:
+        sat = c.summary("saturation") if c.status == "ok" else None
+        if sat is None or sat.load_busy is None or sat.load_busy < BUSY_LOAD:
+            continue
+        generator = {"http1": "wrk", "h2": "h2load", "grpc": "the gRPC client"}[protocol_of(c.name)]
+        out.append(
+            f"{c.name}: {generator} used {sat.load_busy:.0%} of a CPU at saturation: it set "
+            f"the rate ({sat.rps:,.0f}/s), and CPU per request is the case's at that rate"
+        )
     return out
 
 
@@ -273,12 +439,38 @@ def verdicts(run: RunResult) -> list[Verdict]:
 
 def machine_line(run: RunResult) -> str:
     m = run.machine
+    # h2load and grpcio are named when the run used them (results before them have no entry)
+    extra = "".join(
+        f", {name} {m[key]}"
+        for name, key, protocol in (("h2load", "h2load", "h2"), ("grpcio", "grpcio", "grpc"))
+        if key in m and any(protocol_of(c.name) == protocol for c in run.cases)
+    )
     return (
         f"{m.get('cpu_model', '?')}, {m.get('nproc', '?')} CPUs, Linux {m.get('kernel', '?')}; "
-        f"nginx {m.get('nginx', '?')}, envoy {m.get('envoy', '?')}, wrk {m.get('wrk', '?')}, "
-        f"Python {m.get('python', '?')}, weft {m.get('weft', '?')}; "
+        f"nginx {m.get('nginx', '?')}, envoy {m.get('envoy', '?')}, wrk {m.get('wrk', '?')}"
+        f"{extra}, Python {m.get('python', '?')}, weft {m.get('weft', '?')}; "
         f"load average before/after {m.get('loadavg_before', '?')} / {m.get('loadavg_after', '?')}"
     )
+
+
+def generators(run: RunResult) -> list[str]:
+    """How each protocol of the run was loaded: wrk (HTTP/1.1), h2load (HTTP/2), gRPC client."""
+    s = run.settings
+    protocols = {protocol_of(c.name) for c in run.cases}
+    out = []
+    if "http1" in protocols:
+        out.append(f"wrk, 1 thread, {s['connections']} keep-alive connections")
+    if "h2" in protocols:
+        out.append(
+            f"h2load, 1 thread, {s['h2_clients']} h2c connections, {s['h2_streams']} stream(s) "
+            "in flight on each"
+        )
+    if "grpc" in protocols:
+        out.append(
+            f"grpcio client, {s['grpc_concurrency']} unary calls in flight on "
+            f"{s['grpc_channels']} channels"
+        )
+    return out
 
 
 def _rich_table(title: str, headers: Sequence[str], rows: list[list[str]]) -> Table:
@@ -290,11 +482,19 @@ def _rich_table(title: str, headers: Sequence[str], rows: list[list[str]]) -> Ta
     return table
 
 
+def _all_verdicts(run: RunResult) -> list[tuple[str, list[Verdict]]]:
+    """Every group of targets the run was asked for (weft's own when it has the weft case)."""
+    sections = []
+    if _in_run(run, "weft"):
+        sections.append(("Targets (weft):", verdicts(run)))
+    return sections + _pair_sections(run)
+
+
 def print_console(run: RunResult, console: Console) -> None:
     s = run.settings
     console.print(machine_line(run))
     title = (
-        f"Load: wrk 1 thread, {s['connections']} connections, {s['duration_s']} s per phase; "
+        f"Load: {'; '.join(generators(run))}; {s['duration_s']} s per phase; "
         f"fixed rate {s['rate']:,} rps"
     )
     console.print(_rich_table(title, LOAD_HEADERS, load_rows(run)))
@@ -307,10 +507,15 @@ def print_console(run: RunResult, console: Console) -> None:
         console.print(
             _rich_table("Volume (memory after N requests in total)", VOLUME_HEADERS, rows)
         )
-    for line in ratios(run):
+    if rows := protocol_rows(run):
+        console.print(
+            _rich_table("HTTP/1.1 or HTTP/2 between the weft proxies", PROTOCOL_HEADERS, rows)
+        )
+    for line in ratios(run) + protocol_lines(run) + load_notes(run):
         console.print(line)
-    for v in verdicts(run) + (mesh_verdicts(run) if _has_mesh(run) else []):
-        console.print(f"target: {v.target}: {v.outcome} ({v.detail})")
+    for _heading, group in _all_verdicts(run):
+        for v in group:
+            console.print(f"target: {v.target}: {v.outcome} ({v.detail})")
     for note in run.notes:
         console.print(f"note: {note}")
 
@@ -324,15 +529,17 @@ def _md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
 def markdown(run: RunResult) -> str:
     """The figures of a run as the Markdown block of ``docs/benchmarks.md``."""
     s = run.settings
+    only_http1 = all(protocol_of(c.name) == "http1" for c in run.cases)
+    where = "wrk and backend" if only_http1 else "load generators and backends"
     parts = [
         f"Run {run.started} ({run.seconds:.0f} s): `{' '.join(run.command)}`",
         "",
         f"Machine: {machine_line(run)}.",
         "",
-        f"Load: wrk, 1 thread, {s['connections']} keep-alive connections, {s['duration_s']} s per "
+        f"Load: {'; '.join(generators(run))}; {s['duration_s']} s per "
         f"phase after {s['warmup_s']} s of warm-up; fixed rate {s['rate']:,} rps; "
         + (
-            f"measured server on CPU {s['cpu_server']}, wrk and backend on CPU {s['cpu_load']}."
+            f"measured server on CPU {s['cpu_server']}, {where} on CPU {s['cpu_load']}."
             if s["pin"]
             else "no CPU pinning."
         ),
@@ -341,6 +548,7 @@ def markdown(run: RunResult) -> str:
         "",
         *[f"- {line}" for line in not_measured(run)],
         *[f"- {line}" for line in ratios(run)],
+        *[f"- {line}" for line in load_notes(run)],
     ]
     if rows := stream_rows(run):
         parts += ["", f"Streaming, {s['stream_bytes'] / 2**20:.0f} MiB each way:", ""]
@@ -348,10 +556,12 @@ def markdown(run: RunResult) -> str:
     if rows := volume_rows(run):
         parts += ["", "Volume (memory after N requests in total):", ""]
         parts += [_md_table(VOLUME_HEADERS, rows)]
-    parts += ["", "Targets (weft):", ""]
-    parts += [f"- {v.target}: **{v.outcome}** ({v.detail})" for v in verdicts(run)]
-    if _has_mesh(run):
-        parts += ["", "Targets (meshed pair, CPU and memory of both proxies):", ""]
-        parts += [f"- {v.target}: **{v.outcome}** ({v.detail})" for v in mesh_verdicts(run)]
+    if rows := protocol_rows(run):
+        parts += ["", "HTTP/1.1 or HTTP/2 between the weft proxies:", ""]
+        parts += [_md_table(PROTOCOL_HEADERS, rows), ""]
+        parts += [f"- {line}" for line in protocol_lines(run)]
+    for heading, group in _all_verdicts(run):
+        parts += ["", heading, ""]
+        parts += [f"- {v.target}: **{v.outcome}** ({v.detail})" for v in group]
     parts += [f"- note: {n}" for n in run.notes]
     return "\n".join(parts)

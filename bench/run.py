@@ -1,11 +1,13 @@
 """``python -m bench.run``: the command line of the benchmark and the order of its phases.
 
-One run: start the backend; start every case, check that ``GET /`` through it answers the
-backend's ``ok`` and warm it up; then, for each round, let the cases take turns (rotated each
-round) at a saturation phase and a fixed-rate phase (wrk, with the CPU time of the case's
-processes -- both of a meshed pair -- read around each); then for each case read its memory, run
-it up to the volume milestones (by default one million requests in total, for weft), stream a
-large body up and a large body down while sampling its memory, and stop it. The cases not under
+One run: start the backend (and the HTTP/2 backend when an HTTP/2 or gRPC case is asked for);
+start every case, check that a request through it gets the backend's answer and warm it up; then,
+for each round, let the cases take turns (rotated each round) at a saturation phase and a
+fixed-rate phase (wrk, h2load or the gRPC client, by the case's protocol, with the CPU time of the
+case's processes -- both of a meshed pair -- read around each, and for a pair the connections
+between its proxies counted); then for each case read its memory, run it up to the volume
+milestones (by default one million requests in total, for weft), stream a large body up and a
+large body down while sampling its memory (HTTP/1.1 cases), and stop it. The cases not under
 load sit idle meanwhile. A case that cannot run is reported as skipped or failed with the reason,
 and the run goes on without it.
 Everything started is stopped when the run ends, also on Ctrl-C, SIGTERM or an error.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -41,23 +44,17 @@ from types import FrameType
 from rich.console import Console
 
 from bench import procfs, stream
-from bench.load import LoadFailed, measured_phase, run_wrk
+from bench.grpc_load import GrpcLoad
+from bench.h2load import H2load
+from bench.load import Load, LoadFailed, Wrk, measured_phase
 from bench.model import CaseResult, Phase, RunResult, Transfer, VolumeSample, from_json, mb
 from bench.processes import ServerFailed, Supervisor
 from bench.report import markdown, print_console
-from bench.settings import ALL_CASES, Settings
-from bench.targets import REPO, Skipped, Target, start_backend, start_case, tool
+from bench.settings import ALL_CASES, CASE_GROUPS, Settings, expand_cases, protocol_of
+from bench.targets import REPO, Skipped, Target, start_backend, start_case, start_h2_backend, tool
 
 RESULTS = REPO / "bench" / "results"
 MAX_CHUNK_S = 60
-
-
-def _case_list(text: str) -> tuple[str, ...]:
-    if text in ("", "none"):
-        return ()
-    if text == "all":
-        return ALL_CASES
-    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -70,10 +67,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     preset.add_argument(
         "--long", action="store_true", help="volume samples at 1M..5M requests (memory growth)"
     )
-    p.add_argument("--cases", help=f"comma-separated, of: {', '.join(ALL_CASES)}")
+    p.add_argument(
+        "--cases",
+        help=f"comma-separated, of: {', '.join(ALL_CASES)}; or groups: {', '.join(CASE_GROUPS)}",
+    )
     p.add_argument(
         "--volume-cases",
-        help="cases that get the volume run: comma-separated, 'all' or 'none' (default: weft)",
+        help="cases that get the volume run: names or groups as --cases, or none (default: weft)",
     )
     p.add_argument("--connections", type=int, help="wrk connections (default 16)")
     p.add_argument("--duration", type=int, help="seconds per measured phase (default 10)")
@@ -85,6 +85,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--cpu-load", type=int, help="CPU of wrk, backend and client (default 0)")
     p.add_argument("--cpu-server", type=int, help="CPU of the measured proxy (default 1)")
+    p.add_argument("--h2-clients", type=int, help="h2load connections (default 16)")
+    p.add_argument("--h2-streams", type=int, help="h2load streams in flight each (default 10)")
+    p.add_argument("--grpc-concurrency", type=int, help="gRPC calls in flight (default 32)")
+    p.add_argument("--grpc-channels", type=int, help="gRPC client channels (default 2)")
     p.add_argument("--markdown", action="store_true", help="also print the docs' Markdown block")
     p.add_argument("--report", type=Path, metavar="FILE", help="render a results file, no run")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON results")
@@ -95,9 +99,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     base = Settings.for_preset("quick" if args.quick else "long" if args.long else "default")
     changes: dict[str, object] = {}
     if args.cases is not None:
-        changes["cases"] = _case_list(args.cases)
+        changes["cases"] = expand_cases(args.cases)
     if args.volume_cases is not None:
-        changes["volume_cases"] = _case_list(args.volume_cases)
+        changes["volume_cases"] = expand_cases(args.volume_cases)
     for arg, name in (
         ("connections", "connections"),
         ("duration", "duration_s"),
@@ -106,6 +110,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ("rate", "rate"),
         ("cpu_load", "cpu_load"),
         ("cpu_server", "cpu_server"),
+        ("h2_clients", "h2_clients"),
+        ("h2_streams", "h2_streams"),
+        ("grpc_concurrency", "grpc_concurrency"),
+        ("grpc_channels", "grpc_channels"),
     ):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)
@@ -158,11 +166,20 @@ def machine_info() -> dict[str, object]:
         "envoy": [*envoy_version.split("version: ")[-1].split("/"), "?"][1] if envoy else "missing",
         "envoy_build": envoy_version,
         "wrk": _first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
+        "h2load": _first_line(["h2load", "--version"]).removeprefix("h2load "),
+        "grpcio": _package_version("grpcio"),
         "weft": (_first_line([str(weft), "--version"]).removeprefix("weft ") if weft else "missing")
         + f" (git {rev}{src_state}{_build_kind()})",
         "loadavg_before": Path("/proc/loadavg").read_text().split()[0],
         "clock_ticks": procfs.CLOCK_TICKS,
     }
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
 
 
 def _build_kind() -> str:
@@ -190,6 +207,7 @@ class _Case:
         self.console = console
         self.load_cpu = settings.cpu_load if settings.pin else None
         self.target: Target | None = None
+        self.load: Load | None = None
         self.status = "ok"
         self.reason: str | None = None
         self.requests = 0  # requests sent through the target so far (for volume milestones)
@@ -208,6 +226,25 @@ class _Case:
     def running_target(self) -> Target:
         assert self.target is not None, "the case was not started"
         return self.target
+
+    def running_load(self) -> Load:
+        assert self.load is not None, "the case was not started"
+        return self.load
+
+    def started(self, target: Target) -> None:
+        """Take the running target and aim the load generator of the case's protocol at it."""
+        self.target = target
+        protocol = protocol_of(self.name)
+        if protocol == "h2":
+            self.load = H2load(
+                target.port, self.workdir, self.s.h2_clients, self.s.h2_streams, cpu=self.load_cpu
+            )
+        elif protocol == "grpc":
+            self.load = GrpcLoad(
+                target.port, self.s.grpc_concurrency, self.s.grpc_channels, cpu=self.load_cpu
+            )
+        else:
+            self.load = Wrk(target.port, self.workdir, self.s.connections, cpu=self.load_cpu)
 
     def fail(self, e: Exception) -> None:
         """Record why the case failed; a crash of its server explains more than the symptom."""
@@ -228,13 +265,7 @@ class _Case:
 
     def warmup(self) -> None:
         if self.s.warmup_s > 0:
-            run = run_wrk(
-                self.running_target().port,
-                workdir=self.workdir,
-                connections=self.s.connections,
-                duration_s=self.s.warmup_s,
-                cpu=self.load_cpu,
-            )
+            run = self.running_load().run(self.s.warmup_s)
             self.requests += run.requests
 
     def phase(self, name: str, rnd: int, rate: int | None) -> None:
@@ -243,22 +274,25 @@ class _Case:
             name,
             rnd,
             t.pids,
-            t.port,
-            workdir=self.workdir,
-            connections=self.s.connections,
+            self.running_load(),
             duration_s=self.s.duration_s,
             rate=rate,
-            cpu=self.load_cpu,
+            pair_port=t.pair_port,
         )
         self.phases.append(p)
-        self.requests += p.wrk.requests
+        self.requests += p.load.requests
         _progress(
             self.console,
-            f"{self.name}: round {rnd + 1} {name}: {p.wrk.rps:,.0f} rps, "
-            f"p50 {p.wrk.latency.p50} us, p99 {p.wrk.latency.p99} us, "
+            f"{self.name}: round {rnd + 1} {name}: {p.load.rps:,.0f} rps, "
+            f"p50 {p.load.latency.p50} us, p99 {p.load.latency.p99} us, "
             f"CPU {p.cpu_us_per_request or 0:.1f} us/request"
-            + (f", {p.wrk.error_count} errors" if p.wrk.error_count else "")
-            + (f", {p.wrk.late} late" if p.wrk.late else ""),
+            + (f", {p.load.error_count} errors" if p.load.error_count else "")
+            + (f", {p.load.late} late" if p.load.late else "")
+            + (
+                f", {p.pair_connections} connection(s) between the pair"
+                if p.pair_connections is not None
+                else ""
+            ),
         )
 
     def snapshot(self) -> None:
@@ -267,8 +301,9 @@ class _Case:
 
     def run_volume(self) -> None:
         """Load at saturation in chunks until each milestone; sample memory at each."""
+        load = self.running_load()
         t = self.running_target()
-        sat = [p.wrk.rps for p in self.phases if p.name == "saturation"]
+        sat = [p.load.rps for p in self.phases if p.name == "saturation"]
         rps = max(max(sat, default=0.0), 100.0)
         start = time.monotonic()
         deadline = start + self.s.volume_timeout_s
@@ -283,13 +318,7 @@ class _Case:
                     return
                 need_s = math.ceil((milestone - self.requests) / rps * 1.03)
                 dur = int(max(1, min(need_s, MAX_CHUNK_S, left_s)))
-                run = run_wrk(
-                    t.port,
-                    workdir=self.workdir,
-                    connections=self.s.connections,
-                    duration_s=dur,
-                    cpu=self.load_cpu,
-                )
+                run = load.run(dur)
                 if run.requests == 0:
                     self.volume_error = f"no request completed in a {dur} s chunk"
                     return
@@ -340,20 +369,25 @@ _FAILURES = (ServerFailed, LoadFailed, ProcessLookupError)
 
 
 def _measure(
-    cases: list[_Case], sup: Supervisor, workdir: Path, backend: Target, s: Settings
+    cases: list[_Case], sup: Supervisor, workdir: Path, backends: dict[str, Target], s: Settings
 ) -> None:
-    """Start every case, then run the rounds with the cases taking turns, then the rest."""
+    """Start every case, then run the rounds with the cases taking turns, then the rest.
+
+    ``backends``: the backend of each protocol the cases speak (``http1``, ``h2``; gRPC cases
+    use the HTTP/2 one)."""
+    shared = {b.server for b in backends.values()}
 
     def stop(c: _Case) -> None:
-        if c.target is not None and c.target.server is not backend.server:
+        if c.target is not None and c.target.server not in shared:
             for server in c.target.servers:
                 sup.stop(server)
 
     for c in cases:
         _progress(c.console, f"{c.name}: starting")
         try:
-            c.target = start_case(c.name, sup, workdir, backend, s)
-            c.rss_start_kib = procfs.memory(c.target.pids).rss_kib
+            backend = backends[_backend_of(c.name)]
+            c.started(start_case(c.name, sup, workdir, backend, s))
+            c.rss_start_kib = procfs.memory(c.running_target().pids).rss_kib
             c.warmup()
         except Skipped as e:
             _progress(c.console, f"{c.name}: skipped: {e}")
@@ -380,14 +414,19 @@ def _measure(
             c.snapshot()
             if c.name in s.volume_cases and s.volume_milestones:
                 c.run_volume()
-            for direction in ("upload", "download"):
-                c.transfer(direction)
+            if protocol_of(c.name) == "http1":  # the streaming client speaks HTTP/1.1
+                for direction in ("upload", "download"):
+                    c.transfer(direction)
             for server in c.running_target().servers:
                 server.check_alive()
         except _FAILURES as e:
             c.fail(e)
         finally:
             stop(c)
+
+
+def _backend_of(case: str) -> str:
+    return "http1" if protocol_of(case) == "http1" else "h2"
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -402,8 +441,13 @@ def run(s: Settings, argv: Sequence[str], console: Console) -> RunResult:
     machine = machine_info()
     notes: list[str] = []
     if s.pin:
+        load = (
+            "wrk, the backend"
+            if all(protocol_of(c) == "http1" for c in s.cases)
+            else "the load generators (wrk, h2load, the gRPC client), the backends"
+        )
         notes.append(
-            f"pinned with taskset: servers under test on CPU {s.cpu_server}; wrk, the backend "
+            f"pinned with taskset: servers under test on CPU {s.cpu_server}; {load} "
             f"and the streaming client on CPU {s.cpu_load}"
         )
     with (
@@ -411,10 +455,16 @@ def run(s: Settings, argv: Sequence[str], console: Console) -> RunResult:
         Supervisor(Path(tmp)) as sup,
     ):
         workdir = Path(tmp)
-        _progress(console, f"backend: starting (work dir {workdir})")
-        backend = start_backend(sup, workdir, s)
+        needed = {_backend_of(name) for name in s.cases}
+        backends: dict[str, Target] = {}
+        if "http1" in needed:
+            _progress(console, f"backend: starting (work dir {workdir})")
+            backends["http1"] = start_backend(sup, workdir, s)
+        if "h2" in needed:
+            _progress(console, f"HTTP/2 backend: starting (work dir {workdir})")
+            backends["h2"] = start_h2_backend(sup, workdir, s)
         cases = [_Case(name, s, workdir, console) for name in s.cases]
-        _measure(cases, sup, workdir, backend, s)
+        _measure(cases, sup, workdir, backends, s)
     machine["loadavg_after"] = Path("/proc/loadavg").read_text().split()[0]
     return RunResult(
         started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),

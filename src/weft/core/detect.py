@@ -19,7 +19,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["H2_PREFACE", "MAX_CLIENT_HELLO", "Protocol", "TlsHello", "detect", "parse_client_hello"]
+__all__ = [
+    "H2_PREFACE",
+    "MAX_CLIENT_HELLO",
+    "Protocol",
+    "TlsHello",
+    "detect",
+    "h2_server_greeting",
+    "parse_client_hello",
+]
 
 
 class Protocol(enum.Enum):
@@ -74,6 +82,22 @@ def detect(prefix: bytes, *, max_bytes: int = 1024) -> Protocol | None:
     if decision is None and len(data) >= max_bytes:
         return Protocol.OPAQUE
     return decision
+
+
+def h2_server_greeting(greeting: bytes) -> bool | None:
+    """Whether a server's first bytes are an HTTP/2 server preface (a SETTINGS frame on stream 0,
+    not an ACK), which an h2c server such as grpcio sends as soon as it accepts, before the
+    client's preface: no sign that the server speaks first. None: too few bytes to tell."""
+    head = greeting[:9]
+    # length (3 bytes: a multiple of 6, at most a few dozen settings), type 0x4, flags 0,
+    # stream id 0
+    expected = (0x00, None, None, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00)
+    for byte, want in zip(head, expected, strict=False):
+        if want is not None and byte != want:
+            return False
+    if len(head) >= 3 and ((head[1] << 8) | head[2]) % 6:
+        return False
+    return True if len(head) == 9 else None
 
 
 def _detect_tls(data: bytes) -> Protocol | None:

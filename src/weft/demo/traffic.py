@@ -157,17 +157,22 @@ class Generator:
         return self.stats.summary(self.url, time.monotonic() - self.start)
 
 
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+def env_float(name: str, default: float, prog: str = "traffic") -> float:
+    """The environment variable ``name`` as a number (``default`` when unset); exits with a
+    message naming it when it is not one."""
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise SystemExit(f"{prog}: {name} must be a number") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m weft.demo.traffic", description=__doc__)
     p.add_argument("--url", default=os.environ.get("TARGET_URL", "http://web:8080/"))
-    p.add_argument("--rate", type=float, default=_env_float("RATE", 5.0), help="requests/s")
-    p.add_argument("--count", type=int, default=int(_env_float("COUNT", 0)), help="0: no limit")
-    p.add_argument("--duration", type=float, default=_env_float("DURATION", 0.0))
-    p.add_argument("--concurrency", type=int, default=int(_env_float("CONCURRENCY", 2)))
+    p.add_argument("--rate", type=float, default=env_float("RATE", 5.0), help="requests/s")
+    p.add_argument("--count", type=int, default=int(env_float("COUNT", 0)), help="0: no limit")
+    p.add_argument("--duration", type=float, default=env_float("DURATION", 0.0))
+    p.add_argument("--concurrency", type=int, default=int(env_float("CONCURRENCY", 2)))
     p.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)

@@ -322,12 +322,15 @@ class Concrete:
         self,
         state: EndpointState,
         factory: Callable[[], asyncio.Protocol],
+        *,
+        h2: bool = False,
     ) -> asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]:
-        """Dial ``state`` with a connect timeout; feeds the outcome to the balancer."""
-        return asyncio.get_running_loop().create_task(self._connect(state, factory))
+        """Dial ``state`` with a connect timeout; feeds the outcome to the balancer. ``h2``: the
+        connection will speak HTTP/2 (mesh TLS then offers ALPN ``h2``, else ``http/1.1``)."""
+        return asyncio.get_running_loop().create_task(self._connect(state, factory, h2))
 
     async def _connect(
-        self, state: EndpointState, factory: Callable[[], asyncio.Protocol]
+        self, state: EndpointState, factory: Callable[[], asyncio.Protocol], h2: bool
     ) -> tuple[asyncio.Transport, asyncio.Protocol]:
         loop = asyncio.get_running_loop()
         host, port = state.addr
@@ -338,7 +341,8 @@ class Concrete:
                     transport, protocol = await loop.create_connection(factory, host, port)
                 else:
                     assert self.tls is not None
-                    context = self.tls.client_context
+                    tls_source = self.tls
+                    context = tls_source.h2_client_context if h2 else tls_source.client_context
                     if context is None:
                         raise ConnectionError("this proxy has no certificate yet")
                     # SNI and the certificate check both name the identity discovery expects

@@ -5,22 +5,25 @@
 the key comes back through a pipe and stays in memory (never written to disk: the ``ssl`` module
 loads it from an anonymous ``memfd``, closed right after). It sends the CSR with the pod's token
 (``--identity-token-file``) to the control plane's ``POST /api/v1/identity/certify`` and builds
-from the answer two ``ssl.SSLContext`` objects, TLS 1.3 only, each presenting leaf + issuer and
-trusting the anchors:
+from the answer three ``ssl.SSLContext`` objects, TLS 1.3 only, each presenting leaf + issuer
+and trusting the anchors:
 
 - ``server_context`` (``PROTOCOL_TLS_SERVER``, client certificate optional: a client without one
-  is TLS but unauthenticated, and policy decides);
+  is TLS but unauthenticated, and policy decides; ALPN ``h2`` and ``http/1.1``);
 - ``client_context`` (``PROTOCOL_TLS_CLIENT``, certificate required, ``check_hostname``: the
-  caller passes the expected server identity as ``server_hostname``).
+  caller passes the expected server identity as ``server_hostname``; ALPN ``http/1.1``);
+- ``h2_client_context``: the same for HTTP/2 connections (ALPN ``h2``): ``ssl`` sets ALPN per
+  context, not per connection.
 
 Every answer is checked with the ``ssl`` module only: OpenSSL refuses a certificate that is not
-for the key, and the two new contexts then handshake with each other in memory (the client
-expecting this proxy's identity), which proves what peers will check: the chain verifies to the
-anchors, the leaf is valid now and names this identity, and it works as client and as server.
-Its times are the ``notBefore``/``notAfter`` of the answer (checked against the certificate).
+for the key, and the new server and client contexts then handshake with each other in memory
+(the client expecting this proxy's identity), which proves what peers will check: the chain
+verifies to the anchors, the leaf is valid now and names this identity, and it works as client
+and as server. Its times are the ``notBefore``/``notAfter`` of the answer (checked against the
+certificate).
 
 Every renewal uses a new key (a key is made when a certification is due and kept until one
-succeeds, so a retry does not start another child). Both contexts are replaced (new objects,
+succeeds, so a retry does not start another child). All contexts are replaced (new objects,
 never mutated) on every change, then ``on_change`` callbacks run. In the background it renews at
 70% of the validity the certificate had left when it arrived (not counting the 20 s a leaf starts
 in the past for clock skew), retries with backoff while serving with the current certificate,
@@ -65,6 +68,9 @@ if TYPE_CHECKING:
 
     from weft.identity.ca import PrivateKey, TrustBundle
 
+
+_Contexts = tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]  # server, client, h2 client
+MESH_SERVER_ALPN = ("h2", "http/1.1")
 log = logging.getLogger("weft.proxy.identity")
 
 CERTIFY_PATH = "/api/v1/identity/certify"
@@ -118,17 +124,39 @@ def pem_tls_contexts(
     server asks for a client certificate but does not require one; the client requires the
     server's and checks its name. The key goes through a ``memfd`` that is closed at once.
     ssl.SSLError when OpenSSL refuses them (``KEY_VALUES_MISMATCH``: the key is not the leaf's)."""
+    server, client = _contexts(chain_pem, key_pem, anchors_pem, (alpn, alpn))
+    return server, client
+
+
+def mesh_tls_contexts(
+    chain_pem: bytes, key_pem: bytes, anchors_pem: bytes
+) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+    """The proxy's contexts, as :func:`pem_tls_contexts` makes them, with ALPN: ``(server,
+    client, h2_client)``. The server offers ``h2`` and ``http/1.1``; HTTP/1 connections to
+    another proxy use ``client`` (``http/1.1``), HTTP/2 ones ``h2_client`` (``h2``)."""
+    server, client, h2_client = _contexts(
+        chain_pem, key_pem, anchors_pem, (MESH_SERVER_ALPN, ("http/1.1",), ("h2",))
+    )
+    return server, client, h2_client
+
+
+def _contexts(
+    chain_pem: bytes, key_pem: bytes, anchors_pem: bytes, alpns: Sequence[Sequence[str]]
+) -> list[ssl.SSLContext]:
+    """A server context (ALPN ``alpns[0]``), then a client context per further ``alpns``."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.verify_mode = ssl.CERT_OPTIONAL
     server.num_tickets = 0  # proxies keep their connections: tickets would only cost
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    contexts = [server]
+    for _ in alpns[1:]:
+        contexts.append(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))  # CERT_REQUIRED, check_hostname
     anchors = anchors_pem.decode("ascii", errors="replace")
     fd = os.memfd_create("weft-identity", os.MFD_CLOEXEC)
     try:
         data = memoryview(chain_pem + b"\n" + key_pem)
         while data:
             data = data[os.write(fd, data) :]
-        for ctx in (server, client):
+        for ctx, alpn in zip(contexts, alpns, strict=True):
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
             ctx.load_cert_chain(f"/proc/self/fd/{fd}")
@@ -137,7 +165,7 @@ def pem_tls_contexts(
                 ctx.set_alpn_protocols(list(alpn))
     finally:
         os.close(fd)
-    return server, client
+    return contexts
 
 
 def tls_contexts(
@@ -220,7 +248,6 @@ class ProxyIdentity:
         token_file: str,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         metrics: ProxyMetrics | None = None,
-        alpn: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         backoff: ExponentialBackoff | None = None,
         timeout: float = 10.0,
@@ -229,7 +256,6 @@ class ProxyIdentity:
         self.name = dns_identity(namespace, service_account, trust_domain)
         self.spiffe = spiffe_id(namespace, service_account, trust_domain)
         self.token_file = token_file
-        self.alpn = list(alpn)
         self._client = ControlClient(control, timeout=timeout)
         self._clock = clock
         self._backoff = backoff or ExponentialBackoff(base=0.5, maximum=30.0)
@@ -237,6 +263,7 @@ class ProxyIdentity:
         self._cert: _Certified | None = None
         self._server: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
+        self._h2_client: ssl.SSLContext | None = None
         self._renew_at = 0.0
         self._waiting_on = "the control plane"
         self._wake = asyncio.Event()
@@ -266,6 +293,12 @@ class ProxyIdentity:
     def client_context(self) -> ssl.SSLContext | None:
         """The current client context; None until the first certificate."""
         return self._client_ctx
+
+    @property
+    def h2_client_context(self) -> ssl.SSLContext | None:
+        """The current client context for HTTP/2 (ALPN ``h2``); None until the first
+        certificate."""
+        return self._h2_client
 
     @property
     def next_renewal(self) -> float | None:
@@ -333,8 +366,8 @@ class ProxyIdentity:
         answer = await self._client.call(
             "POST", CERTIFY_PATH, {"token": token, "csr": keys.csr_pem}
         )
-        cert, server, client = self._accept(answer, keys)
-        self._install(cert, server, client)
+        cert, contexts = self._accept(answer, keys)
+        self._install(cert, contexts)
         self._pending = None  # the next renewal makes a new key
         self.refresh_count += 1
         self.last_error = None
@@ -349,9 +382,7 @@ class ProxyIdentity:
             self._renew_at - received,
         )
 
-    def _accept(
-        self, answer: Any, keys: KeyAndCsr
-    ) -> tuple[_Certified, ssl.SSLContext, ssl.SSLContext]:
+    def _accept(self, answer: Any, keys: KeyAndCsr) -> tuple[_Certified, _Contexts]:
         """The certificate of a certify answer and its contexts; ValueError when not usable."""
         if not isinstance(answer, dict):
             raise ValueError("certify answer is not a JSON object")
@@ -374,7 +405,8 @@ class ProxyIdentity:
         anchor_fps = tuple(fingerprint_pem(a) for a in split_certs(anchors, "trust anchors"))
         chain_pem = b"".join([*leaves, *issuers])
         try:
-            server, client = pem_tls_contexts(chain_pem, keys.key_pem, anchors, self.alpn)
+            contexts = mesh_tls_contexts(chain_pem, keys.key_pem, anchors)
+            server, client, _ = contexts
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise ValueError("the control plane certified another key") from None
@@ -401,10 +433,11 @@ class ProxyIdentity:
             not_before=float(times[0]),
             not_after=float(times[1]),
         )
-        return cert, server, client
+        return cert, contexts
 
-    def _install(self, cert: _Certified, server: ssl.SSLContext, client: ssl.SSLContext) -> None:
-        self._cert, self._server, self._client_ctx = cert, server, client
+    def _install(self, cert: _Certified, contexts: _Contexts) -> None:
+        self._cert = cert
+        self._server, self._client_ctx, self._h2_client = contexts
         for callback in list(self.on_change):
             try:
                 callback()
@@ -476,9 +509,8 @@ class ProxyIdentity:
             return
         if fps != cert.anchor_fps:
             try:
-                server, client = pem_tls_contexts(
-                    cert.chain_pem, cert.keys.key_pem, anchors, self.alpn
-                )
+                contexts = mesh_tls_contexts(cert.chain_pem, cert.keys.key_pem, anchors)
+                server, client, _ = contexts
             except ssl.SSLError as exc:
                 log.warning(
                     "identity %s: cannot use the new trust anchors: %s", self.name, _ssl_reason(exc)
@@ -488,7 +520,7 @@ class ProxyIdentity:
                 cert.keys, cert.chain_pem, cert.issuer_fp, anchors, fps, cert.not_before,
                 cert.not_after,
             )  # fmt: skip
-            self._install(new, server, client)
+            self._install(new, contexts)
             log.info("identity %s: trust anchors now %d", self.name, len(fps))
             try:
                 self_handshake(server, client, self.name)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from weft.addr import Address, format_addr, parse_hostport
 from weft.core.detect import Protocol as Detected
-from weft.core.detect import detect, parse_client_hello
+from weft.core.detect import detect, h2_server_greeting, parse_client_hello
 from weft.discovery import Discovery, Resolution
 from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
 from weft.proxy.admin import AdminServer
@@ -368,24 +368,21 @@ class Accept(asyncio.Protocol):
         refused = pp is not None and not pp.tcp_allowed(self.peer_ip, self._client_id())
         probe: _Probe | None = None
         dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]] | None = None
-        started = 0.0
         state: EndpointState | None = None
         handoff = self.handoff if self.handoff is not None and self.handoff[0] is concrete else None
         self.handoff = None
         if handoff is not None:  # the connection the outer side dialed before it saw mesh TLS
+            # the outer side accounted for this dial with the balancer
             _, state, dial, probe = handoff
             probe.rebind(self.event.set)
             dial.add_done_callback(lambda _: self.event.set())
-            concrete.balancer.start(state.addr)
-            started = time.monotonic()
         else:
             state = None if concrete.http_seen or refused else concrete.pick()
         if state is not None and handoff is None:
-            concrete.balancer.start(state.addr)
-            started = time.monotonic()
             probe = _Probe(self.event.set)
             p = probe
             dial = concrete.connect(state, lambda: p)
+            _account_dial(concrete, state.addr, dial)
             dial.add_done_callback(lambda _: self.event.set())
         decided: Detected | None = None
         deadline = loop.time() + listener.config.detect_timeout
@@ -416,8 +413,13 @@ class Accept(asyncio.Protocol):
                     if decided is not None:
                         break
             # a server that greets while a mesh ClientHello is still arriving must wait: the
-            # client is a proxy, and the greeting goes to it inside TLS
-            if probe is not None and (probe.buffer or probe.eof) and not hello_pending:
+            # client is a proxy, and the greeting goes to it inside TLS; an HTTP/2 server's
+            # SETTINGS (grpcio sends them at accept) is not a greeting: wait for the client
+            if (
+                probe is not None
+                and (probe.eof or (probe.buffer and h2_server_greeting(probe.buffer) is False))
+                and not hello_pending
+            ):
                 server_first = True
                 break
             if self.client_lost:
@@ -433,17 +435,14 @@ class Accept(asyncio.Protocol):
             ):
                 # the early dial failed: try another endpoint, else give a client that speaks
                 # first (HTTP) a moment to do so, for a specific error, then close
-                if state is not None:
-                    concrete.balancer.finish(state.addr, started, success=False)
                 dial = probe = None
                 state = concrete.pick() if dials < 3 else None
                 if state is not None and state.addr not in failed:
                     failed.add(state.addr)
                     dials += 1
-                    concrete.balancer.start(state.addr)
-                    started = time.monotonic()
                     probe = _Probe(self.event.set)
                     dial = concrete.connect(state, lambda p2=probe: p2)  # type: ignore[misc]
+                    _account_dial(concrete, state.addr, dial)
                     dial.add_done_callback(lambda _: self.event.set())
                 else:
                     state = None
@@ -463,8 +462,6 @@ class Accept(asyncio.Protocol):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self.event.wait()
-        if state is not None:
-            concrete.balancer.finish(state.addr, started)
         if self.client_lost:
             if dial is not None:
                 dial.cancel()
@@ -749,6 +746,26 @@ def _client_identity(transport: asyncio.BaseTransport, tls: TlsSource | None) ->
 
     identity: str | None = peer_identity(ssl_object.getpeercert(), tls.trust_domain)
     return identity
+
+
+def _account_dial(
+    concrete: Concrete,
+    addr: Address,
+    dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]],
+) -> None:
+    """Tell the balancer about an early dial: pending while it connects, and the time it took
+    to connect (or to fail, or until it was given up) as the endpoint's latency. Not the time
+    until the protocol is known: that is the client's think time, and a client that waits
+    before speaking would make the endpoint look as slow as its wait (peak EWMA keeps a slow
+    observation for seconds)."""
+    balancer = concrete.balancer
+    started = balancer.start(addr)
+
+    def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        ok = not task.cancelled() and task.exception() is None
+        balancer.finish(addr, started, success=ok)
+
+    dial.add_done_callback(done)
 
 
 def _discard(dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:

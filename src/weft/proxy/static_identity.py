@@ -24,11 +24,11 @@ import binascii
 import os
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, parse_dns_identity
-from weft.proxy.identity import MAX_PEM_BYTES, pem_tls_contexts, split_certs
+from weft.proxy.identity import MAX_PEM_BYTES, mesh_tls_contexts, split_certs
 
 # the DER of the OID id-ecPublicKey (1.2.840.10045.2.1), in a PKCS#8 key's algorithm
 _EC_OID = bytes.fromhex("06072a8648ce3d0201")
@@ -112,18 +112,17 @@ class StaticIdentity:
         key_file: str,
         anchors_file: str,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
-        alpn: Sequence[str] = (),
         name: str | None = None,
     ) -> None:
         self.chain_file = chain_file
         self.key_file = key_file
         self.anchors_file = anchors_file
         self.trust_domain = trust_domain
-        self.alpn = tuple(alpn)
         self._wanted = name
         self.name = ""
         self.server_context: ssl.SSLContext | None = None
         self.client_context: ssl.SSLContext | None = None
+        self.h2_client_context: ssl.SSLContext | None = None
         self.reload()
 
     def reload(self) -> None:
@@ -137,12 +136,13 @@ class StaticIdentity:
         _check_key(key, self.key_file)
         name = _name_of(certs[0], self.chain_file, self.trust_domain, self._wanted)
         try:
-            server, client = pem_tls_contexts(b"".join(certs), key, anchors, self.alpn)
+            server, client, h2_client = mesh_tls_contexts(b"".join(certs), key, anchors)
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise ValueError(f"{self.key_file} is not the key of {self.chain_file}") from None
             raise ValueError(f"cannot use the identity files: {exc}") from None
         self.name, self.server_context, self.client_context = name, server, client
+        self.h2_client_context = h2_client
 
     def view(self) -> dict[str, object]:
         return {

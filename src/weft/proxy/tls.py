@@ -43,6 +43,9 @@ class TlsSource(Protocol):
     @property
     def client_context(self) -> ssl.SSLContext | None: ...
 
+    @property
+    def h2_client_context(self) -> ssl.SSLContext | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class PeerTls:

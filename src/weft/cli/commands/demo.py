@@ -133,11 +133,13 @@ def print_next_steps(mesh: LocalMesh, pods: dict[str, str]) -> None:
     ns = f" -n {NAMESPACE}"
     print(
         f"""
-The demo is running in namespace {NAMESPACE}: web -> books (fails 10%) and authors, with traffic.
+The demo is running in namespace {NAMESPACE}: web -> books (fails 10%) and authors, with traffic;
+ratings, a gRPC service (2 replicas, 5% UNAVAILABLE), called by ratings-traffic.
 
 Try:
   weft get pods{ns}{state}
   weft stat deploy{ns}{state}              # success rate, RPS, latency per deployment
+  weft routes ratings{ns}{state}           # the gRPC service, per route
   weft exec{ns}{state} {web} -- curl -s http://books:8080/
   weft logs{ns}{state} {web} -c proxy
   weft check{state}
