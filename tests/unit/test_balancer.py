@@ -112,6 +112,37 @@ def test_start_finish_tracks_pending_and_latency() -> None:
     assert stat(b, A)[0] == 0
 
 
+def test_finish_without_observing_only_drops_pending() -> None:
+    """Work that says nothing about the endpoint's latency (a dial made before the client
+    spoke) holds a pending slot but leaves the estimate as it was."""
+    b, clock = make()
+    b.update([A, B])
+    t = b.start(A)
+    assert stat(b, A)[0] == 1
+    clock.advance(5.0)  # the client thought for 5 s
+    b.finish(A, t, observe=False)
+    pending, est, _ = stat(b, A)
+    assert pending == 0
+    assert est == pytest.approx(stat(b, B)[1])  # as unmeasured as B: both decayed 30 ms
+    assert est < 0.030
+
+
+def test_an_unmeasured_endpoint_is_tried_before_a_measured_one() -> None:
+    """Of two endpoints of the same age, the one with an observation costs more than the one
+    without (its estimate decays towards the observation, the other's towards zero), so a
+    fresh endpoint gets the next request even when the first was fast."""
+    b, clock = make()
+    b.update([A, B])
+    clock.advance(0.5)
+    first = b.pick()
+    assert first is not None
+    t = b.start(first)
+    clock.advance(0.0001)
+    b.finish(first, t)
+    other = B if first == A else A
+    assert b.pick() == other
+
+
 def test_cheaper_of_two_wins() -> None:
     b, clock = make()
     b.update([A, B])

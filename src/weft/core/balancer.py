@@ -178,16 +178,20 @@ class Balancer(Generic[K]):
             ep.pending += 1
         return now
 
-    def finish(self, key: K, started: float, *, success: bool = True) -> None:
+    def finish(self, key: K, started: float, *, success: bool = True, observe: bool = True) -> None:
         """The request started at ``started`` is done: one fewer pending, and its latency is
-        observed (also on failure: a slow error is still slow). Ignored when ``key`` was removed
-        since, or re-added after the request started (the request belonged to the old entry).
+        observed (also on failure: a slow error is still slow). With ``observe=False`` only the
+        pending count drops: for work whose duration says nothing about the endpoint's latency
+        (a connection dialed before the client spoke). Ignored when ``key`` was removed since,
+        or re-added after the request started (the request belonged to the old entry).
         """
         ep = self._endpoints.get(key)
         if ep is None or started < ep.created:
             return
         if ep.pending > 0:
             ep.pending -= 1
+        if not observe:
+            return
         now = self._clock()
         rtt = now - started
         ep.observe(rtt if rtt > 0.0 else 0.0, now, self._decay)

@@ -753,17 +753,16 @@ def _account_dial(
     addr: Address,
     dial: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]],
 ) -> None:
-    """Tell the balancer about an early dial: pending while it connects, and the time it took
-    to connect (or to fail, or until it was given up) as the endpoint's latency. Not the time
-    until the protocol is known: that is the client's think time, and a client that waits
-    before speaking would make the endpoint look as slow as its wait (peak EWMA keeps a slow
-    observation for seconds)."""
+    """Tell the balancer about an early dial: one more pending on the endpoint until the dial
+    is done, and no latency observed. The requests that follow are observed on their own; the
+    time until the client speaks is its think time, not the endpoint's latency (peak EWMA would
+    keep such a slow observation for tens of seconds), and an endpoint that was only dialed
+    stays unobserved, so the balancer tries it before one it has measured."""
     balancer = concrete.balancer
     started = balancer.start(addr)
 
-    def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
-        ok = not task.cancelled() and task.exception() is None
-        balancer.finish(addr, started, success=ok)
+    def done(_: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        balancer.finish(addr, started, observe=False)
 
     dial.add_done_callback(done)
 
