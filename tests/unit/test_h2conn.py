@@ -748,6 +748,14 @@ MALFORMED_REQUESTS: dict[str, Headers] = {
     "content-lengths differ": [*BASE, (b"content-length", b"1"), (b"content-length", b"2")],
     "content-length with END_STREAM": [*BASE, (b"content-length", b"3")],
     "content-length of 5,000 digits": [*BASE, (b"content-length", b"9" * 5000)],
+    # we never send SETTINGS_ENABLE_CONNECT_PROTOCOL, so extended CONNECT is not allowed
+    "extended CONNECT": [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"websocket"),
+        *BASE[1:],
+        (b":authority", b"a"),
+    ],
+    ":protocol on a GET": [*BASE, (b":protocol", b"websocket")],
 }
 
 
@@ -823,6 +831,9 @@ def test_malformed_responses() -> None:
         [(b":status", b"200"), (b":path", b"/")],
         [(b":status", b"200"), (b"transfer-encoding", b"chunked")],
         [(b":status", b"200"), (b"X-Upper", b"1")],
+        [(b":status", b"101")],  # HTTP/2 has no Switching Protocols (RFC 9113 8.6)
+        [(b":status", b"099")],
+        [(b":status", b"000")],
     ]
     for headers in responses:
         sid = conn.open(GET, True)
@@ -948,6 +959,48 @@ def test_preface_in_pieces_then_first_frame_not_settings() -> None:
         conn.receive(raw(PING, 0, 0, bytes(8)))
     assert info.value.code == PROTOCOL_ERROR
     assert rec.events == []
+
+
+def test_settings_ack_as_the_first_frame() -> None:
+    """The preface's SETTINGS must come first; an acknowledgement of ours is not it."""
+    conn = H2Conn(Recorder(), client=False)
+    conn.start()
+    conn.take()
+    with pytest.raises(H2Error) as info:
+        conn.receive(PREFACE + raw(SETTINGS, 1, 0))  # flags: ACK
+    assert info.value.code == PROTOCOL_ERROR
+    assert summary(conn.take()) == [(GoAwayFrame, 0, PROTOCOL_ERROR)]
+
+
+def test_a_stream_that_depends_on_itself_is_reset() -> None:
+    """RFC 9113 5.3.1: a stream error, in a PRIORITY frame or in HEADERS; the header block is
+    still decoded, so the next request (same HPACK table) goes through."""
+    peer = Peer()
+    self_dep = (1).to_bytes(4, "big") + b"\x10"
+    block = peer.block([*GET, (b"x-new", b"indexed")])
+    assert peer.send(raw(HEADERS, END_HEADERS | END_STREAM | 0x20, 1, self_dep + block)) == [
+        rst(1, PROTOCOL_ERROR)
+    ]
+    assert peer.rec.take() == []
+    again = [*GET, (b"x-new", b"indexed")]
+    assert peer.send(peer.headers(3, again, True)) == []
+    assert peer.rec.take() == [("headers", 3, again, True)]
+    assert peer.send(peer.headers(5, POST)) == []
+    peer.rec.take()
+    on_five = (5).to_bytes(4, "big") + b"\x10"
+    assert peer.send(raw(PRIORITY, 0, 5, on_five)) == [rst(5, PROTOCOL_ERROR)]
+    assert peer.rec.take() == [("reset", 5, PROTOCOL_ERROR)]
+    # depending on another stream is fine, as is a PRIORITY frame for an idle stream
+    assert peer.send(raw(PRIORITY, 0, 9, (3).to_bytes(4, "big") + b"\x10")) == []
+    assert peer.send(raw(PRIORITY, 0, 11, (11).to_bytes(4, "big") + b"\x10")) == []
+
+
+def test_a_server_that_announces_push_is_a_connection_error() -> None:
+    """RFC 9113 6.5.2: a server never sends SETTINGS_ENABLE_PUSH 1; from a client it is fine."""
+    peer = Peer(client=True)
+    peer.fails(PROTOCOL_ERROR, raw(SETTINGS, 0, 0, setting(2, 1)))
+    server = Peer()
+    assert server.send(raw(SETTINGS, 0, 0, setting(2, 1))) == [(SettingsFrame, ["ACK"], {})]
 
 
 CLIENT_SIDE_ERRORS: dict[str, Builder] = {

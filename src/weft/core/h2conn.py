@@ -94,7 +94,11 @@ MAX_HEADER_BLOCK: Final = 256 * 1024  # encoded bytes of one header block (with 
 _CONNECTION_FIELDS: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-_REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+# without :protocol: this side never sends SETTINGS_ENABLE_CONNECT_PROTOCOL, so a request that
+# carries it is malformed (RFC 8441 4)
+_REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
+# not a frame flag (those are 8 bits): a header block whose stream depends on itself
+_SELF_DEPENDENT: Final = 0x100
 
 
 class H2Error(Exception):
@@ -449,6 +453,8 @@ class H2Conn:
                     self._fail(PROTOCOL_ERROR, "PRIORITY on stream 0")
                 elif length != 5:
                     self._stream_error(sid, FRAME_SIZE_ERROR)
+                elif _dependency(data, start) == sid and sid in self.streams:
+                    self._stream_error(sid, PROTOCOL_ERROR)  # RFC 9113 5.3.1
             elif ftype == PUSH_PROMISE:
                 self._fail(PROTOCOL_ERROR, "PUSH_PROMISE, and push is disabled")
             # unknown frame types are ignored (RFC 9113 5.5)
@@ -559,6 +565,8 @@ class H2Conn:
             end -= data[start]
             pos += 1
         if flags & PRIORITY_FLAG:
+            if pos + 4 <= end and _dependency(data, pos) == sid:
+                flags |= _SELF_DEPENDENT  # the block is decoded still: HPACK stays in step
             pos += 5
         if pos > end:
             self._fail(PROTOCOL_ERROR, "HEADERS padding longer than the frame")
@@ -606,7 +614,7 @@ class H2Conn:
         elif stream.remote_closed:
             self._stream_error(sid, STREAM_CLOSED)
             return
-        if decoder.too_large or decoder.malformed is not None:
+        if decoder.too_large or decoder.malformed is not None or flags & _SELF_DEPENDENT:
             self._stream_error(sid, PROTOCOL_ERROR)
             return
         if stream.got_headers:  # trailers
@@ -682,6 +690,8 @@ class H2Conn:
         if flags & ACK:
             if length:
                 self._fail(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            if not self._got_settings:
+                self._fail(PROTOCOL_ERROR, "the first frame is a SETTINGS ACK")
             return
         if length % 6:
             self._fail(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
@@ -710,7 +720,8 @@ class H2Conn:
                 self.remote_max_streams = value
             elif ident == _HEADER_TABLE_SIZE:
                 self.encoder.set_max_table_size(value)
-            elif ident == _ENABLE_PUSH and value > 1:
+            elif ident == _ENABLE_PUSH and (value > 1 or (value and self.client)):
+                # a server must not announce push (RFC 9113 6.5.2)
                 self._fail(PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
             # MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored
         self.out += _frame(0, SETTINGS, ACK, 0)
@@ -740,11 +751,18 @@ def _response_status(headers: Headers) -> int:
             if len(value) != 3 or not value.isdigit():
                 return -1
             status = int(value)
+            if status < 100 or status == 101:  # HTTP/2 has no 101 (RFC 9113 8.6)
+                return -1
         else:
             regular = True
             if name in _CONNECTION_FIELDS:
                 return -1
     return status
+
+
+def _dependency(data: bytes, pos: int) -> int:
+    """The stream a priority block at ``pos`` depends on (the exclusive bit dropped)."""
+    return ((data[pos] & 0x7F) << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
 
 
 def _request_checks(headers: Headers) -> int:
@@ -774,7 +792,7 @@ def _request_checks(headers: Headers) -> int:
                 if not value.isdigit() or len(value) > 18 or (length >= 0 and int(value) != length):
                     return -2
                 length = int(value)
-    if method == b"CONNECT" and b":protocol" not in seen:
+    if method == b"CONNECT":
         if b":scheme" in seen or b":path" in seen or b":authority" not in seen:
             return -2
     elif not method or b":scheme" not in seen or b":path" not in seen:
