@@ -354,14 +354,7 @@ class H2Conn:
         self.held -= size
         stream = self.streams.get(sid)
         if stream is not None and not stream.remote_closed:
-            unacked = stream.unacked + size
-            if unacked >= self.local_window >> 1:
-                stream.unacked = 0
-                stream.recv_window += unacked
-                self.out += _frame(4, WINDOW_UPDATE, 0, sid)
-                self.out += unacked.to_bytes(4, "big")
-            else:
-                stream.unacked = unacked
+            self._reopen_stream(sid, stream, size)
         if self.owed:
             self._reopen()
 
@@ -544,15 +537,20 @@ class H2Conn:
             return
         self.owed += size
         if stream is not None:
-            unacked = stream.unacked + size
-            if unacked >= self.local_window >> 1:
-                stream.unacked = 0
-                stream.recv_window += unacked
-                self.out += _frame(4, WINDOW_UPDATE, 0, sid)
-                self.out += unacked.to_bytes(4, "big")
-            else:
-                stream.unacked = unacked
+            self._reopen_stream(sid, stream, size)
         self._reopen()
+
+    def _reopen_stream(self, sid: int, stream: _Stream, size: int) -> None:
+        """``size`` more of the stream's bytes are done with: reopen its window once that adds
+        up to half of it."""
+        unacked = stream.unacked + size
+        if unacked >= self.local_window >> 1:
+            stream.unacked = 0
+            stream.recv_window += unacked
+            self.out += _frame(4, WINDOW_UPDATE, 0, sid)
+            self.out += unacked.to_bytes(4, "big")
+        else:
+            stream.unacked = unacked
 
     def _on_headers(self, data: bytes, start: int, length: int, flags: int, sid: int) -> None:
         if not sid:
