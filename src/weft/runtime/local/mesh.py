@@ -464,6 +464,16 @@ class LocalMesh:
         # kept only to learn how it ended if it dies during start-up (see _ended_how).
         return rec
 
+    def _exited(self, component: str) -> bool:
+        """Whether a component has ended. For one this command started, its exit status says
+        so: the process-record check reads ``/proc/PID/environ``, which until the child has
+        exec'd is its parent's, without the mesh's variable, so a control plane still being
+        started was reported as gone (seen in CI under load)."""
+        proc = self._popen.get(component)
+        if proc is not None:
+            return proc.poll() is not None
+        return self._component(component) is None
+
     def _ended_how(self, component: str) -> tuple[str, bool]:
         """How a component started by this command ended: (text, killed by a signal)."""
         proc = self._popen.get(component)
@@ -513,7 +523,7 @@ class LocalMesh:
         while time.monotonic() < deadline:
             if asyncio.run(client.healthz()):
                 return
-            if self._component("control") is None:
+            if self._exited("control"):
                 how, killed = self._ended_how("control")
                 tail = self._log_tail("control")
                 message = f"the control plane exited during start-up{how}:\n" + tail
@@ -527,7 +537,7 @@ class LocalMesh:
 
     def _wait_alive(self, component: str, seconds: float) -> None:
         time.sleep(seconds)
-        if self._component(component) is None:
+        if self._exited(component):
             how, _ = self._ended_how(component)
             raise RuntimeFailure(
                 f"the {component} process exited during start-up{how}:\n"
