@@ -505,6 +505,50 @@ async def test_upstream_graceful_shutdown_lets_its_streams_finish() -> None:
         await stopping
 
 
+async def test_frames_wait_one_more_poll_to_share_a_write_with_the_next_reads() -> None:
+    """What a read makes the proxy send waits until the event loop has polled once more, so the
+    answers to the reads of that poll go out in the same write (fewer wake-ups for the peer);
+    it does not wait longer than that."""
+    loop = asyncio.get_running_loop()
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, proxy.address)
+            await loop.sock_sendall(sock, conn.data_to_send())
+            settled = False
+            async with asyncio.timeout(5):
+                while not settled:  # the server's SETTINGS, and its ACK of ours
+                    events = conn.receive_data(await loop.sock_recv(sock, 65536))
+                    await loop.sock_sendall(sock, conn.data_to_send())
+                    settled = any(isinstance(e, h2.events.SettingsAcknowledged) for e in events)
+            await asyncio.sleep(0.05)  # our ACK of its SETTINGS reached the proxy
+            (down,) = proxy.ctx.connections
+
+            def ping(opaque: bytes) -> bytes:
+                conn.ping(opaque)
+                return conn.data_to_send()
+
+            # a read (as the transport hands it), then one turn of the loop: nothing written
+            down.data_received(ping(b"first..."))
+            await asyncio.sleep(0)
+            with pytest.raises(BlockingIOError):
+                sock.recv(65536)
+            # the read of the next poll, then the write: both answers
+            down.data_received(ping(b"second.."))
+            acks: list[bytes] = []
+            async with asyncio.timeout(5):
+                while len(acks) < 2:
+                    for e in conn.receive_data(await loop.sock_recv(sock, 65536)):
+                        if isinstance(e, h2.events.PingAckReceived):
+                            acks.append(e.ping_data)
+            assert acks == [b"first...", b"second.."]
+        finally:
+            sock.close()
+
+
 async def test_streams_stalled_by_a_slow_client_do_not_starve_other_calls_to_the_endpoint() -> None:
     """40 streams whose client never reads fill their buffers in the proxy (40 x 256 KiB, more
     than one upstream connection's window and hold limit together); calls from another client

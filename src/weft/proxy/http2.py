@@ -11,8 +11,9 @@ multiplexed connection per endpoint, dialed on demand, more when the server's
 
 Callbacks only (no task per stream): the codec's callbacks (``h2_headers``, ``h2_data``...)
 drive the streams; only dialing awaits, in the
-Concrete's connect task. Frames produced while handling one read are written with one ``write``
-per connection (:meth:`Http2Context.flush`).
+Concrete's connect task. Frames produced while handling the reads of one turn of the event loop
+and of its next poll are written with one ``write`` per connection
+(:meth:`Http2Context.flush_soon`).
 
 Flow control is the backpressure: DATA received on one side is acknowledged to its sender
 (:meth:`~weft.core.h2conn.H2Conn.ack`, which reopens the stream's window) only once it was handed
@@ -172,11 +173,24 @@ class Http2Context:
             peer.write_out()
 
     def flush_soon(self) -> None:
-        """:meth:`flush` once the reads the event loop has ready are handled: the frames that
-        several reads produce for one connection go out in one write (fewer wake-ups for the
-        peer; measured with grpcio clients, whose CPU per call grows with the reads it does)."""
+        """:meth:`flush` after the event loop has polled once more: the frames that the reads
+        of this turn and of the next poll produce for one connection go out in one write.
+
+        Fewer, larger writes mean fewer wake-ups for the peers, whose CPU per call grows with
+        the reads they do (measured with grpcio clients and nginx behind the proxy: with the
+        flush at the end of the same turn, about 0.35 writes per call to each side at
+        saturation; with it after one more poll, about 0.25, and the client did more calls).
+        This is what Envoy does (a write is activated for the next event-loop iteration). The
+        cost is one poll that does not block, a few microseconds, at any load; no timer waits.
+        """
         if self._dirty and not self._flush_pending:
             self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_after_next_poll)
+
+    def _flush_after_next_poll(self) -> None:
+        # A callback scheduled from a ready callback runs on the loop's next turn, after its
+        # poll (asyncio and uvloop run only the callbacks that were ready when a turn began).
+        if self._flush_pending:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def reap(self, now: float) -> None:
