@@ -3,7 +3,8 @@
 Three tables -- load (throughput, latency, CPU per request, memory), streaming, volume -- rendered
 as a ``rich`` table on the terminal or as Markdown for ``docs/benchmarks.md``; the CPU ratios of
 weft to the anchors, and of each weft case to its Envoy counterpart (meshed pair, HTTP/2, gRPC,
-HTTP/2 meshed pair) with their p99 ratio; and the targets (:func:`verdicts` for weft,
+HTTP/2 meshed pair) with their p99 ratio, overall and round by round (the spread shows how much
+of a difference the machine's noise could make); and the targets (:func:`verdicts` for weft,
 :func:`pair_verdicts` for each weft/Envoy pair of cases the run has), each computed from the
 figures of this run and reported as ``pass``, ``FAIL`` or ``n/a`` (not measured in this run). A
 meshed pair's CPU and memory are those of both its processes.
@@ -201,7 +202,25 @@ def ratios(run: RunResult) -> list[str]:
                 a = None if w is None else metric(w, phase)
                 b = None if e is None else metric(e, phase)
                 out.append(f"{what} {weft_name}/{envoy_name} ({phase}): {_ratio(a, b)}")
+        if w is not None and e is not None:
+            out += [line for phase in ("saturation", "fixed") if (line := _by_round(w, e, phase))]
     return out
+
+
+def _by_round(weft: CaseResult, envoy: CaseResult, phase: str) -> str | None:
+    """The p99 ratio of two cases in each round of ``phase`` (the cases take turns, so a round's
+    two phases ran on the machine in the same state): how far the verdict on medians is from
+    the noise. None with fewer than two rounds in common."""
+    theirs = {p.round: p for p in envoy.phases if p.name == phase}
+    pairs = [(p, theirs[p.round]) for p in weft.phases if p.name == phase and p.round in theirs]
+    ratios = [a.load.latency.p99 / b.load.latency.p99 for a, b in pairs if b.load.latency.p99]
+    if len(ratios) < 2:
+        return None
+    lower = sum(r < 1 for r in ratios)
+    return (
+        f"p99 {weft.name}/{envoy.name} round by round ({phase}): "
+        f"{' '.join(f'{r:.2f}' for r in ratios)}; lower in {lower} of {len(ratios)} rounds"
+    )
 
 
 def _us(us: float) -> str:

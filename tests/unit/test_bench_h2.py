@@ -428,3 +428,27 @@ def test_results_round_trip_and_older_files_read() -> None:
     old = from_json(data).cases[0].phases[0]
     assert old.load == run.cases[0].phases[0].load
     assert old.pair_connections is None and old.load_busy is None
+
+
+def _rounds(name: str, p99s: list[int]) -> CaseResult:
+    phases = tuple(
+        replace(_phase(phase, 10_000, 0.5, p99, None), round=k)
+        for k, p99 in enumerate(p99s)
+        for phase in ("saturation", "fixed")
+    )
+    return CaseResult(name=name, status="ok", phases=phases, rss_kib=50_000, hwm_kib=51_000)
+
+
+def test_ratios_show_the_p99_of_each_round_beside_the_median() -> None:
+    run = _run((_rounds("weft-grpc", [900, 2200, 1000]), _rounds("envoy-grpc", [1000, 2000, 800])))
+    lines = ratios(run)
+    assert "p99 weft-grpc/envoy-grpc (saturation): 1.00x" in lines  # medians: 1000 and 1000
+    assert (
+        "p99 weft-grpc/envoy-grpc round by round (saturation): 0.90 1.10 1.25; "
+        "lower in 1 of 3 rounds"
+    ) in lines
+
+
+def test_round_by_round_needs_two_rounds_in_common() -> None:
+    run = _run((_rounds("weft-grpc", [900]), _rounds("envoy-grpc", [1000])))
+    assert not any("round by round" in line for line in ratios(run))
