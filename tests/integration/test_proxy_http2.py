@@ -17,6 +17,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from hpack import NeverIndexedHeaderTuple
 from prometheus_client.parser import text_string_to_metric_families
 
 from weft.addr import Address
@@ -547,6 +548,88 @@ async def test_frames_wait_one_more_poll_to_share_a_write_with_the_next_reads() 
             assert acks == [b"first...", b"second.."]
         finally:
             sock.close()
+
+
+@asynccontextmanager
+async def _h2_server(
+    seen: list[h2.events.Event],
+) -> AsyncIterator[Address]:
+    """A python-hyper h2 server: records the events of each request (h2 reports a field sent
+    "never indexed" as a ``NeverIndexedHeaderTuple``) and answers with a response header and a
+    trailer both sent never indexed."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for e in conn.receive_data(data):
+                seen.append(e)
+                if isinstance(e, h2.events.StreamEnded):
+                    reply = [(b":status", b"200"), NeverIndexedHeaderTuple(b"x-reply-key", b"r")]
+                    conn.send_headers(e.stream_id, reply)
+                    conn.send_data(e.stream_id, b"ok")
+                    trailers = [NeverIndexedHeaderTuple(b"x-trailer-key", b"t")]
+                    conn.send_headers(e.stream_id, trailers, end_stream=True)
+            writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[:2]
+    finally:
+        server.close()
+
+
+async def test_fields_sent_never_indexed_are_passed_on_never_indexed_both_ways() -> None:
+    """RFC 7541 6.2.3: an intermediary passes a field that came "never indexed" on the same way
+    (a secret in a custom header must not enter the next hop's compression tables), in the
+    request's headers and trailers and in the response's."""
+    seen: list[h2.events.Event] = []
+    async with _h2_server(seen) as address, H2Proxy([address]) as proxy:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        got: list[h2.events.Event] = []
+        try:
+            request = [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/"),
+                (b":authority", b"svc"),
+                NeverIndexedHeaderTuple(b"x-api-key", b"s3cret"),
+                (b"x-plain", b"1"),
+            ]
+            conn.send_headers(1, request)
+            conn.send_data(1, b"body")
+            conn.send_headers(1, [NeverIndexedHeaderTuple(b"x-sig", b"abc")], end_stream=True)
+            writer.write(conn.data_to_send())
+            async with asyncio.timeout(10):
+                while not any(isinstance(e, h2.events.StreamEnded) for e in got):
+                    data = await reader.read(65536)
+                    assert data, "the proxy closed the connection"
+                    got += conn.receive_data(data)
+                    writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def fields(events: list[h2.events.Event], kind: type) -> dict[bytes, bool]:
+        """name -> sent never indexed, over the header blocks of ``kind``"""
+        out: dict[bytes, bool] = {}
+        for e in events:
+            if isinstance(e, kind):
+                for f in e.headers:  # type: ignore[attr-defined]
+                    out[f[0]] = isinstance(f, NeverIndexedHeaderTuple)
+        return out
+
+    request_seen = fields(seen, h2.events.RequestReceived)
+    assert request_seen[b"x-api-key"] and not request_seen[b"x-plain"]
+    assert fields(seen, h2.events.TrailersReceived) == {b"x-sig": True}
+    response = fields(got, h2.events.ResponseReceived)
+    assert response[b"x-reply-key"] and not response[b":status"]
+    assert fields(got, h2.events.TrailersReceived) == {b"x-trailer-key": True}
 
 
 async def test_streams_stalled_by_a_slow_client_do_not_starve_other_calls_to_the_endpoint() -> None:

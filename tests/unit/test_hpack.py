@@ -166,6 +166,50 @@ def test_encoder_never_indexes_sensitive_and_skips_volatile_fields() -> None:
     assert reference.decode(block, raw=True) == [(b"content-length", b"3")]
 
 
+def test_decoder_records_the_fields_sent_never_indexed_for_each_block() -> None:
+    reference = hpack.Encoder()
+    decoder = Decoder()
+    block = reference.encode(
+        [
+            (b":method", b"GET"),
+            hpack.NeverIndexedHeaderTuple(b"x-token", b"s3cret"),
+            (b"x-plain", b"1"),
+            hpack.NeverIndexedHeaderTuple(b":path", b"/private"),
+        ]
+    )
+    assert decoder.decode(block) == [
+        (b":method", b"GET"),
+        (b"x-token", b"s3cret"),
+        (b"x-plain", b"1"),
+        (b":path", b"/private"),
+    ]
+    assert decoder.never_indexed == [(b"x-token", b"s3cret"), (b":path", b"/private")]
+    kept = decoder.never_indexed
+    decoder.decode(reference.encode([(b"x-plain", b"1")]))
+    assert decoder.never_indexed == []
+    assert kept == [(b"x-token", b"s3cret"), (b":path", b"/private")]  # not reused
+
+
+def test_encoder_sends_never_indexed_what_it_is_told_even_when_a_table_has_it() -> None:
+    encoder = Encoder()
+    reference = hpack.Decoder()
+    # (x-token, a) enters the dynamic table; :method GET is in the static table
+    first = encoder.encode([(b"x-token", b"a")])
+    assert reference.decode(first, raw=True) == [(b"x-token", b"a")]
+    never = [(b"x-token", b"a"), (b":method", b"GET"), (b"x-new", b"b")]
+    block = encoder.encode([(b":method", b"GET"), (b"x-token", b"a"), (b"x-new", b"b")], never)
+    fields = reference.decode(block, raw=True)
+    assert fields == [(b":method", b"GET"), (b"x-token", b"a"), (b"x-new", b"b")]
+    assert all(isinstance(f, hpack.NeverIndexedHeaderTuple) for f in fields)
+    assert [(n, v) for n, v, _ in encoder.entries] == [(b"x-token", b"a")]  # nothing added
+    # without it, the same fields are indexed again
+    block = encoder.encode([(b":method", b"GET"), (b"x-token", b"a")])
+    assert block == bytes([0x82, 0x80 | 62])
+    assert not any(
+        isinstance(f, hpack.NeverIndexedHeaderTuple) for f in reference.decode(block, raw=True)
+    )
+
+
 # -- round trips against the hpack package ----------------------------------------------------
 
 NAMES = [

@@ -254,30 +254,41 @@ class H2Conn:
             and self.next_sid <= MAX_WINDOW
         )
 
-    def open(self, headers: Headers, end: bool) -> int:
-        """Open a stream with a request (client side): its id."""
+    def open(self, headers: Headers, end: bool, never: Headers | None = None) -> int:
+        """Open a stream with a request (client side): its id. ``never``: fields to send "never
+        indexed" (those the request came with: :attr:`never_indexed`)."""
         sid = self.next_sid
         self.next_sid = sid + 2
         stream = _Stream(self.remote_window, self.local_window)
         self.streams[sid] = stream
-        self._headers(sid, headers, end)
+        self._headers(sid, headers, end, never)
         if end:
             stream.local_closed = True
         return sid
 
-    def send_headers(self, sid: int, headers: Headers, end: bool) -> bool:
-        """A response or trailers on ``sid``; False when the stream is gone or closed on our
-        side."""
+    def send_headers(
+        self, sid: int, headers: Headers, end: bool, never: Headers | None = None
+    ) -> bool:
+        """A response or trailers on ``sid`` (``never``: as for :meth:`open`); False when the
+        stream is gone or closed on our side."""
         stream = self.streams.get(sid)
         if stream is None or stream.local_closed:
             return False
-        self._headers(sid, headers, end)
+        self._headers(sid, headers, end, never)
         if end:
             self._close_local(sid, stream)
         return True
 
-    def _headers(self, sid: int, headers: Headers, end: bool) -> None:
-        block = self.encoder.encode(headers)
+    @property
+    def never_indexed(self) -> Headers:
+        """The fields of the header block just received that the peer sent "never indexed"
+        (RFC 7541 7.1.3; usually none), valid during ``h2_headers``: a proxy passes them to
+        :meth:`open` or :meth:`send_headers` on the other side, which sends them the same way
+        (RFC 7541 6.2.3)."""
+        return self.decoder.never_indexed
+
+    def _headers(self, sid: int, headers: Headers, end: bool, never: Headers | None) -> None:
+        block = self.encoder.encode(headers, never)
         out = self.out
         size = len(block)
         limit = self.remote_max_frame

@@ -23,6 +23,8 @@ still updates the table (it must, to stay in step) and is reported through
 :class:`Encoder` writes the proxy's own header blocks: indexed when the pair is in a table,
 otherwise a literal, added to the dynamic table unless it is large, a call's ``grpc-timeout``, a
 ``set-cookie``, or sensitive (``authorization``, ``cookie``: never indexed, RFC 7541 7.1.3).
+A field the peer sent "never indexed" is recorded by the decoder (:attr:`Decoder.never_indexed`)
+so that the proxy can hand it to the encoder on the other side, which sends it the same way.
 Strings are sent raw: Huffman coding would save about a fifth of the bytes of a literal, on
 loopback and inside TLS records, for CPU on every literal.
 
@@ -254,12 +256,17 @@ class Decoder:
         self.valid: list[bool] = []  # per entry: its name and value are valid HTTP/2 fields
         self.malformed: str | None = None  # the last block: why one of its fields is invalid
         self.too_large = False  # the last block: more than max_list_size
+        # the last block: its fields sent "never indexed", which an intermediary must pass on
+        # the same way (RFC 7541 6.2.3); usually none
+        self.never_indexed: list[Header] = []
 
     def decode(self, block: bytes) -> list[Header]:
         """The fields of ``block``; raises :class:`HpackError` when it breaks HPACK."""
         out: list[Header] = []
         self.malformed = None
         self.too_large = False
+        if self.never_indexed:
+            self.never_indexed = []
         list_size = 0
         limit = self.max_list_size
         pos = 0
@@ -287,6 +294,8 @@ class Decoder:
                 index, pos = _read_int(block, pos, 4)
                 name, value, pos, ok = self._literal(block, index, pos)
                 header = (name, value)
+                if byte & 0x10:
+                    self.never_indexed.append(header)
             list_size += len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
             if list_size > limit:
                 self.too_large = True
@@ -387,30 +396,35 @@ class Encoder:
                 updates[0] = size
             updates[1] = size
 
-    def encode(self, headers: list[Header]) -> bytes:
+    def encode(self, headers: list[Header], never: list[Header] | None = None) -> bytes:
+        """``headers`` as one header block. ``never``: fields to send "never indexed" whatever
+        their name (as a peer sent them: RFC 7541 6.2.3 has an intermediary keep that)."""
         out = bytearray()
         if self._updates:
             for size in self._updates:
                 _put_int(out, 0x20, 5, size)
             self._updates.clear()
         pairs = self.pairs
+        sensitive = bool(never)
         for name, value in headers:
             key = (name, value)
-            index = _STATIC_PAIRS.get(key, 0)
-            if index:
-                out.append(0x80 | index)
-                continue
-            seq = pairs.get(key, -1)
-            if seq >= 0:
-                _put_int(out, 0x80, 7, self.inserted - seq + _STATIC_LEN)
-                continue
+            secret = sensitive and never is not None and key in never
+            if not secret:
+                index = _STATIC_PAIRS.get(key, 0)
+                if index:
+                    out.append(0x80 | index)
+                    continue
+                seq = pairs.get(key, -1)
+                if seq >= 0:
+                    _put_int(out, 0x80, 7, self.inserted - seq + _STATIC_LEN)
+                    continue
             index = _STATIC_NAMES.get(name, 0)
             if not index:
                 seq = self.names.get(name, -1)
                 if seq >= 0:
                     index = self.inserted - seq + _STATIC_LEN
             size = len(name) + len(value) + ENTRY_OVERHEAD
-            if name in _NEVER_INDEX:
+            if secret or name in _NEVER_INDEX:
                 _put_int(out, 0x10, 4, index)
                 add = False
             elif size > self.max_size >> 1 or name in _NO_INDEX:

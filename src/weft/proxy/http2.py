@@ -25,10 +25,13 @@ as they read: a connection holds at most that plus its window (8 MiB). An upstre
 over its hold limit takes no new stream (:meth:`Http2Upstream.has_room`): new calls get another
 connection instead of waiting behind stalled ones.
 
-Trailers (``grpc-status``, ``grpc-message``) pass through; RST_STREAM is carried both ways (a
-client's cancel resets the upstream stream, an upstream reset resets the client's); long-lived
-streams are never cut (the idle timeout applies only to a connection with no open stream); drain
-sends GOAWAY and closes each connection once its streams finish.
+Fields a peer sent "never indexed" (RFC 7541 7.1.3) are sent on never indexed, in headers and
+trailers both ways (``req_never``/``resp_never`` of a stream, from
+:attr:`~weft.core.h2conn.H2Conn.never_indexed`). Trailers (``grpc-status``, ``grpc-message``)
+pass through; RST_STREAM is carried both ways (a client's cancel resets the upstream stream, an
+upstream reset resets the client's); long-lived streams are never cut (the idle timeout applies
+only to a connection with no open stream); drain sends GOAWAY and closes each connection once
+its streams finish.
 
 Errors the proxy makes carry ``weft-proxy-error``: 503 no endpoint, 502 connect failure or
 upstream lost before answering. For gRPC requests (``content-type: application/grpc...``) these
@@ -357,8 +360,9 @@ class H2Stream:
         "actual", "attempt_timeout", "attempt_timer", "attempts", "authority", "avoid", "backoff",
         "budget", "concrete", "deadline_at", "down", "failed", "finished", "grpc", "grpc_status",
         "headers", "held", "latency_ms", "replay", "replay_size", "replayed", "req_buf",
-        "req_closed", "req_end", "req_trailers", "resp_buf", "resp_closed", "resp_end",
-        "resp_mod", "resp_started", "resp_trailers", "retries", "retry", "route", "sent_at",
+        "req_closed", "req_end", "req_never", "req_trailers", "resp_buf", "resp_closed",
+        "resp_end", "resp_mod", "resp_never", "resp_started", "resp_trailers", "retries",
+        "retry", "route", "sent_at",
         "series", "sid", "started", "state", "status", "timed", "timer", "up", "up_sid", "waiter",
         "waiting",
     )  # fmt: skip
@@ -388,11 +392,14 @@ class H2Stream:
         self.req_buf: deque[bytes] = deque()
         self.req_end = False  # the client ended its request
         self.req_trailers: Headers | None = None
+        # fields the client sent "never indexed" (headers and trailers), passed on the same way
+        self.req_never: Headers | None = None
         self.req_closed = False  # the request's end went upstream (or the request was dropped)
         self.resp_buf: deque[bytes] = deque()
         self.resp_started = False  # response headers went to the client
         self.resp_end = False  # the upstream ended its response
         self.resp_trailers: Headers | None = None
+        self.resp_never: Headers | None = None  # as req_never, from the upstream
         self.resp_closed = False  # the response's end went to the client
         self.failed = False  # reset either way, or answered by the proxy
         self.finished = False
@@ -674,7 +681,7 @@ class H2Stream:
             self.req_closed = True
             # (either is a no-op when the upstream stream was reset meanwhile)
             if self.req_trailers:
-                up.conn.send_headers(self.up_sid, self.req_trailers, True)
+                up.conn.send_headers(self.up_sid, self.req_trailers, True, self.req_never)
             else:
                 up.conn.end_stream(self.up_sid)
             up.mark()
@@ -887,7 +894,7 @@ class H2Stream:
         if ended:
             self.resp_closed = True
         down = self.down
-        if not down.conn.send_headers(self.sid, headers, ended):
+        if not down.conn.send_headers(self.sid, headers, ended, self.resp_never):
             return  # the client reset it meanwhile
         down.mark()
         if ended:
@@ -926,7 +933,7 @@ class H2Stream:
         if self.resp_end:
             self.resp_closed = True
             if self.resp_trailers:
-                down.conn.send_headers(self.sid, self.resp_trailers, True)
+                down.conn.send_headers(self.sid, self.resp_trailers, True, self.resp_never)
             else:
                 down.conn.end_stream(self.sid)
             down.mark()
@@ -1207,6 +1214,8 @@ class Http2Downstream(_Peer):
         if stream is None:
             self._on_request(sid, headers, end)
         elif not stream.req_end:  # trailers
+            if self.conn.never_indexed:
+                stream.req_never = (stream.req_never or []) + self.conn.never_indexed
             stream.on_request_end(headers)
 
     def _on_request(self, sid: int, headers: Headers, end: bool) -> None:
@@ -1215,6 +1224,8 @@ class Http2Downstream(_Peer):
             return
         stream = H2Stream(self, sid, headers)
         self.streams[sid] = stream
+        if self.conn.never_indexed:
+            stream.req_never = self.conn.never_indexed
         authority = b""
         method = path = b""
         for name, value in headers:
@@ -1392,7 +1403,7 @@ class Http2Upstream(_Peer):
             self.ctx.upstream(self.concrete, self.state).add(stream)
             return
         end = stream.req_end and not stream.req_buf and not stream.req_trailers
-        sid = conn.open(stream.headers, end)
+        sid = conn.open(stream.headers, end, stream.req_never)
         self.streams[sid] = stream
         if end:
             stream.req_closed = True
@@ -1490,6 +1501,8 @@ class Http2Upstream(_Peer):
         stream = self.streams.get(sid)
         if stream is None:
             return
+        if self.conn.never_indexed:
+            stream.resp_never = (stream.resp_never or []) + self.conn.never_indexed
         if not stream.status:  # this attempt's response
             stream.on_response(headers, end)
         else:  # trailers
