@@ -181,8 +181,8 @@ class Http2Context:
 
         Fewer, larger writes mean fewer wake-ups for the peers, whose CPU per call grows with
         the reads they do (measured with grpcio clients and nginx behind the proxy: with the
-        flush at the end of the same turn, about 0.35 writes per call to each side at
-        saturation; with it after one more poll, about 0.25, and the client did more calls).
+        flush at the end of the same turn, about 0.37 writes per call to each side at
+        saturation; with it after one more poll, about 0.28; Envoy's, 0.12).
         This is what Envoy does (a write is activated for the next event-loop iteration). The
         cost is one poll that does not block, a few microseconds, at any load; no timer waits.
         """
