@@ -33,7 +33,7 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 
 from weft.demo.ratings import BOOKS, Rating, RatingRequest, RatingsStub, WatchRequest
-from weft.demo.traffic import env_float
+from weft.demo.traffic import add_load_options, load_settings
 
 KINDS = ("GetRating", "WatchRatings", "RecordRatings", "Chat")
 MESSAGES = 3  # per streaming call
@@ -188,10 +188,6 @@ def _line(s: dict[str, Any]) -> str:
     )
 
 
-def _env_float(name: str, default: float) -> float:
-    return env_float(name, default, "grpc_traffic")
-
-
 async def _main(gen: Generator, report_every: float) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -202,22 +198,10 @@ async def _main(gen: Generator, report_every: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m weft.demo.grpc_traffic", description=__doc__)
     p.add_argument("--target", default=os.environ.get("TARGET", "ratings:50051"))
-    p.add_argument("--rate", type=float, default=_env_float("RATE", 5.0), help="calls/s")
-    p.add_argument("--count", type=int, default=int(_env_float("COUNT", 0)), help="0: no limit")
-    p.add_argument("--duration", type=float, default=_env_float("DURATION", 0.0))
-    p.add_argument("--concurrency", type=int, default=int(_env_float("CONCURRENCY", 4)))
-    p.add_argument("--timeout", type=float, default=5.0, help="deadline of each call, seconds")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_load_options(p, "grpc_traffic", "call", concurrency=4)
     args = p.parse_args(argv)
     try:
-        gen = Generator(
-            args.target,
-            rate=args.rate,
-            count=args.count,
-            duration=args.duration,
-            concurrency=args.concurrency,
-            timeout=args.timeout,
-        )
+        gen = Generator(args.target, **load_settings(args))
     except ValueError as exc:
         print(f"grpc_traffic: {exc}", file=sys.stderr)
         return 2

@@ -166,25 +166,34 @@ def env_float(name: str, default: float, prog: str = "traffic") -> float:
         raise SystemExit(f"{prog}: {name} must be a number") from None
 
 
+def add_load_options(p: argparse.ArgumentParser, prog: str, unit: str, concurrency: int) -> None:
+    """The options of both demo load generators (this one and ``grpc_traffic``), with defaults
+    from ``RATE``, ``COUNT``, ``DURATION`` and ``CONCURRENCY``; ``unit``: what one is."""
+    p.add_argument("--rate", type=float, default=env_float("RATE", 5.0, prog), help=f"{unit}s/s")
+    p.add_argument(
+        "--count", type=int, default=int(env_float("COUNT", 0, prog)), help="0: no limit"
+    )
+    p.add_argument("--duration", type=float, default=env_float("DURATION", 0.0, prog))
+    p.add_argument(
+        "--concurrency", type=int, default=int(env_float("CONCURRENCY", concurrency, prog))
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help=f"deadline of each {unit}, seconds")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def load_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A demo ``Generator``'s keyword arguments from the options of :func:`add_load_options`."""
+    keys = ("rate", "count", "duration", "concurrency", "timeout")
+    return {k: getattr(args, k) for k in keys}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m weft.demo.traffic", description=__doc__)
     p.add_argument("--url", default=os.environ.get("TARGET_URL", "http://web:8080/"))
-    p.add_argument("--rate", type=float, default=env_float("RATE", 5.0), help="requests/s")
-    p.add_argument("--count", type=int, default=int(env_float("COUNT", 0)), help="0: no limit")
-    p.add_argument("--duration", type=float, default=env_float("DURATION", 0.0))
-    p.add_argument("--concurrency", type=int, default=int(env_float("CONCURRENCY", 2)))
-    p.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_load_options(p, "traffic", "request", concurrency=2)
     args = p.parse_args(argv)
     try:
-        gen = Generator(
-            args.url,
-            rate=args.rate,
-            count=args.count,
-            duration=args.duration,
-            concurrency=args.concurrency,
-            timeout=args.timeout,
-        )
+        gen = Generator(args.url, **load_settings(args))
     except ValueError as exc:
         print(f"traffic: {exc}", file=sys.stderr)
         return 2
