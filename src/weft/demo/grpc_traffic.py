@@ -33,7 +33,7 @@ import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 
 from weft.demo.ratings import BOOKS, Rating, RatingRequest, RatingsStub, WatchRequest
-from weft.demo.traffic import add_load_options, load_settings
+from weft.demo.traffic import add_load_options, check_load, load_settings, percentiles_ms
 
 KINDS = ("GetRating", "WatchRatings", "RecordRatings", "Chat")
 MESSAGES = 3  # per streaming call
@@ -56,11 +56,6 @@ class Stats:
     def summary(self, target: str, elapsed: float) -> dict[str, Any]:
         total = sum(self.statuses.values())
         ok = self.statuses["OK"]
-        lat = sorted(self.latencies)
-
-        def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else 0.0
-
         return {
             "target": target,
             "calls": total,
@@ -69,8 +64,7 @@ class Stats:
             "statuses": dict(sorted(self.statuses.items())),
             "kinds": {k: dict(sorted(c.items())) for k, c in self.kinds.items() if c},
             "seconds": round(elapsed, 3),
-            "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99),
+            **percentiles_ms(self.latencies),
         }
 
 
@@ -119,10 +113,7 @@ class Generator:
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"--target must be HOST:PORT, got {target!r}")
-        if not rate > 0:
-            raise ValueError(f"--rate must be positive, got {rate!r}")
-        if count < 0 or duration < 0 or concurrency < 1 or not timeout > 0:
-            raise ValueError("--count/--duration must be >= 0, --concurrency >= 1, --timeout > 0")
+        check_load(rate, count, duration, concurrency, timeout)
         self.target = target
         self.rate = rate
         self.count = count

@@ -45,11 +45,7 @@ class Stats:
         with self.lock:
             ok = sum(n for s, n in self.statuses.items() if s.startswith("2"))
             total = sum(self.statuses.values()) + sum(self.errors.values())
-            lat = sorted(self.latencies)
-
-        def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else 0.0
-
+            lat = percentiles_ms(self.latencies)
         return {
             "url": url,
             "requests": total,
@@ -58,9 +54,26 @@ class Stats:
             "statuses": dict(sorted(self.statuses.items())),
             "errors": dict(sorted(self.errors.items())),
             "seconds": round(elapsed, 3),
-            "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99),
+            **lat,
         }
+
+
+def percentiles_ms(latencies: list[float]) -> dict[str, float]:
+    """``p50_ms`` and ``p99_ms`` of latencies in seconds (nearest rank; 0 without any)."""
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else 0.0
+
+    return {"p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+def check_load(rate: float, count: int, duration: float, concurrency: int, timeout: float) -> None:
+    """``ValueError`` naming the option when a demo generator's settings make no sense."""
+    if not rate > 0:
+        raise ValueError(f"--rate must be positive, got {rate!r}")
+    if count < 0 or duration < 0 or concurrency < 1 or not timeout > 0:
+        raise ValueError("--count/--duration must be >= 0, --concurrency >= 1, --timeout > 0")
 
 
 class Generator:
@@ -77,10 +90,7 @@ class Generator:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--url must be an http:// URL, got {url!r}")
-        if not rate > 0:
-            raise ValueError(f"--rate must be positive, got {rate!r}")
-        if count < 0 or duration < 0 or concurrency < 1 or not timeout > 0:
-            raise ValueError("--count/--duration must be >= 0, --concurrency >= 1, --timeout > 0")
+        check_load(rate, count, duration, concurrency, timeout)
         self.url = url
         self.host = parts.hostname
         self.port = parts.port or 80
