@@ -15,6 +15,7 @@ Not for: balancing or connection management (that is the proxy's outbound path).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,8 @@ from typing import Any, Protocol
 
 from weft.addr import Address, format_addr, parse_hostport
 from weft.policy import ServicePolicy
+
+log = logging.getLogger("weft.discovery")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -127,12 +130,18 @@ class Resolution:
         self._listeners: list[Listener] = []
 
     def set(self, dest: Destination | None) -> None:
-        """Replace the snapshot and tell every listener (synchronously, in order)."""
+        """Replace the snapshot and tell every listener (synchronously, in order; one that
+        raises is logged and the others are still told)."""
         if dest == self.current:
             return
         self.current = dest
         for listener in list(self._listeners):
-            listener(dest)
+            try:
+                listener(dest)
+            except Exception:
+                # one listener's bug must not keep the snapshot from the others: the snapshot
+                # is already current, so a listener skipped here would never hear of it again
+                log.exception("a listener of %s failed on a new snapshot", self.target)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` on every change; returns a function that unsubscribes."""

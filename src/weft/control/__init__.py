@@ -10,7 +10,9 @@
   per route for ``weft routes``).
 - :mod:`~weft.control.httpserver` (HTTP/1.1 shell), :mod:`~weft.control.api` (routes),
   :mod:`~weft.control.server` (the ``weft control`` process).
-- :mod:`~weft.control.client`: the asyncio client every other process uses.
+- :mod:`~weft.control.client`: the asyncio client every other process uses;
+  :mod:`~weft.control.follow`: the one loop that follows a stream from the control plane forever
+  (reconnecting, supervised, its state on view).
 
 Not for: running pods (that is :mod:`weft.runtime`) nor the proxy.
 """

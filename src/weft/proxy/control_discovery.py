@@ -8,12 +8,13 @@
 still answers; not at all when it has been unreachable for longer than that); every later snapshot
 updates the :class:`~weft.discovery.Resolution` in place.
 
-When the stream breaks (control plane restarted, socket gone, silence beyond three heartbeats) the
-resolution keeps its last snapshot, so the proxy keeps serving with what it knew, and the stream is
-reopened after ``ExponentialBackoff(base=0.1, maximum=60.0, jitter=0.1).delay(attempt)`` seconds;
-the attempt count starts again after a stream that delivered something. A resolution nobody
-subscribes to and nobody resolved for ``idle_timeout`` seconds (5 minutes) is dropped with its
-stream.
+Each stream is a :class:`weft.control.follow.Follower`: when it breaks (control plane restarted,
+socket gone, silence beyond three heartbeats, anything else) the resolution keeps its last
+snapshot, so the proxy keeps serving with what it knew, and the stream is reopened after a
+jittered backoff capped at a few seconds, forever; a handler or task failure is logged and the
+stream goes on. Its state is in the registry (``streams``) that the proxy shows on its admin port
+(``/control-streams``) and in its metrics. A resolution nobody subscribes to and nobody resolved
+for ``idle_timeout`` seconds (5 minutes) is dropped with its stream.
 
 Not for: deciding what to do with an unknown target (``current is None``: the proxy forwards to
 the original address) or balancing.
@@ -27,9 +28,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
 
 from weft.addr import format_addr, parse_hostport
-from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.control.client import ApiError, ControlClient
+from weft.control.follow import ControlStreams, Follower
 from weft.core.backoff import ExponentialBackoff
 from weft.discovery import Destination, Listener, Resolution
 from weft.tasks import cancel_and_wait
@@ -68,9 +72,11 @@ class _Entry:
     resolution: _Tracked
     first: asyncio.Event = field(default_factory=asyncio.Event)
     last_used: float = 0.0
-    task: asyncio.Task[None] | None = None
-    attempt: int = 0
-    connected: bool = False
+    follower: Follower | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.follower is not None and self.follower.connected
 
 
 class ControlDiscovery:
@@ -85,6 +91,7 @@ class ControlDiscovery:
         idle_timeout: float = IDLE_TIMEOUT,
         namespace: str | None = None,
         backoff: ExponentialBackoff | None = None,
+        streams: ControlStreams | None = None,
     ) -> None:
         if not first_answer_timeout >= 0:
             raise ValueError(f"first_answer_timeout must be >= 0, got {first_answer_timeout!r}")
@@ -95,7 +102,8 @@ class ControlDiscovery:
         self.first_answer_timeout = first_answer_timeout
         self.idle_timeout = idle_timeout
         self.namespace = namespace
-        self.backoff = backoff or ExponentialBackoff(base=0.1, maximum=60.0, jitter=0.1)
+        self.backoff = backoff
+        self.streams = streams if streams is not None else ControlStreams()
         self._entries: dict[str, _Entry] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = False
@@ -120,7 +128,8 @@ class ControlDiscovery:
         if entry is None:
             entry = _Entry(_Tracked(key))
             self._entries[key] = entry
-            entry.task = asyncio.get_running_loop().create_task(self._follow(entry))
+            entry.follower = self._follower(entry)
+            entry.follower.start()
             if self._sweeper is None:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         entry.last_used = now = self.clock()
@@ -132,43 +141,50 @@ class ControlDiscovery:
                 )
         return entry.resolution
 
-    async def _follow(self, entry: _Entry) -> None:
+    def _follower(self, entry: _Entry) -> Follower:
         target = entry.resolution.target
-        while True:
+        query = {"target": target}
+        if self.namespace is not None:
+            query["namespace"] = self.namespace
+        path = "/api/v1/destinations?" + urlencode(query)
+
+        def on_item(item: Any) -> bool:
+            self._down_since = None
+            if not isinstance(item, dict) or "destination" not in item:
+                return False  # heartbeat
+            raw = item["destination"]
             try:
-                async for dest in self.client.destinations(target, self.namespace):
-                    self._got(entry, dest)
-            except ControlUnavailable as exc:
-                self._lost(entry, str(exc))
-            except ApiError as exc:
-                # the control plane is up but refuses this target: nothing to wait for
-                self._lost(entry, f"control plane refused the target: {exc}", down=False)
-                entry.first.set()
-            delay = self.backoff.delay(entry.attempt)
-            entry.attempt += 1
-            await asyncio.sleep(delay)
+                dest = None if raw is None else Destination.from_json(raw)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                log.warning(
+                    "ignoring an invalid destination for %s (keeping the last one): %s",
+                    target,
+                    exc,
+                )
+                return False
+            entry.resolution.set(dest)
+            entry.first.set()
+            return True
 
-    def _got(self, entry: _Entry, dest: Destination | None) -> None:
-        if not entry.connected:
-            log.debug("destination stream for %s open", entry.resolution.target)
-        entry.connected = True
-        entry.attempt = 0
-        self._down_since = None
-        entry.resolution.set(dest)
-        entry.first.set()
+        def on_lost(reason: str, connected: bool) -> None:
+            if self._down_since is None:
+                self._down_since = self.clock()
 
-    def _lost(self, entry: _Entry, reason: str, *, down: bool = True) -> None:
-        if entry.connected:
-            log.warning(
-                "destination stream for %s lost (%s); keeping the last snapshot, reconnecting",
-                entry.resolution.target,
-                reason,
-            )
-        else:
-            log.debug("destination stream for %s: %s", entry.resolution.target, reason)
-        if down and self._down_since is None:
-            self._down_since = self.clock()
-        entry.connected = False
+        def on_refused(exc: ApiError) -> None:
+            # the control plane is up but refuses this target: nothing to wait for
+            self._down_since = None
+            entry.first.set()
+
+        return Follower(
+            "destination",
+            target,
+            lambda: self.client.stream(path),
+            on_item,
+            registry=self.streams,
+            backoff=self.backoff,
+            on_lost=on_lost,
+            on_refused=on_refused,
+        )
 
     def evict_idle(self) -> list[str]:
         """Drop resolutions unused for ``idle_timeout`` with no subscribers; their targets."""
@@ -177,8 +193,8 @@ class ControlDiscovery:
         for key, entry in list(self._entries.items()):
             if entry.resolution.subscribers > 0 or now - entry.last_used < self.idle_timeout:
                 continue
-            if entry.task is not None:
-                entry.task.cancel()
+            if entry.follower is not None:
+                entry.follower.cancel()
             del self._entries[key]
             gone.append(key)
         return gone
@@ -192,9 +208,10 @@ class ControlDiscovery:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        for entry in self._entries.values():
+            if entry.follower is not None:
+                await entry.follower.close()
         if self._sweeper is not None:
-            tasks.append(self._sweeper)
-        await cancel_and_wait(tasks)
+            await cancel_and_wait([self._sweeper])
         self._entries.clear()
         self._sweeper = None

@@ -27,7 +27,8 @@ succeeds, so a retry does not start another child). All contexts are replaced (n
 never mutated) on every change, then ``on_change`` callbacks run. In the background it renews at
 70% of the validity the certificate had left when it arrived (not counting the 20 s a leaf starts
 in the past for clock skew), retries with backoff while serving with the current certificate,
-and watches ``GET /api/v1/identity/trust?watch=1``: new anchors rebuild the contexts; a new issuer
+and follows ``GET /api/v1/identity/trust?watch=1`` (a :class:`weft.control.follow.Follower`,
+reconnecting forever): new anchors rebuild the contexts; a new issuer
 fingerprint renews at once (with up to 1 s of jitter, so a mesh of proxies does not renew in one
 burst).
 
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from weft.control.client import ApiError, ControlClient
+from weft.control.follow import ControlStreams, Follower
 from weft.core.backoff import ExponentialBackoff
 from weft.identity.keygen import KeyAndCsr, KeygenError, generate
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity, peer_identity, spiffe_id
@@ -251,6 +253,7 @@ class ProxyIdentity:
         clock: Callable[[], float] = time.time,
         backoff: ExponentialBackoff | None = None,
         timeout: float = 10.0,
+        streams: ControlStreams | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.name = dns_identity(namespace, service_account, trust_domain)
@@ -268,6 +271,13 @@ class ProxyIdentity:
         self._waiting_on = "the control plane"
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._trust = Follower(
+            "identity_trust",
+            self.name,
+            lambda: self._client.stream(TRUST_WATCH_PATH),
+            self._on_trust_item,
+            registry=streams,
+        )
         self.on_change: list[Callable[[], None]] = []
         self.refresh_count = 0
         self.last_error: str | None = None
@@ -328,15 +338,14 @@ class ProxyIdentity:
                     f"no certificate for {self.name} within {first_timeout:g}s: {self.last_error}"
                 )
             await asyncio.sleep(delay)
-        self._tasks = [
-            loop.create_task(self._renew_loop(), name=f"identity-renew {self.name}"),
-            loop.create_task(self._watch_loop(), name=f"identity-trust {self.name}"),
-        ]
+        self._tasks = [loop.create_task(self._renew_loop(), name=f"identity-renew {self.name}")]
+        self._trust.start()
 
     async def close(self) -> None:
         """Stop renewing and watching."""
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
+        await self._trust.close()
 
     def renew_soon(self, within: float = 0.0) -> None:
         """Renew within ``within`` seconds (a random point in it), unless due earlier."""
@@ -480,20 +489,11 @@ class ProxyIdentity:
                     delay,
                 )
 
-    async def _watch_loop(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                async for item in self._client.stream(TRUST_WATCH_PATH):
-                    attempt = 0
-                    if isinstance(item, dict) and "trustAnchors" in item:
-                        self._on_trust(item)
-            except _FAILURES as exc:
-                log.debug("identity %s: trust watch ended: %s", self.name, exc)
-            except Exception:
-                log.exception("identity %s: trust watch failed", self.name)
-            await asyncio.sleep(self._backoff.delay(attempt))
-            attempt += 1
+    def _on_trust_item(self, item: Any) -> bool:
+        if isinstance(item, dict) and "trustAnchors" in item:
+            self._on_trust(item)
+            return True
+        return False
 
     def _on_trust(self, item: dict[str, Any]) -> None:
         """New anchors rebuild the contexts; a new issuer means renewing now."""

@@ -2,10 +2,9 @@
 
 :class:`InboundPolicyWatch` follows ``GET /api/v1/inbound/<namespace>/<pod>`` on the control
 plane (an NDJSON stream of ``{"policy": <PodInboundPolicy> | null}`` and heartbeat ``{}`` lines)
-with the conventions of :mod:`weft.proxy.control_discovery`: when the stream breaks (control plane
-restarted, socket gone, silence beyond three heartbeats) the last policy stays in force and the
-stream is reopened after ``ExponentialBackoff(base=0.1, maximum=60.0, jitter=0.1).delay(attempt)``
-seconds, the attempt count starting again after a stream that delivered something. Until the
+with :class:`weft.control.follow.Follower`: when the stream breaks (control plane restarted,
+socket gone, silence beyond three heartbeats, anything else) the last policy stays in force and
+the stream is reopened after a jittered backoff capped at a few seconds, forever. Until the
 first policy arrives (``{"policy": null}`` is not one: the pod is not known yet) every port gets
 the ``default_policy`` given, built here as the control plane builds default policies
 (:func:`default_authorizations`). A policy that does not parse or compile is logged and ignored
@@ -57,7 +56,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.control.client import ControlClient
+from weft.control.follow import ControlStreams, Follower
 from weft.core.authz import (
     NO_ROUTE_VERDICT,
     PROBE_VERDICT,
@@ -80,7 +80,6 @@ from weft.inbound import (
     default_authorizations as implied_authorizations,
 )
 from weft.metrics.proxy import LabelItems, ProxyMetrics, _labels
-from weft.tasks import cancel_and_wait
 
 log = logging.getLogger("weft.inbound.policy")
 
@@ -467,6 +466,7 @@ class InboundPolicyWatch:
         cluster_networks: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
         backoff: ExponentialBackoff | None = None,
+        streams: ControlStreams | None = None,
     ) -> None:
         if not namespace or not pod:
             raise ValueError("InboundPolicyWatch needs the pod's namespace and name")
@@ -481,20 +481,24 @@ class InboundPolicyWatch:
         self.pod = pod
         self.metrics = metrics
         self.clock = clock
-        self.backoff = backoff or ExponentialBackoff(base=0.1, maximum=60.0, jitter=0.1)
-        self._path = f"/api/v1/inbound/{_q(namespace)}/{_q(pod)}"
+        path = f"/api/v1/inbound/{_q(namespace)}/{_q(pod)}"
+        self._follower = Follower(
+            "inbound_policy",
+            f"{namespace}/{pod}",
+            lambda: self.client.stream(path),
+            self._got,
+            registry=streams,
+            backoff=backoff,
+        )
         self._counters = _Counters()
         self._ports_authz, self._default_authz = _compile(default, {})
         self._ports: dict[int, PortPolicy] = {}
         self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._attempt = 0
-        self._connected = False
         self.current: PodInboundPolicy | None = None  # the last policy from the control plane
         metrics.extra.append(self._counters.render)
 
     def __repr__(self) -> str:
-        state = "connected" if self._connected else "disconnected"
+        state = "connected" if self._follower.connected else "disconnected"
         source = "control plane" if self.current is not None else "default"
         return f"<InboundPolicyWatch {self.namespace}/{self.pod} {state} policy={source}>"
 
@@ -505,8 +509,7 @@ class InboundPolicyWatch:
 
     def start(self) -> None:
         """Open the stream (once; needs a running event loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._follow())
+        self._follower.start()
 
     async def wait_ready(self, timeout: float) -> bool:
         """Start if needed and wait at most ``timeout`` s for the first policy; :attr:`ready`."""
@@ -537,30 +540,14 @@ class InboundPolicyWatch:
         for number, pp in self._ports.items():
             pp.update(ports.get(number, default))
 
-    async def _follow(self) -> None:
-        while True:
-            try:
-                async for item in self.client.stream(self._path):
-                    self._got(item)
-            except ControlUnavailable as exc:
-                self._lost(str(exc))
-            except ApiError as exc:
-                self._lost(f"control plane refused the inbound policy request: {exc}")
-            delay = self.backoff.delay(self._attempt)
-            self._attempt += 1
-            await asyncio.sleep(delay)
-
-    def _got(self, item: Any) -> None:
-        if not self._connected:
-            log.debug("inbound policy stream for %s/%s open", self.namespace, self.pod)
-        self._connected = True
-        self._attempt = 0
+    def _got(self, item: Any) -> bool:
+        """One value of the stream: True when it was a policy (applied or not)."""
         if not isinstance(item, dict) or "policy" not in item:
-            return  # heartbeat
+            return False  # heartbeat
         raw = item["policy"]
         if raw is None:
             log.debug("no inbound policy for %s/%s yet", self.namespace, self.pod)
-            return
+            return True
         try:
             self.apply(PodInboundPolicy.from_json(raw))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -570,27 +557,14 @@ class InboundPolicyWatch:
                 self.pod,
                 exc,
             )
-            return
+            return False
         if not self._ready.is_set():
             log.info("inbound policy for %s/%s received", self.namespace, self.pod)
             self._ready.set()
-
-    def _lost(self, reason: str) -> None:
-        if self._connected:
-            log.warning(
-                "inbound policy stream for %s/%s lost (%s); keeping the last policy, reconnecting",
-                self.namespace,
-                self.pod,
-                reason,
-            )
-        else:
-            log.debug("inbound policy stream for %s/%s: %s", self.namespace, self.pod, reason)
-        self._connected = False
+        return True
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait([task])
+        await self._follower.close()
         with contextlib.suppress(ValueError):
             self.metrics.extra.remove(self._counters.render)
 

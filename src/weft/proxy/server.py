@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from weft.addr import Address, format_addr, parse_hostport
+from weft.control.follow import ControlStreams
 from weft.core.detect import Protocol as Detected
 from weft.core.detect import detect, h2_server_greeting, parse_client_hello
 from weft.discovery import Discovery, Resolution
@@ -812,9 +813,12 @@ class ProxyServer:
         metrics: ProxyMetrics | None = None,
         discovery: Discovery | None = None,
         identity: TlsSource | None = None,
+        control_streams: ControlStreams | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or ProxyMetrics()
+        # every stream this proxy follows from the control plane (discovery, policy, identity)
+        self.control_streams = control_streams if control_streams is not None else ControlStreams()
         self.discovery = discovery
         self.identity = identity
         self.outbound = Listener("outbound", config, self.metrics, discovery)
@@ -930,7 +934,9 @@ class ProxyServer:
         await self._stopped.wait()
 
 
-def _identity(config: ProxyConfig, metrics: ProxyMetrics) -> TlsSource | None:
+def _identity(
+    config: ProxyConfig, metrics: ProxyMetrics, streams: ControlStreams
+) -> TlsSource | None:
     """This proxy's identity: certified by the control plane, from files, or none."""
     if config.identity_token_file and config.control:
         from weft.proxy.identity import ProxyIdentity
@@ -943,6 +949,7 @@ def _identity(config: ProxyConfig, metrics: ProxyMetrics) -> TlsSource | None:
             token_file=config.identity_token_file,
             trust_domain=config.trust_domain,
             metrics=metrics,
+            streams=streams,
         )
     if config.identity_cert and config.identity_key and config.trust_anchors:
         from weft.proxy.static_identity import StaticIdentity
@@ -974,6 +981,9 @@ def configure(proxy: ProxyServer) -> None:
     """Attach what the configuration asks for: identity (mutual TLS) and inbound policy."""
     config = proxy.config
     identity = proxy.identity
+    streams = proxy.control_streams
+    proxy.admin_views["/control-streams"] = streams.view
+    proxy.metrics.extra.append(streams.render)
     if identity is not None:
         view = getattr(identity, "view", None)
         if view is not None:
@@ -992,6 +1002,7 @@ def configure(proxy: ProxyServer) -> None:
             metrics=proxy.metrics,
             default_policy=config.default_inbound_policy,
             cluster_networks=config.cluster_networks,
+            streams=streams,
         )
         proxy.inbound.policy = watch
 
@@ -1010,13 +1021,20 @@ POLICY_WAIT = 5.0
 
 
 async def run(
-    config: ProxyConfig, discovery_factory: Callable[[], Awaitable[Discovery | None]]
+    config: ProxyConfig,
+    discovery_factory: Callable[[ControlStreams], Awaitable[Discovery | None]],
 ) -> int:
-    """Run a proxy until SIGTERM/SIGINT or ``POST /shutdown``; returns the exit status."""
-    discovery = await discovery_factory()
+    """Run a proxy until SIGTERM/SIGINT or ``POST /shutdown``; returns the exit status.
+    ``discovery_factory`` gets the registry its control-plane streams belong to."""
+    streams = ControlStreams()
+    discovery = await discovery_factory(streams)
     metrics = ProxyMetrics()
     proxy = ProxyServer(
-        config, metrics=metrics, discovery=discovery, identity=_identity(config, metrics)
+        config,
+        metrics=metrics,
+        discovery=discovery,
+        identity=_identity(config, metrics, streams),
+        control_streams=streams,
     )
     configure(proxy)
     loop = asyncio.get_running_loop()

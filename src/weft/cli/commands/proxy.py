@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from weft.addr import Address, parse_hostport
+from weft.control.follow import ControlStreams
 from weft.discovery import Discovery
 from weft.proxy.config import DEFAULT_OPAQUE_PORTS, ProxyConfig
 
@@ -167,7 +168,9 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         raise SystemExit(f"weft proxy: {exc}") from None
 
 
-async def make_discovery(config: ProxyConfig) -> Discovery | None:
+async def make_discovery(
+    config: ProxyConfig, streams: ControlStreams | None = None
+) -> Discovery | None:
     if config.discovery_file:
         from weft.proxy.static_discovery import StaticDiscovery
 
@@ -175,7 +178,9 @@ async def make_discovery(config: ProxyConfig) -> Discovery | None:
     if config.control:
         from weft.proxy.control_discovery import ControlDiscovery
 
-        return ControlDiscovery(config.control, namespace=config.labels.get("namespace"))
+        return ControlDiscovery(
+            config.control, namespace=config.labels.get("namespace"), streams=streams
+        )
     return None
 
 
@@ -192,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     try:
-        return uvloop.run(run_proxy(config, lambda: make_discovery(config)))
+        return uvloop.run(run_proxy(config, lambda streams: make_discovery(config, streams)))
     except OSError as exc:
         print(f"weft proxy: {exc}", file=sys.stderr)
         return 1
