@@ -2,7 +2,9 @@
 
 Host: root, ``ip``/``setpriv``, network namespaces, an iptables whose nat table works in a
 namespace, ``/proc/sys/net``. Mesh (when one is up): the node agent runs, the control plane
-answers, every running pod's proxy answers ``/ready``, and the mesh's trust anchors and issuer
+answers and is supervised by the node agent (its restarts; a warning when it is crash-looping, a
+failure when nothing would restart it), every running pod's proxy answers ``/ready``, and the
+mesh's trust anchors and issuer
 are valid (a warning when one expires within 60 days: an expired CA stops every meshed
 connection). One line per check, ✔ or ✘ with a hint, ⚠ for a warning; exit status 1 when any
 check fails (warnings do not fail).
@@ -22,6 +24,9 @@ from weft.cli.commands.get import human_duration
 from weft.cli.commands.up import add_state_arg, mesh_for
 from weft.control.client import ApiError, ControlClient, ControlUnavailable, run_sync
 from weft.runtime.base import Check
+from weft.runtime.local.mesh import LocalMesh
+from weft.runtime.local.procs import ProcRecord
+from weft.runtime.local.supervisor import ControlStatus, read_status
 
 STATUS_PATH = "/api/v1/identity/status"
 ROTATE_HINT = {
@@ -66,10 +71,50 @@ def run(args: argparse.Namespace) -> int:
     mesh = mesh_for(args)
     ok = show(console, "host", mesh.host_checks())
     if not args.pre:
-        checks = mesh.mesh_checks() + identity_checks(mesh.control_endpoint)
+        checks = [*mesh.mesh_checks(), supervision_check_of(mesh)]
+        checks += identity_checks(mesh.control_endpoint)
         ok = show(console, f"mesh ({mesh.state.root})", checks) and ok
     console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
     return 0 if ok else 1
+
+
+def supervision_check_of(mesh: LocalMesh) -> Check:
+    """The control plane's supervision, from the node agent's record of it."""
+    return supervision_check(
+        read_status(mesh.state.control_status),
+        mesh.running_components().get("node"),
+        time.time(),
+        log_path=str(mesh.state.log_path("control")),
+    )
+
+
+def supervision_check(
+    status: ControlStatus | None, agent: ProcRecord | None, now: float, *, log_path: str
+) -> Check:
+    """✔ with the restart count while the running node agent supervises the control plane, ⚠
+    when the control plane is crash-looping, ✘ when nothing would restart it."""
+    name = "control plane supervised by the node agent"
+    detail = f"restarts: {status.restarts if status else 0}"
+    if status is not None and status.restarts and status.last_exit_at is not None:
+        ago = human_duration(max(now - status.last_exit_at, 0.0))
+        detail += f", last {ago} ago ({status.last_exit or 'exited'})"
+    if agent is None or status is None or status.supervisor != agent:
+        if agent is None:
+            why, hint = "the node agent is not running", "weft up (starts the node agent again)"
+        else:
+            why = "the running node agent does not supervise it"
+            hint = "weft node supervises the control plane unless --control is given"
+        return Check(
+            name, False, f"{why}: nothing restarts the control plane if it exits; {detail}", hint
+        )
+    if status.crash_looping(now):
+        if status.state == "waiting" and status.backoff is not None:
+            left = (status.last_exit_at or now) + status.backoff - now
+            detail += f"; crash-looping, next start in {human_duration(max(left, 0.0))}"
+        else:
+            detail += "; crash-looping"
+        return CheckWarning(name, True, detail, f"see why in its log: {log_path}")
+    return Check(name, True, detail)
 
 
 def identity_checks(endpoint: str) -> list[Check]:

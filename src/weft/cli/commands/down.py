@@ -1,7 +1,8 @@
 """``weft down``: stop the local mesh and remove everything it created.
 
-Stops the node agent (which drains its pods: SIGTERM, grace period), then the control plane, then
-removes whatever is left: processes, network namespaces (and with them links, the bridge and the
+Stops the node agent (which stops supervising the control plane, then drains its pods: SIGTERM,
+grace period), then the control plane (which nothing restarts any more), then removes whatever
+is left: processes, network namespaces (and with them links, the bridge and the
 pods' iptables rules), ``/etc/netns/weft-*``, the host's blackhole routes, the state directory.
 Also works after a crash, and when nothing is running (then it only cleans).
 """

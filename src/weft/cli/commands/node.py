@@ -3,8 +3,10 @@
 Watches Deployments, Services and Pods through the control plane, runs each pod as a network
 namespace with a ``weft proxy`` sidecar, rolls Deployments, and reports Pod status. Reads the
 mesh's ranges and iptables flavour from ``<state dir>/mesh.json`` (written by ``weft up``). Issues
-each meshed pod's identity token for the trust domain given by ``--trust-domain``. On SIGTERM it
-stops every pod (SIGTERM, grace period) and exits.
+each meshed pod's identity token for the trust domain given by ``--trust-domain``. Supervises the
+mesh's control plane (unless ``--control`` names another one): restarts it with backoff when it
+exits, counting the restarts in ``<state dir>/control-status.json``. On SIGTERM it stops
+supervising, stops every pod (SIGTERM, grace period) and exits.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import sys
 
 from weft.control.client import ControlClient
 from weft.identity.names import DEFAULT_TRUST_DOMAIN
+from weft.runtime.base import RuntimeFailure
 from weft.runtime.local.agent import NodeAgent, NodeConfig
 from weft.runtime.local.state import StateDir, StateDirError, resolve_state_dir
+from weft.runtime.local.supervisor import ControlSupervisor, MeshControl
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--state-dir", default=None, help="the mesh's state directory ($WEFT_STATE_DIR, /run/weft)"
     )
     p.add_argument(
-        "--control", default=None, help="control plane endpoint (unix:<state dir>/control.sock)"
+        "--control",
+        default=None,
+        help="control plane endpoint (default: the mesh's, unix:<state dir>/control.sock, "
+        "which the agent then supervises)",
     )
     p.add_argument(
         "--drain-delay",
@@ -81,14 +88,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"weft node: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_main(config))
+    supervisor: ControlSupervisor | None = None
+    if args.control is None:  # the mesh's own control plane: this agent keeps it running
+        try:
+            control = MeshControl.of(state.root, record, python=config.python)
+        except RuntimeFailure as exc:
+            print(f"weft node: {exc}", file=sys.stderr)
+            return 2
+        supervisor = ControlSupervisor(control, state.control_status)
+    asyncio.run(_main(config, supervisor))
     return 0
 
 
-async def _main(config: NodeConfig) -> None:
+async def _main(config: NodeConfig, supervisor: ControlSupervisor | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = NodeAgent(config, ControlClient(config.control_endpoint))
+    agent = NodeAgent(config, ControlClient(config.control_endpoint), control_supervisor=supervisor)
     await agent.run(stop)

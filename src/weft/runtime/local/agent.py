@@ -22,6 +22,10 @@ It watches Deployments, Services and Pods through the control plane's API and:
   restarted after a crash reads the same token; a pod recreated under the same name has a new
   uid, so a new token, and the old one stops verifying.
 
+It also keeps the control plane running, as the kubelet restarts control-plane pods
+(:mod:`~weft.runtime.local.supervisor`, given by ``weft node``): restarted with backoff when it
+exits, its restarts counted for ``weft check``.
+
 The agent is the source of truth for the pods it runs: when the control plane restarts, pods keep
 running, status reports wait and are retried, and watches reconnect with backoff. When the agent
 starts, pod namespaces and Pod objects left by an earlier agent are removed (their processes died
@@ -49,7 +53,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
 from weft.core.backoff import ExponentialBackoff
@@ -80,6 +84,9 @@ from weft.runtime.local.pod import (
 )
 from weft.runtime.local.pod import PodSpec as RunSpec
 from weft.runtime.local.state import StateDir
+
+if TYPE_CHECKING:
+    from weft.runtime.local.supervisor import ControlSupervisor
 
 log = logging.getLogger("weft.node")
 
@@ -246,6 +253,20 @@ class NodeConfig:
 
 # -- the agent ------------------------------------------------------------------------------
 
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait for it; an error it died of earlier is logged, not raised."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("%s failed", task.get_name())
+
+
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -357,9 +378,11 @@ class NodeAgent:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        control_supervisor: ControlSupervisor | None = None,
     ) -> None:
         self.config = config
         self.client = client
+        self.control_supervisor = control_supervisor
         self.state = StateDir(config.state_dir)
         self._rng = rng or random.Random()
         self._clock = clock
@@ -389,8 +412,18 @@ class NodeAgent:
     # -- main loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.remove_stale_namespaces()
-        self.remove_stale_tokens()
+        # first: the control plane is kept running whatever the pods' state
+        supervising = (
+            asyncio.create_task(self.control_supervisor.run(), name="control supervisor")
+            if self.control_supervisor is not None
+            else None
+        )
+        try:
+            await self.remove_stale_namespaces()
+            self.remove_stale_tokens()
+        except BaseException:
+            await _cancel(supervising)
+            raise
         background = [
             asyncio.create_task(self._watch_loop(), name="watch"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
@@ -400,6 +433,9 @@ class NodeAgent:
             await stop.wait()
         finally:
             self._stopping = True
+            # before anything else: `weft down` stops the control plane once we are gone, and
+            # nothing may start it again
+            await _cancel(supervising)
             background[0].cancel()
             background[1].cancel()
             await self._shutdown_pods()

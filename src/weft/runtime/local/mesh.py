@@ -8,13 +8,17 @@
   node namespace (so it can scrape pods' admin ports) and ``weft node`` on the host, both
   detached (own session, logs and process records in the state directory); and returns once the
   API answers. On a mesh that is already up it only restarts a component that died.
+- :meth:`~LocalMesh.start_control` starts the control plane unless one runs, under a lock: the
+  node agent's supervisor (:mod:`~weft.runtime.local.supervisor`) restarts it through the same
+  method, so the two never start two.
 - :class:`MeshIdentity` holds the mesh's identity and inbound-policy settings (trust domain,
   CA material the user supplies, default inbound policy): ``weft up`` checks them before
   anything else, hands them to ``weft control`` and ``weft node`` on their command lines
   (:meth:`~LocalMesh.control_argv`, :meth:`~LocalMesh.node_argv`), and records them in
   ``<state>/mesh-identity.json`` so that a component restarted later gets the same ones.
-- :meth:`~LocalMesh.down` stops the node agent (which drains its pods), then the control plane,
-  then removes whatever is left (:mod:`~weft.runtime.local.cleanup`).
+- :meth:`~LocalMesh.down` stops the node agent (which stops supervising the control plane and
+  drains its pods), then the control plane, then removes whatever is left
+  (:mod:`~weft.runtime.local.cleanup`).
 - :meth:`~LocalMesh.exec` and :meth:`~LocalMesh.logs` find a pod through the API (or its log
   directory) and run in its namespace / read its log files.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -461,7 +466,7 @@ class LocalMesh:
             )
         procs.write_record(self.state.pid_path(component), rec)
         # The process is detached on purpose: it outlives this command. The Popen object is
-        # kept only to learn how it ended if it dies during start-up (see _ended_how).
+        # kept only to learn how it ended if it dies during start-up (see ended_how).
         return rec
 
     def _exited(self, component: str) -> bool:
@@ -474,8 +479,9 @@ class LocalMesh:
             return proc.poll() is not None
         return self._component(component) is None
 
-    def _ended_how(self, component: str) -> tuple[str, bool]:
-        """How a component started by this command ended: (text, killed by a signal)."""
+    def ended_how(self, component: str) -> tuple[str, bool]:
+        """How a component this object started ended: (text, killed by a signal); ("", False)
+        while it runs or when another process started it. Reaps it when it has ended."""
         proc = self._popen.get(component)
         code = None if proc is None else proc.poll()
         if code is None:
@@ -512,7 +518,25 @@ class LocalMesh:
         ]  # fmt: skip
 
     def _start_control(self, record: MeshRecord) -> None:
-        self._spawn("control", self.control_argv(record))
+        self.start_control(record)
+
+    def start_control(self, record: MeshRecord) -> procs.ProcRecord:
+        """Start the control plane unless one is running; returns the running one's record.
+
+        ``weft up`` and the node agent's supervisor may both find it gone at once: the check
+        and the start happen under ``<state>/control.lock``, so only one of them starts it.
+        The check is the process record alone (pid and start time): the environment check of
+        :meth:`_component` misreads a child that has not exec'd yet."""
+        fd = os.open(self.state.control_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            rec = procs.read_record(self.state.pid_path("control"))
+            if rec is not None and rec.alive():
+                self._popen.pop("control", None)  # not ours: its exit status is not ours to read
+                return rec
+            return self._spawn("control", self.control_argv(record))
+        finally:
+            os.close(fd)  # releases the lock
 
     def _start_node(self) -> None:
         self._spawn("node", self.node_argv())
@@ -524,7 +548,7 @@ class LocalMesh:
             if asyncio.run(client.healthz()):
                 return
             if self._exited("control"):
-                how, killed = self._ended_how("control")
+                how, killed = self.ended_how("control")
                 tail = self._log_tail("control")
                 message = f"the control plane exited during start-up{how}:\n" + tail
                 if killed and not tail.strip():
@@ -538,7 +562,7 @@ class LocalMesh:
     def _wait_alive(self, component: str, seconds: float) -> None:
         time.sleep(seconds)
         if self._exited(component):
-            how, _ = self._ended_how(component)
+            how, _ = self.ended_how(component)
             raise RuntimeFailure(
                 f"the {component} process exited during start-up{how}:\n"
                 + self._log_tail(component)

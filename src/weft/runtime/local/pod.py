@@ -40,6 +40,7 @@ import contextlib
 import enum
 import logging
 import os
+import random
 import re
 import signal
 import tempfile
@@ -440,8 +441,15 @@ class Readiness:
         return f"<Readiness ready={self.ready} ok={self._successes} fail={self._failures}>"
 
 
+def restart_backoff(rng: random.Random | None = None) -> ExponentialBackoff:
+    """The restart backoff of everything the local runtime supervises (containers, sidecars,
+    the control plane): 1 s, 2 s, 4 s ... up to 60 s, jitter 10%."""
+    return ExponentialBackoff(base=1.0, maximum=60.0, jitter=0.1, rng=rng or random.Random())
+
+
 class CrashLoop:
-    """Restart delays of one container: exponential backoff, forgotten after a good run."""
+    """Restart delays of one supervised process (a container, the control plane): exponential
+    backoff, forgotten after a good run."""
 
     __slots__ = ("_attempt", "backoff", "reset_after")
 
@@ -459,6 +467,11 @@ class CrashLoop:
         delay = self.backoff.delay(self._attempt)
         self._attempt += 1
         return delay
+
+    @property
+    def failures(self) -> int:
+        """Exits since the last good run (the last one included): 2 or more is a crash loop."""
+        return self._attempt
 
     def __repr__(self) -> str:
         return f"<CrashLoop attempt={self._attempt}>"
@@ -586,7 +599,7 @@ class PodRunner:
         self._clock = clock
         self._wall = wall
         self._ready_poll = ready_poll
-        backoff = backoff or ExponentialBackoff(base=1.0, maximum=60.0, jitter=0.1)
+        backoff = backoff or restart_backoff()
         env = {**base_env, "HOSTNAME": spec.name}
         self._proxy: _Container | None = None
         if spec.meshed and proxy_argv is not None:

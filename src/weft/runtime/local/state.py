@@ -6,6 +6,10 @@ Layout under the state directory (default ``/run/weft``, ``--state-dir`` or ``WE
     mesh.json                the mesh's settings (ranges, iptables flavour) for the node agent
     control.sock             the control plane's API (written by ``weft control``)
     control.pid, node.pid    process records (pid + start time) of the two long-running processes
+    control.lock             held while the control plane is being started (by ``weft up`` or the
+                             node agent's supervisor), so that only one ever starts
+    control-status.json      the node agent's supervision of the control plane: restarts, last
+                             exit, backoff (``weft check`` reads it)
     logs/control.log, logs/node.log
     pods/<ns>/<pod>/<container>.log
 
@@ -120,6 +124,14 @@ class StateDir:
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; known: {', '.join(COMPONENTS)}")
         return self.root / f"{component}.pid"
+
+    @property
+    def control_lock(self) -> Path:
+        return self.root / "control.lock"
+
+    @property
+    def control_status(self) -> Path:
+        return self.root / "control-status.json"
 
     @property
     def logs_dir(self) -> Path:
