@@ -23,8 +23,11 @@ from typing import cast
 
 import httptools
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.integration.conftest import running_proxy
+from weft.proxy.http1 import transfer_coding_error
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery, StaticDiscoveryError
 from weft.testing.servers import Backend, HttpClient, Reply, Request, Response
@@ -675,6 +678,254 @@ async def test_connect_method_is_refused_with_501_and_close() -> None:
         assert_proxy_error(reply, 501, "connect-not-supported")
         assert await is_closed(client)
         assert backend.requests == []
+
+
+# -- Transfer-Encoding: chunked, once, in HTTP/1.1, or refused (RFC 9112 6.1, 6.3) -------------
+
+
+class RecordingUpstream:
+    """A raw TCP upstream that keeps every byte the proxy sends it and answers nothing: what a
+    refused request must never reach (not even its head)."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+
+    async def __aenter__(self) -> RecordingUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.address = self.server.sockets[0].getsockname()[:2]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                self.received += chunk
+        writer.close()
+
+
+def te_request(*values: bytes, version: bytes = b"1.1") -> bytes:
+    lines = b"".join(b"Transfer-Encoding: %s\r\n" % v for v in values)
+    return b"POST /te HTTP/%s\r\nhost: t\r\n%s\r\n5\r\nhello\r\n0\r\n\r\n" % (version, lines)
+
+
+BAD_REQUEST_CODINGS = [
+    # the reported case: llhttp frames it chunked, and an app behind may not
+    pytest.param(te_request(b"identity", b"chunked"), 501, id="identity-line-then-chunked-line"),
+    pytest.param(te_request(b"identity, chunked"), 501, id="identity-chunked"),
+    pytest.param(te_request(b"gzip, chunked"), 501, id="gzip-chunked"),
+    pytest.param(te_request(b"chunked, chunked"), 400, id="chunked-chunked"),
+    pytest.param(te_request(b"chunked", b"identity"), 400, id="chunked-line-then-identity-line"),
+    pytest.param(te_request(b"chunked", b"chunked"), 400, id="chunked-line-twice"),
+    pytest.param(te_request(b""), 400, id="empty"),
+    pytest.param(te_request(b"chunked", b""), 400, id="chunked-then-empty-line"),
+    pytest.param(te_request(b", chunked"), 400, id="empty-element-then-chunked"),
+    pytest.param(te_request(b"chunked\t"), 400, id="chunked-trailing-tab"),
+    pytest.param(te_request(b"chunked;x=1"), 400, id="chunked-with-a-parameter"),
+    pytest.param(te_request(b"gzip"), 400, id="gzip-alone"),
+    pytest.param(te_request(b"chunked", version=b"1.0"), 400, id="http10-chunked"),
+    pytest.param(te_request(b"Chunked", version=b"1.0"), 400, id="http10-Chunked"),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), BAD_REQUEST_CODINGS)
+async def test_transfer_coding_other_than_one_chunked_is_refused_and_closed(
+    request_bytes: bytes, status: int
+) -> None:
+    async with (
+        RecordingUpstream() as upstream,
+        running_proxy(outbound_target=upstream.address) as proxy,
+    ):
+        client = await RawClient.connect(proxy.addresses["outbound"])
+        client.send(request_bytes)
+        assert await client.closed(), "the connection was left open"
+        (reply,) = client.replies()
+        if status == 400:  # llhttp refuses some of these itself, before the proxy looks
+            reasons = {"bad-transfer-encoding", "malformed-request"}
+        else:
+            reasons = {"transfer-coding-not-implemented"}
+        assert reply.status == status, (reply.status, reply.body)
+        assert reply.header(ERROR_HEADER) in reasons, reply.headers
+        assert reply.header("connection") == "close"
+        # nothing of it reached the upstream, not even the head (a short bounded look)
+        assert not await wait_until(lambda: bool(upstream.received), 0.3), upstream.received
+        client.close()
+
+
+_FRAMING_FIELDS = {"transfer-encoding", "content-length"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param([b"chunked"], id="chunked"),
+        pytest.param([b"Chunked"], id="Chunked"),
+        pytest.param([b"  CHUNKED  "], id="spaces-around"),
+    ],
+)
+async def test_a_single_chunked_coding_is_relayed_as_chunked(values: list[bytes]) -> None:
+    async with (
+        Backend() as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        reply = await send_raw(client, te_request(*values))
+        assert reply.status == 200 and reply.body == b"POST /te", (reply.status, reply.body)
+        (req,) = backend.requests
+        framing = [(k.lower(), v) for k, v in req.headers if k.lower() in _FRAMING_FIELDS]
+        assert framing == [("transfer-encoding", "chunked")]
+        assert req.body == b"hello"
+        follow = await client.request("GET", "/next")  # the connection stays in sync
+        assert follow.status == 200 and follow.body == b"GET /next"
+
+
+def te_response(*values: bytes, version: bytes = b"1.1") -> bytes:
+    lines = b"".join(b"Transfer-Encoding: %s\r\n" % v for v in values)
+    return b"HTTP/%s 200 OK\r\n%s\r\n5\r\nhello\r\n0\r\n\r\n" % (version, lines)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(te_response(b"identity", b"chunked"), id="identity-line-then-chunked-line"),
+        pytest.param(te_response(b"gzip, chunked"), id="gzip-chunked"),
+        pytest.param(te_response(b"chunked, chunked"), id="chunked-chunked"),
+        pytest.param(te_response(b"chunked", b"chunked"), id="chunked-line-twice"),
+        # llhttp reads these three close-delimited: the proxy must not wait for a chunked end
+        pytest.param(te_response(b"chunked", b"identity"), id="chunked-line-then-identity-line"),
+        pytest.param(te_response(b"chunked\t"), id="chunked-trailing-tab"),
+        pytest.param(te_response(b"gzip"), id="gzip-alone"),
+        pytest.param(te_response(b", chunked"), id="empty-element-then-chunked"),
+        pytest.param(te_response(b"chunked", version=b"1.0"), id="http10-chunked"),
+    ],
+)
+async def test_upstream_response_with_a_coding_other_than_one_chunked_is_502(raw: bytes) -> None:
+    def handler(req: Request) -> Response:
+        return Response(raw=raw) if req.path == "/bad" else Response(body=b"good")
+
+    async with (
+        Backend(handler) as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        reply = await client.request("GET", "/bad", timeout=5.0)
+        assert_proxy_error(reply, 502, "upstream-protocol-error")
+        # a broken upstream connection is closed, never pooled again; the client's stays
+        assert await wait_until(lambda: not backend.live)
+        assert upstream_pool_sizes(proxy) == 0
+        follow = await client.request("GET", "/good", timeout=5.0)
+        assert follow.status == 200 and follow.body == b"good"
+
+
+@pytest.mark.parametrize(
+    ("status_line", "values"),
+    [
+        pytest.param(b"200 OK", [b"Chunked"], id="Chunked"),
+        pytest.param(b"200 OK", [b"chunked  "], id="trailing-spaces"),
+        pytest.param(b"204 No Content", [b"gzip, chunked"], id="no-body-204"),
+    ],
+)
+async def test_upstream_response_with_one_chunked_coding_or_no_body_is_relayed(
+    status_line: bytes, values: list[bytes]
+) -> None:
+    lines = b"".join(b"transfer-encoding: %s\r\n" % v for v in values)
+    body = b"5\r\nhello\r\n0\r\n\r\n" if status_line.startswith(b"200") else b""
+    raw = b"HTTP/1.1 %s\r\n%s\r\n%s" % (status_line, lines, body)
+
+    async with (
+        Backend(lambda r: Response(raw=raw)) as backend,
+        running_proxy(outbound_target=backend.address) as proxy,
+        HttpClient(proxy.addresses["outbound"]) as client,
+    ):
+        for _ in range(2):  # the upstream connection stays in sync and is reused
+            reply = await client.request("GET", "/", timeout=5.0)
+            assert reply.status == int(status_line[:3]), reply
+            assert reply.header(ERROR_HEADER) is None
+            assert reply.body == (b"hello" if body else b"")
+        assert backend.connections == 1
+
+
+# the rule itself (a pure function), against the parser the proxy and the tests' apps use
+
+TE_CASES = [
+    (b"chunked", True, None),
+    (b"Chunked", True, None),
+    (b"chunked  ", True, None),
+    (b"chunked", False, 400),
+    (b"identity, chunked", True, 501),
+    (b"gzip;level=1, chunked", True, 501),
+    (b"x-gzip, deflate, chunked", True, 501),
+    (b"chunked, chunked", True, 400),
+    (b"chunked, identity", True, 400),
+    (b"gzip", True, 400),
+    (b"identity", True, 400),
+    (b"", True, 400),
+    (b" ", True, 400),
+    (b"chunked, ", True, 400),
+    (b", chunked", True, 400),
+    (b"gzip, , chunked", True, 400),
+    (b"chunked\t", True, 400),
+    (b"chunked;x=1", True, 400),
+    (b"xchunked", True, 400),
+    (b"g(zip), chunked", True, 400),
+]
+
+
+@pytest.mark.parametrize(("te", "http11", "status"), TE_CASES)
+def test_transfer_coding_rule(te: bytes, http11: bool, status: int | None) -> None:
+    problem = transfer_coding_error(te, http11=http11)
+    assert (problem[0] if problem is not None else None) == status, problem
+    if problem is not None:
+        assert problem[1] == (
+            "bad-transfer-encoding" if status == 400 else "transfer-coding-not-implemented"
+        )
+
+
+def llhttp_body(message: bytes, *, response: bool) -> bytes | None:
+    """The body llhttp frames in ``message``, or None when it does not read it as complete."""
+    body: list[bytes] = []
+    done: list[bool] = []
+
+    class Callbacks:
+        def on_body(self, chunk: bytes) -> None:
+            body.append(chunk)
+
+        def on_message_complete(self) -> None:
+            done.append(True)
+
+    cls = httptools.HttpResponseParser if response else httptools.HttpRequestParser
+    try:
+        cls(Callbacks()).feed_data(message)
+    except httptools.HttpParserError:
+        return None
+    return b"".join(body) if done else None
+
+
+TE_ELEMENTS = [b"chunked", b"Chunked", b"identity", b"gzip", b"", b" ", b"\t", b";x=1"]
+
+
+@given(
+    values=st.lists(
+        st.lists(st.sampled_from(TE_ELEMENTS), min_size=1, max_size=3).map(b", ".join),
+        min_size=1,
+        max_size=3,
+    ),
+    version=st.sampled_from([b"1.0", b"1.1"]),
+)
+def test_what_the_rule_accepts_llhttp_frames_chunked(values: list[bytes], version: bytes) -> None:
+    # the proxy joins repeated lines with ", " and relays one "chunked": the parser that read the
+    # body must have read it chunked too, in a request and in a response
+    joined = b", ".join(v.lstrip(b" \t") for v in values)  # llhttp strips leading whitespace
+    if transfer_coding_error(joined, http11=version == b"1.1") is not None:
+        return
+    assert len(values) == 1
+    assert llhttp_body(te_request(*values, version=version), response=False) == b"hello"
+    assert llhttp_body(te_response(*values, version=version), response=True) == b"hello"
 
 
 # -- 431: oversized heads -----------------------------------------------------------------------

@@ -8,6 +8,10 @@ for every input:
 * its own errors name a known reason in ``weft-proxy-error`` (never an internal error);
 * nothing is logged at ERROR and no exception reaches the event loop (never crashes);
 * a valid request on a new connection is served afterwards;
+* every request the app receives through the HTTP path has framing no parser can read two ways:
+  HTTP/1.1 with no Transfer-Encoding and at most one Content-Length value (the body's length),
+  or exactly one ``transfer-encoding: chunked`` and no Content-Length (input that detection
+  calls opaque is relayed as bytes, unparsed, and is not the proxy's to frame);
 * when the test ends, no client connection is left open and every upstream connection the backend
   still sees is idle in the proxy's pool (nothing leaked).
 
@@ -30,13 +34,14 @@ from typing import Any, TypeVar
 
 import httptools
 import uvloop
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from weft.core.detect import Protocol, detect
 from weft.metrics import ProxyMetrics
 from weft.proxy.config import ProxyConfig
 from weft.proxy.http1 import Http1Upstream
-from weft.proxy.server import ProxyServer
+from weft.proxy.server import DETECT_MAX, ProxyServer
 from weft.testing.servers import Backend, Request, Response
 
 T = TypeVar("T")
@@ -56,6 +61,7 @@ CLIENT_FAULTS = {
     "headers-too-large": 431,
     "header-timeout": 408,
     "connect-not-supported": 501,
+    "transfer-coding-not-implemented": 501,
 }
 
 
@@ -77,6 +83,7 @@ class FuzzTarget:
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="fuzz-proxy", daemon=True)
         self._handler = _ProblemHandler(self.problems)
+        self._seen = 0  # the backend's requests already checked
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -138,7 +145,7 @@ class FuzzTarget:
 
     # -- one example ----------------------------------------------------------------------------
 
-    def check(self, data: bytes, fragments: list[bytes] | None = None) -> None:
+    def check(self, data: bytes, fragments: list[bytes] | None = None) -> Outcome:
         """Send ``data`` (in ``fragments`` if given) and assert the invariant (module docstring)."""
         before = len(self.problems)
         pieces = fragments if fragments is not None else [data]
@@ -153,6 +160,13 @@ class FuzzTarget:
         status, body = simple_get(self.address)
         assert (status, body) == (200, b"GET /still-serving"), "the proxy stopped serving"
         assert self.problems[before:] == []
+        assert self.backend is not None
+        received = self.backend.requests[self._seen :]  # appended on the proxy's thread
+        self._seen += len(received)
+        for req in received if detect(data, max_bytes=DETECT_MAX) is Protocol.HTTP1 else ():
+            problem = ambiguous_framing(req)
+            assert problem is None, f"the app received {problem}: {req}"
+        return outcome
 
     def assert_nothing_leaked(self) -> None:
         async def leftovers() -> str:
@@ -302,6 +316,21 @@ def check_responses(received: bytes, sent: bytes, reset: bool) -> None:
             assert reply.headers.get("connection") == "close", reply.headers
 
 
+def ambiguous_framing(req: Request) -> str | None:
+    """What in a request the app received lets two parsers disagree on where it ends, or None."""
+    te = [v for k, v in req.headers if k.lower() == "transfer-encoding"]
+    lengths = {v for k, v in req.headers if k.lower() == "content-length"}
+    if req.version != "1.1":
+        return f"an HTTP/{req.version} request"
+    if te:
+        return None if te == ["chunked"] and not lengths else f"Transfer-Encoding {te}, {lengths}"
+    if len(lengths) > 1 or not all(v.strip(" ").isdigit() for v in lengths):
+        return f"Content-Length {lengths}"
+    if lengths and int(lengths.pop()) != len(req.body):
+        return "a Content-Length other than its body's length"
+    return None
+
+
 class _RequestModel:
     """httptools callbacks that only track where in a message the input stops."""
 
@@ -369,7 +398,9 @@ NASTY = [
     b"99999999999999999999", b"ffffffffffffffffff", b"chunked", b"Chunked", b"chunked, chunked",
     b"gzip", b"identity", b"content-length", b"transfer-encoding", b"host", b"HTTP/1.1",
     b"HTTP/2.0", b"HTTP/1.", b"CONNECT", b"\x00", b"\t", b"\r", b"\n", b"\r\n", b"\r\n\r\n", b" ",
-    b":", b";", b"\xff",
+    b":", b";", b"\xff", b"HTTP/1.0", b"identity, chunked", b"gzip, chunked", b", chunked",
+    b"chunked\t", b"chunked;x=1", b"identity\r\ntransfer-encoding: chunked",
+    b"chunked\r\ntransfer-encoding: identity",
 ]  # fmt: skip
 
 
@@ -487,4 +518,49 @@ def test_unmutated_bases_are_served() -> None:
                 1 + base.count(b"GET /2")
             )
             assert all("weft-proxy-error" not in r.headers for r in replies)
+        target.assert_nothing_leaked()
+
+
+# Transfer-Encoding lines, one to three, each one of these values, in HTTP/1.0 or 1.1
+TE_VALUES = [
+    b"chunked", b"Chunked", b"chunked  ", b"identity", b"gzip", b"", b", chunked",
+    b"gzip, chunked", b"identity, chunked", b"chunked, chunked", b"chunked\t", b"chunked;x=1",
+]  # fmt: skip
+
+
+def te_request(values: list[bytes], version: bytes) -> bytes:
+    lines = b"".join(b"Transfer-Encoding: %s\r\n" % v for v in values)
+    return b"POST /te HTTP/%s\r\nhost: svc\r\n%s\r\n5\r\nhello\r\n0\r\n\r\n" % (version, lines)
+
+
+def test_transfer_codings_reach_the_app_only_as_one_chunked() -> None:
+    """Only a single ``chunked`` in HTTP/1.1 is relayed (as ``chunked``, the body intact); any
+    other combination is refused with 400 or 501 and never reaches the app."""
+    with FuzzTarget() as target:
+        backend = target.backend
+        assert backend is not None
+
+        @settings(FUZZ_SETTINGS, max_examples=60)
+        @example(values=[b"identity", b"chunked"], version=b"1.1")  # the reported case
+        @example(values=[b"chunked"], version=b"1.0")
+        @example(values=[b"chunked"], version=b"1.1")
+        @given(
+            values=st.lists(st.sampled_from(TE_VALUES), min_size=1, max_size=3),
+            version=st.sampled_from([b"1.0", b"1.1"]),
+        )
+        def check(values: list[bytes], version: bytes) -> None:
+            before = [r for r in backend.requests if r.path == "/te"]
+            outcome = target.check(te_request(values, version))
+            got = [r for r in backend.requests if r.path == "/te"][len(before) :]
+            replies, _ = parse_responses(outcome.received)
+            one_chunked = values[0].rstrip(b" ").lower() == b"chunked"
+            if version == b"1.1" and len(values) == 1 and one_chunked:
+                assert [r.body for r in got] == [b"hello"], got
+                assert [r.status for r in replies] == [200], replies
+            else:
+                assert got == [], "a request with an ambiguous Transfer-Encoding reached the app"
+                assert replies and replies[0].status in (400, 501), replies
+                assert "weft-proxy-error" in replies[0].headers, replies[0]
+
+        check()
         target.assert_nothing_leaked()

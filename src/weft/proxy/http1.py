@@ -15,7 +15,8 @@ responses go chunked to HTTP/1.1 clients. ``Upgrade`` requests become a TCP tunn
 
 Errors the proxy makes itself carry a ``weft-proxy-error`` header: 503 no endpoint, 502 connect
 failure or broken upstream, 504 upstream timeout, 400 malformed or smuggling-prone request (and
-close), 431 oversized headers (and close), 408 a request head not received in time.
+close), 501 CONNECT or a transfer coding other than chunked (and close), 431 oversized headers
+(and close), 408 a request head not received in time.
 
 Not for: choosing the destination (the caller hands a Concrete), TLS, HTTP/2.
 """
@@ -637,6 +638,7 @@ class Exchange:
                 self.dispatch()
                 return
             if self._retryable():
+                self.state = None  # its balancer accounting is done (above)
                 self._retry_later()
                 return
             self.fail(502, "connect-failed", f"connect to {format_addr(state.addr)}: {exc}")
@@ -822,8 +824,8 @@ class Exchange:
             if up is not None and up.reused and self.replay is not None and not up.got_bytes:
                 # a pooled connection the server had closed: nothing was processed; try again
                 self.up = None
-                if state is not None:
-                    self.concrete.balancer.finish(state.addr, self.sent_at, success=False)
+                if state is not None:  # a keep-alive race, neither a failure nor a latency
+                    self.concrete.balancer.finish(state.addr, self.sent_at, observe=False)
                 self.req_buf = list(self.replay) + self.req_buf
                 self.req_buf_size = sum(len(b) for b in self.req_buf)
                 self.replay, self.body_sent = [], 0
@@ -884,6 +886,8 @@ class Exchange:
         if self.route is not None:
             self.route.response(status, False).observe(latency_ms)
         if self.up is not None:
+            if self.state is not None:  # a 5xx (the upstream broke or timed out) is a failure
+                self.concrete.balancer.finish(self.state.addr, self.sent_at, success=status < 500)
             self.up.exchange = None
             self.up.close()
             self.up = None
@@ -1102,8 +1106,8 @@ class Http1Downstream(asyncio.Protocol):
                 if up is not None:
                     up.exchange = None
                     up.close()
-                if state is not None:
-                    exchange.concrete.balancer.finish(state.addr, exchange.sent_at, success=False)
+                if state is not None:  # the client left: no failure of the endpoint's
+                    exchange.concrete.balancer.finish(state.addr, exchange.sent_at)
                     exchange.concrete.cancel(state.addr)
         self.queue.clear()
 
@@ -1200,11 +1204,12 @@ class Http1Downstream(asyncio.Protocol):
             raise _Reject(400, "bad-content-length", "conflicting or invalid Content-Length")
         chunked = False
         if te is not None:
-            codings = [c.strip().lower() for c in te.split(b",")]
-            if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
-                raise _Reject(400, "bad-transfer-encoding", "Transfer-Encoding must end in chunked")
+            if te != b"chunked" or self.version != b"1.1":  # the common case costs one compare
+                problem = transfer_coding_error(te, http11=self.version == b"1.1")
+                if problem is not None:
+                    raise _Reject(*problem)
             chunked = True
-            append(b"transfer-encoding: %s\r\n" % te)
+            append(b"transfer-encoding: chunked\r\n")
         upgrade = upgrade_value is not None and b"upgrade" in connection_tokens
         if upgrade:
             append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade_value)
@@ -1382,6 +1387,41 @@ class Http1Downstream(asyncio.Protocol):
         )
 
 
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def transfer_coding_error(te: bytes, *, http11: bool) -> tuple[int, str, str] | None:
+    """Check a message's ``Transfer-Encoding`` (its field lines joined with ``", "``): None when
+    it is ``chunked`` once and alone in an HTTP/1.1 message, the only coding the proxy relays;
+    otherwise the answer a request gets (status, ``weft-proxy-error`` reason, detail). A response
+    with any problem is a broken upstream (502) instead.
+
+    Why this strict: a coding before ``chunked`` (``identity, chunked``, ``gzip, chunked``), empty
+    elements, a repeated ``chunked``, or ``chunked`` in HTTP/1.0 are read differently by
+    different parsers (llhttp itself frames several of them chunked and others close-delimited),
+    so a proxy that relays them lets the next hop disagree about where the message ends. RFC 9112
+    6.3: a request whose final coding is not chunked is 400 and close; 6.1: a coding the server
+    does not implement may be 501; Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+
+    Not for: Content-Length (checked apart), the chunked body itself (the parser checks it).
+    """
+    if not http11:
+        return 400, "bad-transfer-encoding", "Transfer-Encoding in an HTTP/1.0 message"
+    # llhttp has stripped leading whitespace; it frames trailing spaces as chunked, a tab not
+    if te.rstrip(b" ").lower() == b"chunked":
+        return None
+    codings = [c.strip(b" \t").lower() for c in te.split(b",")]
+    if b"" in codings:
+        return 400, "bad-transfer-encoding", "empty Transfer-Encoding element"
+    if len(codings) == 1 or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+        return 400, "bad-transfer-encoding", "Transfer-Encoding must be chunked, once and last"
+    names = [c.split(b";", 1)[0].rstrip(b" \t") for c in codings[:-1]]
+    if not all(name and _TCHAR.issuperset(name) for name in names):
+        return 400, "bad-transfer-encoding", "malformed transfer coding"
+    listed = b", ".join(names).decode("latin-1")
+    return 501, "transfer-coding-not-implemented", f"transfer coding not implemented: {listed}"
+
+
 class _Reject(Exception):
     def __init__(self, status: int, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -1417,6 +1457,7 @@ class Http1Upstream(asyncio.Protocol):
         self._lines: list[bytes] = []
         self._hop: list[tuple[bytes, bytes]] = []
         self._has_len = False
+        self._te: bytes | None = None  # the response's Transfer-Encoding lines, joined
         self._in_body = False
         self._paused_by: Http1Downstream | None = None
 
@@ -1503,6 +1544,7 @@ class Http1Upstream(asyncio.Protocol):
         self._lines = []
         self._hop = []
         self._has_len = False
+        self._te = None
         self._reason = b""
         self._in_body = False
         self._in_head = True
@@ -1525,6 +1567,9 @@ class Http1Upstream(asyncio.Protocol):
         lname = name.lower()
         if lname in HOP_BY_HOP:
             self._hop.append((lname, value))
+            if lname == b"transfer-encoding":  # its lines, joined as one list
+                te = self._te
+                self._te = value if te is None else te + b", " + value
         else:
             if lname == b"content-length":
                 self._has_len = True
@@ -1539,9 +1584,20 @@ class Http1Upstream(asyncio.Protocol):
         self._in_body = True
         self._in_head = False
         hop = self._hop
+        te = self._te
+        if (
+            te is not None
+            and (te != b"chunked" or parser.get_http_version() != "1.1")
+            and not (exchange.is_head or status in (204, 304) or 100 <= status < 200)
+        ):
+            # framing the parser might read otherwise than the proxy does: a broken upstream (a
+            # response with no body may name the coding it would have had, RFC 9112 6.1)
+            problem = transfer_coding_error(te, http11=parser.get_http_version() == "1.1")
+            if problem is not None:
+                raise _UpstreamError(problem[2])
         self.close_delimited = (
             not self._has_len
-            and not any(n == b"transfer-encoding" for n, _ in hop)
+            and te is None
             and status not in (204, 304)
             and not 100 <= status < 200
         )
