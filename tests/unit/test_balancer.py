@@ -92,6 +92,8 @@ def test_defaults_and_validation() -> None:
         Balancer(clock=FakeClock(), default_rtt=0)
     with pytest.raises(ValueError, match="decay must be finite and > 0, got -1"):
         Balancer(clock=FakeClock(), decay=-1)
+    with pytest.raises(ValueError, match="failure_penalty must be finite and > 0, got nan"):
+        Balancer(clock=FakeClock(), failure_penalty=math.nan)
 
 
 def test_start_finish_tracks_pending_and_latency() -> None:
@@ -106,7 +108,7 @@ def test_start_finish_tracks_pending_and_latency() -> None:
     pending, est, _ = stat(b, A)
     assert pending == 1
     assert est == pytest.approx(0.25)
-    b.finish(A, t2, success=False)  # failures are observed too
+    b.finish(A, t2, success=False)  # failures are observed too (with the penalty)
     assert stat(b, A)[0] == 0
     b.finish(A, t2)  # an extra finish never drives pending negative
     assert stat(b, A)[0] == 0
@@ -291,10 +293,11 @@ def simulate(
     interval: float,
     latency: Callable[[Key, random.Random], float | None],
     seed: int = 3,
+    failing: frozenset[Key] = frozenset(),
 ) -> list[tuple[float, Key]]:
     """Open-loop load: one request every ``interval`` seconds; ``latency`` gives the response
-    time for an endpoint, or ``None`` for a connect failure (reported 1 ms later).
-    Returns (time, key) for each pick.
+    time for an endpoint, or ``None`` for a connect failure (reported 1 ms later); the answers
+    of ``failing`` endpoints are errors (a 5xx). Returns (time, key) for each pick.
     """
     rng = random.Random(seed)
     events: list[tuple[float, int, str, Key, float]] = []
@@ -320,7 +323,7 @@ def simulate(
             b.finish(key, started, success=False)
         else:
             b.succeeded_connect(key)
-            b.finish(key, started)
+            b.finish(key, started, success=key not in failing)
         for k, pending, _, _ in b.stats():
             assert pending >= 0, k
     return picks
@@ -343,7 +346,10 @@ def test_slow_endpoint_gets_markedly_less_traffic() -> None:
     assert all(p == 0 for _, p, _, _ in b.stats())
 
 
-def test_dead_endpoint_gets_no_picks_while_in_backoff_and_is_retried_after() -> None:
+def test_dead_endpoint_stays_out_while_others_are_ready() -> None:
+    """An endpoint that refuses connections leaves the ready set (connect backoff), and its
+    failures cost it the penalty: when the backoff ends it is still passed over, until its
+    estimate decays; then one request probes it and fails again."""
     backoff = ExponentialBackoff(base=0.1, maximum=60.0, jitter=0.1, rng=random.Random(2))
     b, clock = make(seed=4, backoff=backoff)
     b.update([A, B, C])
@@ -351,18 +357,13 @@ def test_dead_endpoint_gets_no_picks_while_in_backoff_and_is_retried_after() -> 
     def latency(key: Key, rng: random.Random) -> float | None:
         return None if key == C else 0.010 * rng.uniform(0.8, 1.2)
 
-    picks = simulate(b, clock, requests=1200, interval=0.005, latency=latency)  # 6 s
-    dead = [t for t, k in picks if k == C]
-    # backoffs 0.1, 0.2, 0.4, 0.8, 1.6, (3.2) s (+ up to 10% jitter): retried 5 or 6 times
-    assert 5 <= len(dead) <= 7
-    for attempt, (t0, t1) in enumerate(itertools.pairwise(dead)):
-        gap = t1 - t0
-        lower = 0.001 + 0.1 * 2**attempt
-        assert gap >= lower, (attempt, gap)
-        # retried soon after the backoff ends (the dead one looks cheap: failures are fast)
-        assert gap <= lower * 1.1 + 0.1, (attempt, gap)
-    share = Counter(k for _, k in picks)
-    assert share[C] / len(picks) < 0.01
+    start = clock()
+    picks = simulate(b, clock, requests=2400, interval=0.005, latency=latency)  # 12 s
+    dead = [t - start for t, k in picks if k == C]
+    # the first tries, before its first refusal was seen; none once its backoff (0.1 s, then
+    # 0.2 s) has ended: its cost keeps it out
+    assert 1 <= len(dead) <= 2 and dead[-1] < 0.05, dead
+    assert b.ready(C)
 
 
 def test_recovered_endpoint_gets_traffic_again() -> None:
@@ -377,10 +378,10 @@ def test_recovered_endpoint_gets_traffic_again() -> None:
 
     simulate(b, clock, requests=200, interval=0.005, latency=latency)
     alive["B"] = True
-    clock.advance(5.0)  # past any backoff reached in 1 s
-    picks = simulate(b, clock, requests=400, interval=0.005, latency=latency)
-    share = Counter(k for _, k in picks)
-    assert share[B] / len(picks) > 0.3
+    # traffic goes on to A while B's penalty decays (an idle clock decays both alike)
+    picks = simulate(b, clock, requests=3000, interval=0.040, latency=latency)  # 2 minutes
+    share = Counter(k for _, k in picks[-1000:])
+    assert share[B] / 1000 > 0.3
 
 
 def test_membership_churn_in_simulation() -> None:
@@ -403,6 +404,152 @@ def test_membership_churn_in_simulation() -> None:
             _, key, t0 = inflight.pop(0)
             b.finish(key, t0)
         assert all(p >= 0 for _, p, _, _ in b.stats())
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def test_a_failure_observes_at_least_the_penalty() -> None:
+    b, clock = make(failure_penalty=2.0)
+    b.update([A, B])
+    t = b.start(A)
+    clock.advance(0.0005)  # a 502 from a proxy whose app is gone: fast
+    b.finish(A, t, success=False)
+    assert stat(b, A)[1] == pytest.approx(2.0)
+    t = b.start(B)
+    clock.advance(3.0)  # a slow failure (a timeout) counts at its own length
+    b.finish(B, t, success=False)
+    assert stat(b, B)[1] == pytest.approx(3.0)
+    assert make()[0]._penalty == 1.0  # the default
+
+
+def test_penalize_counts_a_failure_found_after_the_latency_was_observed() -> None:
+    """A gRPC call is timed at its response headers; a failing status in its trailers costs the
+    endpoint the penalty then, as a trailers-only failure does, without touching pending."""
+    b, clock = make()
+    b.update([A, B])
+    t = b.start(A)
+    clock.advance(0.002)
+    b.finish(A, t)
+    assert stat(b, A)[1] < 0.031  # a success: no penalty
+    other = b.start(A)  # another call, still open
+    clock.advance(0.5)
+    b.penalize(A, t)
+    assert stat(b, A)[:2] == (1, pytest.approx(1.0))
+    b.update([B])
+    b.update([A, B])  # re-added: a call started before belongs to the old entry
+    b.penalize(A, other)
+    assert stat(b, A)[1] < 0.031
+
+
+def test_a_slow_success_is_observed_as_before() -> None:
+    """Successes are untouched by the penalty: a slow answer is its latency, not more."""
+    b, clock = make()
+    b.update([A, B])
+    t = b.start(A)
+    clock.advance(0.3)
+    b.finish(A, t, success=True)
+    assert stat(b, A)[1] == pytest.approx(0.3)
+    t = b.start(A)
+    clock.advance(0.01)
+    b.finish(A, t)  # a faster one pulls the estimate down gradually, as peak-EWMA does
+    assert stat(b, A)[1] == pytest.approx(0.3 * math.exp(-0.001) + 0.01 * (1 - math.exp(-0.001)))
+
+
+def test_a_single_endpoint_is_picked_even_after_failing() -> None:
+    b, clock = make()
+    b.update([A])
+    t = b.start(A)
+    clock.advance(0.001)
+    b.finish(A, t, success=False)
+    assert [b.pick() for _ in range(5)] == [A] * 5
+
+
+def _warm(b: Balancer[Key], clock: FakeClock, keys: list[Key], rtt: float, rounds: int) -> None:
+    """Give every key the same history: ``rounds`` requests of ``rtt`` each."""
+    for _ in range(rounds):
+        for key in keys:
+            t = b.start(key)
+            clock.advance(rtt)
+            b.finish(key, t)
+
+
+def test_one_failure_makes_p2c_avoid_the_endpoint() -> None:
+    b, clock = make(seed=11)
+    b.update([A, B, C])
+    _warm(b, clock, [A, B, C], 0.010, 20)
+    t = b.start(C)
+    clock.advance(0.0005)
+    b.finish(C, t, success=False)  # one fast failure
+    picks = simulate(b, clock, requests=1000, interval=0.002, latency=lambda k, r: 0.010)
+    share = Counter(k for _, k in picks)
+    assert share[C] < 0.05 * 1000, share
+    assert share[A] > 300 and share[B] > 300, share
+    # the same history and one fast *success* instead: C keeps its third
+    b, clock = make(seed=11)
+    b.update([A, B, C])
+    _warm(b, clock, [A, B, C], 0.010, 20)
+    t = b.start(C)
+    clock.advance(0.0005)
+    b.finish(C, t, success=True)
+    picks = simulate(b, clock, requests=1000, interval=0.002, latency=lambda k, r: 0.010)
+    assert Counter(k for _, k in picks)[C] > 250
+
+
+def test_a_fast_failing_endpoint_gets_almost_no_traffic() -> None:
+    """The issue's case: one of three endpoints answers every request at once with an error
+    (its app died behind its pod's proxy). On latency alone it is the cheapest and draws most
+    requests; counted as failures, it is passed over after its first answers."""
+    b, clock = make(seed=12)
+    b.update([A, B, C])
+
+    def latency(key: Key, rng: random.Random) -> float:
+        return 0.0003 if key == C else 0.010 * rng.uniform(0.8, 1.2)
+
+    # 1.5 s of one request per ms
+    picks = [k for _, k in simulate(b, clock, requests=1500, interval=0.001, latency=latency,
+                                    failing=frozenset([C]))]  # fmt: skip
+    share = Counter(picks)
+    assert share[C] <= 5, share  # before the fix: well over half of them
+
+
+def test_a_failed_endpoint_is_probed_again_after_its_penalty_decays() -> None:
+    b, clock = make(seed=13)
+    b.update([A, B, C])
+    _warm(b, clock, [A, B, C], 0.010, 20)
+    t = b.start(C)
+    clock.advance(0.0005)
+    b.finish(C, t, success=False)
+    start = clock()
+    # two minutes of one request every 20 ms; C answers well when it is tried again
+
+    def latency(key: Key, rng: random.Random) -> float:
+        return 0.010 * rng.uniform(0.8, 1.2)
+
+    picks = simulate(b, clock, requests=6000, interval=0.020, latency=latency)
+    back = [at - start for at, k in picks if k == C]
+    assert back, "never probed again"
+    # not before its estimate decayed to the others' cost (decay 10 s * ln(1 s / ~10 ms))
+    assert 20.0 < back[0] < 60.0, back[0]
+    late = Counter(k for at, k in picks if at - start > back[0] + 30.0)
+    assert late[C] / sum(late.values()) > 0.25, late  # its share is back once it answers well
+
+
+def test_an_endpoint_that_keeps_failing_is_only_probed() -> None:
+    b, clock = make(seed=14)
+    b.update([A, B, C])
+    _warm(b, clock, [A, B, C], 0.010, 20)
+
+    def latency(key: Key, rng: random.Random) -> float:
+        return 0.0003 if key == C else 0.010 * rng.uniform(0.8, 1.2)
+
+    # C answers every request with an error, at once, for 3 minutes
+    picks = simulate(
+        b, clock, requests=9000, interval=0.020, latency=latency, failing=frozenset([C])
+    )
+    probes = [at for at, k in picks if k == C]
+    assert 1 <= len(probes) <= 8, probes  # one probe per decay of the penalty
+    assert all(b - a > 20.0 for a, b in itertools.pairwise(probes)), probes
 
 
 # -- property tests -----------------------------------------------------------------------------
@@ -516,3 +663,36 @@ def test_pick_prefers_ready_endpoints(n: int, seed: int, failed: set[int]) -> No
         assert got is not None and 0 <= got < n
         if len(dead) < n:
             assert got not in dead
+
+
+@given(
+    n=st.integers(2, 8),
+    seed=st.integers(0, 2**32),
+    history=st.lists(
+        st.tuples(st.integers(0, 7), st.floats(0.0, 0.02), st.booleans()), max_size=40
+    ),
+    victim=st.integers(0, 7),
+    fast=st.floats(0.0, 0.1),
+)
+def test_right_after_a_failure_pick_returns_any_other_member_first(
+    n: int, seed: int, history: list[tuple[int, float, bool]], victim: int, fast: float
+) -> None:
+    """Whatever the (successful) history, an endpoint that just failed, however fast, costs
+    more than any other and is never picked while another member exists; picks are always
+    members. (The others' costs stay under the penalty: at most 40 pending * 20 ms.)"""
+    clock = FakeClock()
+    b: Balancer[int] = Balancer(clock=clock, rng=random.Random(seed))
+    b.update(range(n))
+    victim %= n
+    for key, rtt, keep_pending in history:
+        key %= n
+        t = b.start(key)
+        clock.advance(rtt)
+        if not keep_pending or key == victim:
+            b.finish(key, t)
+    t = b.start(victim)
+    clock.advance(fast)
+    b.finish(victim, t, success=False)
+    for _ in range(50):
+        got = b.pick()
+        assert got is not None and 0 <= got < n and got != victim

@@ -12,9 +12,28 @@ request (HTTP) or connection (opaque TCP), :meth:`~Balancer.failed` when connect
 endpoint fails (it then leaves the *ready* set for an exponential backoff) and
 :meth:`~Balancer.succeeded_connect` when a connection is established (resets that backoff).
 
+**Failures count against an endpoint.** A request that failed (``finish(..., success=False)``:
+a connection error, a 5xx, a failing gRPC status) is observed as ``max(rtt, failure_penalty)``,
+1 s by default. Latency alone rewards an endpoint that fails fast: an app that died behind its
+pod's proxy is answered 502 in a fraction of a millisecond, looks like the fastest endpoint and
+draws most of the traffic. With the penalty, one failure makes the endpoint's cost jump (a peak
+is taken at once), so P2C passes it over while its estimate decays (``decay * ln(penalty /
+the others' cost)``: about 35 s against 30 ms endpoints, a minute against 1 ms ones); then real
+traffic probes it: a success pulls the estimate down to its latency, another failure sends it
+back up. Why a fixed penalty: it never escalates (a penalty relative to the other endpoints'
+estimates grows without bound when every endpoint fails, each failure raising the reference of
+the next), it costs nothing per failure, and it only needs to exceed what a healthy endpoint of
+a mesh costs by a wide margin; a service whose successes take about a second or more needs a
+larger one (a slow failure is still observed at its own length). Finagle's and Linkerd's
+peak-EWMA observe every response the same way and leave failures to failure accrual (which
+Weft also has, when a policy enables it: ``weft.core.accrual``), so a fast-failing endpoint
+draws traffic until enough consecutive failures eject it; gRPC's weighted round robin, like
+this, puts failures in the cost itself (``error_utilization_penalty``).
+
 Sans-I/O: no awaits, the clock and the RNG are injected; a :class:`Balancer` is not thread-safe
 (one per event loop). Not for: discovery (membership comes from :meth:`~Balancer.update`),
-connection pooling, retries or failure accrual on responses.
+connection pooling, retries, classifying responses (the caller says ``success``) or failure
+accrual (consecutive-failures ejection, ``weft.core.accrual``).
 """
 
 from __future__ import annotations
@@ -83,6 +102,7 @@ class Balancer(Generic[K]):
         "_endpoints",
         "_keys",
         "_next_wake",
+        "_penalty",
         "_random",
         "_ready",
     )
@@ -95,16 +115,22 @@ class Balancer(Generic[K]):
         default_rtt: float = 0.030,
         decay: float = 10.0,
         backoff: ExponentialBackoff | None = None,
+        failure_penalty: float = 1.0,
     ) -> None:
         if not (math.isfinite(default_rtt) and default_rtt > 0):
             raise ValueError(f"balancer default_rtt must be finite and > 0, got {default_rtt!r}")
         if not (math.isfinite(decay) and decay > 0):
             raise ValueError(f"balancer decay must be finite and > 0, got {decay!r}")
+        if not (math.isfinite(failure_penalty) and failure_penalty > 0):
+            raise ValueError(
+                f"balancer failure_penalty must be finite and > 0, got {failure_penalty!r}"
+            )
         self._clock = clock
         rng = rng if rng is not None else random.Random()
         self._random = rng.random
         self._default_rtt = float(default_rtt)
         self._decay = float(decay)
+        self._penalty = float(failure_penalty)  # seconds: the least latency a failure observes
         self._backoff = backoff if backoff is not None else ExponentialBackoff(rng=rng)
         self._endpoints: dict[K, PeakEwma] = {}
         self._keys: list[K] = []
@@ -180,10 +206,12 @@ class Balancer(Generic[K]):
 
     def finish(self, key: K, started: float, *, success: bool = True, observe: bool = True) -> None:
         """The request started at ``started`` is done: one fewer pending, and its latency is
-        observed (also on failure: a slow error is still slow). With ``observe=False`` only the
-        pending count drops: for work whose duration says nothing about the endpoint's latency
-        (a connection dialed before the client spoke). Ignored when ``key`` was removed since,
-        or re-added after the request started (the request belonged to the old entry).
+        observed. ``success=False`` (the request failed because of the endpoint) observes at
+        least the failure penalty, so a fast failure does not make the endpoint look fast (see
+        the module's docstring). With ``observe=False`` only the pending count drops: for work
+        whose outcome says nothing about the endpoint (a connection dialed before the client
+        spoke, a pooled connection found closed). Ignored when ``key`` was removed since, or
+        re-added after the request started (the request belonged to the old entry).
         """
         ep = self._endpoints.get(key)
         if ep is None or started < ep.created:
@@ -194,7 +222,22 @@ class Balancer(Generic[K]):
             return
         now = self._clock()
         rtt = now - started
-        ep.observe(rtt if rtt > 0.0 else 0.0, now, self._decay)
+        if not success:
+            if rtt < self._penalty:
+                rtt = self._penalty
+        elif rtt < 0.0:
+            rtt = 0.0
+        ep.observe(rtt, now, self._decay)
+
+    def penalize(self, key: K, started: float) -> None:
+        """The request started at ``started``, whose latency :meth:`finish` observed already
+        (at its response headers), failed after all (a failing gRPC status in its trailers):
+        observe the failure penalty now. ``pending`` is unchanged. Ignored as :meth:`finish`
+        is for a key removed or re-added since."""
+        ep = self._endpoints.get(key)
+        if ep is None or started < ep.created:
+            return
+        ep.observe(self._penalty, self._clock(), self._decay)
 
     def failed(self, key: K) -> None:
         """Connecting to ``key`` failed: it leaves the ready set for a backoff delay that doubles

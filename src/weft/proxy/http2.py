@@ -853,8 +853,13 @@ class H2Stream:
                 break
         self.status = status
         # the endpoint's latency is to its response headers, as Linkerd's peak-EWMA takes it:
-        # a stream that stays open for hours must not make its endpoint look slow
-        self._timed(status < 500)
+        # a stream that stays open for hours must not make its endpoint look slow; a failure
+        # counts against it: a 5xx, or a failing grpc-status already here (trailers-only)
+        ok = status < 500
+        if ended and ok:
+            grpc = _trailer_status(headers)
+            ok = grpc is None or grpc == b"0"
+        self._timed(ok)
         self.latency_ms = (_monotonic() - self.started) * 1000.0
         if ended:  # trailers-only (gRPC errors): one HEADERS frame with END_STREAM
             self.grpc_status = _trailer_status(headers)
@@ -1026,6 +1031,7 @@ class H2Stream:
         if self.finished:
             return
         self.failed = True
+        self._timed(True)  # the client gave up: no failure of the endpoint's
         self._drop_request()
         self._drop_response()
         if self.up is not None:
@@ -1111,6 +1117,10 @@ class H2Stream:
         if state is not None:
             if self.status:
                 self._count(state)  # answered before its stream opened (a timeout, a reset)
+            if self.timed and self.grpc_status is not None and self.grpc_status != b"0":
+                # timed at its response headers, failed in its trailers: it counts against
+                # the endpoint as a trailers-only failure does
+                concrete.balancer.penalize(state.addr, self.sent_at)
             self._timed(success)
             if self.status:
                 concrete.record(state.addr, success)

@@ -758,12 +758,16 @@ def _account_dial(
     is done, and no latency observed. The requests that follow are observed on their own; the
     time until the client speaks is its think time, not the endpoint's latency (peak EWMA would
     keep such a slow observation for tens of seconds), and an endpoint that was only dialed
-    stays unobserved, so the balancer tries it before one it has measured."""
+    stays unobserved, so the balancer tries it before one it has measured. A dial that failed
+    is a failure, as any request's failed connect is (the dial also backed the endpoint off)."""
     balancer = concrete.balancer
     started = balancer.start(addr)
 
-    def done(_: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
-        balancer.finish(addr, started, observe=False)
+    def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            balancer.finish(addr, started, success=False)
+        else:
+            balancer.finish(addr, started, observe=False)
 
     dial.add_done_callback(done)
 
