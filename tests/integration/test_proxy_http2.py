@@ -15,6 +15,7 @@ import grpc
 import grpc.aio
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 from hpack import NeverIndexedHeaderTuple
@@ -23,9 +24,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from weft.addr import Address
 from weft.discovery import Endpoint
 from weft.metrics.proxy import ProxyMetrics
+from weft.policy import RetryBudgetConfig, RetryPolicy, ServicePolicy, Timeouts
 from weft.proxy.config import ProxyConfig
 from weft.proxy.endpoints import Concrete
-from weft.proxy.http2 import STREAM_WINDOW, Http2Context, Http2Downstream
+from weft.proxy.http2 import (
+    MAX_REFUSED_RETRIES,
+    REPLAY_LIMIT,
+    STREAM_WINDOW,
+    Http2Context,
+    Http2Downstream,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -748,3 +756,346 @@ async def test_a_call_repicked_after_a_failed_connect_counts_against_its_endpoin
         assert proxy.sample("request_total", dst_pod="live") == 20
         assert proxy.sample("response_total", dst_pod="live", classification="success") == 20
         assert proxy.sample("request_total", dst_pod="dead") == 0
+
+
+class RefusingH2Server:
+    """A python-hyper h2 server answering each request 200 with ``<method> <path> <body>``,
+    that refuses streams as told: ``refuse(conn, rank)`` (the connection's and the stream's rank
+    on it, from 0) resets a stream REFUSED_STREAM as its headers arrive (with ``refuse_after``:
+    once its body passed that many bytes); ``accepted`` counts the others. With ``goaway_after``,
+    the first connection waits for that many requests, answers the first, then sends GOAWAY
+    naming it as the last stream processed and closes (as nginx after ``keepalive_requests``);
+    with ``answer=False`` it never answers. ``processed`` records (connection, method, path,
+    body) of what it answered."""
+
+    def __init__(
+        self,
+        refuse: Callable[[int, int], bool] = lambda c, r: False,
+        goaway_after: int = 0,
+        *,
+        answer: bool = True,
+        refuse_after: int = 0,
+    ) -> None:
+        self.refuse = refuse
+        self.goaway_after = goaway_after
+        self.answer = answer
+        self.refuse_after = refuse_after
+        self.connections = 0
+        self.refused = 0
+        self.accepted = 0
+        self.processed: list[tuple[int, bytes, bytes, bytes]] = []
+        self.server: asyncio.Server | None = None
+        self._open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    async def __aenter__(self) -> RefusingH2Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self._open.values():
+            writer.close()
+        if self._open:  # the handlers end at their connection's EOF
+            await asyncio.wait(list(self._open), timeout=5)
+
+    @property
+    def address(self) -> Address:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self.connections
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = writer
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        heads: dict[int, dict[bytes, bytes]] = {}
+        bodies: dict[int, bytes] = {}
+        ended: list[int] = []
+        doomed: set[int] = set()  # to refuse once their body passed refuse_after
+        rank = 0
+        refused = h2.errors.ErrorCodes.REFUSED_STREAM
+        try:
+            while data := await reader.read(65536):
+                for e in conn.receive_data(data):
+                    sid = e.stream_id if isinstance(e, h2.events.RequestReceived) else 0
+                    if isinstance(e, h2.events.RequestReceived) and self.refuse(number, rank):
+                        if self.refuse_after:
+                            doomed.add(sid)
+                            heads[sid], bodies[sid] = dict(e.headers), b""
+                        else:
+                            self.refused += 1
+                            conn.reset_stream(sid, refused)
+                        rank += 1
+                    elif isinstance(e, h2.events.RequestReceived):
+                        self.accepted += 1
+                        heads[sid], bodies[sid] = dict(e.headers), b""
+                        rank += 1
+                    elif isinstance(e, h2.events.DataReceived) and e.stream_id in heads:
+                        bodies[e.stream_id] += e.data
+                        conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                        if e.stream_id in doomed and len(bodies[e.stream_id]) > self.refuse_after:
+                            doomed.discard(e.stream_id)
+                            del heads[e.stream_id]
+                            self.refused += 1
+                            conn.reset_stream(e.stream_id, refused)
+                    elif isinstance(e, h2.events.StreamEnded) and e.stream_id in heads:
+                        ended.append(e.stream_id)
+                if not self.answer:
+                    ended.clear()
+                if self.goaway_after and number == 0:
+                    if len(ended) >= self.goaway_after:
+                        self._answer(conn, number, ended[0], heads, bodies)
+                        conn.close_connection(last_stream_id=ended[0])
+                        writer.write(conn.data_to_send())
+                        break
+                else:
+                    for sid in ended:
+                        self._answer(conn, number, sid, heads, bodies)
+                    ended.clear()
+                writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+            self._open.pop(task, None)
+
+    def _answer(
+        self,
+        conn: h2.connection.H2Connection,
+        number: int,
+        sid: int,
+        heads: dict[int, dict[bytes, bytes]],
+        bodies: dict[int, bytes],
+    ) -> None:
+        method, path = heads[sid][b":method"], heads[sid][b":path"]
+        self.processed.append((number, method, path, bodies[sid]))
+        conn.send_headers(sid, [(b":status", b"200")])
+        conn.send_data(sid, b"%s %s %s" % (method, path, bodies[sid]), end_stream=True)
+
+
+Answer = tuple[dict[bytes, bytes], bytes, int | None]
+
+
+def _req(method: bytes, path: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", method),
+        (b":scheme", b"http"),
+        (b":path", path),
+        (b":authority", b"svc"),
+        *extra,
+    ]
+
+
+async def _exchange(
+    address: Address, requests: list[tuple[list[tuple[bytes, bytes]], bytes]]
+) -> list[Answer]:
+    """``requests`` (headers, body) sent at once on one HTTP/2 connection; per request, in
+    order: its response's headers and trailers (one dict), its body, and the code of the
+    RST_STREAM that ended it (None when none did)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(conn.data_to_send())
+    settings = False
+    async with asyncio.timeout(10):
+        # the proxy's SETTINGS and windows first: a body may be larger than 64 KiB
+        while not settings or conn.outbound_flow_control_window <= 65535:
+            for e in conn.receive_data(await reader.read(65536)):
+                settings = settings or isinstance(e, h2.events.RemoteSettingsChanged)
+    sids = []
+    for headers, body in requests:
+        sid = conn.get_next_available_stream_id()
+        sids.append(sid)
+        conn.send_headers(sid, headers, end_stream=not body)
+        step = conn.max_outbound_frame_size
+        for pos in range(0, len(body), step):
+            conn.send_data(sid, body[pos : pos + step], end_stream=pos + step >= len(body))
+    writer.write(conn.data_to_send())
+    fields: dict[int, dict[bytes, bytes]] = {sid: {} for sid in sids}
+    bodies = dict.fromkeys(sids, b"")
+    resets: dict[int, int] = {}
+    pending = set(sids)
+    try:
+        async with asyncio.timeout(20):
+            while pending:
+                data = await reader.read(65536)
+                assert data, "the proxy closed the connection"
+                for e in conn.receive_data(data):
+                    if isinstance(e, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        fields[e.stream_id].update(e.headers)
+                    elif isinstance(e, h2.events.DataReceived):
+                        bodies[e.stream_id] += e.data
+                        conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                    elif isinstance(e, h2.events.StreamEnded):
+                        pending.discard(e.stream_id)
+                    elif isinstance(e, h2.events.StreamReset):
+                        resets[e.stream_id] = e.error_code
+                        pending.discard(e.stream_id)
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return [(fields[sid], bodies[sid], resets.get(sid)) for sid in sids]
+
+
+NO_RETRIES = ServicePolicy(
+    retry=RetryPolicy(limit=0, budget=RetryBudgetConfig(ratio=0.0, min_per_second=0.0))
+)
+
+
+@pytest.mark.parametrize("policy", [None, NO_RETRIES], ids=["no-policy", "no-retries-no-budget"])
+async def test_streams_refused_by_the_server_are_sent_again_on_another_connection(
+    policy: ServicePolicy | None,
+) -> None:
+    """RST_STREAM REFUSED_STREAM: the server did not process the stream (RFC 9113 8.7), so the
+    proxy sends it again on another connection, a POST too, whatever the retry policy (here
+    none, or one that allows no retry and has an empty budget)."""
+    async with (
+        RefusingH2Server(refuse=lambda conn, rank: rank == 0) as srv,
+        H2Proxy([srv.address]) as proxy,
+    ):
+        if policy is not None:
+            proxy.concrete.set_policy(policy)
+        requests = [(_req(b"GET", b"/%d" % i), b"") for i in range(4)]
+        requests.append((_req(b"POST", b"/post", (b"content-length", b"7")), b"payload"))
+        answers = await _exchange(proxy.address, requests)
+        for (fields, body, reset), (headers, sent) in zip(answers, requests, strict=True):
+            method, path = headers[0][1], headers[2][1]
+            assert reset is None and fields[b":status"] == b"200", (path, fields, reset)
+            assert body == b"%s %s %s" % (method, path, sent)
+        assert srv.refused >= 1 and srv.connections >= 2
+        assert sorted(p for _, _, p, _ in srv.processed) == [b"/0", b"/1", b"/2", b"/3", b"/post"]
+        # what the client saw: five successes; the attempts: the refused ones too
+        assert proxy.sample("route_response_total", classification="success") == 5
+        assert proxy.sample("route_response_total", classification="failure") == 0
+        assert proxy.sample("route_actual_request_total") == 5 + srv.refused
+        assert proxy.sample("response_total", classification="success") == 5
+
+
+async def test_streams_above_the_last_stream_id_of_a_goaway_are_sent_again() -> None:
+    """A server closing a connection (nginx after ``keepalive_requests``) sends GOAWAY naming
+    the last stream it processed, then closes: the streams above it, a POST among them, were
+    not processed and go to a new connection."""
+    async with (
+        RefusingH2Server(goaway_after=3) as srv,
+        H2Proxy([srv.address]) as proxy,
+    ):
+        requests = [
+            (_req(b"GET", b"/a"), b""),
+            (_req(b"GET", b"/b"), b""),
+            (_req(b"POST", b"/c", (b"content-length", b"4")), b"body"),
+        ]
+        answers = await _exchange(proxy.address, requests)
+        for (fields, body, reset), (headers, sent) in zip(answers, requests, strict=True):
+            method, path = headers[0][1], headers[2][1]
+            assert reset is None and fields[b":status"] == b"200", (path, fields, reset)
+            assert body == b"%s %s %s" % (method, path, sent)
+        # each processed once: the first on the connection that went away, the others after
+        by_path = {path: (conn, body) for conn, _, path, body in srv.processed}
+        assert len(srv.processed) == 3 and set(by_path) == {b"/a", b"/b", b"/c"}
+        assert [conn for conn, _ in by_path.values()].count(0) == 1
+        assert by_path[b"/c"][1] == b"body"
+        assert proxy.sample("response_total", classification="success") == 3
+        assert proxy.sample("response_total", classification="failure") == 0
+
+
+async def test_a_server_that_refuses_every_stream_gets_a_bounded_number_of_attempts() -> None:
+    """Refused again and again, a stream gets a clear error after a few attempts (not a loop):
+    plain HTTP/2 a 502 and gRPC a trailers-only UNAVAILABLE, both with ``weft-proxy-error:
+    upstream-refused`` (not REFUSED_STREAM passed on, which would invite the client to send it
+    again at once), counted as failures."""
+    async with (
+        RefusingH2Server(refuse=lambda conn, rank: True) as srv,
+        H2Proxy([srv.address]) as proxy,
+    ):
+        grpc_headers = (
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        )
+        requests = [
+            (_req(b"GET", b"/plain"), b""),
+            (_req(b"POST", METHOD_UNARY.encode(), *grpc_headers), b"\x00\x00\x00\x00\x01x"),
+        ]
+        (plain, call) = await _exchange(proxy.address, requests)
+        fields, body, reset = plain
+        assert reset is None and fields[b":status"] == b"502", (fields, reset)
+        assert fields[b"weft-proxy-error"] == b"upstream-refused"
+        assert b"refused the stream %d times" % (1 + MAX_REFUSED_RETRIES) in body
+        fields, _, reset = call
+        assert reset is None and fields[b":status"] == b"200", (fields, reset)
+        assert fields[b"grpc-status"] == b"14"
+        assert fields[b"weft-proxy-error"] == b"upstream-refused"
+        assert srv.refused == 2 * (1 + MAX_REFUSED_RETRIES)
+        assert not srv.processed
+        assert proxy.sample("response_total", classification="success") == 0
+        assert proxy.sample("response_total", classification="failure", status_code="502") == 1
+        assert proxy.sample("response_total", classification="failure", grpc_status_code="14") == 1
+        assert proxy.sample("route_response_total", classification="failure") == 2
+
+
+async def test_a_plain_http2_error_answered_while_the_upstream_stream_is_open_ends() -> None:
+    """A proxy error for an attempt whose upstream stream is open (here the request timeout)
+    reaches a plain HTTP/2 client whole: its body and the end of the stream, not only the
+    headers (the 502 after refused attempts takes the same path)."""
+    async with (
+        RefusingH2Server(answer=False) as srv,
+        H2Proxy([srv.address]) as proxy,
+    ):
+        proxy.concrete.set_policy(ServicePolicy(timeouts=Timeouts(request=0.2)))
+        ((fields, body, reset),) = await _exchange(proxy.address, [(_req(b"GET", b"/"), b"")])
+        assert reset is None and fields[b":status"] == b"504"
+        assert body == b"weft proxy: upstream did not respond in time\n"
+
+
+async def test_a_refused_stream_is_sent_again_while_its_body_fits_the_replay_buffer() -> None:
+    """A stream refused while its client is still sending goes again with what came so far and
+    then the rest; one whose body outgrew the replay buffer (64 KiB) before the refusal cannot
+    be replayed: REFUSED_STREAM is passed on (the client still has its body to send again)."""
+    async with (
+        RefusingH2Server(refuse=lambda conn, rank: rank == 0) as srv,
+        H2Proxy([srv.address]) as proxy,
+    ):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        try:
+            conn.send_headers(1, _req(b"POST", b"/stream"))
+            conn.send_data(1, b"part1-" * 1000)
+            writer.write(conn.data_to_send())
+            for _ in range(200):  # refused, then taken by another connection, still open
+                if srv.refused and srv.accepted:
+                    break
+                await asyncio.sleep(0.02)
+            assert srv.refused and srv.accepted and not srv.processed
+            conn.send_data(1, b"part2", end_stream=True)
+            writer.write(conn.data_to_send())
+            body = b""
+            async with asyncio.timeout(10):
+                while True:
+                    data = await reader.read(65536)
+                    assert data, "the proxy closed the connection"
+                    events = conn.receive_data(data)
+                    for e in events:
+                        if isinstance(e, h2.events.DataReceived):
+                            body += e.data
+                        assert not isinstance(e, h2.events.StreamReset), e
+                    writer.write(conn.data_to_send())
+                    if any(isinstance(e, h2.events.StreamEnded) for e in events):
+                        break
+            assert body == b"POST /stream " + b"part1-" * 1000 + b"part2"
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    async with (
+        RefusingH2Server(refuse=lambda conn, rank: True, refuse_after=REPLAY_LIMIT + 1) as srv,
+        H2Proxy([srv.address]) as proxy,
+    ):
+        big = b"z" * (REPLAY_LIMIT + 16 * 1024)
+        ((fields, _, reset),) = await _exchange(proxy.address, [(_req(b"PUT", b"/big"), big)])
+        assert reset == h2.errors.ErrorCodes.REFUSED_STREAM and not fields
+        assert srv.refused == 1

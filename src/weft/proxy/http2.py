@@ -48,7 +48,12 @@ retry budget (:mod:`weft.core.retry`) allow it, when its attempt fails before an
 response went to the client: a gRPC call that ends with a status the policy's ``grpc`` names
 (trailers-only, or headers then trailers with no message: for such calls the proxy holds the
 response headers until the first DATA or the trailers), a non-gRPC request with a retryable HTTP
-status and an idempotent method, a connection error, or the per-attempt timeout. Timeouts: the
+status and an idempotent method, a connection error, or the per-attempt timeout. A stream the
+server never processed (RST_STREAM REFUSED_STREAM, or above a GOAWAY's last stream id: RFC 9113
+8.7) is sent again at once on another connection, whatever the method and the retry policy and
+outside the retry budget, while its body fits ``REPLAY_LIMIT`` (kept for every stream until its
+response starts), at most ``MAX_REFUSED_RETRIES`` times: then it is answered 502 (gRPC: 14
+UNAVAILABLE) with ``weft-proxy-error: upstream-refused``. Timeouts: the
 request timeout (``timeouts.request`` / ``response``, until the response headers go out), the
 per-attempt timeout, and for gRPC the request's ``grpc-timeout``, which bounds the whole call (the
 smaller wins; a retry forwards what is left of it). On expiry the proxy answers (trailers-only)
@@ -107,6 +112,9 @@ CONNECTION_WINDOW = 4 * 1024 * 1024  # the same, all streams of one connection t
 MAX_CONCURRENT_STREAMS = 1000  # streams a client may open on one connection
 MAX_CONNECT_ATTEMPTS = 3
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept for a retry
+# times a stream the server never processed is sent again (outside any retry policy): a server
+# closing a connection refuses a stream once; one that refuses everything must not loop
+MAX_REFUSED_RETRIES = 3
 GRPC_UNAVAILABLE = b"14"
 GRPC_DEADLINE_EXCEEDED = b"4"
 GRPC_INTERNAL = b"13"
@@ -146,13 +154,16 @@ class Http2Context:
         self._dirty: list[_Peer] = []
         self._flush_pending = False
 
-    def upstream(self, concrete: Concrete, state: EndpointState) -> Http2Upstream:
-        """A connection to ``state`` with room for one more stream (dialed when none has)."""
+    def upstream(
+        self, concrete: Concrete, state: EndpointState, avoid: Http2Upstream | None = None
+    ) -> Http2Upstream:
+        """A connection to ``state`` with room for one more stream (dialed when none has),
+        other than ``avoid`` (which refused a stream)."""
         conns = self.pools.get(state)
         if conns is None:
             conns = self.pools[state] = []
         for up in conns:
-            if up.has_room():
+            if up is not avoid and up.has_room():
                 return up
         up = Http2Upstream(self, concrete, state)
         conns.append(up)
@@ -359,10 +370,10 @@ class H2Stream:
     __slots__ = (
         "actual", "attempt_timeout", "attempt_timer", "attempts", "authority", "avoid", "backoff",
         "budget", "concrete", "deadline_at", "down", "failed", "finished", "grpc", "grpc_status",
-        "headers", "held", "latency_ms", "replay", "replay_size", "replayed", "req_buf",
-        "req_closed", "req_end", "req_never", "req_trailers", "resp_buf", "resp_closed",
-        "resp_end", "resp_mod", "resp_never", "resp_started", "resp_trailers", "retries",
-        "retry", "route", "sent_at",
+        "headers", "held", "latency_ms", "refusals", "refused_by", "replay", "replay_size",
+        "req_buf", "req_closed", "req_end", "req_never", "req_trailers", "resend", "resp_buf",
+        "resp_closed", "resp_end", "resp_mod", "resp_never", "resp_started", "resp_trailers",
+        "retries", "retry", "route", "sent_at",
         "series", "sid", "started", "state", "status", "timed", "timer", "up", "up_sid", "waiter",
         "waiting",
     )  # fmt: skip
@@ -408,9 +419,12 @@ class H2Stream:
         self.budget: RetryBudget | None = None
         self.retries = 0
         self.avoid: Address | None = None  # the endpoint whose attempt failed, for the retry
-        self.replay: list[bytes] | None = None  # the request body, kept for a retry
+        # the request body, kept for a retry until the response starts (None: it did not fit)
+        self.replay: list[bytes] | None = []
         self.replay_size = 0
-        self.replayed = False  # req_buf holds bytes the client's window already got back
+        self.resend: deque[bytes] = deque()  # replayed bytes to send first (acknowledged already)
+        self.refusals = 0  # attempts the server never processed (RFC 9113 8.7)
+        self.refused_by: Http2Upstream | None = None  # the connection that refused the last one
         self.held: Headers | None = None  # response headers held until a retry is ruled out
         self.resp_mod: HeaderModifier | None = None
         self.deadline_at = 0.0  # the grpc-timeout's end (monotonic), 0: none
@@ -498,7 +512,6 @@ class H2Stream:
             self.retry = retry
             self.budget = self.down.concrete.budget(retry.budget)
             self.budget.record_request()
-            self.replay = []
             self.attempt_timeout = retry.timeout
         if timeouts.backend_request is not None:
             self.attempt_timeout = timeouts.backend_request
@@ -575,7 +588,8 @@ class H2Stream:
             )
         self.sent_at = concrete.balancer.start(state.addr)
         self.timed = False
-        self.down.ctx.upstream(concrete, state).add(self)
+        refused_by, self.refused_by = self.refused_by, None
+        self.down.ctx.upstream(concrete, state, refused_by).add(self)
 
     def _other_endpoint(self, avoid: Address) -> EndpointState | None:
         concrete = self.concrete
@@ -672,8 +686,11 @@ class H2Stream:
         up = self.up
         if up is None or self.req_closed:
             return
-        src = None if self.replayed else self.down
-        if self.req_buf and not _pump(self.req_buf, up, self.up_sid, src, self.sid):
+        resend = self.resend
+        if resend and not _pump(resend, up, self.up_sid, None, self.sid):
+            up.blocked[self] = None
+            return
+        if self.req_buf and not _pump(self.req_buf, up, self.up_sid, self.down, self.sid):
             up.blocked[self] = None
             return
         up.blocked.pop(self, None)
@@ -733,6 +750,46 @@ class H2Stream:
 
     def _retry_later(self) -> None:
         """Abandon this attempt (what it answered goes nowhere) and try again after a backoff."""
+        self._abandon(refused=False)
+        from weft.core.retry import backoff_delay
+
+        assert self.retry is not None
+        delay = backoff_delay(self.retry, self.retries, _rng)
+        self.retries += 1
+        self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
+
+    def _refused_retryable(self) -> bool:
+        """Whether an attempt the server never processed can be sent again: nothing of its
+        response came, its body can be replayed, and it was not refused too often already."""
+        return (
+            not self.status
+            and not self.resp_started
+            and self.replay is not None
+            and self.refusals < MAX_REFUSED_RETRIES
+            and not self.down.ctx.draining
+        )
+
+    def _retry_refused(self, up: Http2Upstream | None) -> None:
+        """Send again, at once and on another connection than ``up``, an attempt the server did
+        not process (RFC 9113 8.7: safe for any method, as Envoy and Linkerd do): neither the
+        retry policy's limit nor its budget is spent on it."""
+        self.refusals += 1
+        self._abandon(refused=True)
+        self.refused_by = up
+        self.backoff = asyncio.get_running_loop().call_later(0, self._redispatch)
+
+    def _fail_refused(self) -> None:
+        """Refused again and again, or not replayable: a 502 (gRPC: 14) when the proxy gave up
+        after its attempts, else REFUSED_STREAM passed on (the client may send it again)."""
+        if self.refusals >= MAX_REFUSED_RETRIES:
+            n = self.refusals + 1
+            self.fail(502, "upstream-refused", f"upstream refused the stream {n} times")
+        else:
+            self.failed = True
+            self._reset_client(REFUSED_STREAM)
+
+    def _abandon(self, *, refused: bool) -> None:
+        """Drop this attempt, count it (ACTUAL series), and make the request ready to go again."""
         if self.attempt_timer is not None:
             self.attempt_timer.cancel()
             self.attempt_timer = None
@@ -747,7 +804,10 @@ class H2Stream:
         if state is not None:
             self._count(state)
             self._timed(False)
-            concrete.record(state.addr, False)
+            if refused:  # a server that closes a connection gracefully did not fail
+                concrete.cancel(state.addr)
+            else:
+                concrete.record(state.addr, False)
             self.avoid = state.addr
         grpc = self.grpc_status
         code = int(grpc) if grpc is not None and grpc.isdigit() else None
@@ -764,25 +824,20 @@ class H2Stream:
         self.resp_end = self.resp_closed = False
         self.resp_trailers = None
         self.attempts = 0
-        if not self.replayed:
-            # bytes the old attempt never took: the client's window gets them back now, since
-            # the replay is sent without acknowledging again
-            pending = sum(len(b) for b in self.req_buf)
-            if pending:
-                self.down.ack(pending, self.sid)
-            self.replayed = True
-        assert self.replay is not None and self.retry is not None
-        self.req_buf = deque(self.replay)
+        # bytes the old attempt never took: the client's window gets them back now, since the
+        # replay (which holds them too) is sent without acknowledging again; bytes the client
+        # sends from now on are acknowledged as they go
+        pending = sum(len(b) for b in self.req_buf)
+        if pending:
+            self.down.ack(pending, self.sid)
+        self.req_buf.clear()
+        assert self.replay is not None
+        self.resend = deque(self.replay)
         self.req_closed = False
         if self.deadline_at:
             left = self.deadline_at - _monotonic()
             value = grpc_timeout_value(max(left, 0.001))
             self.headers = [(n, value if n == b"grpc-timeout" else v) for n, v in self.headers]
-        from weft.core.retry import backoff_delay
-
-        delay = backoff_delay(self.retry, self.retries, _rng)
-        self.retries += 1
-        self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
 
     def _redispatch(self) -> None:
         self.backoff = None
@@ -885,6 +940,7 @@ class H2Stream:
         """Send the response headers: from here on, this attempt's response is the answer."""
         self.resp_started = True
         self.held = None
+        self.replay = None  # no attempt will follow
         if self.attempt_timer is not None:
             self.attempt_timer.cancel()
             self.attempt_timer = None
@@ -968,6 +1024,7 @@ class H2Stream:
         if up is not None:
             self._drop_response()
             up.reset(self, CANCEL)
+            self.resp_closed = False  # closed to the upstream's answer, open to ours
         if self.grpc:
             headers: Headers = [
                 (b":status", b"200"),
@@ -1011,6 +1068,7 @@ class H2Stream:
         self.req_closed = True
         pending = sum(len(b) for b in self.req_buf)
         self.req_buf.clear()
+        self.resend.clear()
         if pending:
             self.down.ack(pending, self.sid)
         if self.up is not None:
@@ -1047,10 +1105,15 @@ class H2Stream:
             self._drop_request()
             self.pump_response()
             return
+        if code == REFUSED_STREAM and self._refused_retryable():
+            self._retry_refused(self.up)
+            return
         if not self.resp_started and self._retryable():
             self._retry_later()
             return
-        # REFUSED_STREAM before any answer: not processed, the client may retry (gRPC does)
+        if code == REFUSED_STREAM and not self.status and not self.resp_started:
+            self._fail_refused()
+            return
         self.failed = True
         self._reset_client(code)
 
@@ -1061,11 +1124,14 @@ class H2Stream:
             return
         self.up = None
         if not self.resp_started:
+            if not processed and self._refused_retryable():
+                self._retry_refused(None)
+                return
             if self._retryable():
                 self._retry_later()
                 return
             if not processed:
-                self._reset_client(REFUSED_STREAM)
+                self._fail_refused()
                 return
             self.fail(502, "upstream-closed", why)
             return
@@ -1412,7 +1478,9 @@ class Http2Upstream(_Peer):
             # the server lowered its limit: another connection takes it
             self.ctx.upstream(self.concrete, self.state).add(stream)
             return
-        end = stream.req_end and not stream.req_buf and not stream.req_trailers
+        end = (
+            stream.req_end and not stream.req_buf and not stream.resend and not stream.req_trailers
+        )
         sid = conn.open(stream.headers, end, stream.req_never)
         self.streams[sid] = stream
         if end:
