@@ -161,9 +161,12 @@ def test_scale_and_rolling_update_under_load_lose_no_request(
     assert body["service"] == "authors"  # the new template serves
 
 
-def test_control_plane_restart_under_load_loses_no_request(
+def test_control_plane_killed_under_load_is_restarted_and_proxies_follow_a_rollout(
     mesh: E2EMesh, app: dict[str, Any]
 ) -> None:
+    """The reported outage: kill -9 of the control plane under load, then a rolling update.
+    The node agent restarts the control plane; every proxy's streams come back, so the client
+    stops dialling the old pods: no request fails at any moment."""
     client = client_pod(mesh)
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in mesh.pods()}
     load = Load(mesh, client, "http://backend:8080/")
@@ -171,20 +174,41 @@ def test_control_plane_restart_under_load_loses_no_request(
         time.sleep(2)
         old = mesh.component_pid("control")
         os.kill(old, signal.SIGKILL)
-        wait_for(lambda: mesh.weft("get", "pods", check=False).returncode != 0, "control down")
-        time.sleep(2)  # pods keep serving with what their proxies last knew
-        up = mesh.weft("up")
-        assert "restarting" in up.stderr
-        assert mesh.component_pid("control") != old
+        # pods keep serving with what their proxies last knew, and the agent restarts it
+        new = wait_for(
+            lambda: (p := _control_pid(mesh)) not in (None, old) and p,
+            "the node agent to restart the control plane",
+            limit=30,
+        )
+        wait_for(lambda: mesh.weft("get", "pods", check=False).returncode == 0, "control up")
+        up = mesh.weft("up")  # nothing to do: everything is running
+        assert mesh.component_pid("control") == new, up.stderr
+        # the pods were not touched: same pods, no restarts
+        after = mesh.pods()
+        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in after} == before
+        assert all(c["restartCount"] == 0 for p in after for c in p["status"]["containerStatuses"])
+        # then every backend pod is replaced: the client's proxy must follow
+        mesh.apply(manifest(replicas=2, version="books"))
+        rolled = mesh.wait_rolled_out("backend", 2, limit=90)
+        assert not set(pod_names(rolled)) & set(before), "not every backend pod was replaced"
         time.sleep(3)
     finally:
         summary = load.stop()
     assert summary["requests"] > 100, summary
     assert summary["failed"] == 0, summary
-    # the pods were not touched: same pods, no restarts
-    after = mesh.pods()
-    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in after} == before
-    assert all(c["restartCount"] == 0 for p in after for c in p["status"]["containerStatuses"])
+    streams = json.loads(
+        mesh.exec(client, "curl", "-s", "http://127.0.0.1:4191/control-streams").stdout
+    )
+    dsts = [s for s in streams["streams"] if s["stream"] == "destination"]
+    assert dsts and all(s["connected"] for s in dsts), streams
+    assert any(s["reconnects"] >= 1 for s in dsts), streams
+
+
+def _control_pid(mesh: E2EMesh) -> int | None:
+    try:
+        return mesh.component_pid("control")
+    except AssertionError:
+        return None
 
 
 def test_stat_counts_exactly(mesh: E2EMesh, app: dict[str, Any]) -> None:

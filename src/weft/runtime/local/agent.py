@@ -54,8 +54,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.control.follow import Follower
 from weft.core.backoff import ExponentialBackoff
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.identity.tokens import TokenClaims, TokenKey
@@ -470,46 +472,63 @@ class NodeAgent:
         return stale
 
     async def _watch_loop(self) -> None:
-        backoff = ExponentialBackoff(base=0.2, maximum=5.0, jitter=0.2, rng=self._rng)
-        attempt = 0
-        while True:
-            snapshot: dict[str, dict[Key, dict[str, Any]]] = {k: {} for k in WATCH_KINDS}
-            synced = False
-            try:
-                async for event in self.client.watch(WATCH_KINDS):
-                    etype = event.get("type")
-                    obj = event.get("object")
-                    if etype == "BOOKMARK":
-                        if not synced:
-                            synced = True
-                            attempt = 0
-                            self._cache = snapshot
-                            self._synced = True
-                            log.info("watching the control plane (%s)", self.client.endpoint)
-                            self._kick.set()
-                        continue
-                    if not isinstance(obj, dict):
-                        continue
-                    kind = obj.get("kind")
-                    meta = obj.get("metadata") or {}
-                    if kind not in snapshot or not isinstance(meta, dict):
-                        continue
-                    key = (str(meta.get("namespace") or "default"), str(meta.get("name")))
-                    target = snapshot if not synced else self._cache
-                    if etype == "DELETED":
-                        target[kind].pop(key, None)
-                    else:
-                        target[kind][key] = obj
-                    if synced:
-                        self._kick.set()
-            except ControlUnavailable as exc:
-                if self._synced:
-                    log.warning("lost the control plane: %s; pods keep running", exc)
-            except ApiError as exc:
-                log.warning("watch refused: %s", exc)
+        """Follow the watch for as long as the agent runs (weft.control.follow: reconnecting
+        forever, a bad event skipped, a dead task restarted); each new stream starts from a
+        fresh snapshot that replaces the cache once its BOOKMARK says it is complete."""
+        snapshot: dict[str, dict[Key, dict[str, Any]]] = {k: {} for k in WATCH_KINDS}
+        synced = False
+
+        def on_item(event: Any) -> bool:
+            nonlocal snapshot, synced
+            if not isinstance(event, dict):
+                return False
+            etype = event.get("type")
+            obj = event.get("object")
+            if etype == "BOOKMARK":
+                if not synced:
+                    synced = True
+                    self._cache = snapshot
+                    self._synced = True
+                    log.info("watching the control plane (%s)", self.client.endpoint)
+                    self._kick.set()
+                return False
+            if not isinstance(obj, dict):
+                return False
+            kind = obj.get("kind")
+            meta = obj.get("metadata") or {}
+            if kind not in snapshot or not isinstance(meta, dict):
+                return False
+            key = (str(meta.get("namespace") or "default"), str(meta.get("name")))
+            target = snapshot if not synced else self._cache
+            if etype == "DELETED":
+                target[kind].pop(key, None)
+            else:
+                target[kind][key] = obj
+            if synced:
+                self._kick.set()
+            return True
+
+        def on_lost(reason: str, connected: bool) -> None:
+            nonlocal snapshot, synced
+            if self._synced:
+                log.warning("lost the control plane: %s; pods keep running", reason)
             self._synced = False
-            await asyncio.sleep(backoff.delay(attempt))
-            attempt += 1
+            snapshot = {k: {} for k in WATCH_KINDS}
+            synced = False
+
+        kinds = ",".join(WATCH_KINDS)
+        follower = Follower(
+            "node_watch",
+            kinds,
+            lambda: self.client.stream("/api/v1/watch?" + urlencode({"kinds": kinds})),
+            on_item,
+            on_lost=on_lost,
+        )
+        follower.start()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            await follower.close()
 
     async def _reconcile_loop(self) -> None:
         while True:
