@@ -40,6 +40,7 @@ from typing import Any
 
 from weft.control.client import ApiError, ControlUnavailable
 from weft.core.backoff import ExponentialBackoff
+from weft.metrics.proxy import render_family
 from weft.tasks import cancel_and_wait
 
 log = logging.getLogger("weft.control.follow")
@@ -132,39 +133,38 @@ class ControlStreams:
         states = self.states()
         if not states:
             return ""
-        connected, reconnects, last, updates = [], [], [], []
-        for s in states:
-            labels = f'stream="{s.kind}",target="{_escape(s.target)}"'
-            connected.append(f"control_stream_connected{{{labels}}} {int(s.connected)}")
-            reconnects.append(f"control_stream_reconnects_total{{{labels}}} {s.reconnects}")
-            updates.append(f"control_stream_updates_total{{{labels}}} {s.updates}")
-            if s.last_update is not None:
-                last.append(
-                    f"control_stream_last_update_timestamp_seconds{{{labels}}} {s.last_update:.3f}"
-                )
-        out = [
-            "# HELP control_stream_connected Whether the stream from the control plane is open.",
-            "# TYPE control_stream_connected gauge",
-            *connected,
-            "# HELP control_stream_reconnects_total Streams from the control plane reopened "
-            "after one ended.",
-            "# TYPE control_stream_reconnects_total counter",
-            *reconnects,
-            "# HELP control_stream_updates_total Updates received on the stream.",
-            "# TYPE control_stream_updates_total counter",
-            *updates,
-            "# HELP control_stream_last_update_timestamp_seconds When the last update arrived.",
-            "# TYPE control_stream_last_update_timestamp_seconds gauge",
-            *last,
-        ]
-        return "\n".join(out) + "\n"
+        keyed = [((("stream", s.kind), ("target", s.target)), s) for s in states]
+        return "".join(
+            [
+                render_family(
+                    "control_stream_connected",
+                    "gauge",
+                    "Whether the stream from the control plane is open.",
+                    [(k, int(s.connected)) for k, s in keyed],
+                ),
+                render_family(
+                    "control_stream_reconnects_total",
+                    "counter",
+                    "Streams from the control plane reopened after one ended.",
+                    [(k, s.reconnects) for k, s in keyed],
+                ),
+                render_family(
+                    "control_stream_updates_total",
+                    "counter",
+                    "Updates received on the stream.",
+                    [(k, s.updates) for k, s in keyed],
+                ),
+                render_family(
+                    "control_stream_last_update_timestamp_seconds",
+                    "gauge",
+                    "When the last update arrived.",
+                    [(k, s.last_update) for k, s in keyed if s.last_update is not None],
+                ),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self._states)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Follower:

@@ -271,6 +271,18 @@ def _labels(items: LabelItems) -> str:
     return ",".join(f'{k}="{_escape(v)}"' for k, v in items)
 
 
+def render_family(
+    name: str, kind: str, doc: str, samples: list[tuple[LabelItems, float | int]]
+) -> str:
+    """One metric family in the text format (HELP, TYPE, one line per sample): for the series
+    other components add through :attr:`ProxyMetrics.extra`, so they need not format it."""
+    out = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
+    for labels, value in samples:
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        out.append(f"{name}{{{_labels(labels)}}} {text}\n" if labels else f"{name} {text}\n")
+    return "".join(out)
+
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
