@@ -36,7 +36,10 @@ class Endpoint:
     ``labels`` carry workload metadata (``pod``, ``namespace``, ``deployment``, ``serviceaccount``)
     that become ``dst_*`` metric labels. ``identity`` is the TLS identity the server's proxy must
     present; ``meshed`` says the endpoint has a Weft sidecar; ``protocol`` is a hint
-    (``"opaque"``, ``"http1"``, ``"http2"``) or ``None`` to detect.
+    (``"opaque"``, ``"http1"``, ``"http2"``) or ``None`` to detect. ``proxy_port``, for a meshed
+    endpoint, is its proxy's inbound port on the endpoint's IP: a client proxy with an identity
+    connects there (mutual TLS, then a transport header naming the port of ``address``) rather
+    than to the app's port (:mod:`weft.core.transport_header`); ``None``: dial ``address``.
     """
 
     address: Address
@@ -44,6 +47,7 @@ class Endpoint:
     identity: str | None = None
     meshed: bool = False
     protocol: str | None = None
+    proxy_port: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"address": format_addr(self.address), "labels": dict(self.labels)}
@@ -53,6 +57,8 @@ class Endpoint:
             out["meshed"] = True
         if self.protocol is not None:
             out["protocol"] = self.protocol
+        if self.proxy_port is not None:
+            out["proxy_port"] = self.proxy_port
         return out
 
     @classmethod
@@ -66,6 +72,7 @@ class Endpoint:
             identity=_opt_str(data.get("identity")),
             meshed=bool(data.get("meshed", False)),
             protocol=_opt_str(data.get("protocol")),
+            proxy_port=_opt_port(data.get("proxy_port")),
         )
 
 
@@ -176,3 +183,11 @@ class Discovery(Protocol):
 
 def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _opt_port(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError(f"endpoint.proxy_port must be a port number, got {value!r}")
+    return value

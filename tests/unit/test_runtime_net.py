@@ -145,7 +145,9 @@ def test_proxy_init_rules_redirect_and_skip() -> None:
     )
     lines = rules.splitlines()
     assert lines[0] == "*nat" and lines[-1] == "COMMIT"
-    assert any("--dports 4190,4191,4567,4568" in line and "-j RETURN" in line for line in lines)
+    # the inbound port itself is left alone: other proxies connect to it directly
+    skips = "--dports 4143,4190,4191,4567,4568"
+    assert any(skips in line and "-j RETURN" in line for line in lines)
     assert any(line.endswith("-j REDIRECT --to-ports 4143") for line in lines)
     assert any("--uid-owner 2102" in line and "-j RETURN" in line for line in lines)
     assert any("-o lo " in line and "-j RETURN" in line for line in lines)

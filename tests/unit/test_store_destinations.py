@@ -7,7 +7,8 @@ from typing import Any
 
 from weft.control.destinations import DestinationService, resolve
 from weft.control.store import Store
-from weft.discovery import Destination
+from weft.discovery import Destination, Endpoint
+from weft.runtime.local import net
 from weft.testing.clock import FakeClock
 
 
@@ -90,6 +91,9 @@ def test_resolves_by_cluster_ip_and_every_name_form() -> None:
         "deployment": "web",
     }
     assert e.meshed and e.protocol is None
+    # other proxies dial its proxy's inbound port (the local runtime's), not the app's port
+    assert e.proxy_port == net.PROXY_INBOUND_PORT == 4143
+    assert Endpoint.from_json(e.to_json()) == e
 
 
 def test_unknown_targets_resolve_to_none() -> None:
@@ -137,7 +141,7 @@ def test_numeric_target_port_opaque_protocol_and_unmeshed() -> None:
     assert dest is not None and dest.opaque
     (e,) = dest.endpoints
     assert e.address == ("10.244.0.2", 7000)
-    assert e.protocol == "opaque" and not e.meshed
+    assert e.protocol == "opaque" and not e.meshed and e.proxy_port is None
 
 
 def test_pod_without_the_named_port_is_left_out() -> None:

@@ -7,9 +7,10 @@ the caller's namespace, ``default`` unless given). It resolves to a
 service port's targetPort (a number, or a name looked up in the pod's container ports), with their
 metadata as endpoint labels (``pod``, ``namespace``, ``deployment``, ``serviceaccount``), ``meshed``
 when the pod has a sidecar (with the ``identity`` its proxy proves, which the client proxy checks
-during mutual TLS), and ``protocol="opaque"`` when the port's ``appProtocol`` is
-``tcp``/``opaque``. A target that is a running pod's own address resolves to that single endpoint
-(so direct calls between meshed pods are mutual TLS too). Any other target resolves to ``None``:
+during mutual TLS, and the ``proxy_port`` a client proxy dials: its proxy's inbound port), and
+``protocol="opaque"`` when the port's ``appProtocol`` is ``tcp``/``opaque``. A target that is a
+running pod's own address resolves to that single endpoint (so direct calls between meshed pods
+are mutual TLS too). Any other target resolves to ``None``:
 the proxy forwards to the original address. The snapshot's ``policy`` (routes, retries, timeouts,
 failure accrual) is built from the Service's annotations and the HTTPRoutes attached to it
 (:mod:`weft.control.policies`).
@@ -43,6 +44,11 @@ from weft.resources.models import (
 )
 
 Listener = Callable[[Destination | None], None]
+# Where a meshed pod's proxy takes connections from other proxies (mutual TLS and a transport
+# header naming the app port): its inbound port, 4143 in the local runtime
+# (weft.runtime.local.net.PROXY_INBOUND_PORT) as in Linkerd. Not imported from the runtime: the
+# control plane does not depend on one runtime.
+PROXY_INBOUND_PORT = 4143
 _WATCHED_KINDS = frozenset({"Pod", "Service", "Namespace", "HTTPRoute", "GRPCRoute"})
 
 
@@ -106,6 +112,7 @@ def _endpoint(
         identity=dns_identity(ns, sa, trust_domain) if meshed else None,
         meshed=meshed,
         protocol=protocol,
+        proxy_port=PROXY_INBOUND_PORT if meshed else None,
     )
 
 

@@ -326,7 +326,8 @@ class Concrete:
         h2: bool = False,
     ) -> asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]:
         """Dial ``state`` with a connect timeout; feeds the outcome to the balancer. ``h2``: the
-        connection will speak HTTP/2 (mesh TLS then offers ALPN ``h2``, else ``http/1.1``)."""
+        connection will speak HTTP/2 (mesh TLS then offers ALPN ``h2``, else ``http/1.1``). A
+        meshed endpoint with a ``proxy_port`` is dialed there, with a transport header."""
         return asyncio.get_running_loop().create_task(self._connect(state, factory, h2))
 
     async def _connect(
@@ -348,7 +349,19 @@ class Concrete:
                     # SNI and the certificate check both name the identity discovery expects
                     from weft.proxy.tls import connect
 
-                    tls, app = await connect(factory, host, port, context, identity)
+                    preamble = b""
+                    proxy_port = state.endpoint.proxy_port
+                    if proxy_port is not None:
+                        # straight to the server's proxy, which then knows before any byte that
+                        # a mesh proxy is calling (no early dial of its app to race our
+                        # ClientHello); the header inside TLS names the app's port
+                        from weft.core.transport_header import TransportHeader, encode
+
+                        preamble = encode(TransportHeader(port, "http2" if h2 else None))
+                        port = proxy_port
+                    tls, app = await connect(
+                        factory, host, port, context, identity, preamble=preamble
+                    )
                     transport = cast(asyncio.Transport, tls)  # duck-typed as one
                     protocol = cast(asyncio.Protocol, app)
         except (OSError, TimeoutError) as exc:  # ssl errors are OSErrors

@@ -13,6 +13,13 @@ Every accepted connection goes through :class:`Accept`:
    connection to :mod:`weft.proxy.http1` (and the early connection joins the endpoint's pool);
    anything else (TLS, HTTP/2 for now, unknown bytes) is relayed as opaque TCP.
 
+A connection to the inbound port itself (not redirected) of a proxy that intercepts (no
+``--inbound-target``) comes from a mesh proxy (an endpoint's ``proxy_port``): no early dial; it
+must be mutual TLS for this proxy's identity, then a transport header
+(:mod:`weft.core.transport_header`) names the app port, and the decrypted side goes on as a
+connection redirected to that port would. Knowing this before any byte is what keeps a greeting
+app from racing the client proxy's ClientHello.
+
 Shutdown (SIGTERM, or ``POST /shutdown`` on the admin port): stop accepting, close idle keep-alive
 connections, let in-flight requests finish within the grace period, then close the rest and exit.
 """
@@ -33,6 +40,8 @@ from weft.addr import Address, format_addr, parse_hostport
 from weft.control.follow import ControlStreams
 from weft.core.detect import Protocol as Detected
 from weft.core.detect import detect, h2_server_greeting, parse_client_hello
+from weft.core.transport_header import TransportHeaderError
+from weft.core.transport_header import decode as decode_header
 from weft.discovery import Discovery, Resolution
 from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
 from weft.proxy.admin import AdminServer
@@ -40,7 +49,7 @@ from weft.proxy.config import ProxyConfig
 from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
 from weft.proxy.http1 import Http1Context, Http1Downstream, Http1Upstream
 from weft.proxy.tcp import Relay
-from weft.proxy.tls import PeerTls, TlsSource, inbound_tls_labels, terminate
+from weft.proxy.tls import HANDSHAKE_TIMEOUT, PeerTls, TlsSource, inbound_tls_labels, terminate
 
 if TYPE_CHECKING:
     from weft.proxy.http2 import Http2Context
@@ -273,10 +282,16 @@ _Handoff = tuple[
 class Accept(asyncio.Protocol):
     """An accepted connection until its protocol is known."""
 
-    def __init__(self, listener: Listener, *, terminated: bool = False) -> None:
+    def __init__(
+        self, listener: Listener, *, terminated: bool = False, transported: bool = False
+    ) -> None:
         self.listener = listener
         # the decrypted side of a mesh TLS connection this proxy terminated
         self.terminated = terminated
+        # ... sent to the inbound port itself: a transport header comes first
+        self.transported = transported
+        # the transport header says the client speaks first (HTTP): no early dial
+        self.client_first = False
         self.peer_tls: PeerTls | None = None
         self.tls_labels: LabelItems = ()
         self.port_policy: PortPolicy | None = None
@@ -330,7 +345,15 @@ class Accept(asyncio.Protocol):
         assert transport is not None
         listener = self.listener
         try:
-            target = listener.target_for(orig)
+            if self.transported:
+                target = await self._transport_target()
+                if target is None:
+                    return
+            elif orig is None and self._mesh_only():
+                await self._mesh_connection()
+                return
+            else:
+                target = listener.target_for(orig)
             if target is None:
                 log.warning("connection from %s has no target (not redirected, no --%s-target)",
                             self.peer, listener.direction)  # fmt: skip
@@ -378,7 +401,7 @@ class Accept(asyncio.Protocol):
             probe.rebind(self.event.set)
             dial.add_done_callback(lambda _: self.event.set())
         else:
-            state = None if concrete.http_seen or refused else concrete.pick()
+            state = None if concrete.http_seen or refused or self.client_first else concrete.pick()
         if state is not None and handoff is None:
             probe = _Probe(self.event.set)
             p = probe
@@ -498,7 +521,7 @@ class Accept(asyncio.Protocol):
                 early = await dial
             except (OSError, TimeoutError):
                 early = None
-        await self._opaque(concrete, early)
+        await self._opaque(concrete, early, state)
 
     def _client_id(self) -> str | None:
         return self.peer_tls.client_id if self.peer_tls is not None else None
@@ -520,7 +543,69 @@ class Accept(asyncio.Protocol):
             and self.listener.tls is not None
         )
 
-    def _terminate(self, handoff: _Handoff | None) -> None:
+    def _mesh_only(self) -> bool:
+        """Whether a connection that was not redirected can only be a mesh proxy's: this proxy
+        intercepts (no ``--inbound-target``: an app's clients reach it through iptables, with an
+        original destination) and has an identity."""
+        return self._may_terminate() and self.listener.default_target is None
+
+    async def _mesh_connection(self) -> None:
+        """A mesh proxy's connection to the inbound port: wait (as long as a TLS handshake may
+        take) for a ClientHello naming this proxy, with no early dial, then terminate TLS; the
+        inner side reads the transport header. Anything else is closed: the inbound port
+        serves no plaintext and no one else's TLS."""
+        tls = self.listener.tls
+        assert tls is not None and self.transport is not None
+        why = "no ClientHello in time"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                while True:
+                    if self.buffer:
+                        ours = self.buffer[0] == 0x16 and _mesh_hello(self.buffer, tls.name)
+                        if ours:
+                            self._terminate(None, transported=True)
+                            return
+                        if ours is False:
+                            why = "not mesh TLS for this proxy"
+                            break
+                    if self.client_lost or self.client_eof:
+                        why = "closed before a ClientHello"
+                        break
+                    self.event.clear()
+                    await self.event.wait()
+        log.info("connection from %s to the inbound port closed: %s", self.peer, why)
+        self.transport.abort()
+
+    async def _transport_target(self) -> Address | None:
+        """The decrypted side of a mesh connection to the inbound port: its transport header,
+        and so its target (this pod's address, at the header's port); None: closed."""
+        transport = self.transport
+        assert transport is not None
+        why = "no transport header in time"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                while True:
+                    try:
+                        decoded = decode_header(self.buffer)
+                    except TransportHeaderError as exc:
+                        why = str(exc)
+                        break
+                    if decoded is not None:
+                        header, size = decoded
+                        self.buffer = self.buffer[size:]
+                        self.client_first = header.protocol is not None
+                        local = transport.get_extra_info("sockname")
+                        return (local[0], header.port)
+                    if self.client_lost or self.client_eof:
+                        why = "closed before a transport header"
+                        break
+                    self.event.clear()
+                    await self.event.wait()
+        log.info("mesh connection from %s closed: %s", self.peer, why)
+        transport.abort()
+        return None
+
+    def _terminate(self, handoff: _Handoff | None, *, transported: bool = False) -> None:
         """Mesh TLS addressed to this proxy: decrypt, then detect again on the inner stream,
         which takes over the connection dialed early to the app (one connection per client)."""
         transport = self.transport
@@ -533,7 +618,7 @@ class Accept(asyncio.Protocol):
             transport.abort()
             return
         buffered, self.buffer = self.buffer, b""
-        inner = Accept(self.listener, terminated=True)
+        inner = Accept(self.listener, terminated=True, transported=transported)
         inner.handoff = handoff
         tls_conn = terminate(transport, inner, context, buffered)
         if handoff is not None:
@@ -658,6 +743,7 @@ class Accept(asyncio.Protocol):
         self,
         concrete: Concrete,
         early: tuple[asyncio.Transport, asyncio.Protocol] | None,
+        early_state: EndpointState | None = None,
     ) -> None:
         transport = self.transport
         assert transport is not None
@@ -669,7 +755,8 @@ class Accept(asyncio.Protocol):
             upstream, probe = early
             assert isinstance(probe, _Probe)
             server_rest = probe.buffer
-            state = self._state_of(concrete, upstream)
+            # the endpoint dialed (its proxy's port, for the mesh transport, is not its address)
+            state = early_state or self._state_of(concrete, upstream)
         else:
             transport.pause_reading()
             upstream = None

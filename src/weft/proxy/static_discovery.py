@@ -9,6 +9,7 @@ Format::
         endpoints:
           - address: 127.0.0.1:9001
             labels: {pod: emoji-1, deployment: emoji, namespace: default}
+            # meshed: true, identity: NAME, proxy_port: 4143   (dial its proxy, mutual TLS)
 
 The file is re-read when its modification time or size changes (polled every ``interval``
 seconds); every resolution is updated in place. A file that fails to parse is logged and the last

@@ -67,7 +67,9 @@ class TlsConnection:
     mesh TLS; and the server side can start from bytes already read (detection consumed them).
 
     The application protocol's ``connection_made`` is called once the handshake is done;
-    ``handshake`` (a future) gets the handshake's outcome.
+    ``handshake`` (a future) gets the handshake's outcome. ``preamble`` (client side): bytes
+    sent right after the handshake, before anything the application protocol writes (the mesh
+    transport header).
     """
 
     __slots__ = (
@@ -78,6 +80,7 @@ class TlsConnection:
         "_in",
         "_out",
         "_pending",
+        "_preamble",
         "_raw",
         "_ssl",
         "_timer",
@@ -93,7 +96,9 @@ class TlsConnection:
         server_side: bool,
         server_hostname: str | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        preamble: bytes = b"",
     ) -> None:
+        self._preamble = preamble
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(
@@ -169,6 +174,10 @@ class TlsConnection:
             self._flush()  # the alert, for the peer's logs
             self._fail(exc)
             return
+        if self._preamble:
+            # in the flight that ends the handshake, ahead of the application's first bytes
+            self._ssl.write(self._preamble)
+            self._preamble = b""
         self._flush()
         self._cancel_timer()
         pending, self._pending = self._pending, None
@@ -332,11 +341,16 @@ async def connect(
     port: int,
     context: ssl.SSLContext,
     server_hostname: str,
+    *,
+    preamble: bytes = b"",
 ) -> tuple[TlsConnection, asyncio.BaseProtocol]:
-    """Dial ``host:port`` and complete a TLS handshake (the caller bounds the time)."""
+    """Dial ``host:port`` and complete a TLS handshake (the caller bounds the time); then
+    ``preamble`` is the first thing sent."""
     loop = asyncio.get_running_loop()
     app = factory()
-    tls = TlsConnection(context, app, server_side=False, server_hostname=server_hostname)
+    tls = TlsConnection(
+        context, app, server_side=False, server_hostname=server_hostname, preamble=preamble
+    )
     try:
         await loop.create_connection(lambda: cast(asyncio.Protocol, tls), host, port)
         await tls.handshake

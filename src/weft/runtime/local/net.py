@@ -298,14 +298,17 @@ def proxy_init_rules(
 ) -> str:
     """The ``iptables-restore --noflush`` input that meshes a pod, as Linkerd's proxy-init does.
 
-    Inbound: every TCP connection to the pod, except to the proxy's own admin and control ports and
-    the skip ports, goes to the proxy's inbound port. Outbound: every TCP connection the pod makes,
+    Inbound: every TCP connection to the pod, except to the proxy's own inbound (mesh
+    connections from other proxies), admin and control ports and the skip ports, goes to the
+    proxy's inbound port. Outbound: every TCP connection the pod makes,
     except the proxy's own (by uid), over loopback, or to skip ports, goes to the proxy's outbound
     port. The original destination stays readable with ``SO_ORIGINAL_DST``.
     """
     inbound_skips = sorted(
         {PortRange(PROXY_CONTROL_PORT, PROXY_CONTROL_PORT)}
         | {PortRange(PROXY_ADMIN_PORT, PROXY_ADMIN_PORT)}
+        # other proxies' mesh connections: the proxy must see them as not redirected
+        | {PortRange(inbound_port, inbound_port)}
         | set(skip_inbound)
     )
     lines = [
