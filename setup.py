@@ -22,6 +22,7 @@ from setuptools import Extension, setup
 HOT_MODULES = (
     "src/weft/core/balancer.py",
     "src/weft/core/h2conn.py",
+    "src/weft/core/h2limits.py",
     "src/weft/core/hpack.py",
     "src/weft/metrics/proxy.py",
     "src/weft/proxy/endpoints.py",

@@ -50,13 +50,19 @@ class Load(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Wrk:
-    """wrk against ``http://127.0.0.1:<port>/``: one thread, ``connections`` keep-alive
-    connections, pinned to ``cpu``."""
+    """wrk against ``http://127.0.0.1:<port>/``: ``threads`` threads (a fixed rate needs one),
+    ``connections`` keep-alive connections, pinned to ``cpu``; ``headers`` are added to every
+    request (``Connection: close`` makes wrk open a new connection per request), ``timeout_s``
+    is wrk's ``--timeout`` (a slower response counts as a timeout error, not in the latencies).
+    """
 
     port: int
     workdir: Path
     connections: int
     cpu: int | None = None
+    threads: int = 1
+    headers: tuple[str, ...] = ()
+    timeout_s: int = 5
 
     def run(self, duration_s: int, rate: int | None = None) -> LoadRun:
         return run_wrk(
@@ -66,6 +72,9 @@ class Wrk:
             duration_s=duration_s,
             rate=rate,
             cpu=self.cpu,
+            threads=self.threads,
+            headers=self.headers,
+            timeout_s=self.timeout_s,
         )
 
 
@@ -89,17 +98,23 @@ def run_wrk(
     rate: int | None = None,
     path: str = "/",
     cpu: int | None = None,
+    threads: int = 1,
+    headers: Sequence[str] = (),
+    timeout_s: int = 5,
 ) -> LoadRun:
     """Run wrk against ``http://127.0.0.1:<port><path>`` and return what it measured."""
     if duration_s < 1:
         raise ValueError(f"duration_s: wrk runs whole seconds, got {duration_s!r}")
+    if rate is not None and threads != 1:
+        raise ValueError(f"threads: the pacing script paces one thread, got {threads!r}")
     argv = [
         "wrk",
-        "-t1",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{duration_s}s",
         "--timeout",
-        "5s",
+        f"{timeout_s}s",
+        *[arg for h in headers for arg in ("-H", h)],
         "-s",
         str(script(workdir, rate is not None)),
         f"http://{LOOPBACK}:{port}{path}",
@@ -111,11 +126,13 @@ def run_wrk(
             pinned(argv, cpu),
             capture_output=True,
             text=True,
-            timeout=duration_s + 30,
+            timeout=duration_s + timeout_s + 30,
             check=False,
         )
     except subprocess.TimeoutExpired as e:
-        raise LoadFailed(f"wrk did not finish within {duration_s + 30} s: {argv}") from e
+        raise LoadFailed(
+            f"wrk did not finish within {duration_s + timeout_s + 30} s: {argv}"
+        ) from e
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_MARKER)), None)
     if done.returncode != 0 or line is None:
         raise LoadFailed(
@@ -135,6 +152,7 @@ def parse_result(text: str) -> LoadRun:
         latency=Latency(**data["latency_us"]),
         errors={k: int(v) for k, v in data["errors"].items()},
         late=int(data["late"]),
+        over_1s=None if data.get("over_1s") is None else int(data["over_1s"]),
     )
 
 

@@ -11,6 +11,9 @@ run (``python -m bench.run --report FILE``).
 Units: latencies in microseconds, CPU in seconds (and microseconds per request), memory in KiB as
 ``/proc`` reports it; :func:`mb` converts KiB to decimal megabytes for display and targets.
 
+Connection cases (issue 12) add :class:`IdleRun` (the idle-connection shapes) to their phases;
+a phase's :class:`LoadRun` may count the requests slower than 1 s.
+
 Not for: measuring (that is :mod:`bench.load`, :mod:`bench.stream`, :mod:`bench.procfs`).
 """
 
@@ -72,6 +75,7 @@ class LoadRun:
     latency: Latency
     errors: dict[str, int]
     late: int
+    over_1s: int | None = None  # completed requests slower than 1 s (wrk; None: not counted)
 
     @property
     def rps(self) -> float:
@@ -183,6 +187,54 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
+class IdleRun:
+    """One idle-connection shape of one round (:mod:`bench.idle`): many connections held open to
+    the case, its memory before, while open and after they closed, and what else happened.
+
+    ``shape``: ``idle-silent`` (connections that never send a byte) or ``idle-request`` (one
+    complete request each, answered, then idle keep-alive). ``rss_open_kib`` is read once every
+    connection is open (plus a second), ``rss_peak_kib`` the most seen while they were held,
+    ``rss_after_kib`` after they were closed and ``settle_s`` passed. ``probe_latencies_us``: the
+    normal requests sent (on a fresh connection each) while they were held, ``probe_failures``
+    those that got no ``200 ok``. ``backend_accepts``: connections the backend accepted during
+    the shape (the proxy's upstream dials; None if unknown), ``backend_most``: the most
+    established connections to the backend seen while held. ``closed_by_server``: idle
+    connections the case closed before the client did.
+    """
+
+    shape: str
+    round: int
+    asked: int
+    opened: int
+    failed: int
+    open_s: float
+    hold_s: float
+    settle_s: float
+    rss_before_kib: int
+    rss_open_kib: int
+    rss_peak_kib: int
+    rss_after_kib: int
+    probe_latencies_us: tuple[int, ...]
+    probe_failures: int
+    closed_by_server: int
+    backend_accepts: int | None
+    backend_most: int | None
+    error: str | None = None
+
+    @property
+    def bytes_per_connection(self) -> float | None:
+        """RSS growth per open connection (bytes), from the reading once all were open."""
+        if self.opened == 0:
+            return None
+        return (self.rss_open_kib - self.rss_before_kib) * 1024 / self.opened
+
+    @property
+    def returned(self) -> bool:
+        """Whether RSS came back within 10% of its value before the connections were opened."""
+        return self.rss_after_kib <= self.rss_before_kib * 1.1
+
+
+@dataclass(frozen=True, slots=True)
 class CaseResult:
     """Everything measured for one case; ``status`` is ``ok``, ``skipped`` or ``failed``."""
 
@@ -198,6 +250,7 @@ class CaseResult:
     volume_error: str | None = None
     transfers: tuple[Transfer, ...] = ()
     config: str | None = None
+    idle: tuple[IdleRun, ...] = ()
 
     def summary(self, phase: str) -> PhaseSummary | None:
         """Medians of ``phase`` ("saturation" or "fixed") over the rounds."""
@@ -238,6 +291,9 @@ class RunResult:
             for tr, tdata in zip(case.transfers, data["transfers"], strict=True):
                 tdata["ok"] = tr.ok
                 tdata["growth_kib"] = tr.growth_kib
+            for idle, idata in zip(case.idle, data["idle"], strict=True):
+                idata["bytes_per_connection"] = idle.bytes_per_connection
+                idata["returned"] = idle.returned
         return out
 
 
@@ -249,7 +305,14 @@ def _load_run(data: dict[str, Any]) -> LoadRun:
         latency=Latency(**data["latency"]),
         errors=dict(data["errors"]),
         late=data["late"],
+        over_1s=data.get("over_1s"),
     )
+
+
+def _idle_run(data: dict[str, Any]) -> IdleRun:
+    fields = {k: v for k, v in data.items() if k not in ("bytes_per_connection", "returned")}
+    fields["probe_latencies_us"] = tuple(fields["probe_latencies_us"])
+    return IdleRun(**fields)
 
 
 def from_json(data: dict[str, Any]) -> RunResult:
@@ -290,6 +353,7 @@ def from_json(data: dict[str, Any]) -> RunResult:
                 volume_error=c["volume_error"],
                 transfers=transfers,
                 config=c["config"],
+                idle=tuple(_idle_run(i) for i in c.get("idle", ())),
             )
         )
     return RunResult(

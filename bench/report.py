@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from bench import connreport
 from bench.model import CaseResult, PhaseSummary, RunResult, mb
-from bench.settings import protocol_of
+from bench.settings import is_conn_case, protocol_of
 
 RSS_LIMIT_MB = 30.0
 RSS_GROWTH_LIMIT_MB = 1.0  # "no growth" between the first and fifth million, allowing for noise
@@ -93,6 +94,8 @@ LOAD_HEADERS = (
 def load_rows(run: RunResult) -> list[list[str]]:
     rows = []
     for c in run.cases:
+        if is_conn_case(c.name):  # their tables: conn_tables
+            continue
         if c.status != "ok":
             rows.append([c.name, c.status] + [""] * (len(LOAD_HEADERS) - 2))
             continue
@@ -464,6 +467,8 @@ def machine_line(run: RunResult) -> str:
         for name, key, protocol in (("h2load", "h2load", "h2"), ("grpcio", "grpcio", "grpc"))
         if key in m and any(protocol_of(c.name) == protocol for c in run.cases)
     )
+    if "haproxy" in m and any(c.name == "haproxy-conn" for c in run.cases):
+        extra = f", haproxy {m['haproxy']}{extra}"
     return (
         f"{m.get('cpu_model', '?')}, {m.get('nproc', '?')} CPUs, Linux {m.get('kernel', '?')}; "
         f"nginx {m.get('nginx', '?')}, envoy {m.get('envoy', '?')}, wrk {m.get('wrk', '?')}"
@@ -506,7 +511,37 @@ def _all_verdicts(run: RunResult) -> list[tuple[str, list[Verdict]]]:
     sections = []
     if _in_run(run, "weft"):
         sections.append(("Targets (weft):", verdicts(run)))
+    if _in_run(run, connreport.WEFT):
+        conn = [Verdict(*v) for v in connreport.conn_verdicts(run)]
+        sections.append(("Targets (connections, issue 12):", conn))
     return sections + _pair_sections(run)
+
+
+def conn_tables(run: RunResult) -> list[tuple[str, Sequence[str], list[list[str]]]]:
+    """The connection cases' tables (title, headers, rows), those with rows."""
+    s = run.settings
+    tables = [
+        (
+            f"Connection churn (wrk -c{s['connections']}, Connection: close; fixed rate "
+            f"{s['rate']:,} connections/s)",
+            connreport.CHURN_HEADERS,
+            connreport.churn_rows(run),
+        ),
+        (
+            f"{s.get('many_connections', 0):,} keep-alive connections (wrk "
+            f"-t{s.get('many_threads', 0)} -c{s.get('many_connections', 0)}, saturation)",
+            connreport.MANY_HEADERS,
+            connreport.many_rows(run),
+        ),
+        (
+            f"{s.get('idle_connections', 0):,} idle connections (silent: held "
+            f"{s.get('idle_hold_s', 0):g} s; after one request: held "
+            f"{s.get('idle_request_hold_s', 0):g} s; RSS after {s.get('idle_settle_s', 0):g} s)",
+            connreport.IDLE_HEADERS,
+            connreport.idle_rows(run),
+        ),
+    ]
+    return [(title, headers, rows) for title, headers, rows in tables if rows]
 
 
 def print_console(run: RunResult, console: Console) -> None:
@@ -516,8 +551,13 @@ def print_console(run: RunResult, console: Console) -> None:
         f"Load: {'; '.join(generators(run))}; {s['duration_s']} s per phase; "
         f"fixed rate {s['rate']:,} rps"
     )
-    console.print(_rich_table(title, LOAD_HEADERS, load_rows(run)))
+    if rows := load_rows(run):
+        console.print(_rich_table(title, LOAD_HEADERS, rows))
     for line in not_measured(run):
+        console.print(line)
+    for conn_title, headers, rows in conn_tables(run):
+        console.print(_rich_table(conn_title, headers, rows))
+    for line in connreport.conn_ratios(run):
         console.print(line)
     if rows := stream_rows(run):
         size = f"{s['stream_bytes'] / 2**20:.0f} MiB"
@@ -563,12 +603,15 @@ def markdown(run: RunResult) -> str:
             else "no CPU pinning."
         ),
         "",
-        _md_table(LOAD_HEADERS, load_rows(run)),
-        "",
+        *([_md_table(LOAD_HEADERS, rows), ""] if (rows := load_rows(run)) else []),
         *[f"- {line}" for line in not_measured(run)],
         *[f"- {line}" for line in ratios(run)],
         *[f"- {line}" for line in load_notes(run)],
     ]
+    for conn_title, headers, rows in conn_tables(run):
+        parts += ["", f"{conn_title}:", "", _md_table(headers, rows)]
+    if lines := connreport.conn_ratios(run):
+        parts += ["", *[f"- {line}" for line in lines]]
     if rows := stream_rows(run):
         parts += ["", f"Streaming, {s['stream_bytes'] / 2**20:.0f} MiB each way:", ""]
         parts += [_md_table(STREAM_HEADERS, rows)]

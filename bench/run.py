@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -36,21 +37,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 
-from bench import procfs, stream
+from bench import conn, procfs, stream
 from bench.grpc_load import GrpcLoad
 from bench.h2load import H2load
 from bench.load import Load, LoadFailed, Wrk, measured_phase
-from bench.model import CaseResult, Phase, RunResult, Transfer, VolumeSample, from_json, mb
+from bench.model import (
+    CaseResult,
+    IdleRun,
+    Phase,
+    RunResult,
+    Transfer,
+    VolumeSample,
+    from_json,
+    mb,
+)
 from bench.processes import ServerFailed, Supervisor
 from bench.report import markdown, print_console
-from bench.settings import ALL_CASES, CASE_GROUPS, Settings, expand_cases, protocol_of
+from bench.settings import (
+    ALL_CASES,
+    CASE_GROUPS,
+    Settings,
+    expand_cases,
+    is_conn_case,
+    protocol_of,
+)
 from bench.targets import REPO, Skipped, Target, start_backend, start_case, start_h2_backend, tool
 
 RESULTS = REPO / "bench" / "results"
@@ -89,6 +106,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--h2-streams", type=int, help="h2load streams in flight each (default 10)")
     p.add_argument("--grpc-concurrency", type=int, help="gRPC calls in flight (default 32)")
     p.add_argument("--grpc-channels", type=int, help="gRPC client channels (default 2)")
+    p.add_argument(
+        "--many-connections", type=int, help="keep-alive connections of the many shape (1000)"
+    )
+    p.add_argument("--idle-connections", type=int, help="connections of the idle shapes (10000)")
+    p.add_argument("--idle-hold", type=float, help="seconds the silent idle shape is held (13)")
     p.add_argument("--markdown", action="store_true", help="also print the docs' Markdown block")
     p.add_argument("--report", type=Path, metavar="FILE", help="render a results file, no run")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON results")
@@ -114,6 +136,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ("h2_streams", "h2_streams"),
         ("grpc_concurrency", "grpc_concurrency"),
         ("grpc_channels", "grpc_channels"),
+        ("many_connections", "many_connections"),
+        ("idle_connections", "idle_connections"),
+        ("idle_hold", "idle_hold_s"),
     ):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)
@@ -167,6 +192,8 @@ def machine_info() -> dict[str, object]:
         "envoy_build": envoy_version,
         "wrk": _first_line(["wrk", "-v"]).split(" [")[0].removeprefix("wrk "),
         "h2load": _first_line(["h2load", "--version"]).removeprefix("h2load "),
+        # "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
+        "haproxy": (_first_line(["haproxy", "-v"]).split("version ")[-1].split(" ")[0]),
         "grpcio": _package_version("grpcio"),
         "weft": (_first_line([str(weft), "--version"]).removeprefix("weft ") if weft else "missing")
         + f" (git {rev}{src_state}{_build_kind()})",
@@ -218,6 +245,7 @@ class _Case:
         self.volume: list[VolumeSample] = []
         self.volume_error: str | None = None
         self.transfers: list[Transfer] = []
+        self.idle: list[IdleRun] = []
 
     @property
     def running(self) -> bool:
@@ -279,6 +307,32 @@ class _Case:
             rate=rate,
             pair_port=t.pair_port,
         )
+        self._record(name, rnd, p)
+
+    def conn_round(self, rnd: int, backend_port: int, restart: Callable[[], None]) -> None:
+        """The connection shapes of one round (:mod:`bench.conn`). Each idle shape gets the
+        case restarted and warmed up first: memory an earlier shape left behind would
+        otherwise hide the growth of the next (and every shape of every round reads alike)."""
+        t = self.running_target()
+        for name, run in conn.load_phases(rnd, t, self.s, self.workdir, self.load_cpu):
+            self._record(name, rnd, run())
+        for shape in conn.SHAPES:
+            restart()
+            r = conn.idle_shape(shape, rnd, self.running_target(), backend_port, self.s)
+            self.idle.append(r)
+            per = r.bytes_per_connection
+            _progress(
+                self.console,
+                f"{self.name}: round {rnd + 1} {shape}: {r.opened:,}/{r.asked:,} open in "
+                f"{r.open_s:.1f} s, RSS {mb(r.rss_before_kib):.1f} -> {mb(r.rss_open_kib):.1f} "
+                f"(peak {mb(r.rss_peak_kib):.1f}) -> {mb(r.rss_after_kib):.1f} MB, "
+                f"{'-' if per is None else f'{per:,.0f}'} bytes/connection, "
+                f"{len(r.probe_latencies_us)} probes ok, {r.probe_failures} failed, "
+                f"backend accepted {r.backend_accepts}, {r.closed_by_server} closed by the case"
+                + (f"; {r.error}" if r.error else ""),
+            )
+
+    def _record(self, name: str, rnd: int, p: Phase) -> None:
         self.phases.append(p)
         self.requests += p.load.requests
         _progress(
@@ -288,6 +342,11 @@ class _Case:
             f"CPU {p.cpu_us_per_request or 0:.1f} us/request"
             + (f", {p.load.error_count} errors" if p.load.error_count else "")
             + (f", {p.load.late} late" if p.load.late else "")
+            + (
+                f", max {p.load.latency.max} us, {p.load.over_1s} over 1 s"
+                if name == "many"
+                else ""
+            )
             + (
                 f", {p.pair_connections} connection(s) between the pair"
                 if p.pair_connections is not None
@@ -362,6 +421,7 @@ class _Case:
             volume_error=self.volume_error,
             transfers=tuple(self.transfers),
             config=None if self.target is None else self.target.config,
+            idle=tuple(self.idle),
         )
 
 
@@ -381,6 +441,13 @@ def _measure(
         if c.target is not None and c.target.server not in shared:
             for server in c.target.servers:
                 sup.stop(server)
+
+    def restart(c: _Case) -> None:
+        """Stop the case and start it again, warmed up (the connection cases' idle shapes)."""
+        stop(c)
+        c.target = None
+        c.started(start_case(c.name, sup, workdir, backends[_backend_of(c.name)], s))
+        c.warmup()
 
     for c in cases:
         _progress(c.console, f"{c.name}: starting")
@@ -402,8 +469,11 @@ def _measure(
             if not c.running:
                 continue
             try:
-                c.phase("saturation", rnd, None)
-                c.phase("fixed", rnd, s.rate)
+                if is_conn_case(c.name):
+                    c.conn_round(rnd, backends["http1"].port, functools.partial(restart, c))
+                else:
+                    c.phase("saturation", rnd, None)
+                    c.phase("fixed", rnd, s.rate)
             except _FAILURES as e:
                 c.fail(e)
                 stop(c)
@@ -414,7 +484,8 @@ def _measure(
             c.snapshot()
             if c.name in s.volume_cases and s.volume_milestones:
                 c.run_volume()
-            if protocol_of(c.name) == "http1":  # the streaming client speaks HTTP/1.1
+            # the streaming client speaks HTTP/1.1; the connection cases measure connections
+            if protocol_of(c.name) == "http1" and not is_conn_case(c.name):
                 for direction in ("upload", "download"):
                     c.transfer(direction)
             for server in c.running_target().servers:
@@ -450,6 +521,8 @@ def run(s: Settings, argv: Sequence[str], console: Console) -> RunResult:
             f"pinned with taskset: servers under test on CPU {s.cpu_server}; {load} "
             f"and the streaming client on CPU {s.cpu_load}"
         )
+    if any(is_conn_case(c) for c in s.cases):
+        notes += conn.raise_limits(s)  # before anything starts: every server inherits it
     with (
         tempfile.TemporaryDirectory(prefix="weft-bench-") as tmp,
         Supervisor(Path(tmp)) as sup,

@@ -9,7 +9,9 @@ sense, naming the field and the value.
 Cases come in three protocols (:func:`protocol_of`): HTTP/1.1 (wrk; the default run is four of
 them), HTTP/2 (``*-h2``: h2load over prior-knowledge h2c) and gRPC (``*-grpc``: the grpcio
 client). The HTTP/2 and gRPC cases only run when asked for, by name or by group
-(:data:`CASE_GROUPS`, expanded by :func:`expand_cases`).
+(:data:`CASE_GROUPS`, expanded by :func:`expand_cases`). So do the connection cases
+(:data:`CONN_CASES`, group ``conn``, issue 12): HTTP/1.1 proxies loaded with connection shapes
+(churn, 1,000 keep-alive connections, 10,000 idle connections) instead of the two request phases.
 
 Not for: anything about how a case is started (that is :mod:`bench.targets`).
 """
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 HTTP1_CASES = ("direct", "weft", "weft-inbound", "nginx", "envoy", "weft-mtls", "envoy-mtls")
 H2_CASES = ("direct-h2", "weft-h2", "envoy-h2", "weft-h2-mtls", "envoy-h2-mtls")
 GRPC_CASES = ("direct-grpc", "weft-grpc", "envoy-grpc")
-ALL_CASES = HTTP1_CASES + H2_CASES + GRPC_CASES
+# issue 12: the connection shapes (bench.conn), weft against nginx, haproxy and Envoy
+CONN_CASES = ("weft-conn", "nginx-conn", "haproxy-conn", "envoy-conn")
+ALL_CASES = HTTP1_CASES + H2_CASES + GRPC_CASES + CONN_CASES
 DEFAULT_CASES = ("direct", "weft", "nginx", "envoy")
 # pairs: client proxy -> mutual TLS -> server proxy
 MESH_CASES = ("weft-mtls", "envoy-mtls", "weft-h2-mtls", "envoy-h2-mtls")
@@ -30,6 +34,7 @@ CASE_GROUPS = {
     "all": ALL_CASES,
     "h2": H2_CASES,
     "grpc": GRPC_CASES,
+    "conn": CONN_CASES,
     # HTTP/1.1 or HTTP/2 between the weft proxies (docs/benchmarks.md): the pair both ways, and
     # the single proxy both ways for the estimate of HTTP/1.1 traffic carried over HTTP/2
     "mesh-protocols": ("weft", "weft-h2", "weft-mtls", "weft-h2-mtls"),
@@ -42,7 +47,13 @@ def protocol_of(case: str) -> str:
         return "h2"
     if case in GRPC_CASES:
         return "grpc"
-    return "http1"
+    return "http1"  # the connection cases too: wrk and the idle clients speak HTTP/1.1
+
+
+def is_conn_case(case: str) -> bool:
+    """Whether ``case`` gets the connection shapes (:mod:`bench.conn`) instead of the request
+    phases, streaming and volume."""
+    return case in CONN_CASES
 
 
 def expand_cases(text: str) -> tuple[str, ...]:
@@ -80,6 +91,14 @@ class Settings:
     (the fixed rate is split evenly over the connections, so it must be a multiple of
     ``h2_clients``). gRPC cases: ``grpc_concurrency`` calls in flight over ``grpc_channels``
     channels (one connection each). All cases share ``duration_s``, ``rate`` and ``rounds``.
+
+    Connection cases (issue 12): churn is wrk with ``Connection: close`` on ``connections``
+    connections, at saturation and at ``rate`` (new connections per second); then
+    ``many_connections`` keep-alive connections over ``many_threads`` wrk threads at saturation;
+    then ``idle_connections`` idle connections, first silent (held ``idle_hold_s``: longer than
+    weft's 10 s protocol detection timeout, so it covers what happens when they all reach it),
+    then each after one request (held ``idle_request_hold_s``); ``idle_settle_s`` is the wait
+    after closing them before memory is read again.
     """
 
     preset: str = "default"
@@ -101,6 +120,12 @@ class Settings:
     h2_streams: int = 10
     grpc_concurrency: int = 32
     grpc_channels: int = 2
+    many_connections: int = 1000
+    many_threads: int = 2
+    idle_connections: int = 10_000
+    idle_hold_s: float = 13.0
+    idle_request_hold_s: float = 3.0
+    idle_settle_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.preset not in ("default", "quick", "long"):
@@ -138,6 +163,15 @@ class Settings:
                 f"{self.grpc_concurrency} calls would leave channels idle"
             )
         _positive("stream_bytes", self.stream_bytes)
+        _positive("many_threads", self.many_threads)
+        if self.many_connections < self.many_threads:
+            raise ValueError(
+                f"many_connections: {self.many_connections!r} is fewer than many_threads="
+                f"{self.many_threads} (wrk needs a connection per thread)"
+            )
+        _positive("idle_connections", self.idle_connections)
+        for name in ("idle_hold_s", "idle_request_hold_s", "idle_settle_s"):
+            _positive(name, getattr(self, name))
         if list(self.volume_milestones) != sorted(set(self.volume_milestones)):
             raise ValueError(
                 f"volume_milestones: must be strictly increasing, got {self.volume_milestones!r}"
@@ -169,6 +203,11 @@ class Settings:
                 volume_cases=("weft",),
                 volume_timeout_s=20.0,
                 ready_timeout_s=15.0,
+                many_connections=200,
+                idle_connections=1000,
+                idle_hold_s=2.0,
+                idle_request_hold_s=1.0,
+                idle_settle_s=1.0,
             )
         if preset == "long":
             return cls(

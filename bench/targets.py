@@ -8,12 +8,14 @@ thread) and, when pinning is on, is bound to ``cpu_server`` (a case under test) 
 
 Cases: ``direct`` (the backend itself; the measured process is the backend), ``nginx`` and
 ``envoy`` (the anchors), ``weft`` (``weft proxy``, load on its outbound listener),
-``weft-inbound`` (the same process, load on its inbound listener), and two meshed pairs of two
-processes each, both measured: ``weft-mtls`` (a client ``weft proxy`` whose outbound listener
-takes the load and whose static discovery points at a server ``weft proxy``'s inbound listener,
-mutual TLS between them with identities from files made by :class:`weft.testing.pki.Pki`) and
-``envoy-mtls`` (two Envoys with the same certificates, set up the same way). A case that cannot
-run here raises :class:`Skipped` with a message saying why.
+``weft-inbound`` (the same process, load on its inbound listener), the connection cases
+``weft-conn``, ``nginx-conn``, ``envoy-conn`` (set up as ``weft``, ``nginx``, ``envoy``, with
+nginx's connection limits raised) and ``haproxy-conn`` (haproxy, one thread), and two meshed
+pairs of two processes each, both measured: ``weft-mtls`` (a client ``weft proxy`` whose
+outbound listener takes the load and whose static discovery points at a server ``weft proxy``'s
+inbound listener, mutual TLS between them with identities from files made by
+:class:`weft.testing.pki.Pki`) and ``envoy-mtls`` (two Envoys with the same certificates, set
+up the same way). A case that cannot run here raises :class:`Skipped` with a message saying why.
 
 HTTP/2 and gRPC cases (:func:`bench.settings.protocol_of`) stand in front of a second backend,
 :func:`start_h2_backend` (nginx speaking prior-knowledge h2c, with a gRPC-shaped answer):
@@ -48,7 +50,7 @@ import yaml
 from bench import h2client, h2load
 from bench.grpc_load import METHOD, REPLY, REQUEST, frame
 from bench.processes import LOOPBACK, Server, ServerFailed, Supervisor, free_port, http_get, pinned
-from bench.settings import Settings, protocol_of
+from bench.settings import Settings, is_conn_case, protocol_of
 
 if TYPE_CHECKING:
     from weft.testing.pki import LeafFiles
@@ -141,14 +143,29 @@ def _check_serves(server: Server, port: int, timeout: float, protocol: str = "ht
     server.wait_ready(lambda: serves(protocol, port), timeout)
 
 
+def worker_connections(settings: Settings) -> int:
+    """nginx's ``worker_connections`` (backend and anchor): 4096, or room for the idle
+    connections of the connection cases and as many upstream connections, when they run."""
+    if any(is_conn_case(c) for c in settings.cases):
+        return max(4096, 2 * settings.idle_connections + 1024)
+    return 4096
+
+
 def start_backend(sup: Supervisor, workdir: Path, settings: Settings) -> Target:
-    """Start the backend nginx (small response, upload sink, large response)."""
+    """Start the backend nginx (small response, upload sink, large response, stub_status)."""
     (workdir / "ok.txt").write_text("ok")
     with (workdir / "large.bin").open("wb") as f:
         f.truncate(settings.stream_bytes)  # sparse: reads as zeros, takes no disk
     port = free_port()
     conf = workdir / "backend-nginx.conf"
-    conf.write_text(render("backend-nginx.conf", dir=workdir, port=port))
+    conf.write_text(
+        render(
+            "backend-nginx.conf",
+            dir=workdir,
+            port=port,
+            worker_connections=worker_connections(settings),
+        )
+    )
     cpu = settings.cpu_load if settings.pin else None
     argv = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
     with sup.stopped_on_failure(sup.start("backend-nginx", pinned(argv, cpu))) as server:
@@ -192,11 +209,13 @@ def start_case(
     if name in ("direct", "direct-h2", "direct-grpc"):
         return Target(name, backend.port, backend.server, None)
     cpu = settings.cpu_server if settings.pin else None
-    if name == "nginx":
+    if name in ("nginx", "nginx-conn"):
         return _start_nginx(sup, workdir, backend, settings, cpu)
-    if name in ("envoy", "envoy-h2", "envoy-grpc"):
+    if name == "haproxy-conn":
+        return _start_haproxy(sup, workdir, backend, settings, cpu)
+    if name in ("envoy", "envoy-h2", "envoy-grpc", "envoy-conn"):
         return _start_envoy(name, sup, workdir, backend, settings, cpu)
-    if name in ("weft", "weft-inbound", "weft-h2", "weft-grpc"):
+    if name in ("weft", "weft-inbound", "weft-h2", "weft-grpc", "weft-conn"):
         return _start_weft(name, sup, backend, settings, cpu)
     if name in ("weft-mtls", "weft-h2-mtls"):
         return _start_weft_mtls(name, sup, workdir, backend, settings, cpu)
@@ -210,11 +229,42 @@ def _start_nginx(
 ) -> Target:
     port = free_port()
     conf = workdir / "proxy-nginx.conf"
-    conf.write_text(render("proxy-nginx.conf", dir=workdir, port=port, backend_port=backend.port))
+    conf.write_text(
+        render(
+            "proxy-nginx.conf",
+            dir=workdir,
+            port=port,
+            backend_port=backend.port,
+            worker_connections=worker_connections(settings),
+        )
+    )
     argv = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
     with sup.stopped_on_failure(sup.start("nginx-proxy", pinned(argv, cpu))) as server:
         _check_serves(server, port, settings.ready_timeout_s)
     return Target("nginx", port, server, conf.read_text())
+
+
+def _start_haproxy(
+    sup: Supervisor, workdir: Path, backend: Target, settings: Settings, cpu: int | None
+) -> Target:
+    if shutil.which("haproxy") is None:
+        raise Skipped("haproxy not found (scripts/install-sysdeps installs Debian's haproxy)")
+    port = free_port()
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(
+        render(
+            "haproxy.cfg",
+            dir=workdir,
+            port=port,
+            backend_port=backend.port,
+            maxconn=worker_connections(settings),
+        )
+    )
+    # -db: in the foreground, one process (no master): the PID started is the one that serves
+    argv = ["haproxy", "-db", "-f", str(conf)]
+    with sup.stopped_on_failure(sup.start("haproxy", pinned(argv, cpu))) as server:
+        _check_serves(server, port, settings.ready_timeout_s)
+    return Target("haproxy-conn", port, server, conf.read_text())
 
 
 def _start_envoy(

@@ -1099,3 +1099,145 @@ async def test_a_refused_stream_is_sent_again_while_its_body_fits_the_replay_buf
         ((fields, _, reset),) = await _exchange(proxy.address, [(_req(b"PUT", b"/big"), big)])
         assert reset == h2.errors.ErrorCodes.REFUSED_STREAM and not fields
         assert srv.refused == 1
+
+
+# -- floods (weft.core.h2limits) ---------------------------------------------------------------
+
+_GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"svc")]
+
+
+@asynccontextmanager
+async def _counting_h2_server(requests: list[int]) -> AsyncIterator[Address]:
+    """An h2 server that notes every request it receives (``requests``: their stream ids, reset
+    ones too) and answers those still open with a 200."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for e in conn.receive_data(data):
+                    if isinstance(e, h2.events.RequestReceived):
+                        requests.append(e.stream_id)
+                    elif isinstance(e, h2.events.StreamEnded):
+                        with contextlib.suppress(h2.exceptions.ProtocolError):  # reset already
+                            conn.send_headers(e.stream_id, [(b":status", b"200")], end_stream=True)
+                writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[:2]
+    finally:
+        server.close()
+
+
+async def test_a_rapid_reset_client_gets_goaway_and_costs_the_upstream_nothing() -> None:
+    """CVE-2023-44487: a client sends 10,000 requests and resets each at once. A request reset in
+    the read that brought it is never sent upstream, and once the resets before an answer are
+    half of the connection's streams the proxy ends it with GOAWAY ENHANCE_YOUR_CALM; other
+    clients are served as before."""
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+    async with _counting_h2_server(seen) as address, H2Proxy([address]) as proxy:
+        # a first request: the upstream connection is up, so a stream would be sent at once
+        events = await _raw_request(proxy.address, _GET)
+        assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+        assert len(seen) == 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        for sid in range(1, 20_000, 2):
+            conn.send_headers(sid, _GET, end_stream=True)
+            conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        sock = socket.socket()
+        sock.setblocking(False)
+        goaway: list[h2.events.ConnectionTerminated] = []
+        try:
+            await loop.sock_connect(sock, proxy.address)
+            with contextlib.suppress(ConnectionError):  # cut before it read it all
+                await loop.sock_sendall(sock, conn.data_to_send())
+            async with asyncio.timeout(10):
+                while not goaway:
+                    try:
+                        data = await loop.sock_recv(sock, 65536)
+                    except ConnectionError:
+                        break
+                    if not data:
+                        break
+                    events = conn.receive_data(data)
+                    goaway += [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        finally:
+            sock.close()
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        assert goaway[0].last_stream_id < 1000  # it stopped reading at once
+        # what the proxy sent upstream has arrived once the next request's answer is back
+        events = await _raw_request(proxy.address, _GET)
+        assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+        # the two requests, and at most a few rapid ones (a request and its reset split by a
+        # read); without the limit and the order, 10,000 or at least the 250 before the GOAWAY
+        assert 2 <= len(seen) <= 5, len(seen)
+
+
+async def test_a_ping_flood_from_a_client_that_never_reads_is_cut_with_bounded_memory() -> None:
+    """A client floods PINGs and never reads the acknowledgements: once the socket's and the
+    transport's buffers are full, at most 1000 more are queued, then the connection is cut. The
+    proxy's buffers stay bounded, and a client on another connection is served throughout."""
+    loop = asyncio.get_running_loop()
+    async with servers(1) as (srv,), H2Proxy([srv.address]) as proxy, channel(proxy) as ch:
+        assert await _unary(ch)(b"before") == b"s0:before"
+        (grpc_client,) = proxy.ctx.connections
+        stop = asyncio.Event()
+        served = 0
+
+        async def other_client() -> None:
+            nonlocal served
+            while not stop.is_set():
+                assert await _unary(ch)(b"%d" % served) == b"s0:%d" % served
+                served += 1
+                await asyncio.sleep(0.005)
+
+        calls = asyncio.ensure_future(other_client())
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        # 20 PINGs a millisecond: fewer than 1000 are read at once, so only the answers that
+        # cannot be written are counted (a faster flood is cut as soon as it is read)
+        burst = b"".join(bytes.fromhex("000008060000000000") + b"%08d" % i for i in range(20))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sent = peak = 0
+        cut = False
+        try:
+            await loop.sock_connect(sock, proxy.address)
+            await loop.sock_sendall(sock, conn.data_to_send())
+            for _ in range(500):  # the proxy took the connection
+                if len(proxy.ctx.connections) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            (flooded,) = proxy.ctx.connections - {grpc_client}
+            assert flooded.transport is not None
+            # small socket buffers on both ends (the kernel's would hold megabytes first)
+            flooded.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            async with asyncio.timeout(40):
+                while sent < 2 * 1024 * 1024:  # (cut after about 100 KiB)
+                    try:
+                        await loop.sock_sendall(sock, burst)
+                    except ConnectionError:
+                        cut = True
+                        break
+                    sent += len(burst)
+                    peak = max(peak, proxy.buffered())
+                    await asyncio.sleep(0.001)
+        finally:
+            sock.close()
+            stop.set()
+            await calls
+        assert cut, f"{sent} bytes of PINGs sent, the connection still open"
+        # the transport's buffer up to its high-water mark, and 1000 acknowledgements
+        assert peak < 256 * 1024
+        assert served > 0
+        assert await _unary(ch)(b"after") == b"s0:after"
+        assert proxy.ctx.connections == {grpc_client}

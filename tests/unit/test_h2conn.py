@@ -5,6 +5,7 @@ and arbitrary splits of valid input."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from weft.core.h2conn import (
     H2Error,
     Headers,
 )
+from weft.core.h2limits import H2Limits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1035,6 +1037,234 @@ def test_client_side_server_reset_and_late_frames() -> None:
     assert peer.rec.take() == [("headers", sid, OK, True)]
 
 
+# -- floods (weft.core.h2limits) ---------------------------------------------------------------
+
+CONTROL = (PingFrame, SettingsFrame, RstStreamFrame)
+
+
+def pings(n: int) -> bytes:
+    return b"".join(raw(PING, 0, 0, i.to_bytes(8, "big")) for i in range(n))
+
+
+def controls(data: bytes) -> int:
+    """Control frames (PING, SETTINGS, RST_STREAM) in ``data``."""
+    return sum(isinstance(f, CONTROL) for f in frames(data))
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [pings, lambda n: raw(SETTINGS, 0, 0) * n],
+    ids=["PING", "SETTINGS"],
+)
+def test_ping_and_settings_floods_are_answered_up_to_1000_unsent_acks(
+    flood: Callable[[int], bytes],
+) -> None:
+    """1000 at once are answered; once taken (sent), 1000 more; 20,000 are a flood."""
+    peer = Peer()
+    for _ in range(2):
+        peer.conn.receive(flood(1000))
+        assert controls(peer.conn.take()) == 1000
+    peer.fails(ENHANCE_YOUR_CALM, flood(20_000))
+
+
+def test_a_peer_that_does_not_read_gets_at_most_1000_control_frames_queued() -> None:
+    peer = Peer(limits=H2Limits(max_control_out=300))
+    conn = peer.conn
+    conn.output_blocked(True)  # the transport's buffer is full: what take() gives stays unsent
+    for _ in range(3):
+        conn.receive(pings(100))
+        assert controls(conn.take()) == 100
+    conn.output_blocked(False)  # it read: the count starts again
+    conn.output_blocked(True)
+    for _ in range(3):
+        conn.receive(pings(100))
+        conn.take()
+    peer.fails(ENHANCE_YOUR_CALM, pings(1))
+
+
+def test_the_owners_own_resets_are_not_counted() -> None:
+    """A client going away with its streams makes the proxy reset as many upstream at once: the
+    shared upstream connection must not end for it."""
+    peer = Peer(client=True, limits=H2Limits(max_control_out=10))
+    sids = [peer.conn.open(GET, True) for _ in range(50)]
+    for sid in sids:
+        peer.conn.reset(sid, CANCEL)
+    sent = peer.send(pings(10))  # in the same write as the 50 resets
+    assert sent[-10:] == [(PingFrame, ["ACK"], i.to_bytes(8, "big")) for i in range(10)]
+    assert [f for f in sent if f[0] is RstStreamFrame] == [rst(sid, CANCEL) for sid in sids]
+    assert not peer.conn.dead
+
+
+def test_streams_reset_for_their_errors_count_as_control_frames() -> None:
+    peer = Peer(limits=H2Limits(max_control_out=100), max_streams=1000)
+    bad = peer.block([*BASE, (b"x-a", b" 1")])  # malformed: a stream error each
+    assert (
+        len(
+            peer.send(*[raw(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, bad) for i in range(100)])
+        )
+        == 100
+    )
+    peer.fails(
+        ENHANCE_YOUR_CALM,
+        *[raw(HEADERS, END_HEADERS | END_STREAM, 2 * i + 201, bad) for i in range(101)],
+    )
+
+
+def test_settings_of_more_than_32_entries() -> None:
+    peer = Peer()
+    assert peer.send(raw(SETTINGS, 0, 0, setting(4, 70000) * 32)) == [(SettingsFrame, ["ACK"], {})]
+    peer.fails(ENHANCE_YOUR_CALM, raw(SETTINGS, 0, 0, setting(4, 70000) * 33))
+
+
+def rapid_resets(first: int, n: int, block: bytes) -> bytes:
+    """``n`` requests (GET, END_STREAM), each reset at once, on streams from ``first``."""
+    return b"".join(
+        raw(HEADERS, END_HEADERS | END_STREAM, sid, block)
+        + raw(RST, 0, sid, CANCEL.to_bytes(4, "big"))
+        for sid in range(first, first + 2 * n, 2)
+    )
+
+
+def test_rapid_reset_ends_the_connection() -> None:
+    """CVE-2023-44487: 10,000 requests reset as soon as sent. The first 249 are heard (and reset:
+    the owner sends them nowhere); the 250th reset, half of a first window of 500 streams, ends
+    the connection."""
+    peer = Peer(max_streams=1000)
+    block = peer.block(GET)
+    assert peer.send(rapid_resets(1, 249, block)) == []
+    events = peer.rec.take()
+    assert len(events) == 2 * 249 and events[-1] == ("reset", 497, CANCEL)
+    peer.fails(ENHANCE_YOUR_CALM, rapid_resets(499, 10_000, block))
+    assert len(peer.rec.take()) == 2
+
+
+def test_resets_after_the_answer_or_amid_completed_streams_are_not_rapid() -> None:
+    peer = Peer(max_streams=1000)
+    conn = peer.conn
+    block = peer.block(GET)
+    sid = 1
+    # cancelled after their answer started (a client that read enough): any number
+    for _ in range(600):
+        peer.send(raw(HEADERS, END_HEADERS | END_STREAM, sid, block))
+        conn.send_headers(sid, OK, False)
+        peer.send(raw(RST, 0, sid, CANCEL.to_bytes(4, "big")))
+        sid += 2
+    # 900 completed, 400 reset before their answer (44%): allowed
+    for i in range(1300):
+        peer.send(raw(HEADERS, END_HEADERS | END_STREAM, sid, block))
+        if i % 13 < 4:
+            peer.send(raw(RST, 0, sid, CANCEL.to_bytes(4, "big")))
+        else:
+            conn.send_headers(sid, OK, True)
+        sid += 2
+    conn.take()
+    assert not conn.dead
+    # from then on, only resets: once they are half of the recent streams, GOAWAY
+    peer.fails(ENHANCE_YOUR_CALM, rapid_resets(sid, 2000, block))
+    resets = [e for e in peer.rec.take() if e[0] == "reset" and e[1] >= sid]
+    assert 100 < len(resets) < 1000
+
+
+def test_resets_a_second_or_more_after_the_start_are_not_rapid() -> None:
+    """Long polls that end at their deadline, unanswered, are no flood (Envoy's rule: a
+    premature reset comes within a second of the stream's start); the owner gives the time of
+    each read (``now``)."""
+    peer = Peer(max_streams=1000)
+    conn = peer.conn
+    block = peer.block(GET)
+    cancel = CANCEL.to_bytes(4, "big")
+    for sid in range(1, 4000, 2):
+        conn.now = 10.0 * sid
+        peer.send(raw(HEADERS, END_HEADERS | END_STREAM, sid, block))
+        conn.now += 1.0
+        peer.send(raw(RST, 0, sid, cancel))
+    assert not conn.dead and len(peer.rec.take()) == 4000
+    peer.fails(ENHANCE_YOUR_CALM, rapid_resets(4001, 1000, block))  # all at the same time
+
+
+def test_empty_frames_in_a_row() -> None:
+    peer = Peer()
+    peer.send(peer.headers(1, POST), peer.headers(3, POST))
+    # one empty DATA at a time, or with END_STREAM: fine
+    assert (
+        peer.send(raw(DATA, 0, 1), raw(DATA, 0, 1, b"x"), raw(DATA, 0, 1), raw(DATA, 0, 1, b"y"))
+        == []
+    )
+    assert peer.send(raw(DATA, 0, 3), raw(DATA, END_STREAM, 3)) == []
+    peer.fails(ENHANCE_YOUR_CALM, raw(DATA, 0, 1), raw(DATA, 0, 1))
+
+
+def test_empty_continuations_in_a_row() -> None:
+    peer = Peer()
+    block = peer.block(GET)
+    peer.fails(ENHANCE_YOUR_CALM, raw(HEADERS, 0, 1, block[:2]), *[raw(CONT, 0, 1)] * 10_000)
+
+
+def test_empty_headers_in_a_row() -> None:
+    peer = Peer()
+    peer.fails(ENHANCE_YOUR_CALM, raw(HEADERS, 0, 1), raw(CONT, 0, 1), raw(CONT, END_HEADERS, 1))
+
+
+def test_priority_flood() -> None:
+    peer = Peer()
+    assert peer.send(*[raw(PRIORITY, 0, 1, bytes(5))] * 100) == []  # 100 for the connection
+    assert peer.send(peer.headers(1, POST), *[raw(PRIORITY, 0, 3, bytes(5))] * 100) == []
+    peer.fails(ENHANCE_YOUR_CALM, raw(PRIORITY, 0, 5, bytes(5)))
+
+
+def test_window_update_flood() -> None:
+    peer = Peer()
+    conn = peer.conn
+    one = (1).to_bytes(4, "big")
+    peer.send(peer.headers(1, POST))  # 1 + 2 * 1 WINDOW_UPDATEs allowed so far
+    assert peer.send(*[raw(WINDOW, 0, 0, one)] * 3) == []
+    conn.send_headers(1, OK, False)
+    conn.send_data(1, b"x" * 10)  # each DATA frame sent allows 20 more
+    conn.take()
+    assert peer.send(*[raw(WINDOW, 0, 1, one)] * 20) == []
+    peer.rec.take()
+    peer.fails(ENHANCE_YOUR_CALM, *[raw(WINDOW, 0, 0, one)] * 20_000)
+
+
+def test_a_heavy_normal_workload_never_trips_the_limits() -> None:
+    """10,000 requests from an h2 client on one connection, with a PING every 100 requests, a
+    tenth of them cancelled before their answer and a tenth after it, answers with a body the
+    client acknowledges (WINDOW_UPDATE), some PRIORITY frames, and the client's own SETTINGS."""
+    p = Pair(ours_client=False, max_streams=1000)
+    peer, conn = p.peer, p.conn
+    answered = 0
+    for batch in range(100):
+        first = peer.get_next_available_stream_id()
+        sids = [first + 2 * i for i in range(100)]
+        before, after = set(sids[::10]), set(sids[5::10])  # cancelled before / after the answer
+        for i, sid in enumerate(sids):
+            if i % 3:
+                peer.send_headers(sid, POST)
+                peer.send_data(sid, b"request", end_stream=True)
+            else:
+                peer.send_headers(sid, GET, end_stream=True)
+        for sid in before:
+            peer.reset_stream(sid, CANCEL)
+        peer.prioritize(sids[1], weight=32)
+        peer.ping(b"%08d" % batch)
+        if batch % 10 == 0:
+            peer.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 16384 + batch})
+        p.exchange()
+        requests = [e[1] for e in p.rec.take() if e[0] == "headers"]
+        assert len(requests) == 100
+        for sid in requests:
+            if sid in conn.streams:
+                conn.send_headers(sid, OK, False)
+                conn.send_data(sid, b"answer" * 16, end=sid not in after)
+                answered += 1
+        p.exchange()
+        for sid in after:
+            peer.reset_stream(sid, CANCEL)
+        p.exchange()
+        p.rec.take()
+    assert not conn.dead and answered == 9000
+
+
 # -- properties --------------------------------------------------------------------------------
 
 HEADER_BLOCKS = [
@@ -1208,3 +1438,70 @@ def test_any_split_of_a_server_answer_gives_the_same_events(cuts: list[int], n: 
     assert len(rec_whole.events) == 1 + sum(3 if i else 2 for i in range(n + 1))  # + SETTINGS
     assert whole.take() == split.take()
     assert whole.streams == split.streams == {}
+
+
+def _flood_input(items: list[tuple[bytes, int]], block: bytes) -> list[bytes]:
+    """The reads of a peer: each item a frame repeated, or (``b""``) that many rapid resets."""
+    reads = []
+    sid = 101
+    for frame, n in items:
+        if frame:
+            reads.append(frame * n)
+        else:
+            reads.append(rapid_resets(sid, n, block))
+            sid += 2 * n
+    return reads
+
+
+flood_items = st.tuples(
+    st.one_of(
+        chunks,
+        st.just(b""),  # rapid resets
+        st.builds(raw, st.just(PING), st.sampled_from([0, 1]), st.just(0), st.just(bytes(8))),
+        st.builds(
+            raw,
+            st.just(SETTINGS),
+            st.sampled_from([0, 1]),
+            st.just(0),
+            st.sampled_from([b"", setting(4, 70000), setting(1, 0) * 40]),
+        ),
+        st.builds(
+            raw,
+            st.just(PRIORITY),
+            st.just(0),
+            st.sampled_from([1, 3]),
+            st.sampled_from([bytes(5), bytes(4)]),
+        ),
+        st.builds(
+            raw, st.just(WINDOW), st.just(0), st.sampled_from([0, 1]), st.just(b"\x00\x00\x00\x01")
+        ),
+        st.builds(raw, st.just(RST), st.just(0), st.sampled_from([1, 3, 5]), st.just(bytes(4))),
+    ),
+    st.integers(1, 2500),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.booleans(), st.lists(flood_items, max_size=6))
+def test_output_stays_bounded_whatever_the_peer_sends(
+    reads_back: bool, items: list[tuple[bytes, int]]
+) -> None:
+    """Whatever frames a peer sends (floods of any kind among them), what the connection queues
+    stays bounded: at most ``max_control_out`` control frames between two takes (or, for a peer
+    that does not read, in all), and never more than twice the bytes received (plus a GOAWAY)."""
+    peer = Peer(max_streams=1000)
+    conn = peer.conn
+    if not reads_back:
+        conn.output_blocked(True)
+    received = sent = control = 0
+    for data in _flood_input(items, peer.block(GET)):
+        received += len(data)
+        with contextlib.suppress(H2Error):
+            conn.receive(data)
+        out = conn.take()
+        sent += len(out)
+        control = controls(out) if reads_back else control + controls(out)
+        assert control <= 1000
+        assert sent <= 2 * received + 17
+        if conn.dead:
+            break

@@ -32,7 +32,15 @@ What it does:
   send; WINDOW_UPDATE is reported (``h2_window``), a changed initial window with the SETTINGS
   that changed it (``h2_settings``);
 - errors: a stream error resets the stream (RST_STREAM; the owner hears ``h2_reset`` if it knew
-  the stream); a connection error queues GOAWAY with its code and raises :class:`H2Error`.
+  the stream); a connection error queues GOAWAY with its code and raises :class:`H2Error`;
+- floods (:mod:`weft.core.h2limits`, which lists the limits and their defaults, Envoy's and
+  nghttp2's): control frames queued in answer to the peer (at most 1000 unsent: the owner says
+  when the peer stops reading, :meth:`H2Conn.output_blocked`), empty frames in a row, PRIORITY
+  and WINDOW_UPDATE frames beyond what the streams and the DATA sent justify, SETTINGS frames
+  of more than 32 entries, and streams the peer resets within a second, unanswered ("rapid
+  reset": half of the recent ones; the owner sets :attr:`H2Conn.now`) end the connection with
+  GOAWAY ENHANCE_YOUR_CALM. Counters are plain integers per connection (``guard``); the limits
+  are the ``limits`` argument.
 
 Not for: I/O, timers, what streams mean (see :mod:`weft.proxy.http2`), server push, priorities.
 """
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 from typing import Final, Protocol
 
+from weft.core.h2limits import DEFAULT_LIMITS, FloodGuard, H2Limits
 from weft.core.hpack import Decoder, Encoder, HpackError
 
 Headers = list[tuple[bytes, bytes]]
@@ -138,9 +147,11 @@ class _Stream:
     """One stream's state: its windows and which of its halves are closed."""
 
     __slots__ = (
+        "answered",
         "expect_len",
         "got_headers",
         "local_closed",
+        "opened_at",
         "received",
         "recv_window",
         "remote_closed",
@@ -157,6 +168,8 @@ class _Stream:
         self.got_headers = False  # the request / final response arrived (next: trailers)
         self.expect_len = -1  # the request's content-length (server side), -1: none
         self.received = 0  # DATA bytes received (for content-length)
+        self.answered = False  # we sent headers on it (a reset is no longer premature)
+        self.opened_at = 0.0  # the peer's streams: H2Conn.now when it opened it
 
 
 def _frame(length: int, ftype: int, flags: int, sid: int) -> bytes:
@@ -176,6 +189,7 @@ class H2Conn:
         max_streams: int = 100,
         hold_limit: int = 4 * 1024 * 1024,
         max_header_list: int = 65536,
+        limits: H2Limits | None = None,
     ) -> None:
         self.handler = handler
         self.client = client
@@ -209,6 +223,10 @@ class H2Conn:
         self._cont_sid = 0
         self._cont_flags = 0
         self._cont = bytearray()
+        self.guard = FloodGuard(DEFAULT_LIMITS if limits is None else limits)
+        # the time (seconds) of the bytes being received, set by the owner (it has the clock):
+        # how long a stream the peer resets lived (h2limits: ``min_stream_life``); 0 if never set
+        self.now = 0.0
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -237,12 +255,24 @@ class H2Conn:
             out += grow.to_bytes(4, "big")
 
     def take(self) -> bytes:
-        """What is queued to send (and forget it)."""
+        """What is queued to send (and forget it): unless :meth:`output_blocked`, the control
+        frames in it are no longer counted as unsent."""
+        if not self.guard.blocked:
+            self.guard.control_out = 0
         if not self.out:
             return b""
         data = bytes(self.out)
         self.out.clear()
         return data
+
+    def output_blocked(self, blocked: bool) -> None:
+        """Whether the peer stopped reading (the transport's buffer is full): while it is
+        blocked, what :meth:`take` returns is still counted against ``max_control_out`` until
+        the peer reads again."""
+        guard = self.guard
+        guard.blocked = blocked
+        if not blocked:
+            guard.control_out = 0
 
     def can_open(self) -> bool:
         """Whether a new stream may be opened (client side): under the peer's limit, no
@@ -261,6 +291,7 @@ class H2Conn:
         self.next_sid = sid + 2
         stream = _Stream(self.remote_window, self.local_window)
         self.streams[sid] = stream
+        self.guard.header_blocks += 1
         self._headers(sid, headers, end, never)
         if end:
             stream.local_closed = True
@@ -274,6 +305,7 @@ class H2Conn:
         stream = self.streams.get(sid)
         if stream is None or stream.local_closed:
             return False
+        stream.answered = True
         self._headers(sid, headers, end, never)
         if end:
             self._close_local(sid, stream)
@@ -324,9 +356,11 @@ class H2Conn:
         size = len(data)
         out = self.out
         limit = self.remote_max_frame
+        guard = self.guard
         if size <= limit:
             out += _frame(size, DATA, END_STREAM if end else 0, sid)
             out += data
+            guard.data_sent += 1
         else:
             pos = 0
             while pos < size:
@@ -334,6 +368,7 @@ class H2Conn:
                 pos += len(chunk)
                 out += _frame(len(chunk), DATA, END_STREAM if end and pos >= size else 0, sid)
                 out += chunk
+                guard.data_sent += 1
         stream.send_window -= size
         self.send_window -= size
         if end:
@@ -446,6 +481,8 @@ class H2Conn:
                 if length != 8 or sid:
                     self._fail(FRAME_SIZE_ERROR if length != 8 else PROTOCOL_ERROR, "bad PING")
                 if not flags & ACK:
+                    if self.guard.control():
+                        self._fail(ENHANCE_YOUR_CALM, "PING flood")
                     self.out += _frame(8, PING, ACK, 0)
                     self.out += data[start:pos]
             elif ftype == CONTINUATION:
@@ -455,6 +492,8 @@ class H2Conn:
             elif ftype == PRIORITY:
                 if not sid:
                     self._fail(PROTOCOL_ERROR, "PRIORITY on stream 0")
+                if self.guard.priority():
+                    self._fail(ENHANCE_YOUR_CALM, "PRIORITY flood")
                 elif length != 5:
                     self._stream_error(sid, FRAME_SIZE_ERROR)
                 elif _dependency(data, start) == sid and sid in self.streams:
@@ -476,6 +515,8 @@ class H2Conn:
 
     def _stream_error(self, sid: int, code: int) -> None:
         """Reset ``sid`` (it broke the protocol) and tell the owner."""
+        if self.guard.control():
+            self._fail(ENHANCE_YOUR_CALM, "RST_STREAM flood (streams reset for their errors)")
         known = sid in self.streams
         self.streams.pop(sid, None)
         self.out += _frame(4, RST_STREAM, 0, sid)
@@ -506,6 +547,10 @@ class H2Conn:
                 self._fail(PROTOCOL_ERROR, "padding longer than the frame")
             payload += 1
             size -= 1 + pad
+        if size or flags & END_STREAM:
+            self.guard.empty_frames = 0
+        elif self.guard.empty():
+            self._fail(ENHANCE_YOUR_CALM, "empty DATA frames in a row")
         if stream is None or stream.remote_closed:
             if stream is None and self._is_idle(sid):
                 self._fail(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
@@ -579,6 +624,10 @@ class H2Conn:
             pos += 5
         if pos > end:
             self._fail(PROTOCOL_ERROR, "HEADERS padding longer than the frame")
+        if pos < end or flags & END_STREAM:
+            self.guard.empty_frames = 0
+        elif self.guard.empty():
+            self._fail(ENHANCE_YOUR_CALM, "empty HEADERS frames in a row")
         if not flags & END_HEADERS:
             self._cont_sid = sid
             self._cont_flags = flags
@@ -589,6 +638,10 @@ class H2Conn:
     def _on_continuation(self, data: bytes, start: int, length: int, flags: int, sid: int) -> None:
         if not self._cont_sid or sid != self._cont_sid:
             self._fail(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        if length:
+            self.guard.empty_frames = 0
+        elif self.guard.empty():
+            self._fail(ENHANCE_YOUR_CALM, "empty CONTINUATION frames in a row")
         self._cont += data[start : start + length]
         if len(self._cont) > MAX_HEADER_BLOCK:
             self._fail(ENHANCE_YOUR_CALM, "header block above 256 KiB")
@@ -599,6 +652,7 @@ class H2Conn:
             self._header_block(sid, self._cont_flags, block)
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
+        self.guard.header_blocks += 1
         try:
             headers = self.decoder.decode(block)
         except HpackError as exc:
@@ -651,6 +705,8 @@ class H2Conn:
                     return
                 stream.expect_len = expect
                 self.streams[sid] = stream
+                stream.opened_at = self.now
+                self.guard.opened += 1
             stream.got_headers = True
         if end:
             self._close_remote(sid, stream)
@@ -659,6 +715,8 @@ class H2Conn:
     def _on_window_update(self, data: bytes, start: int, length: int, sid: int) -> None:
         if length != 4:
             self._fail(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long")
+        if self.guard.window_update():
+            self._fail(ENHANCE_YOUR_CALM, "WINDOW_UPDATE flood")
         grow = int.from_bytes(data[start : start + 4], "big") & 0x7FFFFFFF
         if not sid:
             if not grow:
@@ -688,8 +746,19 @@ class H2Conn:
         if not sid:
             self._fail(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         code = int.from_bytes(data[start : start + 4], "big")
-        if self.streams.pop(sid, None) is not None:
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
             self.handler.h2_reset(sid, code)
+            # a stream the peer opened and reset soon, before we answered: "rapid reset" if it
+            # keeps doing it (it cost us the request's work and nothing to the peer)
+            guard = self.guard
+            if (
+                not self.client
+                and not stream.answered
+                and self.now - stream.opened_at < guard.limits.min_stream_life
+                and guard.reset_early(len(self.streams))
+            ):
+                self._fail(ENHANCE_YOUR_CALM, "streams reset before their answer (rapid reset)")
         elif self._is_idle(sid):
             self._fail(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
 
@@ -704,6 +773,9 @@ class H2Conn:
             return
         if length % 6:
             self._fail(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+        if length > 6 * self.guard.limits.max_settings:
+            # each entry may walk every stream (a changed initial window): CVE-2020-11080
+            self._fail(ENHANCE_YOUR_CALM, f"SETTINGS of {length // 6} entries")
         self._got_settings = True
         pos = start
         end = start + length
@@ -733,6 +805,8 @@ class H2Conn:
                 # a server must not announce push (RFC 9113 6.5.2)
                 self._fail(PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}")
             # MAX_HEADER_LIST_SIZE is advisory; unknown settings are ignored
+        if self.guard.control():
+            self._fail(ENHANCE_YOUR_CALM, "SETTINGS flood")
         self.out += _frame(0, SETTINGS, ACK, 0)
         self.handler.h2_settings()
 

@@ -266,9 +266,11 @@ class _Peer(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.conn.output_blocked(True)  # the peer does not read: its floods count (h2limits)
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.conn.output_blocked(False)
         for stream in list(self.blocked):
             stream.pump_to(self)
         self.ctx.flush()
@@ -1242,6 +1244,7 @@ class Http2Downstream(_Peer):
         self.authz: HttpConn | None = None  # inbound: the port's policy for this client
         self.on_close: Callable[[Http2Downstream], None] | None = None
         self._no_endpoint: dict[bytes, HttpSeries] = {}
+        self._new: list[H2Stream] = []  # requests of this read, sent upstream after it
         ctx.connections.add(self)
 
     def start(self, buffered: bytes = b"") -> None:
@@ -1259,14 +1262,23 @@ class Http2Downstream(_Peer):
     def data_received(self, data: bytes) -> None:
         if self.tcp is not None:
             self.tcp.read_bytes += len(data)
-        self.last_active = _monotonic()
+        self.last_active = self.conn.now = _monotonic()  # (now: how old a reset stream is)
         try:
             self.conn.receive(data)
         except H2Error as exc:
             # GOAWAY with the error's code is queued: send it and close
             log.info("HTTP/2 protocol error from %s: %s", self.peer, exc)
+            self._new.clear()
             self._broken()
             return
+        new = self._new
+        if new:
+            # only now, so that a RST_STREAM read with its HEADERS (a "rapid reset") wins:
+            # such a stream is never opened upstream and costs the server nothing
+            self._new = []
+            for stream in new:
+                if not stream.finished:
+                    stream.dispatch()
         self.mark()  # settings and ping acknowledgements, window updates
         self.ctx.flush_soon()
 
@@ -1327,7 +1339,7 @@ class Http2Downstream(_Peer):
                 stream.fail(denial.status, denial.reason, denial.detail, extra)
                 return
         if stream.decide(method, path):
-            stream.dispatch()
+            self._new.append(stream)  # dispatched at the end of the read (data_received)
 
     def h2_data(self, sid: int, data: bytes, end: bool) -> None:
         stream = self.streams.get(sid)
@@ -1393,8 +1405,14 @@ class Http2Downstream(_Peer):
     def _broken(self) -> None:
         self.closing = True
         self.write_out()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            # a peer that has not read what was sent already may never read: close() would
+            # wait for it forever (with what it holds), so cut it (its GOAWAY may not arrive)
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
         for stream in list(self.streams.values()):
             stream.on_client_reset(CANCEL)
         self.ctx.flush()
