@@ -59,6 +59,8 @@ spec:
       annotations: {{weft.io/inject: disabled}}
     spec:
       terminationGracePeriodSeconds: 1
+      # root: the forgeries it tries are files the test writes in its own (root-only) tmp dir
+      securityContext: {{runAsUser: 0}}
       containers: [{{name: intruder, command: [sleep, "3600"]}}]
 ---
 apiVersion: apps/v1
@@ -228,7 +230,9 @@ def test_traffic_between_meshed_pods_is_mutual_tls_on_the_wire(
     sniffer.join(timeout=30)
     assert out["statuses"] == {"200": 20}, out
     cap = result["cap"]
-    to_server = cap.payload(between=(sec["server_ip"], 8080))
+    # the client proxy sends it to the server pod's proxy port (a transport header inside TLS
+    # names the app's port, 8080)
+    to_server = cap.payload(between=(sec["server_ip"], net.PROXY_INBOUND_PORT))
     assert to_server, "the capture saw no traffic to the server pod"
     assert marker.encode() not in to_server
     assert b"HTTP/1.1" not in to_server

@@ -35,6 +35,12 @@ from typing import Any, ClassVar, Protocol
 from weft.inbound import DEFAULT_POLICIES
 from weft.resources.annotations import parse_policy_annotations
 from weft.resources.errors import InvalidResources
+from weft.resources.security import (
+    SecurityContext,
+    check_container,
+    parse_security_context,
+    root_containers,
+)
 from weft.resources.validate import EMPTY, Checker, index, join, show
 
 DEFAULT_NAMESPACE = "default"
@@ -64,7 +70,7 @@ _META_PASSTHROUGH = frozenset({"ownerReferences", "finalizers", "generateName", 
 _TOP_KNOWN = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 
 _CONTAINER_KNOWN = frozenset(
-    {"name", "image", "command", "args", "env", "ports", "workingDir"},
+    {"name", "image", "command", "args", "env", "ports", "workingDir", "securityContext"},
 )
 _CONTAINER_PASSTHROUGH = frozenset(
     {
@@ -74,7 +80,6 @@ _CONTAINER_PASSTHROUGH = frozenset(
         "readinessProbe",
         "startupProbe",
         "lifecycle",
-        "securityContext",
         "volumeMounts",
         "volumeDevices",
         "envFrom",
@@ -94,6 +99,7 @@ _POD_SPEC_KNOWN = frozenset(
         "restartPolicy",
         "terminationGracePeriodSeconds",
         "nodeName",
+        "securityContext",
     }
 )
 _POD_SPEC_PASSTHROUGH = frozenset(
@@ -103,7 +109,6 @@ _POD_SPEC_PASSTHROUGH = frozenset(
         "nodeSelector",
         "affinity",
         "tolerations",
-        "securityContext",
         "imagePullSecrets",
         "dnsPolicy",
         "dnsConfig",
@@ -253,6 +258,7 @@ class Container:
     ports: tuple[ContainerPort, ...] = ()
     image: str | None = None
     working_dir: str | None = None
+    security_context: SecurityContext | None = None
     extra: Mapping[str, Any] = field(default_factory=_empty)
 
     @property
@@ -278,6 +284,8 @@ class Container:
             out["ports"] = [p.to_dict() for p in self.ports]
         if self.working_dir is not None:
             out["workingDir"] = self.working_dir
+        if self.security_context is not None:
+            out["securityContext"] = self.security_context.to_dict()
         out.update(self.extra)
         return out
 
@@ -346,6 +354,9 @@ def _parse_container(c: Checker, data: Any, path: str) -> Container | None:
             ports.append(ContainerPort(number, pname, proto or "TCP"))
     image = c.string(m.get("image"), join(path, "image"))
     working_dir = c.string(m.get("workingDir"), join(path, "workingDir"))
+    security = parse_security_context(
+        c, m.get("securityContext"), join(path, "securityContext"), container=True
+    )
     if name is None:
         return None
     return Container(
@@ -356,6 +367,7 @@ def _parse_container(c: Checker, data: Any, path: str) -> Container | None:
         ports=tuple(ports),
         image=image,
         working_dir=working_dir,
+        security_context=security,
         extra=_frozen(extra),
     )
 
@@ -367,7 +379,16 @@ class PodSpec:
     restart_policy: str = "Always"
     termination_grace_period_seconds: int = DEFAULT_GRACE_PERIOD
     node_name: str | None = None
+    security_context: SecurityContext | None = None
     extra: Mapping[str, Any] = field(default_factory=_empty)
+
+    @property
+    def root_containers(self) -> list[str]:
+        """Containers that run as root (``runAsUser: 0`` or ``privileged``): on the local
+        runtime such a pod can administer the mesh."""
+        return root_containers(
+            self.security_context, ((ct.name, ct.security_context) for ct in self.containers)
+        )
 
     def container_port(self, name: str) -> int | None:
         """The number of the container port called ``name`` (for a Service's named targetPort)."""
@@ -386,6 +407,8 @@ class PodSpec:
         }
         if self.node_name is not None:
             out["nodeName"] = self.node_name
+        if self.security_context is not None:
+            out["securityContext"] = self.security_context.to_dict()
         out.update(self.extra)
         return out
 
@@ -393,6 +416,9 @@ class PodSpec:
 def _parse_pod_spec(c: Checker, data: Any, path: str, *, template: bool) -> PodSpec:
     m = c.mapping(data, path, required=True)
     extra = c.known_fields(m, path, _POD_SPEC_KNOWN, _POD_SPEC_PASSTHROUGH)
+    security = parse_security_context(
+        c, m.get("securityContext"), join(path, "securityContext"), container=False
+    )
     containers: list[Container] = []
     cpath = join(path, "containers")
     raw = c.items(m.get("containers"), cpath, required=True)
@@ -403,6 +429,7 @@ def _parse_pod_spec(c: Checker, data: Any, path: str, *, template: bool) -> PodS
         ct = _parse_container(c, item, index(cpath, i))
         if ct is None:
             continue
+        check_container(c, security, ct.security_context, join(index(cpath, i), "securityContext"))
         if ct.name in names:
             c.error(join(index(cpath, i), "name"), f"duplicate container name {show(ct.name)}")
             continue
@@ -428,6 +455,7 @@ def _parse_pod_spec(c: Checker, data: Any, path: str, *, template: bool) -> PodS
         restart_policy=restart or "Always",
         termination_grace_period_seconds=DEFAULT_GRACE_PERIOD if grace is None else grace,
         node_name=node,
+        security_context=security,
         extra=_frozen(extra),
     )
 

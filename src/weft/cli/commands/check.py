@@ -6,15 +6,17 @@ answers and is supervised by the node agent (its restarts; a warning when it is 
 failure when nothing would restart it), every running pod's proxy answers ``/ready``, and the
 mesh's trust anchors and issuer
 are valid (a warning when one expires within 60 days: an expired CA stops every meshed
-connection). One line per check, ✔ or ✘ with a hint, ⚠ for a warning; exit status 1 when any
-check fails (warnings do not fail).
+connection), and a warning listing the pods that run containers as root (``runAsUser: 0`` or
+``privileged: true``: on the local runtime they can administer the mesh and read its secrets).
+One line per check, ✔ or ✘ with a hint, ⚠ for a warning; exit status 1 when any check fails
+(warnings do not fail).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from rich.console import Console
 from weft.cli.commands.get import human_duration
 from weft.cli.commands.up import add_state_arg, mesh_for
 from weft.control.client import ApiError, ControlClient, ControlUnavailable, run_sync
+from weft.resources.security import root_containers_of
 from weft.runtime.base import Check
 from weft.runtime.local.mesh import LocalMesh
 from weft.runtime.local.procs import ProcRecord
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.pre:
         checks = [*mesh.mesh_checks(), supervision_check_of(mesh)]
         checks += identity_checks(mesh.control_endpoint)
+        checks += privileged_checks(mesh.control_endpoint)
         ok = show(console, f"mesh ({mesh.state.root})", checks) and ok
     console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
     return 0 if ok else 1
@@ -157,3 +161,31 @@ def ca_checks(status: Mapping[str, Any], now: float) -> list[Check]:
             detail = f"until {info.get('notAfter')}, {human_duration(max(left, 0.0))} left"
             checks.append(Check(name, True, detail))
     return checks
+
+
+def privileged_checks(endpoint: str) -> list[Check]:
+    """⚠ listing the pods that run containers as root; nothing when there are none or the
+    control plane cannot be reached (the mesh checks already say so)."""
+    try:
+        pods = run_sync(ControlClient(endpoint, timeout=3.0).list("Pod"))
+    except (ControlUnavailable, ApiError):
+        return []
+    check = privileged_check(pods)
+    return [check] if check is not None else []
+
+
+def privileged_check(pods: Sequence[Mapping[str, Any]]) -> Check | None:
+    """The warning for these Pod objects, or None when no pod runs as root."""
+    refs = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if root_containers_of(pod.get("spec")):
+            refs.append(f"{meta.get('namespace') or 'default'}/{meta.get('name')}")
+    if not refs:
+        return None
+    return CheckWarning(
+        f"privileged pods (run as root): {', '.join(sorted(refs))}",
+        True,
+        "root in a pod can administer the mesh and read every token and key",
+        "drop runAsUser: 0 / privileged: true unless the pod needs it (docs/local-runtime.md)",
+    )

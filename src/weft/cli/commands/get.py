@@ -1,11 +1,12 @@
 """``weft get KIND [NAME]``: list resources from the control plane, as tables or YAML/JSON.
 
-Tables follow kubectl: pods ``NAME READY STATUS RESTARTS IP AGE``, deployments ``NAME READY
-UP-TO-DATE AVAILABLE AGE``, services ``NAME CLUSTER-IP PORTS AGE``, namespaces ``NAME STATUS AGE``,
-httproutes ``NAME PARENTS ACCEPTED REASON AGE`` (ACCEPTED: every parent Service accepted the
-route; REASON: the first failing condition, e.g. ``NoMatchingParent`` or ``BackendNotFound``; the
-messages are in ``-o yaml``); ``-A`` adds a NAMESPACE column; ``-o yaml|json`` prints the objects
-(a ``List`` without NAME).
+Tables follow kubectl: pods ``NAME READY STATUS RESTARTS IP AGE`` (plus ``PRIVILEGED`` when
+some listed pod runs containers as root: such a pod can administer a local mesh), deployments
+``NAME READY UP-TO-DATE AVAILABLE AGE``, services ``NAME CLUSTER-IP PORTS AGE``, namespaces
+``NAME STATUS AGE``, httproutes ``NAME PARENTS ACCEPTED REASON AGE`` (ACCEPTED: every parent
+Service accepted the route; REASON: the first failing condition, e.g. ``NoMatchingParent`` or
+``BackendNotFound``; the messages are in ``-o yaml``); ``-A`` adds a NAMESPACE column;
+``-o yaml|json`` prints the objects (a ``List`` without NAME).
 
 Also the home of what the resource commands share: the ``--control`` endpoint flag, the "mesh not
 running" message, and table printing.
@@ -37,6 +38,7 @@ from weft.control.client import (
 )
 from weft.control.routestatus import summarize
 from weft.resources.models import ANNOTATION_DEPLOYMENT, KINDS, KindInfo, resolve_kind
+from weft.resources.security import root_containers_of
 
 T = TypeVar("T")
 
@@ -231,7 +233,25 @@ def table_for(
         "GRPCRoute": (["NAME", "PARENTS", "ACCEPTED", "REASON", "AGE"], _httproute_row),
     }
     columns, fn = spec.get(kind, (["NAME", "AGE"], _generic_row))
-    return columns, [fn(o, pods, t) for o in items]
+    rows = [fn(o, pods, t) for o in items]
+    if kind == "Pod":
+        # pods running as root can administer a local mesh: a column, shown when there are any
+        marks = [privileged_mark(o) for o in items]
+        if any(marks):
+            columns = [*columns, "PRIVILEGED"]
+            rows = [[*r, m or "-"] for r, m in zip(rows, marks, strict=True)]
+    return columns, rows
+
+
+def privileged_mark(o: Mapping[str, Any]) -> str:
+    """``root`` (with the containers when not all of them) for a pod that runs containers as
+    root (``runAsUser: 0`` or ``privileged: true``), else empty."""
+    spec = o.get("spec") or {}
+    names = root_containers_of(spec)
+    if not names:
+        return ""
+    every = len(names) == len(spec.get("containers") or [])
+    return "root" if every else f"root ({','.join(names)})"
 
 
 def _pod_row(o: Mapping[str, Any], _pods: Sequence[Mapping[str, Any]], now: float) -> list[str]:

@@ -43,6 +43,7 @@ import os
 import random
 import re
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -54,8 +55,9 @@ from typing import Any, BinaryIO, Protocol
 from weft.core.backoff import ExponentialBackoff
 from weft.resources.models import ContainerStatus, Pod, PodStatus
 from weft.runtime.base import PROXY_CONTAINER
-from weft.runtime.local import net
+from weft.runtime.local import net, users
 from weft.runtime.local.procs import MESH_ENV
+from weft.runtime.local.users import RunAs
 
 log = logging.getLogger("weft.node.pod")
 
@@ -110,6 +112,7 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...] = ()
     working_dir: str | None = None
     readiness: Probe | None = None
+    user: RunAs | None = None  # None: as the agent (root); see weft.runtime.local.users
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -248,7 +251,10 @@ def pod_spec(pod: Pod, ip: str) -> PodSpec:
     containers: list[ContainerSpec] = []
     for i, c in enumerate(pod.spec.containers):
         cpath = f"spec.containers[{i}]"
+        user = users.run_as(pod.spec.security_context, c.security_context, ip)
         env = dict(base_env)
+        if not user.root:
+            env["HOME"] = users.HOME_NON_ROOT
         env.update((e.name, expand(e.value, env)) for e in c.env)
         argv = tuple(expand(a, env) for a in c.argv)
         if not argv:
@@ -269,6 +275,7 @@ def pod_spec(pod: Pod, ip: str) -> PodSpec:
                 env=tuple(env.items()),
                 working_dir=c.working_dir,
                 readiness=readiness,
+                user=user,
             )
         )
     try:
@@ -487,7 +494,9 @@ def iso(ts: float) -> str:
 class Launcher(Protocol):
     """How a container's argv becomes a process's argv (namespace entry, user, parent-death)."""
 
-    def wrap(self, argv: Sequence[str], *, proxy: bool) -> list[str]: ...
+    def wrap(self, argv: Sequence[str], *, proxy: bool, user: RunAs | None = None) -> list[str]:
+        """``user``: an app container's (None: as this process)."""
+        ...
 
 
 class Probes(Protocol):
@@ -502,16 +511,23 @@ class Probes(Protocol):
 class NetnsLauncher:
     """Runs containers inside network namespace ``netns`` with ``ip netns exec``; the sidecar
     as ``proxy_uid`` with only CAP_DAC_OVERRIDE (to read a virtualenv and the control socket
-    wherever they are), every process with ``PR_SET_PDEATHSIG=KILL``. ``netns=None`` runs in
-    this process's namespace (how the unit tests run real processes without root)."""
+    wherever they are), an app as its ``user`` (:func:`weft.runtime.local.users.app_argv`:
+    Weft's ``python`` made reachable with the ``reach`` plan, by default computed for it),
+    every process with ``PR_SET_PDEATHSIG=KILL``. ``netns=None`` runs in this process's
+    namespace (how the unit tests run real processes without root)."""
 
     netns: str | None
     proxy_uid: int | None = net.PROXY_UID
+    python: str = sys.executable
+    reach: tuple[tuple[str, str], ...] | None = None
 
-    def wrap(self, argv: Sequence[str], *, proxy: bool) -> list[str]:
+    def wrap(self, argv: Sequence[str], *, proxy: bool, user: RunAs | None = None) -> list[str]:
         out: list[str] = []
         if self.netns is not None:
             out += ["ip", "netns", "exec", self.netns]
+        if not proxy:
+            reach = users.python_reach(self.python) if self.reach is None else self.reach
+            return out + users.app_argv(argv, user, python=self.python, reach=reach)
         out += ["setpriv"]
         if proxy and self.proxy_uid is not None:
             uid = str(self.proxy_uid)
@@ -566,6 +582,7 @@ class _Container:
     started_mono: float = 0.0
     finished: AfterExit | None = None
     ran_once: bool = False
+    user: RunAs | None = None
 
 
 StatusCallback = Callable[[dict[str, Any]], None]
@@ -628,6 +645,7 @@ class PodRunner:
                     c.readiness.success_threshold if c.readiness else 1,
                     c.readiness.failure_threshold if c.readiness else 3,
                 ),
+                user=c.user,
             )
             for c in spec.containers
         ]
@@ -848,7 +866,7 @@ class PodRunner:
         logf = self._open_log(c.log_path)
         try:
             return await asyncio.create_subprocess_exec(
-                *self._launcher.wrap(c.argv, proxy=c.proxy),
+                *self._launcher.wrap(c.argv, proxy=c.proxy, user=c.user),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,

@@ -3,6 +3,7 @@
 Layout under the state directory (default ``/run/weft``, ``--state-dir`` or ``WEFT_STATE_DIR``)::
 
     .weft-state              marker: this directory belongs to Weft (``weft down`` removes it whole)
+                             (the directory is mode 0700: nothing in it is for pods' apps)
     mesh.json                the mesh's settings (ranges, iptables flavour) for the node agent
     control.sock             the control plane's API (written by ``weft control``)
     control.pid, node.pid    process records (pid + start time) of the two long-running processes
@@ -169,7 +170,11 @@ class StateDir:
                     f"state directory {self.root} exists, is not empty and is not a Weft state "
                     "directory; choose another --state-dir"
                 )
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # root's only (an existing directory too): the control socket, the tokens, the CA and
+        # token key, the logs and the store are out of reach of every pod's default user; the
+        # proxies reach the socket and their tokens with CAP_DAC_OVERRIDE
+        os.chmod(self.root, 0o700)
         self.marker.write_text("Weft state directory: `weft down` removes it.\n")
         self.logs_dir.mkdir(exist_ok=True)
         self.pods_dir.mkdir(exist_ok=True)
