@@ -974,6 +974,9 @@ async def test_streams_refused_by_the_server_are_sent_again_on_another_connectio
         assert proxy.sample("route_response_total", classification="failure") == 0
         assert proxy.sample("route_actual_request_total") == 5 + srv.refused
         assert proxy.sample("response_total", classification="success") == 5
+        # a refusal says nothing of the endpoint: no failure penalty on the balancer
+        ((_, pending, estimate, _),) = proxy.concrete.balancer.stats()
+        assert pending == 0 and estimate < 0.5, estimate
 
 
 async def test_streams_above_the_last_stream_id_of_a_goaway_are_sent_again() -> None:

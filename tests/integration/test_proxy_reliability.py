@@ -501,3 +501,37 @@ async def test_an_upstream_that_breaks_counts_as_a_failure_and_ends_its_request(
             ((_, pending, estimate, _),) = concrete.balancer.stats()
             assert pending == 0
             assert estimate > 0.5  # the 1 s penalty, hardly decayed
+
+
+class NotFoundGrpc(GrpcServer):
+    """A gRPC endpoint whose every call is answered NOT_FOUND at once: an answer about the
+    call, not a sign that the endpoint is broken."""
+
+    calls = 0
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self.calls += 1
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such book")
+        return b""  # not reached
+
+
+@pytest.mark.timeout(120)
+async def test_grpc_answers_about_the_call_do_not_count_against_the_endpoint(
+    tmp_path: Path,
+) -> None:
+    """Only server-error statuses (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
+    DATA_LOSS) cost an endpoint the balancer's failure penalty; NOT_FOUND keeps it in the
+    rotation with its real latency."""
+    f = tmp_path / "d.yaml"
+    async with contextlib.AsyncExitStack() as stack:
+        good = await stack.enter_async_context(GrpcServer("s0"))
+        answering = await stack.enter_async_context(NotFoundGrpc("nf"))
+        write(f, None, [good.address, answering.address])
+        proxy = await stack.enter_async_context(
+            running_proxy(StaticDiscovery(str(f), interval=0.05), outbound_target=SERVICE)
+        )
+        statuses = await _load(proxy, "grpc")
+        (concrete,) = proxy.outbound.concretes.values()
+        estimates = {addr: est for addr, _, est, _ in concrete.balancer.stats()}
+    assert statuses.count(5) == answering.calls > CONCURRENCY * PER_CLIENT // 10
+    assert estimates[answering.address] < 0.5, estimates  # no 1 s penalty

@@ -13,7 +13,7 @@ endpoint fails (it then leaves the *ready* set for an exponential backoff) and
 :meth:`~Balancer.succeeded_connect` when a connection is established (resets that backoff).
 
 **Failures count against an endpoint.** A request that failed (``finish(..., success=False)``:
-a connection error, a 5xx, a failing gRPC status) is observed as ``max(rtt, failure_penalty)``,
+a connection error, a 5xx, a server-error gRPC status) is observed as ``max(rtt, failure_penalty)``,
 1 s by default. Latency alone rewards an endpoint that fails fast: an app that died behind its
 pod's proxy is answered 502 in a fraction of a millisecond, looks like the fastest endpoint and
 draws most of the traffic. With the penalty, one failure makes the endpoint's cost jump (a peak

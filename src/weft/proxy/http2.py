@@ -104,6 +104,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("weft.proxy")
 
+# The gRPC statuses that count against an endpoint in the balancer (a failure penalty), as the
+# 5xx of HTTP do: the ones gRPC maps to a server error (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
+# UNAVAILABLE, DATA_LOSS). NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, ... are answers about
+# the call, not about the endpoint: a service that answers them often must stay latency-balanced.
+# (Failure accrual and the metrics' classification still count every non-zero status.)
+GRPC_ENDPOINT_FAILURES: frozenset[bytes | None] = frozenset({b"2", b"4", b"13", b"14", b"15"})
+
 Headers = list[tuple[bytes, bytes]]
 
 ERROR_HEADER = b"weft-proxy-error"
@@ -805,7 +812,9 @@ class H2Stream:
         concrete = self.concrete
         if state is not None:
             self._count(state)
-            self._timed(False)
+            # a stream the server refused or never processed (GOAWAY) says nothing of the
+            # endpoint's health or latency: no penalty, no observation
+            self._timed(not refused, observe=not refused)
             if refused:  # a server that closes a connection gracefully did not fail
                 concrete.cancel(state.addr)
             else:
@@ -895,12 +904,14 @@ class H2Stream:
 
     # -- response side --------------------------------------------------------------------------
 
-    def _timed(self, success: bool) -> None:
+    def _timed(self, success: bool, *, observe: bool = True) -> None:
         """Give the balancer this attempt's latency and end its outstanding count (once)."""
         state = self.state
         if not self.timed and state is not None:
             self.timed = True
-            self.concrete.balancer.finish(state.addr, self.sent_at, success=success)
+            self.concrete.balancer.finish(
+                state.addr, self.sent_at, success=success, observe=observe
+            )
 
     def on_response(self, headers: Headers, ended: bool) -> None:
         status = 0
@@ -914,8 +925,7 @@ class H2Stream:
         # counts against it: a 5xx, or a failing grpc-status already here (trailers-only)
         ok = status < 500
         if ended and ok:
-            grpc = _trailer_status(headers)
-            ok = grpc is None or grpc == b"0"
+            ok = _trailer_status(headers) not in GRPC_ENDPOINT_FAILURES
         self._timed(ok)
         self.latency_ms = (_monotonic() - self.started) * 1000.0
         if ended:  # trailers-only (gRPC errors): one HEADERS frame with END_STREAM
@@ -1185,7 +1195,7 @@ class H2Stream:
         if state is not None:
             if self.status:
                 self._count(state)  # answered before its stream opened (a timeout, a reset)
-            if self.timed and self.grpc_status is not None and self.grpc_status != b"0":
+            if self.timed and self.grpc_status in GRPC_ENDPOINT_FAILURES:
                 # timed at its response headers, failed in its trailers: it counts against
                 # the endpoint as a trailers-only failure does
                 concrete.balancer.penalize(state.addr, self.sent_at)
