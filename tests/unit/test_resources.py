@@ -447,3 +447,86 @@ def test_mutated_deployments_validate_or_name_fields(mutations: list[tuple[str, 
         return
     # whatever validates must survive its own round trip
     assert parse_resource(d.to_dict()).to_dict() == d.to_dict()
+
+
+# -- securityContext --------------------------------------------------------------------------
+
+
+def _with_security(pod_sc: Any = None, container_sc: Any = None) -> dict[str, Any]:
+    doc = deployment()
+    spec = doc["spec"]["template"]["spec"]
+    if pod_sc is not None:
+        spec["securityContext"] = pod_sc
+    if container_sc is not None:
+        spec["containers"][0]["securityContext"] = container_sc
+    return doc
+
+
+def test_security_context_parses_and_round_trips() -> None:
+    doc = _with_security(
+        {"runAsUser": 1000, "runAsGroup": 2000, "fsGroup": 3000},
+        {"privileged": False, "runAsUser": 1001, "capabilities": {"drop": ["ALL"]}},
+    )
+    d = parse_resource(doc)
+    assert isinstance(d, Deployment)
+    spec = d.spec.template.spec
+    assert spec.security_context is not None and spec.security_context.run_as_user == 1000
+    container = spec.containers[0]
+    assert container.security_context is not None
+    assert (container.security_context.run_as_user, container.security_context.privileged) == (
+        1001,
+        False,
+    )
+    assert spec.root_containers == []
+    out = d.to_dict()["spec"]["template"]["spec"]
+    assert out["securityContext"] == {"runAsUser": 1000, "runAsGroup": 2000, "fsGroup": 3000}
+    assert out["containers"][0]["securityContext"] == {
+        "runAsUser": 1001,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert parse_resource(d.to_dict()) == d
+
+
+@pytest.mark.parametrize(
+    ("pod_sc", "container_sc", "root"),
+    [
+        (None, None, []),
+        ({"runAsUser": 0}, None, ["web"]),
+        (None, {"runAsUser": 0}, ["web"]),
+        (None, {"privileged": True}, ["web"]),
+        (None, {"privileged": True, "runAsUser": 0}, ["web"]),
+        ({"runAsUser": 0}, {"runAsUser": 5}, []),  # the container's value wins
+        ({"runAsUser": 5}, {"runAsUser": 0}, ["web"]),
+        ({"runAsGroup": 0}, None, []),  # group root is not root
+    ],
+)
+def test_which_containers_run_as_root(pod_sc: Any, container_sc: Any, root: list[str]) -> None:
+    d = parse_resource(_with_security(pod_sc, container_sc))
+    assert isinstance(d, Deployment)
+    assert d.spec.template.spec.root_containers == root
+
+
+def test_security_context_errors_name_the_field() -> None:
+    pod_path = "spec.template.spec.securityContext"
+    c_path = "spec.template.spec.containers[0].securityContext"
+    errors = errors_of(_with_security({"runAsUser": -1, "runAsGroup": "0", "privileged": True}))
+    assert "must be >= 0" in errors[f"{pod_path}.runAsUser"]
+    assert "must be an integer" in errors[f"{pod_path}.runAsGroup"]
+    assert "not a pod-level field" in errors[f"{pod_path}.privileged"]
+    errors = errors_of(
+        _with_security(None, {"privileged": "yes", "runAsUser": 2**31, "runAsNonRot": True})
+    )
+    assert "must be true or false" in errors[f"{c_path}.privileged"]
+    assert "must be <= 2147483647" in errors[f"{c_path}.runAsUser"]
+    assert "unknown field" in errors[f"{c_path}.runAsNonRot"]
+    assert "must be a mapping" in errors_of(_with_security("root"))[pod_path]
+    # combinations no container can run with
+    errors = errors_of(_with_security({"runAsNonRoot": True}, {"runAsUser": 0}))
+    assert "runAsNonRoot is true" in errors[f"{c_path}.runAsUser"]
+    errors = errors_of(_with_security({"runAsNonRoot": True}, {"privileged": True}))
+    assert "runAsNonRoot is true" in errors[f"{c_path}.privileged"]
+    errors = errors_of(_with_security(None, {"privileged": True, "runAsUser": 1000}))
+    assert "run as root on the local runtime" in errors[f"{c_path}.privileged"]
+    # a container's runAsNonRoot: false overrides the pod's true
+    parse_resource(_with_security({"runAsNonRoot": True}, {"runAsNonRoot": False, "runAsUser": 0}))

@@ -149,3 +149,12 @@ def test_seam_values() -> None:
         PodRef("", "p")
     with pytest.raises(ValueError):
         Check("", True)
+
+
+def test_state_dir_is_roots_only_even_when_it_existed(tmp_path: Path) -> None:
+    # the control socket, tokens, CA, token key and logs live there: no pod's user may enter
+    state = StateDir(tmp_path / "s")
+    state.root.mkdir(mode=0o755)
+    state.root.chmod(0o755)
+    state.prepare()
+    assert state.root.stat().st_mode & 0o777 == 0o700
