@@ -16,7 +16,7 @@ Not for: measuring (:mod:`bench.conn`), or the request-rate cases (:mod:`bench.r
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bench.model import CaseResult, IdleRun, Latency, RunResult, mb
 from bench.settings import CONN_CASES
@@ -310,7 +310,7 @@ def conn_verdicts(run: RunResult) -> list[tuple[str, str, str]]:
         out.append(_verdict(target, None, "weft-conn not measured"))
     else:
         slow = _over_1s(weft)
-        out.append(_verdict(target, slow == 0, f"{slow:,} over 1 s (timeouts included)"))
+        out.append(_verdict(target, slow == 0, f"{slow:,} over 1 s, timeouts included"))
     for shape in SHAPES:
         runs = [] if weft is None else _idle(weft, shape)
         per = idle_bytes(runs)
@@ -339,3 +339,30 @@ def conn_verdicts(run: RunResult) -> list[tuple[str, str, str]]:
             )
         )
     return out
+
+
+def conn_tables(run: RunResult) -> list[tuple[str, Sequence[str], list[list[str]]]]:
+    """The connection cases' tables (title, headers, rows), those with rows."""
+    s = run.settings
+    tables = [
+        (
+            f"Connection churn (wrk -c{s['connections']}, Connection: close; fixed rate "
+            f"{s['rate']:,} connections/s)",
+            CHURN_HEADERS,
+            churn_rows(run),
+        ),
+        (
+            f"{s.get('many_connections', 0):,} keep-alive connections (wrk "
+            f"-t{s.get('many_threads', 0)} -c{s.get('many_connections', 0)}, saturation)",
+            MANY_HEADERS,
+            many_rows(run),
+        ),
+        (
+            f"{s.get('idle_connections', 0):,} idle connections (silent: held "
+            f"{s.get('idle_hold_s', 0):g} s; after one request: held "
+            f"{s.get('idle_request_hold_s', 0):g} s; RSS after {s.get('idle_settle_s', 0):g} s)",
+            IDLE_HEADERS,
+            idle_rows(run),
+        ),
+    ]
+    return [(title, headers, rows) for title, headers, rows in tables if rows]

@@ -94,7 +94,7 @@ LOAD_HEADERS = (
 def load_rows(run: RunResult) -> list[list[str]]:
     rows = []
     for c in run.cases:
-        if is_conn_case(c.name):  # their tables: conn_tables
+        if is_conn_case(c.name):  # their tables: connreport.conn_tables
             continue
         if c.status != "ok":
             rows.append([c.name, c.status] + [""] * (len(LOAD_HEADERS) - 2))
@@ -478,12 +478,20 @@ def machine_line(run: RunResult) -> str:
 
 
 def generators(run: RunResult) -> list[str]:
-    """How each protocol of the run was loaded: wrk (HTTP/1.1), h2load (HTTP/2), gRPC client."""
+    """How each protocol of the run was loaded: wrk (HTTP/1.1), h2load (HTTP/2), gRPC client,
+    and the connection cases' shapes."""
     s = run.settings
-    protocols = {protocol_of(c.name) for c in run.cases}
+    protocols = {protocol_of(c.name) for c in run.cases if not is_conn_case(c.name)}
     out = []
     if "http1" in protocols:
         out.append(f"wrk, 1 thread, {s['connections']} keep-alive connections")
+    if any(is_conn_case(c.name) for c in run.cases):
+        out.append(
+            f"connection cases: wrk, 1 thread, {s['connections']} connections with "
+            f"Connection: close (churn); wrk, {s.get('many_threads', 0)} threads, "
+            f"{s.get('many_connections', 0):,} keep-alive connections (many); "
+            f"{s.get('idle_connections', 0):,} idle connections (idle)"
+        )
     if "h2" in protocols:
         out.append(
             f"h2load, 1 thread, {s['h2_clients']} h2c connections, {s['h2_streams']} stream(s) "
@@ -517,33 +525,6 @@ def _all_verdicts(run: RunResult) -> list[tuple[str, list[Verdict]]]:
     return sections + _pair_sections(run)
 
 
-def conn_tables(run: RunResult) -> list[tuple[str, Sequence[str], list[list[str]]]]:
-    """The connection cases' tables (title, headers, rows), those with rows."""
-    s = run.settings
-    tables = [
-        (
-            f"Connection churn (wrk -c{s['connections']}, Connection: close; fixed rate "
-            f"{s['rate']:,} connections/s)",
-            connreport.CHURN_HEADERS,
-            connreport.churn_rows(run),
-        ),
-        (
-            f"{s.get('many_connections', 0):,} keep-alive connections (wrk "
-            f"-t{s.get('many_threads', 0)} -c{s.get('many_connections', 0)}, saturation)",
-            connreport.MANY_HEADERS,
-            connreport.many_rows(run),
-        ),
-        (
-            f"{s.get('idle_connections', 0):,} idle connections (silent: held "
-            f"{s.get('idle_hold_s', 0):g} s; after one request: held "
-            f"{s.get('idle_request_hold_s', 0):g} s; RSS after {s.get('idle_settle_s', 0):g} s)",
-            connreport.IDLE_HEADERS,
-            connreport.idle_rows(run),
-        ),
-    ]
-    return [(title, headers, rows) for title, headers, rows in tables if rows]
-
-
 def print_console(run: RunResult, console: Console) -> None:
     s = run.settings
     console.print(machine_line(run))
@@ -555,7 +536,7 @@ def print_console(run: RunResult, console: Console) -> None:
         console.print(_rich_table(title, LOAD_HEADERS, rows))
     for line in not_measured(run):
         console.print(line)
-    for conn_title, headers, rows in conn_tables(run):
+    for conn_title, headers, rows in connreport.conn_tables(run):
         console.print(_rich_table(conn_title, headers, rows))
     for line in connreport.conn_ratios(run):
         console.print(line)
@@ -608,7 +589,7 @@ def markdown(run: RunResult) -> str:
         *[f"- {line}" for line in ratios(run)],
         *[f"- {line}" for line in load_notes(run)],
     ]
-    for conn_title, headers, rows in conn_tables(run):
+    for conn_title, headers, rows in connreport.conn_tables(run):
         parts += ["", f"{conn_title}:", "", _md_table(headers, rows)]
     if lines := connreport.conn_ratios(run):
         parts += ["", *[f"- {line}" for line in lines]]
@@ -626,4 +607,5 @@ def markdown(run: RunResult) -> str:
         parts += ["", heading, ""]
         parts += [f"- {v.target}: **{v.outcome}** ({v.detail})" for v in group]
     parts += [f"- note: {n}" for n in run.notes]
-    return "\n".join(parts)
+    # one blank line between blocks, also where a table was left out (no request-rate cases)
+    return "\n".join(p for i, p in enumerate(parts) if p or i == 0 or parts[i - 1])
