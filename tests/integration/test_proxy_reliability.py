@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -519,9 +520,8 @@ class NotFoundGrpc(GrpcServer):
 async def test_grpc_answers_about_the_call_do_not_count_against_the_endpoint(
     tmp_path: Path,
 ) -> None:
-    """Only server-error statuses (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
-    DATA_LOSS) cost an endpoint the balancer's failure penalty; NOT_FOUND keeps it in the
-    rotation with its real latency."""
+    """Only server-error statuses (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS) cost an endpoint
+    the balancer's failure penalty; NOT_FOUND keeps it in the rotation with its real latency."""
     f = tmp_path / "d.yaml"
     async with contextlib.AsyncExitStack() as stack:
         good = await stack.enter_async_context(GrpcServer("s0"))
@@ -535,3 +535,27 @@ async def test_grpc_answers_about_the_call_do_not_count_against_the_endpoint(
         estimates = {addr: est for addr, _, est, _ in concrete.balancer.stats()}
     assert statuses.count(5) == answering.calls > CONCURRENCY * PER_CLIENT // 10
     assert estimates[answering.address] < 0.5, estimates  # no 1 s penalty
+
+
+async def test_a_refused_connect_backs_the_endpoint_off_without_a_latency_penalty(
+    tmp_path: Path,
+) -> None:
+    """Connection refused: the endpoint leaves the ready set for its connect backoff and the
+    request goes elsewhere; no failure penalty is observed, so once the app accepts again (a
+    restart) it is back in the rotation at once instead of a minute of decay later."""
+    f = tmp_path / "d.yaml"
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    refused = probe.getsockname()[:2]
+    probe.close()  # nothing listens there now: connects are refused
+    async with Backend() as good:
+        write(f, None, [good.address, refused])
+        async with running_proxy(
+            StaticDiscovery(str(f), interval=0.05), outbound_target=SERVICE
+        ) as proxy:
+            assert await run_requests(proxy, 20) == [200] * 20
+            (concrete,) = proxy.outbound.concretes.values()
+            stats = {addr: (pending, est) for addr, pending, est, _ in concrete.balancer.stats()}
+            assert stats[refused][0] == 0
+            assert stats[refused][1] < 0.5, stats  # the default estimate, no 1 s penalty
+            assert not concrete.balancer.ready(refused)  # backed off

@@ -13,7 +13,7 @@ endpoint fails (it then leaves the *ready* set for an exponential backoff) and
 :meth:`~Balancer.succeeded_connect` when a connection is established (resets that backoff).
 
 **Failures count against an endpoint.** A request that failed (``finish(..., success=False)``:
-a connection error, a 5xx, a server-error gRPC status) is observed as ``max(rtt, failure_penalty)``,
+a 5xx, a server-error gRPC status, an upstream that broke mid-request) is observed as ``max(rtt, failure_penalty)``,
 1 s by default. Latency alone rewards an endpoint that fails fast: an app that died behind its
 pod's proxy is answered 502 in a fraction of a millisecond, looks like the fastest endpoint and
 draws most of the traffic. With the penalty, one failure makes the endpoint's cost jump (a peak
@@ -29,6 +29,9 @@ peak-EWMA observe every response the same way and leave failures to failure accr
 Weft also has, when a policy enables it: ``weft.core.accrual``), so a fast-failing endpoint
 draws traffic until enough consecutive failures eject it; gRPC's weighted round robin, like
 this, puts failures in the cost itself (``error_utilization_penalty``).
+A connect that fails is not observed (the caller finishes it with ``observe=False``): it backs
+the endpoint off instead (:meth:`failed`), so an app that restarts serves again as soon as it
+accepts, rather than a minute later.
 
 Sans-I/O: no awaits, the clock and the RNG are injected; a :class:`Balancer` is not thread-safe
 (one per event loop). Not for: discovery (membership comes from :meth:`~Balancer.update`),

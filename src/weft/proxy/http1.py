@@ -630,7 +630,9 @@ class Exchange:
             if self.finished:
                 return
             exc = None if task.cancelled() else task.exception()
-            self.concrete.balancer.finish(state.addr, self.sent_at, success=False)
+            # a refused or failed connect backs the endpoint off (Concrete's connect told the
+            # balancer); no latency penalty on top: once it accepts again it serves at once
+            self.concrete.balancer.finish(state.addr, self.sent_at, success=False, observe=False)
             self.concrete.record(state.addr, False)
             others = len(self.concrete.endpoints)
             # nothing was sent: another endpoint may be tried without a retry policy

@@ -105,11 +105,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.proxy")
 
 # The gRPC statuses that count against an endpoint in the balancer (a failure penalty), as the
-# 5xx of HTTP do: the ones gRPC maps to a server error (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
-# UNAVAILABLE, DATA_LOSS). NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, ... are answers about
-# the call, not about the endpoint: a service that answers them often must stay latency-balanced.
+# 5xx of HTTP do: the server errors (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS). NOT_FOUND,
+# INVALID_ARGUMENT, PERMISSION_DENIED, ... are answers about the call, not about the endpoint, and
+# DEADLINE_EXCEEDED and CANCELLED are the caller's choice (a streaming call that ran into its
+# deadline was served well until then): a service that answers them often stays latency-balanced.
 # (Failure accrual and the metrics' classification still count every non-zero status.)
-GRPC_ENDPOINT_FAILURES: frozenset[bytes | None] = frozenset({b"2", b"4", b"13", b"14", b"15"})
+GRPC_ENDPOINT_FAILURES: frozenset[bytes | None] = frozenset({b"2", b"13", b"14", b"15"})
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -653,7 +654,8 @@ class H2Stream:
         state = self.state
         assert state is not None
         concrete = self.concrete
-        self._timed(False)
+        # the failed connect backed the endpoint off; no latency penalty on top (as HTTP/1)
+        self._timed(False, observe=False)
         concrete.record(state.addr, False)
         self.attempts += 1
         others = len(concrete.endpoints)

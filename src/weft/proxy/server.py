@@ -846,15 +846,12 @@ def _account_dial(
     time until the client speaks is its think time, not the endpoint's latency (peak EWMA would
     keep such a slow observation for tens of seconds), and an endpoint that was only dialed
     stays unobserved, so the balancer tries it before one it has measured. A dial that failed
-    is a failure, as any request's failed connect is (the dial also backed the endpoint off)."""
+    backed the endpoint off (as any failed connect does), with no latency penalty on top."""
     balancer = concrete.balancer
     started = balancer.start(addr)
 
-    def done(task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            balancer.finish(addr, started, success=False)
-        else:
-            balancer.finish(addr, started, observe=False)
+    def done(_: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
+        balancer.finish(addr, started, observe=False)
 
     dial.add_done_callback(done)
 
