@@ -12,26 +12,25 @@ request (HTTP) or connection (opaque TCP), :meth:`~Balancer.failed` when connect
 endpoint fails (it then leaves the *ready* set for an exponential backoff) and
 :meth:`~Balancer.succeeded_connect` when a connection is established (resets that backoff).
 
-**Failures count against an endpoint.** A request that failed (``finish(..., success=False)``:
-a 5xx, a server-error gRPC status, an upstream that broke mid-request) is observed as ``max(rtt, failure_penalty)``,
-1 s by default. Latency alone rewards an endpoint that fails fast: an app that died behind its
-pod's proxy is answered 502 in a fraction of a millisecond, looks like the fastest endpoint and
-draws most of the traffic. With the penalty, one failure makes the endpoint's cost jump (a peak
-is taken at once), so P2C passes it over while its estimate decays (``decay * ln(penalty /
+**Failures count against an endpoint.** A request that failed (``finish(..., success=False)``: a
+5xx, a server-error gRPC status, an upstream that broke mid-request) is observed as ``max(rtt,
+failure_penalty)``, 1 s by default. Latency alone rewards an endpoint that fails fast: an app that
+died behind its pod's proxy is answered 502 in a fraction of a millisecond, looks like the fastest
+endpoint and draws most of the traffic. With the penalty, one failure makes the endpoint's cost jump
+(a peak is taken at once), so P2C passes it over while its estimate decays (``decay * ln(penalty /
 the others' cost)``: about 35 s against 30 ms endpoints, a minute against 1 ms ones); then real
-traffic probes it: a success pulls the estimate down to its latency, another failure sends it
-back up. Why a fixed penalty: it never escalates (a penalty relative to the other endpoints'
-estimates grows without bound when every endpoint fails, each failure raising the reference of
-the next), it costs nothing per failure, and it only needs to exceed what a healthy endpoint of
-a mesh costs by a wide margin; a service whose successes take about a second or more needs a
-larger one (a slow failure is still observed at its own length). Finagle's and Linkerd's
-peak-EWMA observe every response the same way and leave failures to failure accrual (which
-Weft also has, when a policy enables it: ``weft.core.accrual``), so a fast-failing endpoint
-draws traffic until enough consecutive failures eject it; gRPC's weighted round robin, like
-this, puts failures in the cost itself (``error_utilization_penalty``).
-A connect that fails is not observed (the caller finishes it with ``observe=False``): it backs
-the endpoint off instead (:meth:`failed`), so an app that restarts serves again as soon as it
-accepts, rather than a minute later.
+traffic probes it: a success pulls the estimate down to its latency, another failure sends it back
+up. Why a fixed penalty: it never escalates (a penalty relative to the other endpoints' estimates
+grows without bound when every endpoint fails, each failure raising the reference of the next), it
+costs nothing per failure, and it only needs to exceed what a healthy endpoint of a mesh costs by a
+wide margin; a service whose successes take about a second or more needs a larger one (a slow
+failure is still observed at its own length). Finagle's and Linkerd's peak-EWMA observe every
+response the same way and leave failures to failure accrual (which Weft also has, when a policy
+enables it: ``weft.core.accrual``), so a fast-failing endpoint draws traffic until enough
+consecutive failures eject it; gRPC's weighted round robin, like this, puts failures in the cost
+itself (``error_utilization_penalty``). A connect that fails is not observed (the caller finishes it
+with ``observe=False``): it backs the endpoint off instead (:meth:`failed`), so an app that restarts
+serves again as soon as it accepts, rather than a minute later.
 
 Sans-I/O: no awaits, the clock and the RNG are injected; a :class:`Balancer` is not thread-safe
 (one per event loop). Not for: discovery (membership comes from :meth:`~Balancer.update`),
