@@ -24,6 +24,35 @@ from weft.runtime.local.state import HOST_RECORD
 
 NAMESPACE = "e2e"
 
+# one Deployment and Service serving the demo backend on 8080, for tests that need an app
+ECHO = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: e2e}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+        - name: echo
+          command: [python, -m, weft.demo.backend]
+          env: [{name: DEMO_NAME, value: authors}]
+          ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: e2e}
+spec:
+  selector: {app: echo}
+  ports: [{port: 8080, targetPort: http}]
+"""
+
 
 def e2e_unavailable() -> str | None:
     """Why the e2e tests cannot run here (None: they can)."""

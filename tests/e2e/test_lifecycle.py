@@ -9,37 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlib import NAMESPACE, E2EMesh, wait_for
+from meshlib import ECHO, NAMESPACE, E2EMesh, wait_for
 
 from weft.runtime.local import net, procs
-
-ECHO = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: e2e}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: e2e}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      containers:
-        - name: echo
-          command: [python, -m, weft.demo.backend]
-          env: [{name: DEMO_NAME, value: authors}]
-          ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: e2e}
-spec:
-  selector: {app: echo}
-  ports: [{port: 8080, targetPort: http}]
-"""
 
 JOB = """
 apiVersion: v1

@@ -11,37 +11,9 @@ import time
 import uuid
 from pathlib import Path
 
-from meshlib import NAMESPACE, E2EMesh, HostSnapshot, wait_for
+from meshlib import ECHO, NAMESPACE, E2EMesh, HostSnapshot, wait_for
 
 from weft.runtime.local import procs
-
-APP = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: e2e}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: e2e}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      containers:
-        - name: echo
-          command: [python, -m, weft.demo.backend]
-          env: [{name: DEMO_NAME, value: authors}]
-          ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: e2e}
-spec:
-  selector: {app: echo}
-  ports: [{port: 8080, targetPort: http}]
-"""
 
 
 def _control(state: Path) -> procs.ProcRecord | None:
@@ -55,7 +27,7 @@ def test_control_plane_killed_is_restarted_by_the_node_agent(tmp_path: Path) -> 
     mesh = E2EMesh(state)
     try:
         mesh.weft("up")
-        mesh.apply(APP)
+        mesh.apply(ECHO)
         (pod,) = mesh.wait_rolled_out("echo", 1)
         name = pod["metadata"]["name"]
         old = mesh.component_pid("control")
