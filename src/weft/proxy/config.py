@@ -38,7 +38,10 @@ class ProxyConfig:
     header_timeout: float = 10.0
     idle_timeout: float = 300.0
     pool_idle_timeout: float = 60.0
-    pool_max_idle: int = 128
+    # idle keep-alive connections kept per endpoint: at least the requests a busy client side
+    # has in flight, or each answer closes a connection the next request dials again (128 at
+    # 1,000 client connections was 5,000 upstream dials a second and half the throughput)
+    pool_max_idle: int = 1024
     max_header_bytes: int = 65536
     buffer_high: int = 256 * 1024
     shutdown_grace: float = 30.0

@@ -1,0 +1,198 @@
+"""Accepting: the listening socket, accepted in batches, and the detection timer.
+
+uvloop's server accepts one connection per event-loop iteration; with 1,000 busy connections an
+iteration takes tens of milliseconds, so new connections waited seconds in the listen backlog
+(issue 12, item 9: a p99 of 7 s at 1,000 keep-alive connections). :class:`AcceptLoop` accepts up
+to :data:`ACCEPT_BATCH` per wakeup instead. :class:`Deadlines` times out detection for a whole
+listener with one timer (a timer per connection costs memory and a heap operation per accept).
+
+Not for: what a connection is (:mod:`weft.proxy.accept`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from weft.addr import Address
+
+if TYPE_CHECKING:
+    from weft.proxy.accept import Accept
+
+log = logging.getLogger("weft.proxy")
+
+SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
+# connections accepted per wakeup of a listening socket (then other work gets its turn)
+ACCEPT_BATCH = 512
+# after EMFILE/ENFILE: how long to stop accepting (the backlog holds the others meanwhile)
+ACCEPT_PAUSE = 0.1
+
+
+def original_dst(sock: socket.socket, listen_port: int | None = None) -> Address | None:
+    """The pre-REDIRECT destination of an accepted socket, or None when it was not redirected
+    (``listen_port``, when known, saves a ``getsockname`` for a redirected connection)."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            addr: Address = (socket.inet_ntoa(raw[4:8]), port)
+        elif sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            addr = (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port)
+        else:
+            return None
+    except OSError:
+        return None
+    if listen_port is not None and addr[1] != listen_port:
+        return addr
+    local = sock.getsockname()
+    if (addr[0], addr[1]) == (local[0], local[1]):
+        return None
+    return addr
+
+
+class AcceptLoop:
+    """A listening socket whose connections are accepted in batches of up to
+    :data:`ACCEPT_BATCH` per wakeup and handed to ``adopt``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        adopt: Callable[[socket.socket, Any], None],
+        *,
+        backlog: int = 1024,
+    ) -> None:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.sockets = [sock]
+        self._adopt = adopt
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        family = self.sock.family
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept: %s; pausing %.1f s", exc, ACCEPT_PAUSE)
+                    self._loop.remove_reader(self.sock.fileno())
+                    self._loop.call_later(ACCEPT_PAUSE, self._resume)
+                # ECONNABORTED and the like: that connection is gone; the others wait
+                return
+            conn = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
+            try:
+                self._adopt(conn, addr)
+            except Exception:
+                log.exception("error accepting a connection from %s", addr)
+                conn.close()
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self.sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def attach(
+    loop: asyncio.AbstractEventLoop, protocol: asyncio.Protocol, sock: socket.socket
+) -> None:
+    """Give an accepted socket a transport and ``protocol``, with no task: the loop's
+    ``connect_accepted_socket`` sets both up before its only await (for the protocol's
+    ``connection_made``), so it is stepped by hand and finished by a callback."""
+    coro = loop.connect_accepted_socket(lambda: protocol, sock)
+    try:
+        waiter = coro.send(None)
+    except StopIteration:
+        return
+    except BaseException:
+        sock.close()
+        raise
+
+    def finish(_: object) -> None:
+        with contextlib.suppress(StopIteration, Exception):
+            coro.send(None)
+
+    waiter.add_done_callback(finish)
+
+
+class Deadlines:
+    """The detection deadlines of one listener's undecided connections, in accept order (every
+    connection gets the same timeout), behind one timer instead of one per connection."""
+
+    __slots__ = ("entries", "timer")
+
+    def __init__(self) -> None:
+        self.entries: dict[Accept, None] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, acc: Accept, deadline: float) -> None:
+        self.entries[acc] = None
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def discard(self, acc: Accept) -> None:
+        self.entries.pop(acc, None)
+
+    def _fire(self) -> None:
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entries = self.entries
+        expired: list[tuple[Accept, float]] = []
+        later: float | None = None
+        for acc in entries:
+            det = acc.det
+            deadline = det.deadline if det is not None else now
+            # timers may fire a hair early (the loop's clock resolution)
+            if deadline > now + 0.001:
+                later = deadline
+                break
+            expired.append((acc, deadline))
+        for acc, deadline in expired:
+            entries.pop(acc, None)
+            acc.check(max(now, deadline))
+        if later is not None:
+            self.timer = loop.call_at(later, self._fire)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
