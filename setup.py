@@ -20,14 +20,18 @@ from setuptools import Extension, setup
 
 # The modules every proxied request runs through (issue #2: CPU per request).
 HOT_MODULES = (
+    "src/weft/core/accept.py",
     "src/weft/core/balancer.py",
     "src/weft/core/h2conn.py",
     "src/weft/core/h2limits.py",
     "src/weft/core/hpack.py",
     "src/weft/metrics/proxy.py",
+    "src/weft/proxy/accept.py",
     "src/weft/proxy/endpoints.py",
+    "src/weft/proxy/handover.py",
     "src/weft/proxy/http1.py",
     "src/weft/proxy/http2.py",
+    "src/weft/proxy/listen.py",
     "src/weft/proxy/tcp.py",
 )
 

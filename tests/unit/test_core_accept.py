@@ -72,6 +72,9 @@ def test_client_eof_and_loss() -> None:
     det = Detection(10.0)
     assert det.step(0.0, b"", client_lost=True) is Verdict.GONE
     assert det.step(0.0, b"GET", client_eof=True) is Verdict.OPAQUE
+    assert det.step(0.0, b"", client_eof=True, server=b"") is Verdict.OPAQUE
+    # closed without a byte, nothing dialed: nothing to relay
+    assert det.step(0.0, b"", client_eof=True) is Verdict.EMPTY
 
 
 def test_silent_at_the_deadline_is_closed_only_without_an_early_connection() -> None:
@@ -134,6 +137,8 @@ def test_properties(
     if verdict is Verdict.SILENT:
         assert not client and server is None and now >= 10.0
     # waiting only before the deadline, with nothing to decide on
+    if verdict is Verdict.EMPTY:
+        assert not client and server is None and client_eof
     if verdict is Verdict.WAIT:
         assert now < 10.0 and not client_lost and not client_eof
     # HTTP only when the client said so (and not on an opaque port)

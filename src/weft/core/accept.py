@@ -43,6 +43,7 @@ class Verdict(enum.Enum):
     REDIAL = "redial"  # the early dial failed and the client has not spoken: try another
     UNREACHABLE = "unreachable"  # no endpoint answered and the client did not speak: close
     SILENT = "silent"  # the detection timeout passed and nobody spoke: close, no dial
+    EMPTY = "empty"  # the client closed without a byte, no early connection: close, no dial
 
 
 def mesh_hello(data: bytes, name: str) -> bool | None:
@@ -119,7 +120,9 @@ class Detection:
         if client_lost:
             return Verdict.GONE
         if client_eof:
-            return Verdict.OPAQUE
+            # nothing to relay either way: dialing only to pass on a FIN is a dial per
+            # connection when idle clients go away together
+            return Verdict.OPAQUE if client or server is not None else Verdict.EMPTY
         if dial_failed and not client:
             return Verdict.REDIAL
         if now >= self.deadline:

@@ -90,7 +90,7 @@ class Accept(asyncio.Protocol):
     __slots__ = (
         "buffer", "client_eof", "client_first", "client_lost", "concrete", "det", "dial",
         "event", "failed", "grace", "handoff", "listener", "orig", "orig_known", "peer",
-        "peer_ip", "peer_tls", "port_policy", "probe", "state", "task", "terminated",
+        "peer_addr", "peer_ip", "peer_tls", "port_policy", "probe", "state", "task", "terminated",
         "ticket", "tls_labels", "transport", "transported",
     )  # fmt: skip
 
@@ -109,6 +109,8 @@ class Accept(asyncio.Protocol):
         self.port_policy: PortPolicy | None = None
         self.peer_ip: str | None = None
         self.peer = "-"
+        # the client's address from accept, formatted into ``peer`` when first needed
+        self.peer_addr: Any = None
         # the original destination, when the accept loop read it from the socket already
         self.orig: Address | None = None
         self.orig_known = False
@@ -158,7 +160,7 @@ class Accept(asyncio.Protocol):
             target = listener.target_for(orig)
             if target is None:
                 log.warning("connection from %s has no target (not redirected, no --%s-target)",
-                            self.peer, listener.direction)  # fmt: skip
+                            self.peer_name(), listener.direction)  # fmt: skip
                 self._close()
                 return
             concrete = listener.concretes.get(format_addr(target))
@@ -167,7 +169,7 @@ class Accept(asyncio.Protocol):
                 return
             self._start(target, concrete)
         except Exception:
-            log.exception("error handling connection from %s", self.peer)
+            log.exception("error handling connection from %s", self.peer_name())
             self._close()
 
     def data_received(self, data: bytes) -> None:
@@ -185,6 +187,15 @@ class Accept(asyncio.Protocol):
         self.client_lost = True
         self._wake()
         self.listener.accepting.discard(self)
+        self.listener.closed_one()
+
+    def peer_name(self) -> str:
+        """The client's address as ``host:port`` (for logs and the HTTP protocols)."""
+        addr = self.peer_addr
+        if addr is not None:
+            self.peer_addr = None
+            self.peer = format_addr((addr[0], addr[1]))
+        return self.peer
 
     def _wake(self) -> None:
         if self.det is not None:
@@ -218,7 +229,7 @@ class Accept(asyncio.Protocol):
                 return
             self._start(target, concrete)
         except Exception:
-            log.exception("error handling connection from %s", self.peer)
+            log.exception("error handling connection from %s", self.peer_name())
             self._close()
 
     async def _run_mesh(self) -> None:
@@ -240,7 +251,7 @@ class Accept(asyncio.Protocol):
                 return
             self._start(target, concrete)
         except Exception:
-            log.exception("error handling connection from %s", self.peer)
+            log.exception("error handling connection from %s", self.peer_name())
             self._close()
 
     async def _mesh_connection(self) -> None:
@@ -268,7 +279,7 @@ class Accept(asyncio.Protocol):
                         break
                     event.clear()
                     await event.wait()
-        log.info("connection from %s to the inbound port closed: %s", self.peer, why)
+        log.info("connection from %s to the inbound port closed: %s", self.peer_name(), why)
         self.transport.abort()
 
     async def _transport_target(self) -> Address | None:
@@ -297,7 +308,7 @@ class Accept(asyncio.Protocol):
                         break
                     event.clear()
                     await event.wait()
-        log.info("mesh connection from %s closed: %s", self.peer, why)
+        log.info("mesh connection from %s closed: %s", self.peer_name(), why)
         transport.abort()
         return None
 
@@ -397,7 +408,7 @@ class Accept(asyncio.Protocol):
         try:
             self._check(det, now)
         except Exception:
-            log.exception("error handling connection from %s", self.peer)
+            log.exception("error handling connection from %s", self.peer_name())
             self._drop_dial()
             self._close()
 
@@ -468,12 +479,16 @@ class Accept(asyncio.Protocol):
             return
         if verdict is Verdict.SILENT:
             log.debug("connection from %s to %s: nothing said within %.0f s, closed",
-                      self.peer, concrete.name, listener.config.detect_timeout)  # fmt: skip
+                      self.peer_name(), concrete.name, listener.config.detect_timeout)  # fmt: skip
             listener.silent_closed += 1
             self._close()
             return
+        if verdict is Verdict.EMPTY:
+            self._close()
+            return
         if verdict is Verdict.UNREACHABLE:
-            log.info("connection from %s to %s: no reachable endpoint", self.peer, concrete.name)
+            log.info("connection from %s to %s: no reachable endpoint",
+                     self.peer_name(), concrete.name)  # fmt: skip
             self._close()
             return
         if verdict is Verdict.MESH_TLS:
@@ -517,7 +532,7 @@ class Accept(asyncio.Protocol):
             try:
                 await coro
             except Exception:
-                log.exception("error handling connection from %s", self.peer)
+                log.exception("error handling connection from %s", self.peer_name())
                 if self.transport is not None:
                     self.transport.abort()
             finally:
@@ -547,7 +562,7 @@ class Accept(asyncio.Protocol):
         pp = self.port_policy
         if pp is None or pp.tcp_connection(self.peer_ip, self._client_id(), self.terminated):
             return True
-        log.info("connection from %s denied by policy", self.peer)
+        log.info("connection from %s denied by policy", self.peer_name())
         assert self.transport is not None
         self.transport.abort()
         return False

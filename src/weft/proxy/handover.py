@@ -69,6 +69,20 @@ def _state_of(concrete: Concrete, upstream: asyncio.Transport) -> EndpointState 
     return concrete.endpoints.get((peer[0], peer[1]))
 
 
+async def _gated_connect(
+    gate: DialGate, concrete: Concrete, state: EndpointState
+) -> asyncio.Transport | None:
+    """Connect to ``state`` when the gate gives a dial slot; None when the connect failed."""
+    await gate_turn(gate)
+    try:
+        upstream, _ = await concrete.connect(state, lambda: Probe(nothing))
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        gate.release()
+    return upstream
+
+
 async def gate_turn(gate: DialGate) -> None:
     """Wait for a dial slot (the caller releases it)."""
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -150,7 +164,7 @@ def hand_over(acc: Accept, down: Any, concrete: Concrete) -> bytes:
 def to_http1(acc: Accept, concrete: Concrete) -> None:
     transport = acc.transport
     assert transport is not None
-    down = Http1Downstream(acc.listener.http, concrete, transport, acc.peer)
+    down = Http1Downstream(acc.listener.http, concrete, transport, acc.peer_name())
     buffered = hand_over(acc, down, concrete)
     if buffered:
         down.data_received(buffered)
@@ -168,7 +182,7 @@ def to_http2(acc: Accept, concrete: Concrete) -> None:
     if listener.http2 is None:
         listener.http2 = Http2Context(listener.config, listener.metrics, listener.direction)
         listener.http2.backend = listener.backend
-    down = Http2Downstream(listener.http2, concrete, transport, acc.peer)
+    down = Http2Downstream(listener.http2, concrete, transport, acc.peer_name())
     down.start(hand_over(acc, down, concrete))
     if acc.client_eof:
         transport.close()
@@ -234,17 +248,12 @@ async def opaque(
         if state is None or state.addr in tried:
             break
         tried.add(state.addr)
-        await gate_turn(gate)
-        try:
-            upstream, _ = await concrete.connect(state, lambda: Probe(nothing))
+        upstream = await _gated_connect(gate, concrete, state)
+        if upstream is not None:
             break
-        except (OSError, TimeoutError):
-            continue
-        finally:
-            gate.release()
     if upstream is None or state is None:
         log.info("opaque connection from %s to %s: no reachable endpoint",
-                 acc.peer, concrete.name)  # fmt: skip
+                 acc.peer_name(), concrete.name)  # fmt: skip
         transport.abort()
         return
     if acc.client_lost:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.proxy")
 
 EVICT_IDLE = 60.0
+# after this many connections closed, give freed memory back to the OS (glibc keeps it otherwise:
+# RSS stayed 65 MB up after 10,000 idle connections closed) ...
+TRIM_AFTER_CLOSES = 1000
+# ... this long after the burst began (one trim per burst, not one per close)
+TRIM_DELAY = 1.0
 
 
 class Listener:
@@ -84,6 +90,8 @@ class Listener:
         self.dials = DialGate(MAX_DIALS)
         # connections closed at the detection timeout, never having spoken (no dial made)
         self.silent_closed = 0
+        self._closes = 0
+        self._trim: asyncio.TimerHandle | None = None
         self.server: AcceptLoop | None = None
         self._src_series: dict[tuple[str, LabelItems], TcpSeries] = {}
         # this proxy's identity (mesh TLS): outbound dials meshed endpoints with it, inbound
@@ -123,7 +131,7 @@ class Listener:
 
         def adopt(sock: socket.socket, addr: Any) -> None:
             acc = Accept(self)
-            acc.peer = format_addr((addr[0], addr[1]))
+            acc.peer_addr = addr
             acc.peer_ip = addr[0]
             acc.orig = original_dst(sock, bound_port)
             acc.orig_known = True
@@ -200,6 +208,22 @@ class Listener:
         n = self.users.get(concrete.name, 1) - 1
         self.users[concrete.name] = n
         self.last_used[concrete.name] = time.monotonic()
+        self.closed_one()
+
+    def closed_one(self) -> None:
+        """A client connection closed: after a burst of them, give the memory back."""
+        self._closes += 1
+        if self._closes >= TRIM_AFTER_CLOSES and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trimmed)
+
+    def _trimmed(self) -> None:
+        self._trim = None
+        self._closes = 0
+        # a full collection also empties the interpreter's free lists (tuples, lists, dicts,
+        # frames kept for reuse), which otherwise pin the arenas the burst filled; measured
+        # at 10,000 closed keep-alive connections: 78.8 -> 62.8 MB with it, 78.8 without
+        gc.collect()
+        trim_heap()
 
     def reap(self, now: float) -> None:
         self.http.reap(now)
@@ -365,6 +389,8 @@ class ProxyServer:
             for relay in list(listener.relays):
                 relay.close()
             listener.deadlines.close()
+            if listener._trim is not None:
+                listener._trim.cancel()
             for acc in list(listener.accepting):
                 if acc.task is not None:
                     acc.task.cancel()
@@ -503,6 +529,10 @@ async def run(
         loop.add_signal_handler(sig, on_signal, sig)
     with contextlib.suppress(asyncio.CancelledError):
         await starting
+    # what start-up built lives as long as the process: out of the collector's way (full
+    # collections no longer walk it; they ran every few hundred new connections)
+    gc.collect()
+    gc.freeze()
     await proxy.wait()
     return 0
 
