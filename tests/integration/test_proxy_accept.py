@@ -66,6 +66,23 @@ async def test_silent_connections_are_closed_at_the_detection_timeout_with_no_di
         assert await get(out) == b"HTTP/1.1 200 OK ok"
 
 
+async def test_a_client_that_closes_without_a_byte_is_not_relayed() -> None:
+    async with (
+        http_backend() as (addr, accepted),
+        running_proxy(outbound_target=addr) as proxy,
+    ):
+        out = proxy.addresses["outbound"]
+        assert await get(out) == b"HTTP/1.1 200 OK ok"
+        before = accepted[0]
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection(*out)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+        await asyncio.sleep(0.2)  # a dial, had there been one, has reached the backend
+        assert accepted[0] == before, "the proxy dialed to relay an empty connection"
+
+
 def _syn_sent_to(port: int) -> int:
     """Sockets of this network namespace still connecting (SYN_SENT) to 127.0.0.1:``port``."""
     count = 0
