@@ -35,15 +35,20 @@ ACCEPT_BATCH = 512
 ACCEPT_PAUSE = 0.1
 
 
-def original_dst(sock: socket.socket, listen_port: int | None = None) -> Address | None:
+def original_dst(
+    sock: socket.socket, listen_port: int | None = None, family: int | None = None
+) -> Address | None:
     """The pre-REDIRECT destination of an accepted socket, or None when it was not redirected
-    (``listen_port``, when known, saves a ``getsockname`` for a redirected connection)."""
+    (``listen_port``, when known, saves a ``getsockname`` for a redirected connection; ``family``
+    the ``sock.family`` lookup, an enum conversion per call)."""
+    if family is None:
+        family = sock.family
     try:
-        if sock.family == socket.AF_INET:
+        if family == socket.AF_INET:
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             port = struct.unpack_from("!H", raw, 2)[0]
             addr: Address = (socket.inet_ntoa(raw[4:8]), port)
-        elif sock.family == socket.AF_INET6:
+        elif family == socket.AF_INET6:
             raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             addr = (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port)

@@ -133,12 +133,13 @@ class Listener:
             acc = Accept(self)
             acc.peer_addr = addr
             acc.peer_ip = addr[0]
-            acc.orig = original_dst(sock, bound_port)
+            acc.orig = original_dst(sock, bound_port, family)
             acc.orig_known = True
             attach(loop, acc, sock)
 
         server = AcceptLoop(host, port, adopt, backlog=1024)
         bound_port = server.sock.getsockname()[1]
+        family = int(server.sock.family)
         self.server = server
         return server
 
