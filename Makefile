@@ -69,3 +69,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(COMPILED) build src/*.egg-info
+
+# Real upstream Kubernetes for tests (docs/kubernetes-rig.md): builds kube-apiserver,
+# kube-controller-manager, kubectl and etcd from their Go modules into .k8s-rig/ (once).
+.PHONY: k8s-rig
+k8s-rig:
+	scripts/k8s-rig build
