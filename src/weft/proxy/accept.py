@@ -90,7 +90,7 @@ class Accept(asyncio.Protocol):
     __slots__ = (
         "buffer", "client_eof", "client_first", "client_lost", "concrete", "det", "dial",
         "event", "failed", "grace", "handoff", "listener", "orig", "orig_known", "peer",
-        "peer_addr", "peer_ip", "peer_tls", "port_policy", "probe", "state", "task", "terminated",
+        "peer_ip", "peer_tls", "port_policy", "probe", "state", "task", "terminated",
         "ticket", "tls_labels", "transport", "transported",
     )  # fmt: skip
 
@@ -108,9 +108,9 @@ class Accept(asyncio.Protocol):
         self.tls_labels: LabelItems = ()
         self.port_policy: PortPolicy | None = None
         self.peer_ip: str | None = None
-        self.peer = "-"
-        # the client's address from accept, formatted into ``peer`` when first needed
-        self.peer_addr: Any = None
+        # the client's address, read from the transport when first needed (an idle connection
+        # that never needs it does not keep it: ~140 bytes)
+        self.peer = ""
         # the original destination, when the accept loop read it from the socket already
         self.orig: Address | None = None
         self.orig_known = False
@@ -140,10 +140,6 @@ class Accept(asyncio.Protocol):
         listener = self.listener
         orig = self.orig
         if not self.orig_known:
-            peer = transport.get_extra_info("peername")
-            if peer:
-                self.peer = format_addr((peer[0], peer[1]))
-                self.peer_ip = peer[0]
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -191,11 +187,22 @@ class Accept(asyncio.Protocol):
 
     def peer_name(self) -> str:
         """The client's address as ``host:port`` (for logs and the HTTP protocols)."""
-        addr = self.peer_addr
-        if addr is not None:
-            self.peer_addr = None
-            self.peer = format_addr((addr[0], addr[1]))
+        if not self.peer:
+            self._read_peer()
         return self.peer
+
+    def client_ip(self) -> str | None:
+        if not self.peer:
+            self._read_peer()
+        return self.peer_ip
+
+    def _read_peer(self) -> None:
+        self.peer = "-"
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if peer:
+            self.peer = format_addr((peer[0], peer[1]))
+            self.peer_ip = peer[0]
 
     def _wake(self) -> None:
         if self.det is not None:
@@ -359,7 +366,7 @@ class Accept(asyncio.Protocol):
             # HTTP to it, later connections just wait for the client (a silent one is closed at
             # the detection timeout).
             pp = self.port_policy
-            refused = pp is not None and not pp.tcp_allowed(self.peer_ip, self._client_id())
+            refused = pp is not None and not pp.tcp_allowed(self.client_ip(), self._client_id())
             if not (concrete.http_seen or refused or self.client_first):
                 picked = concrete.pick()
                 if picked is not None:
@@ -560,7 +567,7 @@ class Accept(asyncio.Protocol):
     def _tcp_authorized(self) -> bool:
         """Inbound policy for an opaque connection (counted); closes it when denied."""
         pp = self.port_policy
-        if pp is None or pp.tcp_connection(self.peer_ip, self._client_id(), self.terminated):
+        if pp is None or pp.tcp_connection(self.client_ip(), self._client_id(), self.terminated):
             return True
         log.info("connection from %s denied by policy", self.peer_name())
         assert self.transport is not None

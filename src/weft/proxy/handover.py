@@ -144,7 +144,9 @@ def hand_over(acc: Accept, down: Any, concrete: Concrete) -> bytes:
     listener = acc.listener
     down.tls_labels = acc.tls_labels
     if acc.port_policy is not None:
-        down.authz = acc.port_policy.http_connection(acc.peer_ip, acc._client_id(), acc.terminated)
+        down.authz = acc.port_policy.http_connection(
+            acc.client_ip(), acc._client_id(), acc.terminated
+        )
     series = listener.src_series(concrete.name, acc.tls_labels)
     series.opened()
     down.tcp = series

@@ -131,8 +131,6 @@ class Listener:
 
         def adopt(sock: socket.socket, addr: Any) -> None:
             acc = Accept(self)
-            acc.peer_addr = addr
-            acc.peer_ip = addr[0]
             acc.orig = original_dst(sock, bound_port, family)
             acc.orig_known = True
             attach(loop, acc, sock)
