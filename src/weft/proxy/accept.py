@@ -252,14 +252,11 @@ class Accept(asyncio.Protocol):
                 self._done()
                 return
             self.event = None
-            concrete = await self.listener.concrete_for(target)
-            if self.client_lost:
-                self._done()
-                return
-            self._start(target, concrete)
         except Exception:
             log.exception("error handling connection from %s", self.peer_name())
             self._close()
+            return
+        await self._resolve(target)
 
     async def _mesh_connection(self) -> None:
         """A mesh proxy's connection to the inbound port: wait (as long as a TLS handshake may
