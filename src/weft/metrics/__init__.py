@@ -13,6 +13,14 @@ from weft.metrics.proxy import (
     ProxyMetrics,
     ResponseSeries,
     TcpSeries,
+    render_family,
 )
 
-__all__ = ["LATENCY_BUCKETS_MS", "HttpSeries", "ProxyMetrics", "ResponseSeries", "TcpSeries"]
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "HttpSeries",
+    "ProxyMetrics",
+    "ResponseSeries",
+    "TcpSeries",
+    "render_family",
+]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
@@ -264,7 +264,14 @@ class ProxyMetrics:
 
 
 def _escape(value: str) -> str:
+    # the text format's three escapes in a label value; the backslash first, so that the ones
+    # added for quotes and newlines are not doubled
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(doc: str) -> str:
+    # HELP text escapes backslash and newline only (quotes stay as they are)
+    return doc.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _labels(items: LabelItems) -> str:
@@ -272,13 +279,20 @@ def _labels(items: LabelItems) -> str:
 
 
 def render_family(
-    name: str, kind: str, doc: str, samples: list[tuple[LabelItems, float | int]]
+    name: str, kind: str, doc: str, samples: Iterable[tuple[LabelItems, float | int]]
 ) -> str:
     """One metric family in the text format (HELP, TYPE, one line per sample): for the series
-    other components add through :attr:`ProxyMetrics.extra`, so they need not format it."""
-    out = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
+    other components add through :attr:`ProxyMetrics.extra`, so they need not format it.
+
+    ``kind`` is ``counter`` or ``gauge`` (histograms are rendered by :class:`ProxyMetrics`);
+    label values are escaped here; an int value is written as is, a float with three decimals
+    (pass ``round(x)`` for whole seconds), a bool as 0 or 1. Not for hot paths: it formats at
+    scrape time only.
+    """
+    out = [f"# HELP {name} {_escape_help(doc)}\n# TYPE {name} {kind}\n"]
     for labels, value in samples:
-        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        # int(): a bool (an int to the type checker) would print "True", which no parser takes
+        text = f"{value:.3f}" if isinstance(value, float) else str(int(value))
         out.append(f"{name}{{{_labels(labels)}}} {text}\n" if labels else f"{name} {text}\n")
     return "".join(out)
 

@@ -62,7 +62,7 @@ from weft.control.follow import ControlStreams, Follower
 from weft.core.backoff import ExponentialBackoff
 from weft.identity.keygen import KeyAndCsr, KeygenError, generate
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity, peer_identity, spiffe_id
-from weft.metrics import ProxyMetrics
+from weft.metrics import ProxyMetrics, render_family
 from weft.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -552,16 +552,23 @@ class ProxyIdentity:
     def render_metrics(self) -> str:
         out = []
         if self._cert is not None:
-            out += [
-                "# HELP identity_cert_expiration_timestamp_seconds Time when this proxy's "
-                "current mTLS identity certificate expires (seconds since the UNIX epoch).",
-                "# TYPE identity_cert_expiration_timestamp_seconds gauge",
-                f"identity_cert_expiration_timestamp_seconds {self._cert.not_after:.0f}",
-            ]
-        out += [
-            "# HELP identity_cert_refresh_count How many times this proxy's mTLS identity "
-            "certificate has been obtained from the control plane.",
-            "# TYPE identity_cert_refresh_count counter",
-            f"identity_cert_refresh_count {self.refresh_count}",
-        ]
-        return "\n".join(out) + "\n"
+            out.append(
+                render_family(
+                    "identity_cert_expiration_timestamp_seconds",
+                    "gauge",
+                    "Time when this proxy's current mTLS identity certificate expires "
+                    "(seconds since the UNIX epoch).",
+                    # whole seconds, as Linkerd (round: the old ":.0f" formatting's rounding)
+                    [((), round(self._cert.not_after))],
+                )
+            )
+        out.append(
+            render_family(
+                "identity_cert_refresh_count",
+                "counter",
+                "How many times this proxy's mTLS identity certificate has been obtained "
+                "from the control plane.",
+                [((), self.refresh_count)],
+            )
+        )
+        return "".join(out)

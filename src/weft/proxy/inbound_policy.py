@@ -79,7 +79,7 @@ from weft.inbound import (
 from weft.inbound import (
     default_authorizations as implied_authorizations,
 )
-from weft.metrics.proxy import LabelItems, ProxyMetrics, _labels
+from weft.metrics.proxy import LabelItems, ProxyMetrics, render_family
 
 log = logging.getLogger("weft.inbound.policy")
 
@@ -136,10 +136,9 @@ class Denial:
 
 
 class _Counter:
-    __slots__ = ("labels", "value")
+    __slots__ = ("value",)
 
-    def __init__(self, labels: str) -> None:
-        self.labels = labels
+    def __init__(self) -> None:
         self.value = 0
 
 
@@ -165,17 +164,17 @@ class _Counters:
         table = self._families[family]
         counter = table.get(labels)
         if counter is None:
-            counter = table[labels] = _Counter(_labels(labels))
+            counter = table[labels] = _Counter()
         return counter
 
     def render(self) -> str:
-        out: list[str] = []
-        for name, table in self._families.items():
-            if not table:
-                continue
-            out.append(f"# HELP {name} {_FAMILIES[name]}\n# TYPE {name} counter\n")
-            out.extend(f"{name}{{{c.labels}}} {c.value}\n" for c in list(table.values()))
-        return "".join(out)
+        return "".join(
+            render_family(
+                name, "counter", _FAMILIES[name], [(k, c.value) for k, c in table.items()]
+            )
+            for name, table in list(self._families.items())
+            if table
+        )
 
 
 def _short(name: str) -> str:

@@ -26,7 +26,7 @@ from weft.addr import Address, format_addr, parse_hostport
 from weft.control.follow import ControlStreams
 from weft.core.accept import DETECT_MAX, DialGate
 from weft.discovery import Discovery, Resolution
-from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
+from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries, render_family
 from weft.proxy.accept import MAX_DIALS, Accept
 from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
@@ -120,10 +120,11 @@ class Listener:
         body = "".join(c.render_states() for c in list(self.concretes.values()))
         if not body:
             return ""
-        return (
-            "# HELP outbound_endpoint_state Failure accrual state of each endpoint (1)\n"
-            "# TYPE outbound_endpoint_state gauge\n" + body
+        # the samples are formatted by Concrete.render_states (endpoints.py), the header here
+        header = render_family(
+            "outbound_endpoint_state", "gauge", "Failure accrual state of each endpoint (1)", ()
         )
+        return header + body
 
     def listen(self, host: str, port: int) -> AcceptLoop:
         """Start accepting on ``host:port``."""
@@ -311,14 +312,15 @@ class ProxyServer:
         self._shutdown_task: asyncio.Task[None] | None = None
 
     def _render_accept(self) -> str:
-        samples = "".join(
-            f'tcp_detect_timeout_closed_total{{direction="{x.direction}"}} {x.silent_closed}\n'
-            for x in (self.outbound, self.inbound)
-        )
-        return (
-            "# HELP tcp_detect_timeout_closed_total Connections closed at the protocol detection "
-            "timeout: no byte from the client, no connection to the server (no dial made)\n"
-            "# TYPE tcp_detect_timeout_closed_total counter\n" + samples
+        return render_family(
+            "tcp_detect_timeout_closed_total",
+            "counter",
+            "Connections closed at the protocol detection timeout: no byte from the client, "
+            "no connection to the server (no dial made)",
+            [
+                ((("direction", x.direction),), x.silent_closed)
+                for x in (self.outbound, self.inbound)
+            ],
         )
 
     async def start(self) -> None:
