@@ -153,6 +153,7 @@ class Concrete:
         self.accrual: AccrualSet[Address] | None = None
         self._budgets: dict[RetryBudgetConfig, RetryBudget] = {}
         self._route_series: dict[str, tuple[HttpSeries, HttpSeries]] = {}
+        self._unrouted: dict[tuple[bytes, LabelItems], HttpSeries] = {}
         # this proxy's identity: meshed endpoints are dialed with mutual TLS (outbound only)
         self.tls: TlsSource | None = tls
         self.set_labels(labels or {})
@@ -286,18 +287,14 @@ class Concrete:
         if self.accrual is not None:
             self.accrual.cancel(addr)
 
-    def render_states(self) -> str:
-        """``outbound_endpoint_state`` samples for failure accrual (empty when not enabled)."""
+    def endpoint_states(self) -> list[tuple[LabelItems, int]]:
+        """``outbound_endpoint_state`` samples for failure accrual (none when not enabled)."""
         if self.accrual is None:
-            return ""
-        base = ",".join(f'{k}="{v}"' for k, v in self._base)
-        out = []
-        for addr, state in self.accrual.states().items():
-            out.append(
-                f'outbound_endpoint_state{{{base},endpoint="{format_addr(addr)}",'
-                f'state="{state}"}} 1\n'
-            )
-        return "".join(out)
+            return []
+        return [
+            ((*self._base, ("endpoint", format_addr(addr)), ("state", state)), 1)
+            for addr, state in self.accrual.states().items()
+        ]
 
     def release(self, state: EndpointState, conn: PooledConn) -> None:
         """Return a connection after a completed exchange; close it if it may not be reused."""
@@ -388,6 +385,19 @@ class Concrete:
                 labels.pop("tls", None)
                 labels.update(tls)
             series = state.http_series[key] = self.metrics.http(tuple(sorted(labels.items())))
+        return series
+
+    def unrouted_series(self, authority: bytes, tls: LabelItems = ()) -> HttpSeries:
+        """The series of requests for ``authority`` that no endpoint took (the proxy answered:
+        no endpoint, a redirect, a denial, a malformed request)."""
+        key = (authority, tls)
+        series = self._unrouted.get(key)
+        if series is None or series.expired:
+            labels = {"direction": self.direction, "target_addr": self.name}
+            labels["authority"] = authority.decode("latin-1")
+            labels.update(tls or (("tls", "disabled"),))
+            series = self.metrics.http(tuple(sorted(labels.items())))
+            self._unrouted[key] = series
         return series
 
     def tcp_series(self, state: EndpointState) -> TcpSeries:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,17 +34,16 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from weft.addr import format_addr
-from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
-from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
-from weft.proxy.endpoints import NO_TIMEOUTS, Concrete, EndpointState, PooledConn
+from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
+from weft.policy import HeaderModifier
+from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
+from weft.proxy.outbound.logical import ERROR_HEADER, REPLAY_LIMIT, Call, Headers, L7Context
 
 if TYPE_CHECKING:
-    from weft.core.retry import RetryBudget
     from weft.proxy.config import ProxyConfig
     from weft.proxy.inbound_policy import HttpConn
 
-# weft.core.retry and weft.core.routes are imported where a policy is applied, not here: a
-# sidecar with no routes or retries configured does not load them (see endpoints.py).
+# weft.core.routes is imported where a policy is applied, not here (see endpoints.py).
 
 log = logging.getLogger("weft.proxy")
 access_log = logging.getLogger("weft.access")
@@ -61,13 +59,10 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-ERROR_HEADER = b"weft-proxy-error"
 _STANDARD_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade", b""})
 # request headers the proxy looks at (the hop-by-hop ones are also not forwarded)
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
-REPLAY_LIMIT = 64 * 1024
 DISCARD_LIMIT = 1024 * 1024  # request body read and dropped after an early answer, at most
-MAX_CONNECT_ATTEMPTS = 3
 _monotonic = time.monotonic
 
 _REASONS = {
@@ -85,24 +80,14 @@ _REASONS = {
 }
 
 
-class Http1Context:
+class Http1Context(L7Context):
     """What every HTTP/1 connection of one listener shares: config, metrics, live connections."""
 
     def __init__(self, config: ProxyConfig, metrics: ProxyMetrics, direction: str) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.direction = direction
+        super().__init__(config, metrics, direction)
         self.connections: set[Http1Downstream] = set()
-        self.draining = False
-        self.access_log = config.access_log is not None
-        self.response_timeout = config.response_timeout
         self.max_header_bytes = config.max_header_bytes
         self.buffer_high = config.buffer_high
-        self.fail_fast = (
-            config.fail_fast_outbound if direction == "outbound" else config.fail_fast_inbound
-        )
-        # resolves a route backend's target to its concrete (at once when known)
-        self.backend: Callable[[str], Concrete | asyncio.Future[Concrete]] = _no_backends
 
     def reap(self, now: float) -> None:
         """Enforce header and idle timeouts; called about once a second by the server."""
@@ -116,12 +101,6 @@ class Http1Context:
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
-
-
-def _no_backends(target: str) -> asyncio.Future[Concrete]:
-    fut: asyncio.Future[Concrete] = asyncio.get_running_loop().create_future()
-    fut.set_exception(LookupError(f"no discovery to resolve {target}"))
-    return fut
 
 
 def error_response(
@@ -151,12 +130,6 @@ def error_response(
 _REDIRECT_REASONS = {301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
                      307: b"Temporary Redirect", 308: b"Permanent Redirect"}  # fmt: skip
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
-_rng = random.Random()
-
-
-def _min_timeout(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return min(present) if present else None
 
 
 def _modify_lines(mod: HeaderModifier, lines: list[bytes]) -> list[bytes]:
@@ -175,57 +148,15 @@ def _trailer_block(trailers: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(b"%s: %s\r\n" % kv for kv in trailers)
 
 
-class Exchange:
-    """One request and its response, from head parsed to response complete."""
+class Exchange(Call):
+    """One request and its response over HTTP/1.1, from head parsed to response complete (the
+    policy, retries, timeouts and accounting are :class:`~weft.proxy.outbound.logical.Call`'s)."""
 
     __slots__ = (
-        "actual",
-        "attempt_timeout",
-        "attempt_timer",
-        "attempts",
-        "authority",
-        "backoff",
-        "body_sent",
-        "budget",
-        "chunked_in",
-        "chunked_out",
-        "close_after",
-        "closing_up",
-        "concrete",
-        "down",
-        "expect_continue",
-        "finished",
-        "head",
-        "headers",
-        "idle",
-        "interim",
-        "is_head",
-        "last_io",
-        "method",
-        "replay",
-        "req_buf",
-        "req_buf_size",
-        "req_done",
-        "req_length",
-        "resp_mod",
-        "resp_started",
-        "retries",
-        "retry",
-        "route",
-        "sent_at",
-        "series",
-        "started",
-        "state",
-        "status",
-        "timer",
-        "trailers",
-        "tunnel_buf",
-        "up",
-        "upgrade",
-        "url",
-        "waiter",
-        "waiting",
-    )
+        "body_sent", "chunked_in", "chunked_out", "close_after", "closing_up", "down",
+        "expect_continue", "head", "interim", "is_head", "req_buf", "req_buf_size", "req_length",
+        "trailers", "tunnel_buf", "up", "upgrade", "url",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -234,58 +165,34 @@ class Exchange:
         url: bytes,
         head: bytes,
         authority: bytes,
+        headers: Headers,
         *,
         chunked: bool,
         expect_continue: bool,
         upgrade: bool,
         close_after: bool,
     ) -> None:
+        super().__init__(down.ctx, down.concrete, down.tls_labels, headers)
         self.down = down
-        self.concrete = down.concrete  # serving this attempt: the service, or a route's backend
-        self.headers: list[tuple[bytes, bytes]] = []  # request headers, names lowercased
-        self.req_length: int | None = 0  # declared body length; None: chunked
-        self.route: HttpSeries | None = None  # effective (client-visible) route series
-        self.actual: HttpSeries | None = None  # per-attempt route series
-        self.retry: RetryPolicy | None = None
-        self.budget: RetryBudget | None = None
-        self.retries = 0
-        self.attempt_timeout: float | None = None
-        self.attempt_timer: asyncio.TimerHandle | None = None
-        self.backoff: asyncio.TimerHandle | None = None
-        self.resp_mod: HeaderModifier | None = None
-        self.idle: float | None = None  # no bytes either way for this long ends the exchange
-        self.last_io = 0.0
-        self.close_after = close_after
         self.method = method
+        self.authority = authority
+        self.req_length: int | None = 0  # declared body length; None: chunked
+        self.close_after = close_after
         self.url = url
         self.head = head
-        self.authority = authority
         self.chunked_in = chunked
         self.expect_continue = expect_continue
         self.upgrade = upgrade
         self.is_head = method == b"HEAD"
         self.req_buf: list[bytes] = []
         self.req_buf_size = 0
-        self.req_done = False
-        self.trailers: list[tuple[bytes, bytes]] = []
-        self.replay: list[bytes] | None = []
+        self.trailers: Headers = []
         self.body_sent = 0
         self.tunnel_buf = b""
         self.up: Http1Upstream | None = None
-        self.state: EndpointState | None = None
-        self.series: HttpSeries | None = None
-        self.started = 0.0
-        self.sent_at = 0.0
-        self.status = 0
-        self.resp_started = False
         self.chunked_out = False
         self.interim = False
-        self.finished = False
         self.closing_up = False
-        self.attempts = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.waiting: asyncio.TimerHandle | None = None
-        self.waiter: Callable[[], None] | None = None  # in concrete.waiters while waiting
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -308,8 +215,8 @@ class Exchange:
         if self.req_buf_size > self.down.ctx.buffer_high:
             self.down.pause("request-buffer")
 
-    def on_request_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        self.req_done = True
+    def on_request_end(self, trailers: Headers) -> None:
+        self.req_end = True
         self.trailers = trailers
         up = self.up
         if up is not None and not self.req_buf:
@@ -330,172 +237,18 @@ class Exchange:
         if self.chunked_in:
             up.transport.write(b"0\r\n" + _trailer_block(self.trailers) + b"\r\n")
 
-    # -- dispatch -------------------------------------------------------------------------------
-
-    def dispatch(self) -> None:
-        """Route (first time), pick an endpoint and attach a connection (pooled, or dialed)."""
-        if self.started == 0.0:
-            self.started = _monotonic()
-            authz = self.down.authz
-            if authz is not None:
-                path, _, query = self.url.partition(b"?")
-                denial = authz.check(self.method, path, query, self._header)
-                if denial is not None:
-                    self.fail(denial.status, denial.reason, denial.detail, denial.extra)
-                    return
-            if not self._decide():
+    def start(self) -> None:
+        """The request is first in its connection's queue: authorize, decide, dispatch."""
+        self.started = _monotonic()
+        authz = self.down.authz
+        if authz is not None:
+            path, _, query = self.url.partition(b"?")
+            denial = authz.check(self.method, path, query, self.header)
+            if denial is not None:
+                self.fail(denial.status, denial.reason, denial.detail, denial.headers())
                 return
-        concrete = self.concrete
-        state = concrete.pick()
-        if state is None:
-            if concrete.all_ejected():
-                self.fail(503, "endpoints-ejected", f"every endpoint of {concrete.name} is "
-                          "ejected by failure accrual")  # fmt: skip
-            else:
-                self._wait_for_endpoints()
-            return
-        self.state = state
-        if self.series is None:
-            self.series = concrete.http_series(state, self.authority, self.down.tls_labels)
-            self.series.requests += 1
-        if self.actual is not None:
-            self.actual.requests += 1
-        if self.attempt_timeout is not None:
-            if self.attempt_timer is not None:
-                self.attempt_timer.cancel()
-            self.attempt_timer = asyncio.get_running_loop().call_later(
-                self.attempt_timeout, self._attempt_timed_out
-            )
-        self.sent_at = concrete.balancer.start(state.addr)
-        conn = state.take_idle()
-        if conn is not None:
-            assert isinstance(conn, Http1Upstream)
-            self.attach(conn, reused=True)
-            return
-        spare = state.spare
-        if spare is not None:
-            state.spare = None
-            spare.add_done_callback(self._spare_ready)
-            return
-        self._dial(state)
-
-    def _decide(self) -> bool:
-        """Apply the service's policy: route, backend, retries, timeouts, header filters.
-
-        Returns False when the exchange was answered here (a redirect, a rule with no usable
-        backend) or waits for a backend's discovery, which calls :meth:`dispatch` again."""
-        down = self.down
-        service = down.concrete
-        policy = service.policy
-        retry = policy.retry if policy is not None else None
-        timeouts = service.timeouts
-        table = service.routes
-        matched = None
-        if table is not None and not self.upgrade:
-            path, _, query = self.url.partition(b"?")
-            matched = table.match(self.method, path, query, self._header)
-        if service.known:
-            route_name = "default" if matched is None else matched.route_name
-            self.route, self.actual = service.route_series(route_name)
-            self.route.requests += 1
-        if matched is not None:
-            rule = matched.rule
-            path, _, query = self.url.partition(b"?")
-            if rule.retry is not None:
-                retry = rule.retry
-            timeouts = rule.timeouts.over(timeouts)
-            if rule.redirect is not None:
-                self._redirect(rule.redirect, path, query)
-                return False
-            if rule.request_headers is not None:
-                self._modify_request(rule.request_headers)
-            self.resp_mod = rule.response_headers
-            if matched.picker is not None:
-                backend = matched.picker.pick()
-                if backend is None:
-                    detail = f"route {matched.route_name}: every backend has weight 0"
-                    self.fail(500, "no-backends", detail)
-                    return False
-                found = down.ctx.backend(backend.target)
-                if isinstance(found, Concrete):
-                    if not found.known:
-                        self._unknown_backend(backend.target)
-                        return False
-                    self.concrete = found
-                else:
-                    found.add_done_callback(self._backend_ready)
-                    self._arm_timers(retry, timeouts)
-                    return False
-        self._arm_timers(retry, timeouts)
-        return True
-
-    def _arm_timers(self, retry: RetryPolicy | None, timeouts: Timeouts) -> None:
-        down = self.down
-        if retry is not None and not self.upgrade:
-            self.retry = retry
-            self.budget = down.concrete.budget(retry.budget)
-            self.budget.record_request()
-            self.attempt_timeout = retry.timeout
-        if timeouts.backend_request is not None:
-            self.attempt_timeout = timeouts.backend_request
-        if timeouts.idle is not None:
-            self.idle = timeouts.idle
-            self.last_io = _monotonic()
-        deadline = down.ctx.response_timeout
-        if timeouts is not NO_TIMEOUTS:  # the common case, no policy: no list built per request
-            deadline = _min_timeout(deadline, timeouts.request, timeouts.response)
-        if deadline is not None:
-            self.timer = asyncio.get_running_loop().call_later(deadline, self._timed_out)
-
-    def _backend_ready(self, fut: asyncio.Future[Concrete]) -> None:
-        if self.finished:
-            return
-        if fut.cancelled() or fut.exception() is not None:
-            self.fail(502, "backend-unresolved", f"cannot resolve a backend: {fut.exception()}")
-            return
-        concrete = fut.result()
-        if not concrete.known:
-            self._unknown_backend(concrete.name)
-            return
-        self.concrete = concrete
-        self.dispatch()
-
-    def _unknown_backend(self, target: str) -> None:
-        # the Gateway API's answer for the share of traffic of an unresolvable backendRef
-        self.fail(500, "backend-not-found", f"route backend {target} is not a known service")
-
-    def _header(self, name: bytes) -> bytes | None:
-        if name == b"host":
-            return self.authority
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def _redirect(self, redirect: Redirect, path: bytes, query: bytes) -> None:
-        from weft.core.routes import redirect_location
-
-        port = self.down.concrete.name.rpartition(":")[2]
-        status, location = redirect_location(
-            redirect, b"http", self.authority, int(port) if port.isdigit() else None, path, query
-        )
-
-        close = self.close_after or self.down.closing_now() or self._body_pending()
-        self.down.write(
-            b"HTTP/1.1 %d %s\r\nlocation: %s\r\ncontent-length: 0\r\n%s\r\n"
-            % (
-                status,
-                _REDIRECT_REASONS.get(status, b"Redirect"),
-                location,
-                b"connection: close\r\n" if close else b"",
-            )
-        )
-        if close:
-            self.close_after = True
-        self.status = status
-        if self.route is not None:
-            self.route.response(status, True).observe((_monotonic() - self.started) * 1000.0)
-        self._complete(success=True)
+        if self.decide(self.url, routable=not self.upgrade):
+            self.dispatch()
 
     def _modify_request(self, mod: HeaderModifier) -> None:
         from weft.core.routes import apply_header_modifier
@@ -513,148 +266,61 @@ class Exchange:
     def _body_pending(self) -> bool:
         """Request body bytes are still to come (a request with no body is never pending,
         even before the parser reports its end)."""
-        return not self.req_done and self.req_length != 0
+        return not self.req_end and self.req_length != 0
 
-    def _retryable(self) -> bool:
-        """Whether this attempt's failure may be retried (and the budget pays for it)."""
-        retry = self.retry
-        if retry is None or self.retries >= retry.limit or self.resp_started:
-            return False
-        if not self.req_done or self.replay is None or self.down.ctx.draining:
-            return False
-        from weft.core.retry import may_retry
+    # -- the endpoint layer: keep-alive connections ---------------------------------------------
 
-        if not may_retry(retry, self.method, self.req_length, True):
-            return False
-        assert self.budget is not None
-        return self.budget.try_withdraw()
-
-    def _retry_later(self) -> None:
-        """Abandon this attempt (its response is not read) and try again after a backoff."""
-        up, state = self.up, self.state
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
-        if up is not None:
-            up.exchange = None
-            up.close()
-            self.up = None
-        if state is not None:
-            self.concrete.balancer.finish(state.addr, self.sent_at, success=False)
-        self.state = None
-        self.series = None
-        self.status = 0
-        self.interim = False
-        self.closing_up = False
-        assert self.replay is not None and self.retry is not None
-        self.req_buf = list(self.replay)
-        self.req_buf_size = sum(len(b) for b in self.req_buf)
-        self.replay, self.body_sent = [], 0
-        self.attempts = 0
-        from weft.core.retry import backoff_delay
-
-        delay = backoff_delay(self.retry, self.retries, _rng)
-        self.retries += 1
-        self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
-
-    def _redispatch(self) -> None:
-        self.backoff = None
-        if not self.finished:
-            self.dispatch()
-
-    def _attempt_timed_out(self) -> None:
-        self.attempt_timer = None
-        if self.finished or self.resp_started:
+    def _open(self, state: EndpointState) -> None:
+        conn = state.take_idle()
+        if conn is not None:
+            assert isinstance(conn, Http1Upstream)
+            self.attach(conn, reused=True)
             return
-        if self.state is not None:
-            self.concrete.record(self.state.addr, False)
-        if self._retryable():
-            self._retry_later()
+        spare = state.spare
+        if spare is not None:
+            state.spare = None
+            spare.add_done_callback(self._spare_ready)
             return
-        if self.up is not None:
-            self.up.close()
-        self.fail(504, "attempt-timeout", "upstream did not respond in time")
+        self._dial(state)
 
     def _dial(self, state: EndpointState) -> None:
         concrete = self.concrete
-        self.attempts += 1
         limit = self.down.ctx.max_header_bytes
         task = concrete.connect(state, lambda: Http1Upstream(concrete, state, limit))
         task.add_done_callback(self._connected)
 
     def _spare_ready(self, fut: asyncio.Future[PooledConn | None]) -> None:
         state = self.state
-        assert state is not None
         up = None if fut.cancelled() or fut.exception() is not None else fut.result()
-        if self.finished:
-            if up is not None:
+        if self.finished or state is None:
+            if up is not None and state is not None:
                 self.concrete.release(state, up)
+            elif up is not None:
+                up.close()
             return
         if isinstance(up, Http1Upstream) and up.reusable():
             self.attach(up, reused=False)
         else:
             self._dial(state)
 
-    def _wait_for_endpoints(self) -> None:
-        down = self.down
-        loop = asyncio.get_running_loop()
-
-        def wake() -> None:
-            self.waiter = None
-            if self.waiting is not None:
-                self.waiting.cancel()
-                self.waiting = None
-                if not self.finished:
-                    self.dispatch()
-
-        def give_up() -> None:
-            self.waiting = None
-            self._leave_waiters()  # also when the client left meanwhile (fail does nothing then)
-            self.fail(503, "no-endpoints", f"no endpoints available for {self.concrete.name}")
-
-        self.waiter = wake
-        self.concrete.waiters.append(wake)
-        self.waiting = loop.call_later(down.ctx.fail_fast, give_up)
-
-    def _leave_waiters(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if waiter in self.concrete.waiters:
-                self.concrete.waiters.remove(waiter)
-
     def _connected(self, task: asyncio.Task[tuple[asyncio.Transport, asyncio.Protocol]]) -> None:
-        state = self.state
-        assert state is not None
         if task.cancelled() or task.exception() is not None:
-            if self.finished:
-                return
-            exc = None if task.cancelled() else task.exception()
-            # a refused or failed connect backs the endpoint off (Concrete's connect told the
-            # balancer); no latency penalty on top: once it accepts again it serves at once
-            self.concrete.balancer.finish(state.addr, self.sent_at, success=False, observe=False)
-            self.concrete.record(state.addr, False)
-            others = len(self.concrete.endpoints)
-            # nothing was sent: another endpoint may be tried without a retry policy
-            if self.attempts < min(MAX_CONNECT_ATTEMPTS, max(others, 1) + 1) and others:
-                self.dispatch()
-                return
-            if self._retryable():
-                self.state = None  # its balancer accounting is done (above)
-                self._retry_later()
-                return
-            self.fail(502, "connect-failed", f"connect to {format_addr(state.addr)}: {exc}")
+            if not self.finished and self.state is not None:
+                self.connect_failed(None if task.cancelled() else task.exception())
             return
         _, proto = task.result()
         assert isinstance(proto, Http1Upstream)
-        if self.finished:
-            self.concrete.release(state, proto)
+        if self.finished or self.state is None or self.state is not proto.state:
+            proto.close()
             return
         self.attach(proto, reused=False)
 
     def attach(self, up: Http1Upstream, *, reused: bool) -> None:
+        state = self.state
+        assert state is not None
         if not reused:
             self.sent_at = _monotonic()  # dialing time is not the endpoint's latency
+        self.count(state)
         self.up = up
         up.exchange = self
         up.reused = reused
@@ -665,11 +331,26 @@ class Exchange:
             for data in buf:
                 self._send_body(up, data)
             self.down.resume("request-buffer")
-        if self.req_done:
+        if self.req_end:
             self._send_end(up)
         if self.upgrade and self.tunnel_buf:
             up.transport.write(self.tunnel_buf)
             self.tunnel_buf = b""
+
+    def _drop_attempt(self) -> None:
+        up = self.up
+        if up is not None:
+            up.exchange = None
+            up.close()
+            self.up = None
+
+    def _rewind(self) -> None:
+        self.interim = False
+        self.closing_up = False
+        assert self.replay is not None
+        self.req_buf = self.replay + self.req_buf
+        self.req_buf_size = sum(len(b) for b in self.req_buf)
+        self.replay, self.body_sent = [], 0
 
     # -- response side --------------------------------------------------------------------------
 
@@ -678,7 +359,7 @@ class Exchange:
         status: int,
         reason: bytes,
         lines: list[bytes],
-        hop: list[tuple[bytes, bytes]],
+        hop: Headers,
         has_length: bool,
         keep_alive: bool,
     ) -> None:
@@ -694,34 +375,9 @@ class Exchange:
             self.on_upstream_error("101 Switching Protocols to a request that asked for none")
             return
         self.interim = False
-        success = status < 500
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
-        series = self.series
-        latency_ms = (_monotonic() - self.started) * 1000.0
-        if series is not None:
-            series.response(status, success).observe(latency_ms)
-        if self.actual is not None:
-            self.actual.response(status, success).count += 1
-        if self.state is not None:
-            self.concrete.record(self.state.addr, success)
-        retry = self.retry
-        if retry is not None:
-            from weft.core.retry import is_retryable_status
-
-            if is_retryable_status(retry, status) and self._retryable():
-                self._retry_later()
-                return
-        self.status = status
-        self.resp_started = True
-        if self.idle is not None:
-            self.last_io = _monotonic()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.route is not None:
-            self.route.response(status, success).observe(latency_ms)
+        if self.response_head(status, status < 500):
+            return  # retried on its status
+        self.commit(False)
         if self.resp_mod is not None:
             lines = _modify_lines(self.resp_mod, lines)
         if not keep_alive:
@@ -751,7 +407,7 @@ class Exchange:
                 append(b"transfer-encoding: chunked\r\n")
             else:
                 self.close_after = True
-        if self.upgrade or not self.req_done:
+        if self.upgrade or not self.req_end:
             # a refused upgrade, or a response before the request body: this client connection
             # cannot be trusted to be in sync, and neither can the upstream one
             self.close_after = True
@@ -774,7 +430,7 @@ class Exchange:
             self.last_io = _monotonic()
         self.down.write(_chunk(data) if self.chunked_out else data)
 
-    def on_response_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+    def on_response_end(self, trailers: Headers) -> None:
         if self.interim:
             self.interim = False
             return
@@ -782,7 +438,7 @@ class Exchange:
             return  # a 101 ends in on_upgraded
         if self.chunked_out:
             self.down.write(b"0\r\n" + _trailer_block(trailers) + b"\r\n")
-        self._complete(success=self.status < 500)
+        self._complete()
 
     def on_upgraded(self, upstream_rest: bytes) -> None:
         """The upstream said 101: both connections become one TCP tunnel."""
@@ -791,9 +447,9 @@ class Exchange:
         up, state = self.up, self.state
         assert up is not None and state is not None
         self.down.uncork()  # the 101 goes out before any tunnelled byte
-        self.finished = True
-        self.concrete.balancer.finish(state.addr, self.sent_at)
+        self._account()
         up.exchange = None
+        self.up = None
         down = self.down
         down.ctx.connections.discard(down)
         series = self.concrete.tcp_series(state)
@@ -821,26 +477,25 @@ class Exchange:
         if up is not None and up.close_delimited and self.resp_started:
             self.on_response_end([])
             return
-        if not self.resp_started:
-            state = self.state
-            if up is not None and up.reused and self.replay is not None and not up.got_bytes:
-                # a pooled connection the server had closed: nothing was processed; try again
-                self.up = None
-                if state is not None:  # a keep-alive race, neither a failure nor a latency
-                    self.concrete.balancer.finish(state.addr, self.sent_at, observe=False)
-                self.req_buf = list(self.replay) + self.req_buf
-                self.req_buf_size = sum(len(b) for b in self.req_buf)
-                self.replay, self.body_sent = [], 0
-                self.dispatch()
-                return
-            if state is not None:
-                self.concrete.record(state.addr, False)
-            if self._retryable():
-                self._retry_later()
-                return
-            self.fail(502, "upstream-closed", f"upstream closed the connection: {exc or 'EOF'}")
+        if self.resp_started:
+            self._abort("upstream closed mid-response")
             return
-        self._abort("upstream closed mid-response")
+        if up is not None and up.reused and self.replay is not None and not up.got_bytes:
+            # a pooled connection the server had closed: nothing was processed; send it again
+            # (a keep-alive race, neither a failure nor a latency of the endpoint's)
+            up.exchange = None
+            self.up = None
+            self._timed(True, observe=False)
+            if self.state is not None:
+                self.concrete.cancel(self.state.addr)
+            self.state = None
+            self._rewind()
+            self.dispatch()
+            return
+        if self.retryable():
+            self._retry_later()
+            return
+        self.fail(502, "upstream-closed", f"upstream closed the connection: {exc or 'EOF'}")
 
     def on_upstream_error(self, message: str, up: Http1Upstream | None = None) -> None:
         if self.finished or (up is not None and up is not self.up):
@@ -852,76 +507,73 @@ class Exchange:
         else:
             self._abort(f"invalid response from upstream: {message}")
 
-    def _timed_out(self) -> None:
-        self.timer = None
-        if self.finished:
-            return
-        if self.up is not None:
-            self.up.close()
-        if not self.resp_started:
-            self.fail(504, "response-timeout", "upstream did not respond in time")
+    def _deadline_passed(self) -> None:
+        self._abort("response timeout")
+
+    def idle_timeout(self) -> None:
+        """The route's idle timeout passed: a 504 before the response, else an abort."""
+        if self.resp_started:
+            self._abort("idle timeout")
         else:
-            self._abort("response timeout")
+            self.fail(504, "idle-timeout", "no bytes either way within the idle timeout")
 
-    # -- endings --------------------------------------------------------------------------------
-
-    def fail(self, status: int, reason: str, detail: str, extra: bytes = b"") -> None:
-        """Answer with a proxy error (before any response byte went to the client)."""
+    def on_client_gone(self) -> None:
+        """The client connection closed with this exchange unfinished."""
         if self.finished:
             return
+        self.failed = True
+        self._timed(True)  # the client left: no failure of the endpoint's
+        self._drop_attempt()
+        self._account()
+
+    # -- the proxy's own answers and endings ----------------------------------------------------
+
+    def _send_error(self, status: int, reason: str, detail: str, extra: Headers) -> None:
         down = self.down
         if self._body_pending():
             self.close_after = True
         close = self.close_after or down.closing_now()
+        lines = b"".join(b"%s: %s\r\n" % kv for kv in extra)
         down.write(
             error_response(
-                status, reason, close=close, detail=detail, head=self.is_head, extra=extra
+                status, reason, close=close, detail=detail, head=self.is_head, extra=lines
             )
         )
-        self.status = status
-        series = self.series
-        if series is None:
-            series = self.series = down.no_endpoint_series(self.authority)
-            series.requests += 1
-        latency_ms = (_monotonic() - self.started) * 1000.0
-        series.response(status, False).observe(latency_ms)
-        if self.route is not None:
-            self.route.response(status, False).observe(latency_ms)
-        if self.up is not None:
-            if self.state is not None:  # a 5xx (the upstream broke or timed out) is a failure
-                self.concrete.balancer.finish(self.state.addr, self.sent_at, success=status < 500)
-            self.up.exchange = None
-            self.up.close()
-            self.up = None
-        elif self.state is not None:
-            self.concrete.cancel(self.state.addr)
-        self._complete(success=False)
+        self._complete()
+
+    def _send_redirect(self, status: int, location: bytes) -> None:
+        close = self.close_after or self.down.closing_now() or self._body_pending()
+        self.down.write(
+            b"HTTP/1.1 %d %s\r\nlocation: %s\r\ncontent-length: 0\r\n%s\r\n"
+            % (
+                status,
+                _REDIRECT_REASONS.get(status, b"Redirect"),
+                location,
+                b"connection: close\r\n" if close else b"",
+            )
+        )
+        if close:
+            self.close_after = True
+        self._complete()
 
     def _abort(self, why: str) -> None:
         log.info("aborting %s %s: %s", self.method.decode(), self.url.decode("latin-1"), why)
         self.status = self.status or 502
+        self.failed = True
+        self.closing_up = True
         down = self.down
         down.closing = True
-        self._complete(success=False)
+        self._complete()
         down.transport.abort()
 
-    def _complete(self, *, success: bool) -> None:
-        self.finished = True
-        for handle in (self.timer, self.attempt_timer, self.backoff):
-            if handle is not None:
-                handle.cancel()
-        self.timer = self.attempt_timer = self.backoff = None
-        if self.waiting is not None:
-            self.waiting.cancel()
-            self.waiting = None
-        self._leave_waiters()
+    def _complete(self) -> None:
+        self._account()
         down = self.down
         state, up = self.state, self.up
-        if state is not None and up is not None:
-            self.concrete.balancer.finish(state.addr, self.sent_at, success=success)
+        if up is not None:
             up.exchange = None
             self.up = None
-            if self.closing_up or not self.req_done:
+            if self.closing_up or not self.req_end or state is None:
                 up.close()
             else:
                 self.concrete.release(state, up)
@@ -933,7 +585,7 @@ class Exchange:
             down.resume("request-buffer")
         if down.ctx.access_log:
             self._log_access()
-        if self.req_done:
+        if self.req_end:
             down.exchange_finished(self)
 
     def _log_access(self) -> None:
@@ -983,7 +635,6 @@ class Http1Downstream(asyncio.Protocol):
         self._in_head = False
         self._head_started = 0.0
         self._last_active = _monotonic()
-        self._no_endpoint: dict[bytes, HttpSeries] = {}
         self.tcp: TcpSeries | None = None  # this connection's (peer=src) byte counters
         self.tls_labels: LabelItems = ()  # inbound: the client's TLS labels (client_id...)
         self.authz: HttpConn | None = None  # inbound: the port's policy for this client
@@ -1098,19 +749,7 @@ class Http1Downstream(asyncio.Protocol):
         if self.on_close is not None:
             self.on_close(self)
         for exchange in self.queue:
-            if not exchange.finished:
-                exchange.finished = True
-                if exchange.timer is not None:
-                    exchange.timer.cancel()
-                if exchange.waiting is not None:
-                    exchange.waiting.cancel()
-                up, state = exchange.up, exchange.state
-                if up is not None:
-                    up.exchange = None
-                    up.close()
-                if state is not None:  # the client left: no failure of the endpoint's
-                    exchange.concrete.balancer.finish(state.addr, exchange.sent_at)
-                    exchange.concrete.cancel(state.addr)
+            exchange.on_client_gone()
         self.queue.clear()
 
     def pause_writing(self) -> None:
@@ -1228,17 +867,17 @@ class Http1Downstream(asyncio.Protocol):
             url,
             b"".join(out),
             authority,
+            headers,
             chunked=chunked,
             expect_continue=expect_continue,
             upgrade=upgrade,
             close_after=close_after,
         )
-        exchange.headers = headers
         exchange.req_length = int(lengths[0]) if lengths else (None if chunked else 0)
         self.parsing = exchange
         self.queue.append(exchange)
         if len(self.queue) == 1:
-            exchange.dispatch()
+            exchange.start()
         elif len(self.queue) > 16:
             self.pause("pipeline")
 
@@ -1271,19 +910,9 @@ class Http1Downstream(asyncio.Protocol):
         if self.queue:
             if len(self.queue) <= 16:
                 self.resume("pipeline")
-            self.queue[0].dispatch()
+            self.queue[0].start()
         elif self.closing or self.ctx.draining:
             self.close()
-
-    def no_endpoint_series(self, authority: bytes) -> HttpSeries:
-        series = self._no_endpoint.get(authority)
-        if series is None or series.expired:
-            labels = {"direction": self.ctx.direction, "target_addr": self.concrete.name}
-            labels["authority"] = authority.decode("latin-1")
-            labels.update(self.tls_labels or (("tls", "disabled"),))
-            series = self.ctx.metrics.http(tuple(sorted(labels.items())))
-            self._no_endpoint[authority] = series
-        return series
 
     def take_tunnel_bytes(self, exchange: Exchange) -> bytes:
         rest, exchange.tunnel_buf = exchange.tunnel_buf, b""
@@ -1327,7 +956,7 @@ class Http1Downstream(asyncio.Protocol):
 
     def _send_rejection(self, status: int, reason: str, detail: str) -> None:
         log.info("rejecting request from %s: %d %s", self.peer, status, detail)
-        series = self.no_endpoint_series(b"")
+        series = self.concrete.unrouted_series(b"", self.tls_labels)
         series.requests += 1
         series.response(status, False).observe(0.0)
         self.write(error_response(status, reason, close=True, detail=detail))
@@ -1346,23 +975,15 @@ class Http1Downstream(asyncio.Protocol):
 
     def check_timeouts(self, now: float, header_deadline: float, idle_deadline: float) -> None:
         first = self.queue[0] if self.queue else None
-        if (
-            first is not None
-            and first.idle is not None
-            and not first.finished
-            and now - first.last_io > first.idle  # the route's idle timeout (1 s granularity)
-        ):
-            if first.resp_started:
-                first._abort("idle timeout")
-            else:
-                first.fail(504, "idle-timeout", "no bytes either way within the idle timeout")
+        if first is not None and first.idle_expired(now):  # a route's (1 s granularity)
+            first.idle_timeout()
             return
         if self._in_head and self._head_started < header_deadline:
             self._reject(408, "header-timeout", "request head not received in time")
         elif not self.queue:
             if not self._in_head and self._last_active < idle_deadline:
                 self.close()
-        elif first is not None and not first.req_done:
+        elif first is not None and not first.req_end:
             if first.finished:
                 # answered early, lingering for the rest of the body: not for long
                 if self._last_active < header_deadline:

@@ -74,14 +74,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from weft.addr import Address, format_addr
+from weft.addr import format_addr
 from weft.core.h2conn import (
     CANCEL,
     INTERNAL_ERROR,
@@ -90,42 +89,34 @@ from weft.core.h2conn import (
     H2Conn,
     H2Error,
 )
-from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
-from weft.policy import HeaderModifier, Redirect, RetryPolicy, ServicePolicy, Timeouts
+from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
+from weft.policy import HeaderModifier
 from weft.proxy.endpoints import Concrete, EndpointState
+from weft.proxy.outbound.logical import (
+    ERROR_HEADER,
+    GRPC_DEADLINE_EXCEEDED,
+    GRPC_ENDPOINT_FAILURES,
+    GRPC_UNAVAILABLE,
+    REPLAY_LIMIT,
+    Call,
+    Headers,
+    L7Context,
+)
 
 if TYPE_CHECKING:
-    from weft.core.retry import RetryBudget
-    from weft.core.routes import Matched
     from weft.proxy.config import ProxyConfig
     from weft.proxy.inbound_policy import HttpConn
 
-# weft.core.retry and weft.core.routes are imported where a policy is applied (as in http1.py)
+# weft.core.routes is imported where a policy is applied (as in the logical layer)
 
 log = logging.getLogger("weft.proxy")
 
-# The gRPC statuses that count against an endpoint in the balancer (a failure penalty), as the
-# 5xx of HTTP do: the server errors (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS). NOT_FOUND,
-# INVALID_ARGUMENT, PERMISSION_DENIED, ... are answers about the call, not about the endpoint, and
-# DEADLINE_EXCEEDED and CANCELLED are the caller's choice (a streaming call that ran into its
-# deadline was served well until then): a service that answers them often stays latency-balanced.
-# (Failure accrual and the metrics' classification still count every non-zero status.)
-GRPC_ENDPOINT_FAILURES: frozenset[bytes | None] = frozenset({b"2", b"13", b"14", b"15"})
-
-Headers = list[tuple[bytes, bytes]]
-
-ERROR_HEADER = b"weft-proxy-error"
 STREAM_WINDOW = 256 * 1024  # bytes one stream may have in flight into the proxy, per direction
 CONNECTION_WINDOW = 4 * 1024 * 1024  # the same, all streams of one connection together
 MAX_CONCURRENT_STREAMS = 1000  # streams a client may open on one connection
-MAX_CONNECT_ATTEMPTS = 3
-REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept for a retry
 # times a stream the server never processed is sent again (outside any retry policy): a server
 # closing a connection refuses a stream once; one that refuses everything must not loop
 MAX_REFUSED_RETRIES = 3
-GRPC_UNAVAILABLE = b"14"
-GRPC_DEADLINE_EXCEEDED = b"4"
-GRPC_INTERNAL = b"13"
 # RetryPolicy.grpc names (the retry.weft.io/grpc annotation) -> grpc-status values
 GRPC_RETRY_CODES = {
     "cancelled": b"1",
@@ -137,28 +128,18 @@ GRPC_RETRY_CODES = {
 # grpc-timeout: at most 8 digits and a unit (gRPC over HTTP/2, "Timeout")
 _GRPC_TIMEOUT = re.compile(rb"([0-9]{1,8})([HMSmun])")
 _GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-_rng = random.Random()
 
 _monotonic = time.monotonic
 
 
-class Http2Context:
+class Http2Context(L7Context):
     """What every HTTP/2 connection of one listener shares: config, metrics, live client
     connections, and the upstream connection pools (per endpoint)."""
 
     def __init__(self, config: ProxyConfig, metrics: ProxyMetrics, direction: str) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.direction = direction
+        super().__init__(config, metrics, direction)
         self.connections: set[Http2Downstream] = set()
         self.pools: dict[EndpointState, list[Http2Upstream]] = {}
-        self.draining = False
-        self.fail_fast = (
-            config.fail_fast_outbound if direction == "outbound" else config.fail_fast_inbound
-        )
-        # resolves a route backend's target to its concrete (at once when known); the server
-        # sets it to its listener's (as for HTTP/1)
-        self.backend: Callable[[str], Concrete | asyncio.Future[Concrete]] = _no_backends
         self._dirty: list[_Peer] = []
         self._flush_pending = False
 
@@ -221,8 +202,13 @@ class Http2Context:
         ``pool_idle_timeout`` (or whose endpoint left) is closed. Open streams are never cut."""
         idle_deadline = now - self.config.idle_timeout
         for down in list(self.connections):
-            if not down.streams and down.last_active < idle_deadline:
-                down.drain()
+            if not down.streams:
+                if down.last_active < idle_deadline:
+                    down.drain()
+                continue
+            for stream in list(down.streams.values()):
+                if stream.idle_expired(now):  # a route's idle timeout (1 s granularity)
+                    stream.idle_timeout()
         pool_deadline = now - self.config.pool_idle_timeout
         for conns in list(self.pools.values()):
             for up in list(conns):
@@ -368,97 +354,45 @@ def _modified(mod: HeaderModifier, headers: Headers) -> Headers:
     return pseudo + [(n.lower(), v) for n, v in apply_header_modifier(mod, regular)]
 
 
-def _no_backends(target: str) -> asyncio.Future[Concrete]:
-    fut: asyncio.Future[Concrete] = asyncio.get_running_loop().create_future()
-    fut.set_exception(LookupError(f"no discovery to resolve {target}"))
-    return fut
-
-
-class H2Stream:
-    """One request and its response: a client stream and the upstream stream it maps to."""
+class H2Stream(Call):
+    """One request and its response: a client stream and the upstream stream it maps to (the
+    policy, retries, timeouts and accounting are :class:`~weft.proxy.outbound.logical.Call`'s)."""
 
     __slots__ = (
-        "actual", "attempt_timeout", "attempt_timer", "attempts", "authority", "avoid", "backoff",
-        "budget", "concrete", "deadline_at", "down", "failed", "finished", "grpc", "grpc_status",
-        "headers", "held", "latency_ms", "refusals", "refused_by", "replay", "replay_size",
-        "req_buf", "req_closed", "req_end", "req_never", "req_trailers", "resend", "resp_buf",
-        "resp_closed", "resp_end", "resp_mod", "resp_never", "resp_started", "resp_trailers",
-        "retries", "retry", "route", "sent_at",
-        "series", "sid", "started", "state", "status", "timed", "timer", "up", "up_sid", "waiter",
-        "waiting",
+        "deadline_at", "down", "held", "refusals", "refused_by", "replay_size", "req_buf",
+        "req_closed", "req_never", "req_trailers", "resend", "resp_buf", "resp_closed", "resp_end",
+        "resp_never", "resp_trailers", "sid", "up", "up_sid",
     )  # fmt: skip
 
     def __init__(self, down: Http2Downstream, sid: int, headers: Headers) -> None:
+        super().__init__(down.ctx, down.concrete, down.tls_labels, headers)
         self.down = down
         self.sid = sid
-        self.concrete = down.concrete  # serving this attempt: the service, or a route's backend
-        self.headers = headers
-        self.authority = b""
         self.grpc = _is_grpc(headers)
         self.up: Http2Upstream | None = None
         self.up_sid = 0
-        self.state: EndpointState | None = None
-        self.series: HttpSeries | None = None
-        self.route: HttpSeries | None = None  # effective (client-visible) route series
-        self.actual: HttpSeries | None = None  # per-attempt route series
-        self.started = _monotonic()
-        self.sent_at = 0.0
-        self.timed = False  # the balancer has this attempt's latency (to its response headers)
-        self.latency_ms = 0.0
-        self.status = 0
-        self.grpc_status: bytes | None = None
-        self.attempts = 0
-        self.waiting: asyncio.TimerHandle | None = None
-        self.waiter: Callable[[], None] | None = None  # in concrete.waiters while waiting
         self.req_buf: deque[bytes] = deque()
-        self.req_end = False  # the client ended its request
         self.req_trailers: Headers | None = None
         # fields the client sent "never indexed" (headers and trailers), passed on the same way
         self.req_never: Headers | None = None
         self.req_closed = False  # the request's end went upstream (or the request was dropped)
         self.resp_buf: deque[bytes] = deque()
-        self.resp_started = False  # response headers went to the client
         self.resp_end = False  # the upstream ended its response
         self.resp_trailers: Headers | None = None
         self.resp_never: Headers | None = None  # as req_never, from the upstream
         self.resp_closed = False  # the response's end went to the client
-        self.failed = False  # reset either way, or answered by the proxy
-        self.finished = False
-        # policy: set by decide() when the destination has one (or for a grpc-timeout)
-        self.retry: RetryPolicy | None = None
-        self.budget: RetryBudget | None = None
-        self.retries = 0
-        self.avoid: Address | None = None  # the endpoint whose attempt failed, for the retry
-        # the request body, kept for a retry until the response starts (None: it did not fit)
-        self.replay: list[bytes] | None = []
         self.replay_size = 0
         self.resend: deque[bytes] = deque()  # replayed bytes to send first (acknowledged already)
         self.refusals = 0  # attempts the server never processed (RFC 9113 8.7)
         self.refused_by: Http2Upstream | None = None  # the connection that refused the last one
         self.held: Headers | None = None  # response headers held until a retry is ruled out
-        self.resp_mod: HeaderModifier | None = None
         self.deadline_at = 0.0  # the grpc-timeout's end (monotonic), 0: none
-        self.timer: asyncio.TimerHandle | None = None  # request timeout or gRPC deadline
-        self.attempt_timeout: float | None = None
-        self.attempt_timer: asyncio.TimerHandle | None = None
-        self.backoff: asyncio.TimerHandle | None = None
 
     # -- policy ---------------------------------------------------------------------------------
 
-    def header(self, name: bytes) -> bytes | None:
-        """A request header's value (``host``: the authority), for route matching."""
-        if name == b"host":
-            return self.authority
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def decide(self, method: bytes, path: bytes) -> bool:
-        """Apply the destination's policy (route, backend, filters, retries, timeouts) and the
-        request's ``grpc-timeout``. False when the stream was answered here or waits for a
-        backend's discovery (which dispatches it)."""
-        service = self.down.concrete
+    def decide_call(self, path: bytes) -> bool:
+        """The request's ``grpc-timeout``, then the destination's policy (:meth:`Call.decide`).
+        False when the stream was answered here or waits for a backend's discovery."""
         deadline: float | None = None
         if self.grpc:
             raw = self.header(b"grpc-timeout")
@@ -466,214 +400,40 @@ class H2Stream:
                 deadline = parse_grpc_timeout(raw)
                 if deadline is None:
                     detail = f"malformed grpc-timeout {raw.decode('latin-1')!r}"
-                    self.fail(400, "invalid-grpc-timeout", detail, grpc_status=GRPC_INTERNAL)
+                    self.fail(400, "invalid-grpc-timeout", detail)
                     return False
                 self.deadline_at = self.started + deadline
-        policy = service.policy
-        if service.known:
-            matched = None
-            table = service.routes
-            if table is not None:
-                target, _, query = path.partition(b"?")
-                matched = table.match(method, target, query, self.header)
-            route_name = "default" if matched is None else matched.route_name
-            self.route, self.actual = service.route_series(route_name)
-            self.route.requests += 1
-            if matched is not None:
-                return self._apply_rule(matched, policy, deadline, path)
-        if policy is None and deadline is None:
-            return True
-        retry = policy.retry if policy is not None else None
-        self._arm(retry, service.timeouts, deadline)
-        return True
+        return self.decide(path, deadline=deadline)
 
-    def _apply_rule(
-        self, matched: Matched, policy: ServicePolicy | None, deadline: float | None, path: bytes
-    ) -> bool:
-        rule = matched.rule
-        retry = rule.retry if rule.retry is not None else (policy.retry if policy else None)
-        timeouts = rule.timeouts.over(self.down.concrete.timeouts)
-        if rule.redirect is not None:
-            self._redirect(rule.redirect, path)
-            return False
-        if rule.request_headers is not None:
-            self.headers = _modified(rule.request_headers, self.headers)
-        self.resp_mod = rule.response_headers
-        self._arm(retry, timeouts, deadline)
-        if matched.picker is None:
-            return True
-        backend = matched.picker.pick()
-        if backend is None:
-            detail = f"route {matched.route_name}: every backend has weight 0"
-            self.fail(500, "no-backends", detail)
-            return False
-        found = self.down.ctx.backend(backend.target)
-        if isinstance(found, Concrete):
-            if not found.known:
-                self._unknown_backend(backend.target)
-                return False
-            self.concrete = found
-            return True
-        found.add_done_callback(self._backend_ready)
-        return False
+    def _deadline_left(self) -> float:
+        return self.deadline_at - _monotonic() if self.deadline_at else 0.0
 
-    def _arm(self, retry: RetryPolicy | None, timeouts: Timeouts, deadline: float | None) -> None:
-        if retry is not None:
-            self.retry = retry
-            self.budget = self.down.concrete.budget(retry.budget)
-            self.budget.record_request()
-            self.attempt_timeout = retry.timeout
-        if timeouts.backend_request is not None:
-            self.attempt_timeout = timeouts.backend_request
-        request = timeouts.request
-        if timeouts.response is not None and (request is None or timeouts.response < request):
-            request = timeouts.response
-        if deadline is not None and (request is None or deadline < request):
-            request = deadline
-        if request is not None:
-            self.timer = asyncio.get_running_loop().call_later(request, self._timed_out)
+    def _modify_request(self, mod: HeaderModifier) -> None:
+        self.headers = _modified(mod, self.headers)
 
-    def _backend_ready(self, fut: asyncio.Future[Concrete]) -> None:
-        if self.finished:
-            return
-        if fut.cancelled() or fut.exception() is not None:
-            self.fail(502, "backend-unresolved", f"cannot resolve a backend: {fut.exception()}")
-        else:
-            concrete = fut.result()
-            if not concrete.known:
-                self._unknown_backend(concrete.name)
-            else:
-                self.concrete = concrete
-                self.dispatch()
+    def flush(self) -> None:
         self.down.ctx.flush()
 
-    def _unknown_backend(self, target: str) -> None:
-        # the Gateway API's answer for the share of traffic of an unresolvable backendRef
-        self.fail(500, "backend-not-found", f"route backend {target} is not a known service")
+    # -- the endpoint layer ---------------------------------------------------------------------
 
-    def _redirect(self, redirect: Redirect, path: bytes) -> None:
-        from weft.core.routes import redirect_location
-
-        scheme = self.header(b":scheme") or b"http"
-        port = self.down.concrete.name.rpartition(":")[2]
-        target, _, query = path.partition(b"?")
-        status, location = redirect_location(
-            redirect, scheme, self.authority, int(port) if port.isdigit() else None, target, query
-        )
-        self._answer([(b":status", b"%d" % status), (b"location", location)], status)
-
-    def _answer(self, headers: Headers, status: int) -> None:
-        """A complete header-only answer of the proxy's own that is not an error."""
-        self.status = status
-        self.latency_ms = (_monotonic() - self.started) * 1000.0
-        self.resp_started = self.resp_end = True
-        self._drop_request()
-        self.down.conn.send_headers(self.sid, headers, True)
-        self.down.mark()
-        self.resp_closed = True
-        self._maybe_finish()
-
-    # -- request side ---------------------------------------------------------------------------
-
-    def dispatch(self) -> None:
-        """Pick an endpoint and open the stream on a connection to it (pooled, or dialed)."""
-        concrete = self.concrete
-        state = concrete.pick()
-        if state is None:
-            if concrete.all_ejected():
-                self.fail(503, "endpoints-ejected", f"every endpoint of {concrete.name} is "
-                          "ejected by failure accrual")  # fmt: skip
-            else:
-                self._wait_for_endpoints()
-            return
-        avoid = self.avoid
-        if avoid is not None:  # a retry: to another endpoint than the one that failed, if any
-            self.avoid = None
-            if state.addr == avoid:
-                state = self._other_endpoint(avoid) or state
-        self.state = state
-        if self.attempt_timeout is not None and self.attempt_timer is None:
-            self.attempt_timer = asyncio.get_running_loop().call_later(
-                self.attempt_timeout, self._attempt_timed_out
-            )
-        self.sent_at = concrete.balancer.start(state.addr)
-        self.timed = False
+    def _open(self, state: EndpointState) -> None:
         refused_by, self.refused_by = self.refused_by, None
-        self.down.ctx.upstream(concrete, state, refused_by).add(self)
-
-    def _other_endpoint(self, avoid: Address) -> EndpointState | None:
-        concrete = self.concrete
-        accrual = concrete.accrual
-        others = [
-            state
-            for addr, state in concrete.endpoints.items()
-            if addr != avoid and (accrual is None or accrual.available(addr))
-        ]
-        return _rng.choice(others) if others else None
-
-    def _wait_for_endpoints(self) -> None:
-        concrete = self.concrete
-
-        def wake() -> None:
-            self.waiter = None
-            if self.waiting is not None:
-                self.waiting.cancel()
-                self.waiting = None
-                if not self.finished:
-                    self.dispatch()
-                    self.down.ctx.flush()
-
-        def give_up() -> None:
-            self.waiting = None
-            self._leave_waiters()
-            self.fail(503, "no-endpoints", f"no endpoints available for {concrete.name}")
-            self.down.ctx.flush()
-
-        self.waiter = wake
-        concrete.waiters.append(wake)
-        self.waiting = asyncio.get_running_loop().call_later(self.down.ctx.fail_fast, give_up)
+        self.down.ctx.upstream(self.concrete, state, refused_by).add(self)
 
     def opened(self, up: Http2Upstream, up_sid: int) -> None:
         """The upstream stream exists (its headers are queued): send what the client sent."""
         self.up = up
         self.up_sid = up_sid
         if self.state is not None:
-            self._count(self.state)
+            self.count(self.state)
         self.pump_request()
-
-    def _count(self, state: EndpointState) -> None:
-        """Count this attempt's request, against the endpoint that takes it (once per attempt:
-        a re-pick after a failed connect counts against the endpoint finally used)."""
-        if self.series is None:
-            self.series = self.concrete.http_series(state, self.authority, self.down.tls_labels)
-            self.series.requests += 1
-            if self.actual is not None:
-                self.actual.requests += 1
-
-    def connect_failed(self, exc: BaseException | None) -> None:
-        state = self.state
-        assert state is not None
-        concrete = self.concrete
-        # the failed connect backed the endpoint off; no latency penalty on top (as HTTP/1)
-        self._timed(False, observe=False)
-        concrete.record(state.addr, False)
-        self.attempts += 1
-        others = len(concrete.endpoints)
-        # nothing was sent: another endpoint may be tried
-        if self.attempts < min(MAX_CONNECT_ATTEMPTS, max(others, 1) + 1) and others:
-            self.dispatch()
-            return
-        self._count(state)  # the failure is this endpoint's
-        self.state = None  # its balancer accounting is done
-        if self._retryable():
-            self._retry_later()
-            return
-        self.fail(502, "connect-failed", f"connect to {format_addr(state.addr)}: {exc}")
 
     def on_request_data(self, data: bytes) -> None:
         if self.req_closed:  # answered already, or the upstream gave up on it: drop
             self.down.ack(len(data), self.sid)
             return
+        if self.idle is not None:
+            self.last_io = _monotonic()
         replay = self.replay
         if replay is not None:
             self.replay_size += len(data)
@@ -724,22 +484,6 @@ class H2Stream:
 
     # -- retries --------------------------------------------------------------------------------
 
-    def _retryable(self) -> bool:
-        """Whether this attempt's failure may be retried (and the budget pays for it)."""
-        retry = self.retry
-        if retry is None or self.retries >= retry.limit or self.resp_started:
-            return False
-        if not self.req_end or self.replay is None or self.down.ctx.draining:
-            return False
-        if not self.grpc:
-            from weft.core.retry import may_retry
-
-            method = self.header(b":method") or b""
-            if not may_retry(retry, method, None, True):
-                return False
-        assert self.budget is not None
-        return self.budget.try_withdraw()
-
     def _may_hold(self) -> bool:
         """A gRPC call that could still be retried on its status: hold the response headers."""
         retry = self.retry
@@ -759,16 +503,6 @@ class H2Stream:
             return False
         return any(GRPC_RETRY_CODES.get(name) == code for name in retry.grpc)
 
-    def _retry_later(self) -> None:
-        """Abandon this attempt (what it answered goes nowhere) and try again after a backoff."""
-        self._abandon(refused=False)
-        from weft.core.retry import backoff_delay
-
-        assert self.retry is not None
-        delay = backoff_delay(self.retry, self.retries, _rng)
-        self.retries += 1
-        self.backoff = asyncio.get_running_loop().call_later(delay, self._redispatch)
-
     def _refused_retryable(self) -> bool:
         """Whether an attempt the server never processed can be sent again: nothing of its
         response came, its body can be replayed, and it was not refused too often already."""
@@ -777,7 +511,7 @@ class H2Stream:
             and not self.resp_started
             and self.replay is not None
             and self.refusals < MAX_REFUSED_RETRIES
-            and not self.down.ctx.draining
+            and not self.ctx.draining
         )
 
     def _retry_refused(self, up: Http2Upstream | None) -> None:
@@ -799,44 +533,19 @@ class H2Stream:
             self.failed = True
             self._reset_client(REFUSED_STREAM)
 
-    def _abandon(self, *, refused: bool) -> None:
-        """Drop this attempt, count it (ACTUAL series), and make the request ready to go again."""
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
-        up, state = self.up, self.state
+    def _drop_attempt(self) -> None:
+        up = self.up
+        self.held = None
         if up is not None:
             self._drop_response()
             up.reset(self, CANCEL)
             up.stream_done()
             self.up = None
         self.resp_buf.clear()
-        concrete = self.concrete
-        if state is not None:
-            self._count(state)
-            # a stream the server refused or never processed (GOAWAY) says nothing of the
-            # endpoint's health or latency: no penalty, no observation
-            self._timed(not refused, observe=not refused)
-            if refused:  # a server that closes a connection gracefully did not fail
-                concrete.cancel(state.addr)
-            else:
-                concrete.record(state.addr, False)
-            self.avoid = state.addr
-        grpc = self.grpc_status
-        code = int(grpc) if grpc is not None and grpc.isdigit() else None
-        latency_ms = (_monotonic() - self.started) * 1000.0
-        if self.series is not None and self.status:
-            self.series.response(self.status, False, code).observe(latency_ms)
-        if self.actual is not None:
-            self.actual.response(self.status or 502, False, code).count += 1
-        self.state = None
-        self.series = None
-        self.status = 0
-        self.grpc_status = None
-        self.held = None
+
+    def _rewind(self) -> None:
         self.resp_end = self.resp_closed = False
         self.resp_trailers = None
-        self.attempts = 0
         # bytes the old attempt never took: the client's window gets them back now, since the
         # replay (which holds them too) is sent without acknowledging again; bytes the client
         # sends from now on are acknowledged as they go
@@ -852,38 +561,11 @@ class H2Stream:
             value = grpc_timeout_value(max(left, 0.001))
             self.headers = [(n, value if n == b"grpc-timeout" else v) for n, v in self.headers]
 
-    def _redispatch(self) -> None:
-        self.backoff = None
-        if not self.finished:
-            self.dispatch()
-            self.down.ctx.flush()
-
-    def _attempt_timed_out(self) -> None:
-        self.attempt_timer = None
-        if self.finished or self.resp_started:
-            return
-        if self._retryable():
-            self._retry_later()
-        else:
-            self.fail(504, "attempt-timeout", "upstream did not respond in time",
-                      grpc_status=GRPC_DEADLINE_EXCEEDED)  # fmt: skip
-        self.down.ctx.flush()
-
-    def _timed_out(self) -> None:
-        """The request timeout or the gRPC deadline expired."""
-        self.timer = None
-        if self.finished:
-            return
-        if not self.resp_started:
-            self.fail(504, "response-timeout", "upstream did not respond in time",
-                      grpc_status=GRPC_DEADLINE_EXCEEDED)  # fmt: skip
-        elif not self.resp_closed:  # only the gRPC deadline runs once the response started
-            self._end_with_deadline()
-        self.down.ctx.flush()
-
-    def _end_with_deadline(self) -> None:
+    def _deadline_passed(self) -> None:
         """The gRPC deadline passed mid-response: end it with DEADLINE_EXCEEDED trailers and
         reset the upstream stream."""
+        if self.resp_closed:
+            return
         self.failed = True
         self.grpc_status = GRPC_DEADLINE_EXCEEDED
         self._drop_response()
@@ -906,64 +588,37 @@ class H2Stream:
 
     # -- response side --------------------------------------------------------------------------
 
-    def _timed(self, success: bool, *, observe: bool = True) -> None:
-        """Give the balancer this attempt's latency and end its outstanding count (once)."""
-        state = self.state
-        if not self.timed and state is not None:
-            self.timed = True
-            self.concrete.balancer.finish(
-                state.addr, self.sent_at, success=success, observe=observe
-            )
-
     def on_response(self, headers: Headers, ended: bool) -> None:
         status = 0
         for name, value in headers:
             if name == b":status":
                 status = int(value) if value.isdigit() else 0
                 break
-        self.status = status
+        if self.idle is not None:
+            self.last_io = _monotonic()
         # the endpoint's latency is to its response headers, as Linkerd's peak-EWMA takes it:
         # a stream that stays open for hours must not make its endpoint look slow; a failure
         # counts against it: a 5xx, or a failing grpc-status already here (trailers-only)
         ok = status < 500
-        if ended and ok:
-            ok = _trailer_status(headers) not in GRPC_ENDPOINT_FAILURES
-        self._timed(ok)
-        self.latency_ms = (_monotonic() - self.started) * 1000.0
         if ended:  # trailers-only (gRPC errors): one HEADERS frame with END_STREAM
             self.grpc_status = _trailer_status(headers)
             self.resp_end = True
-        retry = self.retry
-        if retry is not None and not self.resp_started:
-            if self.grpc:
-                if ended and self._retryable_grpc() and self._retryable():
-                    self._retry_later()
-                    return
-                if not ended and self._may_hold():
-                    self.held = headers
-                    return
-            else:
-                from weft.core.retry import is_retryable_status
-
-                if is_retryable_status(retry, status) and self._retryable():
-                    self._retry_later()
-                    return
+            ok = ok and self.grpc_status not in GRPC_ENDPOINT_FAILURES
+        if self.response_head(status, ok):
+            return  # retried on its status
+        if self.grpc and self.retry is not None and not self.resp_started:
+            if ended and self._retryable_grpc() and self.retryable():
+                self._retry_later()
+                return
+            if not ended and self._may_hold():
+                self.held = headers
+                return
         self._commit(headers, ended)
 
     def _commit(self, headers: Headers, ended: bool) -> None:
         """Send the response headers: from here on, this attempt's response is the answer."""
-        self.resp_started = True
+        self.commit(ended)
         self.held = None
-        self.replay = None  # no attempt will follow
-        if self.attempt_timer is not None:
-            self.attempt_timer.cancel()
-            self.attempt_timer = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            left = self.deadline_at - _monotonic() if self.deadline_at else 0.0
-            if left > 0 and not ended:  # the gRPC deadline bounds the whole call
-                self.timer = asyncio.get_running_loop().call_later(left, self._timed_out)
         if self.resp_mod is not None:
             headers = _modified(self.resp_mod, headers)
         if ended:
@@ -979,6 +634,8 @@ class H2Stream:
         held = self.held
         if held is not None:
             self._commit(held, False)
+        if self.idle is not None:
+            self.last_io = _monotonic()
         self.resp_buf.append(data)
         self.pump_response()
 
@@ -991,7 +648,7 @@ class H2Stream:
             self.grpc_status = _trailer_status(trailers)
         held = self.held
         if held is not None:
-            if self._retryable_grpc() and self._retryable():
+            if self._retryable_grpc() and self.retryable():
                 self._retry_later()
                 return
             self._commit(held, False)
@@ -1014,41 +671,21 @@ class H2Stream:
             down.mark()
             self._maybe_finish()
 
-    # -- endings --------------------------------------------------------------------------------
+    # -- the proxy's own answers ----------------------------------------------------------------
 
-    def fail(
-        self,
-        status: int,
-        reason: str,
-        detail: str,
-        extra: Headers | None = None,
-        *,
-        grpc_status: bytes = GRPC_UNAVAILABLE,
-    ) -> None:
-        """Answer with a proxy error (before any response header went to the client); a gRPC
-        request gets HTTP 200 with ``grpc_status`` (trailers-only)."""
-        if self.finished or self.resp_started:
-            return
-        log.debug("stream %d from %s: %d %s", self.sid, self.down.peer, status, detail)
-        self.status = 200 if self.grpc else status
-        self.latency_ms = (_monotonic() - self.started) * 1000.0
-        self.failed = True
-        self.held = None
-        up = self.up
-        if up is not None:
-            self._drop_response()
-            up.reset(self, CANCEL)
-            self.resp_closed = False  # closed to the upstream's answer, open to ours
+    def _send_error(self, status: int, reason: str, detail: str, extra: Headers) -> None:
+        """A proxy error; a gRPC request gets HTTP 200 with its ``grpc-status``
+        (trailers-only)."""
         if self.grpc:
+            self.status = 200
             headers: Headers = [
                 (b":status", b"200"),
                 (b"content-type", b"application/grpc"),
-                (b"grpc-status", grpc_status),
+                (b"grpc-status", self.grpc_status or GRPC_UNAVAILABLE),
                 (b"grpc-message", grpc_message(detail)),
                 (ERROR_HEADER, reason.encode()),
-                *(extra or ()),
+                *extra,
             ]
-            self.grpc_status = grpc_status
             body = b""
         else:
             body = f"weft proxy: {detail}\n".encode()
@@ -1057,10 +694,17 @@ class H2Stream:
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", b"%d" % len(body)),
                 (ERROR_HEADER, reason.encode()),
-                *(extra or ()),
+                *extra,
             ]
-        self.resp_started = True
+        self._answer(headers, body)
+
+    def _send_redirect(self, status: int, location: bytes) -> None:
+        self._answer([(b":status", b"%d" % status), (b"location", location)], b"")
+
+    def _answer(self, headers: Headers, body: bytes) -> None:
+        """A complete answer of the proxy's own."""
         self.resp_end = True
+        self.resp_closed = False  # closed to the upstream's answer, open to ours
         self._drop_request()
         down = self.down
         if not down.conn.send_headers(self.sid, headers, not body):
@@ -1098,6 +742,8 @@ class H2Stream:
             up.conn.ack(self.up_sid, pending)
             up.mark()
 
+    # -- resets and losses ----------------------------------------------------------------------
+
     def on_client_reset(self, code: int) -> None:
         """The client reset the stream (a gRPC cancel): reset the upstream stream too."""
         if self.finished:
@@ -1122,7 +768,7 @@ class H2Stream:
         if code == REFUSED_STREAM and self._refused_retryable():
             self._retry_refused(self.up)
             return
-        if not self.resp_started and self._retryable():
+        if not self.resp_started and self.retryable():
             self._retry_later()
             return
         if code == REFUSED_STREAM and not self.status and not self.resp_started:
@@ -1141,7 +787,7 @@ class H2Stream:
             if not processed and self._refused_retryable():
                 self._retry_refused(None)
                 return
-            if self._retryable():
+            if self.retryable():
                 self._retry_later()
                 return
             if not processed:
@@ -1151,6 +797,16 @@ class H2Stream:
             return
         self.failed = True
         self._reset_client(INTERNAL_ERROR)
+
+    def idle_timeout(self) -> None:
+        """The route's idle timeout passed: a 504 before the response, else a reset."""
+        if not self.resp_started:
+            self.fail(504, "idle-timeout", "no bytes either way within the idle timeout")
+            return
+        self.failed = True
+        if self.up is not None:
+            self.up.reset(self, CANCEL)
+        self._reset_client(CANCEL)
 
     def _reset_client(self, code: int) -> None:
         self._drop_request()
@@ -1175,49 +831,8 @@ class H2Stream:
             self._drop_request()
         self._finish()
 
-    def _leave_waiters(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if waiter in self.concrete.waiters:
-                self.concrete.waiters.remove(waiter)
-
     def _finish(self) -> None:
-        self.finished = True
-        for handle in (self.waiting, self.timer, self.attempt_timer, self.backoff):
-            if handle is not None:
-                handle.cancel()
-        self.waiting = self.timer = self.attempt_timer = self.backoff = None
-        self._leave_waiters()  # a stream reset while waiting for endpoints
-        success = not self.failed and self.status < 500
-        if self.grpc_status is not None and self.grpc_status != b"0":
-            success = False
-        concrete = self.concrete
-        state = self.state
-        if state is not None:
-            if self.status:
-                self._count(state)  # answered before its stream opened (a timeout, a reset)
-            if self.timed and self.grpc_status in GRPC_ENDPOINT_FAILURES:
-                # timed at its response headers, failed in its trailers: it counts against
-                # the endpoint as a trailers-only failure does
-                concrete.balancer.penalize(state.addr, self.sent_at)
-            self._timed(success)
-            if self.status:
-                concrete.record(state.addr, success)
-            else:
-                concrete.cancel(state.addr)
-        series = self.series
-        if self.status:
-            if series is None:
-                series = self.down.no_endpoint_series(self.authority)
-                series.requests += 1
-            grpc = self.grpc_status
-            code = int(grpc) if grpc is not None and grpc.isdigit() else None
-            series.response(self.status, success, code).observe(self.latency_ms)
-            if self.route is not None:
-                self.route.response(self.status, success, code).observe(self.latency_ms)
-                if self.actual is not None and self.series is not None:
-                    self.actual.response(self.status, success, code).count += 1
+        self._account()
         down = self.down
         down.streams.pop(self.sid, None)
         down.blocked.pop(self, None)
@@ -1255,7 +870,6 @@ class Http2Downstream(_Peer):
         self.tls_labels: LabelItems = ()  # inbound: the client's TLS labels (client_id...)
         self.authz: HttpConn | None = None  # inbound: the port's policy for this client
         self.on_close: Callable[[Http2Downstream], None] | None = None
-        self._no_endpoint: dict[bytes, HttpSeries] = {}
         self._new: list[H2Stream] = []  # requests of this read, sent upstream after it
         ctx.connections.add(self)
 
@@ -1338,6 +952,7 @@ class Http2Downstream(_Peer):
             elif name == b":path":
                 path = value
         stream.authority = authority or self.concrete.name.encode()
+        stream.method = method
         if end:
             stream.req_end = True
         authz = self.authz
@@ -1345,12 +960,9 @@ class Http2Downstream(_Peer):
             target, _, query = path.partition(b"?")
             denial = authz.check(method, target, query, _lookup(headers))
             if denial is not None:
-                extra: Headers = []
-                if denial.retry_after > 0:
-                    extra.append((b"retry-after", denial.extra[13:-2]))
-                stream.fail(denial.status, denial.reason, denial.detail, extra)
+                stream.fail(denial.status, denial.reason, denial.detail, denial.headers())
                 return
-        if stream.decide(method, path):
+        if stream.decide_call(path):
             self._new.append(stream)  # dispatched at the end of the read (data_received)
 
     def h2_data(self, sid: int, data: bytes, end: bool) -> None:
@@ -1428,16 +1040,6 @@ class Http2Downstream(_Peer):
         for stream in list(self.streams.values()):
             stream.on_client_reset(CANCEL)
         self.ctx.flush()
-
-    def no_endpoint_series(self, authority: bytes) -> HttpSeries:
-        series = self._no_endpoint.get(authority)
-        if series is None or series.expired:
-            labels = {"direction": self.ctx.direction, "target_addr": self.concrete.name}
-            labels["authority"] = authority.decode("latin-1")
-            labels.update(self.tls_labels or (("tls", "disabled"),))
-            series = self.ctx.metrics.http(tuple(sorted(labels.items())))
-            self._no_endpoint[authority] = series
-        return series
 
     def __repr__(self) -> str:
         return f"<Http2Downstream {self.peer} streams={len(self.streams)} closing={self.closing}>"

@@ -127,12 +127,11 @@ class Denial:
     detail: str
     retry_after: float = 0.0
 
-    @property
-    def extra(self) -> bytes:
-        """Header lines to add to the answer: ``retry-after`` (whole seconds, at least 1)."""
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Header fields to add to the answer: ``retry-after`` (whole seconds, at least 1)."""
         if self.retry_after <= 0:
-            return b""
-        return b"retry-after: %d\r\n" % max(1, math.ceil(self.retry_after))
+            return []
+        return [(b"retry-after", b"%d" % max(1, math.ceil(self.retry_after)))]
 
 
 class _Counter:

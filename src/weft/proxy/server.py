@@ -117,14 +117,15 @@ class Listener:
         return asyncio.ensure_future(self.concrete_for(addr))
 
     def _render_endpoint_states(self) -> str:
-        body = "".join(c.render_states() for c in list(self.concretes.values()))
-        if not body:
+        samples = [s for c in list(self.concretes.values()) for s in c.endpoint_states()]
+        if not samples:
             return ""
-        # the samples are formatted by Concrete.render_states (endpoints.py), the header here
-        header = render_family(
-            "outbound_endpoint_state", "gauge", "Failure accrual state of each endpoint (1)", ()
+        return render_family(
+            "outbound_endpoint_state",
+            "gauge",
+            "Failure accrual state of each endpoint (1)",
+            samples,
         )
-        return header + body
 
     def listen(self, host: str, port: int) -> AcceptLoop:
         """Start accepting on ``host:port``."""
