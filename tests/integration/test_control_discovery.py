@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from weft.control.server import ControlConfig, ControlPlane
 from weft.core.backoff import ExponentialBackoff
 from weft.discovery import Destination
 from weft.proxy.control_discovery import ControlDiscovery
+from weft.testing import wait_until
 from weft.testing.clock import FakeClock
 
 WAIT = 5.0
@@ -54,16 +54,6 @@ def pod(name: str, ip: str) -> dict[str, Any]:
     }
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait (bounded) until ``predicate`` holds; fails the test otherwise."""
-
-    async def poll() -> None:
-        while not predicate():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), WAIT)
-
-
 def ips(dest: Destination | None) -> list[str]:
     return [] if dest is None else sorted(e.address[0] for e in dest.endpoints)
 
@@ -80,7 +70,7 @@ async def test_resolve_then_follow_changes(state_dir: str) -> None:
         seen: list[list[str]] = []
         res.subscribe(lambda d: seen.append(ips(d)))
         await client.apply([pod("web-2", "10.244.0.3")])
-        await until(lambda: seen[-1:] == [["10.244.0.2", "10.244.0.3"]])
+        await wait_until(lambda: seen[-1:] == [["10.244.0.2", "10.244.0.3"]], WAIT)
         unknown = await discovery.resolve("api:80")
         assert unknown.current is None
         assert (await discovery.resolve("web.default.svc.cluster.local:8080")) is res
@@ -106,7 +96,7 @@ async def test_keeps_last_snapshot_without_control_plane_and_catches_up_after_re
         res.subscribe(changes.append)
 
         await plane.stop()
-        await until(lambda: "connected=0" in repr(discovery))
+        await wait_until(lambda: "connected=0" in repr(discovery), WAIT)
         assert ips(res.current) == ["10.244.0.2"]  # still serving with what it knew
         assert changes == []
 
@@ -114,10 +104,10 @@ async def test_keeps_last_snapshot_without_control_plane_and_catches_up_after_re
         plane = ControlPlane(config(state_dir))
         await plane.start()
         await client.apply([pod("web-2", "10.244.0.3")])
-        await until(lambda: ips(res.current) == ["10.244.0.2", "10.244.0.3"])
+        await wait_until(lambda: ips(res.current) == ["10.244.0.2", "10.244.0.3"], WAIT)
         assert all(d is not None for d in changes)  # never emptied on the way
         await client.delete([{"kind": "Pod", "metadata": {"name": "web-1"}}])
-        await until(lambda: ips(res.current) == ["10.244.0.3"])
+        await wait_until(lambda: ips(res.current) == ["10.244.0.3"], WAIT)
     finally:
         await discovery.close()
         await plane.stop()
@@ -135,7 +125,7 @@ async def test_control_plane_down_from_the_start(state_dir: str) -> None:
         await plane.start()
         try:
             await ControlClient(plane.endpoint).apply([svc(), pod("web-1", "10.244.0.2")])
-            await until(lambda: ips(res.current) == ["10.244.0.2"])
+            await wait_until(lambda: ips(res.current) == ["10.244.0.2"], WAIT)
         finally:
             await plane.stop()
     finally:

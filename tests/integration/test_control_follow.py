@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -22,16 +22,9 @@ from weft.control.server import ControlConfig, ControlPlane
 from weft.core.backoff import ExponentialBackoff
 from weft.discovery import Destination
 from weft.proxy.control_discovery import ControlDiscovery
+from weft.testing import wait_until
 
 FAST = ExponentialBackoff(base=0.01, maximum=0.05, jitter=0.1)
-
-
-async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    async def poll() -> None:
-        while not predicate():  # noqa: ASYNC110 - the state lives in another component
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), within)
 
 
 class Script:
@@ -78,7 +71,7 @@ async def test_a_failing_handler_skips_the_value_and_the_stream_goes_on() -> Non
     follower = Follower("destination", "web:80", script.open, on_item, backoff=FAST)
     follower.start()
     try:
-        await until(lambda: seen == [1, 3])
+        await wait_until(lambda: seen == [1, 3], 5.0)
         assert follower.connected
         assert follower.state.updates == 2
         assert script.opened == 1
@@ -108,7 +101,7 @@ async def test_any_error_reconnects_and_the_owner_hears_it() -> None:
     )
     follower.start()
     try:
-        await until(lambda: seen == [1, 2, 3] and follower.connected)
+        await wait_until(lambda: seen == [1, 2, 3] and follower.connected, 5.0)
         assert script.opened == 5
         assert refused == [503]
         assert [was for _, was in lost] == [True, False, True, False]
@@ -128,7 +121,7 @@ async def test_a_task_that_dies_is_logged_and_restarted(caplog: pytest.LogCaptur
     )
     follower.start()
     try:
-        await until(lambda: seen == [1, 2])
+        await wait_until(lambda: seen == [1, 2], 5.0)
         assert follower.state.restarts == 1
         assert follower.connected
         assert any("its task died; restarting it" in r.message for r in caplog.records)
@@ -141,11 +134,11 @@ async def test_a_cancelled_task_is_restarted_but_close_ends_it_for_good() -> Non
     script = Script(([1], None), ([2], None))
     follower = Follower("destination", "web:80", script.open, lambda _i: True, backoff=FAST)
     follower.start()
-    await until(lambda: follower.connected)
+    await wait_until(lambda: follower.connected, 5.0)
     task = follower._task
     assert task is not None
     task.cancel()
-    await until(lambda: follower.state.restarts == 1 and follower.connected)
+    await wait_until(lambda: follower.state.restarts == 1 and follower.connected, 5.0)
     await follower.close()
     await asyncio.sleep(0.1)
     assert script.opened == 2
@@ -165,7 +158,7 @@ async def test_registry_shows_every_stream_as_json_and_metrics() -> None:
     a.start()
     b.start()
     try:
-        await until(lambda: a.connected and b.state.last_error is not None)
+        await wait_until(lambda: a.connected and b.state.last_error is not None, 5.0)
         view = registry.view()
         assert view["connected"] == 1
         assert [(s["stream"], s["connected"]) for s in view["streams"]] == [
@@ -240,9 +233,9 @@ async def test_a_listener_that_raises_does_not_end_the_destination_stream(state_
         res.subscribe(broken)
         res.subscribe(seen.append)  # subscribed after the broken one: still told
         await client.apply([pod("web-2", "10.244.0.3")])
-        await until(lambda: len(seen) == 1)
+        await wait_until(lambda: len(seen) == 1, 5.0)
         await client.delete([{"kind": "Pod", "metadata": {"name": "web-1"}}])
-        await until(lambda: len(seen) == 2 and len(calls) == 2)
+        await wait_until(lambda: len(seen) == 2 and len(calls) == 2, 5.0)
         last = seen[-1]
         assert last is not None and [e.address[0] for e in last.endpoints] == ["10.244.0.3"]
         assert "connected=1" in repr(discovery)

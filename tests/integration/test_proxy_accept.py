@@ -9,9 +9,9 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 
-from tests.integration.conftest import running_proxy
 from tests.integration.test_proxy_http1 import sample
 from weft.core.accept import DialGate
+from weft.testing import running_proxy
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 

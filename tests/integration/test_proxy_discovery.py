@@ -1,4 +1,5 @@
-"""Outbound resolution and balancing over real sockets, with a watched discovery file."""
+"""Outbound resolution and balancing over real sockets, with a watched discovery file (or the
+fake feed of weft.testing, where a test changes the endpoints while the proxy runs)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.conftest import running_proxy
 from tests.integration.test_proxy_http1 import sample
 from weft.proxy.static_discovery import StaticDiscovery
+from weft.testing import FakeDiscovery, endpoint, running_proxy
 from weft.testing.servers import Backend, HttpClient, Request, Response
 
 TARGET = ("127.0.0.1", 9)  # the "service address" the app dials; nothing listens there
@@ -102,16 +103,20 @@ async def test_unknown_destination_is_forwarded_as_is(tmp_path: Path) -> None:
                 assert (await client.request("GET", "/")).body == b"direct"
 
 
-async def test_endpoint_set_changes_under_load_with_zero_failures(tmp_path: Path) -> None:
-    f = tmp_path / "d.yaml"
+def web_endpoints(feed: FakeDiscovery, endpoints: list[tuple[str, int]]) -> None:
+    eps = [endpoint(a, pod=f"web-{a[1]}", namespace="default") for a in endpoints]
+    feed.set_endpoints(TARGET, eps, service="web", namespace="default")
+
+
+async def test_endpoint_set_changes_under_load_with_zero_failures() -> None:
     backends = [Backend(tagged(f"b{i}", delay=0.002)) for i in range(4)]
     for b in backends:
         await b.start()
     try:
         addrs = [b.address for b in backends]
-        write_discovery(f, addrs[:2])
-        disc = StaticDiscovery(str(f), interval=0.02)
-        async with running_proxy(disc, outbound_target=TARGET) as proxy:
+        feed = FakeDiscovery()
+        web_endpoints(feed, addrs[:2])
+        async with running_proxy(feed, outbound_target=TARGET) as proxy:
             failures: list[str] = []
             done = 0
             stop = asyncio.Event()
@@ -131,7 +136,7 @@ async def test_endpoint_set_changes_under_load_with_zero_failures(tmp_path: Path
             # rotate the endpoint set while requests are in flight
             for members in ([0, 1, 2], [1, 2], [2, 3], [3], [0, 3], [0, 1, 2, 3], [1]):
                 await asyncio.sleep(0.15)
-                write_discovery(f, [addrs[i] for i in members])
+                web_endpoints(feed, [addrs[i] for i in members])
             await asyncio.sleep(0.3)
             served_before = {i: len(b.requests) for i, b in enumerate(backends)}
             await asyncio.sleep(0.3)
@@ -177,12 +182,11 @@ async def test_slow_endpoint_gets_markedly_less_traffic(tmp_path: Path) -> None:
         assert len(slow.requests) < 0.25 * (len(fast.requests) + len(slow.requests))
 
 
-async def test_no_endpoints_fails_fast_with_503_then_recovers(tmp_path: Path) -> None:
-    f = tmp_path / "d.yaml"
+async def test_no_endpoints_fails_fast_with_503_then_recovers() -> None:
+    feed = FakeDiscovery()
     async with Backend(tagged("late")) as late:
-        write_discovery(f, [])
-        disc = StaticDiscovery(str(f), interval=0.02)
-        async with running_proxy(disc, outbound_target=TARGET, fail_fast_outbound=0.3) as proxy:
+        web_endpoints(feed, [])
+        async with running_proxy(feed, outbound_target=TARGET, fail_fast_outbound=0.3) as proxy:
             async with HttpClient(proxy.addresses["outbound"]) as client:
                 reply = await client.request("GET", "/")
                 assert reply.status == 503
@@ -190,7 +194,7 @@ async def test_no_endpoints_fails_fast_with_503_then_recovers(tmp_path: Path) ->
                 # a request waiting when endpoints appear is served
                 pending = asyncio.create_task(client.request("GET", "/"))
                 await asyncio.sleep(0.05)
-                write_discovery(f, [late.address])
+                web_endpoints(feed, [late.address])
                 assert (await pending).status == 200
 
 

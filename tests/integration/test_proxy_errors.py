@@ -26,10 +26,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.integration.conftest import running_proxy
 from weft.proxy.http1 import transfer_coding_error
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery, StaticDiscoveryError
+from weft.testing import FakeDiscovery, running_proxy, wait_until
 from weft.testing.servers import Backend, HttpClient, Reply, Request, Response
 
 ERROR_HEADER = "weft-proxy-error"
@@ -44,17 +44,6 @@ def unused_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> bool:
-    """Poll ``predicate`` until it holds or ``within`` seconds pass; returns its last value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() >= deadline:
-            return predicate()
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def is_closed(client: HttpClient, within: float = 3.0) -> bool:
@@ -254,12 +243,12 @@ async def test_no_endpoints_fails_fast_with_503_and_keeps_the_connection(tmp_pat
         assert await wait_until(lambda: not proxy.outbound.http.connections)
 
 
-async def test_request_waiting_for_endpoints_is_served_when_one_appears(tmp_path: Path) -> None:
+async def test_request_waiting_for_endpoints_is_served_when_one_appears() -> None:
     port = unused_port()
-    target = f"127.0.0.1:{port}"
+    discovery = FakeDiscovery()
+    discovery.set_endpoints(("127.0.0.1", port), [], service="web")
     async with (
         Backend() as backend,
-        discovery_file(tmp_path, destinations_yaml(target, [])) as (path, discovery),
         running_proxy(
             discovery, outbound_target=("127.0.0.1", port), fail_fast_outbound=5.0
         ) as proxy,
@@ -268,7 +257,7 @@ async def test_request_waiting_for_endpoints_is_served_when_one_appears(tmp_path
         pending = asyncio.create_task(client.request("GET", "/late"))
         await asyncio.sleep(0.1)
         assert not pending.done()  # parked until discovery has an endpoint
-        path.write_text(destinations_yaml(target, [backend.address]))
+        discovery.set_endpoints(("127.0.0.1", port), [backend.address])
         reply = await asyncio.wait_for(pending, 5.0)
         assert reply.status == 200
         assert reply.body == b"GET /late"
@@ -487,7 +476,8 @@ async def test_endless_upstream_response_head_is_cut_with_502() -> None:
         async with running_proxy(outbound_target=server.sockets[0].getsockname()[:2]) as proxy:
             client = await RawClient.connect(proxy.addresses["outbound"])
             client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
-            await wait_until(lambda: bool(client.replies()) or client.ended.is_set(), 3.0)
+            answered = lambda: bool(client.replies()) or client.ended.is_set()  # noqa: E731
+            await wait_until(answered, 3.0, check=False)  # the assert below says what failed
             replies = client.replies()
             assert replies, "no answer while the upstream head grew without bound"
             assert_proxy_error(replies[0], 502, "upstream-protocol-error")
@@ -659,7 +649,7 @@ async def test_malformed_pipelined_request_is_not_answered_for_a_forwarded_one()
             b"POST /pay HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\nGARBAGE\x01\r\n\r\n"
         )
         assert await client.closed()
-        await wait_until(lambda: len(backend.requests) == 2, 0.5)
+        await wait_until(lambda: len(backend.requests) == 2, 0.5, check=False)
         replies = client.replies()
         if "/pay" in [r.path for r in backend.requests]:
             # the app processed /pay: the client must get its answer, not a 400 for it
@@ -753,7 +743,9 @@ async def test_transfer_coding_other_than_one_chunked_is_refused_and_closed(
         assert reply.header(ERROR_HEADER) in reasons, reply.headers
         assert reply.header("connection") == "close"
         # nothing of it reached the upstream, not even the head (a short bounded look)
-        assert not await wait_until(lambda: bool(upstream.received), 0.3), upstream.received
+        assert not await wait_until(lambda: bool(upstream.received), 0.3, check=False), (
+            upstream.received
+        )
         client.close()
 
 

@@ -7,8 +7,8 @@ import os
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import running_proxy
 from weft.proxy.server import ProxyServer
+from weft.testing import running_proxy
 from weft.testing.servers import Backend, HttpClient, Request, Response, raw_exchange, sha256
 
 

@@ -27,6 +27,7 @@ from weft.identity import ca
 from weft.identity.names import dns_identity, peer_identity
 from weft.metrics import ProxyMetrics
 from weft.proxy.identity import IdentityError, ProxyIdentity
+from weft.testing import wait_until
 
 WAIT = 10.0  # generous bound for "happens"; never asserted as a latency
 FAST = ExponentialBackoff(base=0.05, maximum=0.3)
@@ -48,14 +49,6 @@ def described(identity: ProxyIdentity) -> dict[str, Any]:
 def public_key(chain_pem: str) -> bytes:
     leaf = ca.load_certs_pem(chain_pem.encode())[0]
     return leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-async def eventually(check: Callable[[], bool], what: str, within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 class Workload:
@@ -144,7 +137,7 @@ async def test_renews_before_expiry(state_dir: str) -> None:
         async with started(web.identity(plane.endpoint)) as identity:
             first, first_pem = described(identity)["chain"][0], identity.view()["pem"]
             assert first["notAfterEpoch"] - time.time() <= 3.0
-            await eventually(lambda: identity.refresh_count >= 3, "two renewals")
+            await wait_until(lambda: identity.refresh_count >= 3, WAIT, what="two renewals")
             latest = described(identity)["chain"][0]
             assert latest["serial"] != first["serial"]
             # a new key for every renewal
@@ -164,20 +157,22 @@ async def test_renews_on_issuer_rotation_and_takes_new_anchors(state_dir: str) -
             await asyncio.sleep(0.3)  # the trust watch is connected
             rotated = await client.call("POST", "/api/v1/identity/issuer", {})
             fp = rotated["issuer"]["fingerprint"]
-            await eventually(
+            await wait_until(
                 lambda: described(identity)["chain"][1]["fingerprint"] == fp,
-                "a leaf of the new issuer",
+                WAIT,
+                what="a leaf of the new issuer",
             )
             assert identity.refresh_count == 2
             assert changes and changes[-1] is identity.client_context is not before
 
             added = await client.call("POST", "/api/v1/identity/anchors", {"generate": True})
-            await eventually(
+            await wait_until(
                 lambda: (
                     added["fingerprint"]
                     in [a["fingerprint"] for a in described(identity)["trustAnchors"]]
                 ),
-                "the new anchor in the proxy's bundle",
+                WAIT,
+                what="the new anchor in the proxy's bundle",
             )
             assert identity.refresh_count == 2  # new anchors need no new leaf
 
@@ -197,7 +192,7 @@ async def test_serves_with_its_certificate_while_the_control_plane_is_down(
     try:
         # the control plane is gone: renewal (due after 5.6 s) fails and is retried
         held = described(web_id)["chain"][0]
-        await eventually(lambda: web_id.last_error is not None, "a failed renewal")
+        await wait_until(lambda: web_id.last_error is not None, WAIT, what="a failed renewal")
         assert "cannot reach the control plane" in (web_id.last_error or "")
         assert web_id.ready and described(web_id)["chain"][0] == held
         # ... while the current certificate still serves
@@ -206,9 +201,10 @@ async def test_serves_with_its_certificate_while_the_control_plane_is_down(
         assert got == api_id.name
 
         async with identity_plane(state_dir, leaf_lifetime=8.0):
-            await eventually(
+            await wait_until(
                 lambda: web_id.last_error is None and web_id.refresh_count >= 2,
-                "renewal once the control plane is back",
+                WAIT,
+                what="renewal once the control plane is back",
             )
             assert described(web_id)["chain"][0]["serial"] != held["serial"]
     finally:
@@ -317,13 +313,17 @@ async def test_mutual_tls_between_two_identities(state_dir: str) -> None:
                 # after an issuer rotation, old and new leaves still trust each other
                 await client.call("POST", "/api/v1/identity/issuer", {})
                 fp = ca.fingerprint(service.material.issuer.cert)
-                await eventually(
-                    lambda: described(web_id)["chain"][1]["fingerprint"] == fp, "web renewed"
+                await wait_until(
+                    lambda: described(web_id)["chain"][1]["fingerprint"] == fp,
+                    WAIT,
+                    what="web renewed",
                 )
                 if described(api_id)["chain"][1]["fingerprint"] != fp:
                     assert await mtls_exchange(web_id, api_id, web_id.name) == api_id.name
-                await eventually(
-                    lambda: described(api_id)["chain"][1]["fingerprint"] == fp, "api renewed"
+                await wait_until(
+                    lambda: described(api_id)["chain"][1]["fingerprint"] == fp,
+                    WAIT,
+                    what="api renewed",
                 )
                 assert await mtls_exchange(api_id, web_id, api_id.name) == web_id.name
 

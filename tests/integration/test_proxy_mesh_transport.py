@@ -22,10 +22,11 @@ import pytest
 import yaml
 
 from tests.integration.test_proxy_http1 import sample
-from tests.integration.test_proxy_mtls import TARGET, Tap, echo, identity, proxy
+from tests.integration.test_proxy_mtls import TARGET, echo, identity, proxy
 from weft.core.detect import parse_client_hello
 from weft.proxy.static_discovery import StaticDiscovery
 from weft.proxy.tls import connect
+from weft.testing import Relay
 from weft.testing.pki import Pki
 from weft.testing.servers import Backend, HttpClient
 
@@ -188,7 +189,7 @@ async def test_http1_and_http2_are_pooled_over_the_transport(pki: Pki, tmp_path:
     async with (
         Backend(echo) as backend,
         proxy(identity(server_leaf)) as server,
-        Tap(server.addresses["inbound"]) as tap,
+        Relay(server.addresses["inbound"], record=True) as tap,
         proxy(
             identity(client_leaf),
             outbound_target=TARGET,
@@ -202,15 +203,15 @@ async def test_http1_and_http2_are_pooled_over_the_transport(pki: Pki, tmp_path:
             reply = await http.request("GET", f"/one-{i}")
             assert reply.status == 200 and reply.body == f"secret answer to /one-{i}".encode()
         # at most the early dial and the pooled connection
-        assert 1 <= len(tap.conns) <= 2
-        assert b"one-" not in bytes(tap.sent) and tap.sent[:1] == b"\x16"
+        assert 1 <= len(tap.connections) <= 2
+        assert b"one-" not in tap.recorded_up() and tap.recorded_up()[:1] == b"\x16"
         inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
         target = f"{backend.address[0]}:{backend.address[1]}"
         assert sample(server, "request_total", target_addr=target, **inbound) == 20
     async with (
         GrpcServer("g0") as grpc_app,
         proxy(identity(server_leaf)) as server,
-        Tap(server.addresses["inbound"]) as tap,
+        Relay(server.addresses["inbound"], record=True) as tap,
         proxy(
             identity(client_leaf),
             outbound_target=TARGET,
@@ -224,8 +225,8 @@ async def test_http1_and_http2_are_pooled_over_the_transport(pki: Pki, tmp_path:
             call = ch.unary_unary(METHOD_UNARY)
             for i in range(10):
                 assert await call(b"secret-%d" % i, timeout=5)
-        assert b"secret-" not in bytes(tap.sent)
-        assert ("h2",) in {parse_client_hello(bytes(c)).alpn for c in tap.conns if c}
+        assert b"secret-" not in tap.recorded_up()
+        assert ("h2",) in {parse_client_hello(bytes(c.up)).alpn for c in tap.connections if c.up}
         inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
         assert sample(server, "request_total", **inbound) == 10
 

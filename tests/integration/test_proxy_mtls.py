@@ -2,8 +2,8 @@
 
 Identity comes from files here (:class:`~weft.proxy.static_identity.StaticIdentity` with a
 throwaway CA from :mod:`weft.testing.pki`); the control-plane path is tested in
-test_proxy_identity.py and end to end. A recording relay between the two proxies shows what is
-on the wire.
+test_proxy_identity.py and end to end. A recording relay (:class:`weft.testing.Relay`) between
+the two proxies shows what is on the wire.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from weft.proxy.config import ProxyConfig
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery
 from weft.proxy.static_identity import StaticIdentity
+from weft.testing import Relay
 from weft.testing.pki import LeafFiles, Pki
 from weft.testing.servers import Backend, HttpClient, Request, Response, raw_exchange
 
@@ -56,60 +57,6 @@ async def proxy(identity: StaticIdentity | None, **fields: Any) -> AsyncIterator
         yield server
     finally:
         await server.shutdown(grace=0.2)
-
-
-class Tap:
-    """A TCP relay that records both directions (what a packet capture would see)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.sent = bytearray()  # client -> server
-        self.conns: list[bytearray] = []  # client -> server, per connection
-        self.received = bytearray()
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> Tap:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for t in self.tasks:
-            t.cancel()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.server is not None
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return (host, port)
-
-    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection(*self.upstream)
-        finished: list[int] = []
-        mine = bytearray()
-        self.conns.append(mine)
-
-        async def pump(
-            src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray
-        ) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    log += data
-                    if log is self.sent:
-                        mine.extend(data)
-                    dst.write(data)
-                    await dst.drain()
-                dst.write_eof()  # pass a half-close on; the other direction keeps flowing
-            finished.append(1)
-            if len(finished) == 2:
-                w.close()
-                uw.close()
-
-        for t in (pump(r, uw, self.sent), pump(ur, w, self.received)):
-            task = asyncio.get_running_loop().create_task(t)
-            self.tasks.add(task)
 
 
 def discovery_file(path: Path, endpoint: tuple[str, int], *, identity: str | None,
@@ -150,7 +97,7 @@ async def test_http_between_meshed_proxies_is_mutual_tls_with_identities(
     async with (
         Backend(echo) as backend,
         proxy(identity(server_leaf), inbound_target=backend.address) as server,
-        Tap(server.addresses["inbound"]) as tap,
+        Relay(server.addresses["inbound"], record=True) as tap,
         proxy(
             identity(client_leaf),
             outbound_target=TARGET,
@@ -163,12 +110,16 @@ async def test_http_between_meshed_proxies_is_mutual_tls_with_identities(
             assert reply.status == 200
             assert reply.body == f"secret answer to /plaintext-{i}".encode()
         # one pooled TLS connection between the proxies carried every request
-        assert len(tap.tasks) == 2
-        wire = bytes(tap.sent) + bytes(tap.received)
+        assert tap.accepted == 1
+        wire = tap.recorded_up() + tap.recorded_down()
         assert b"plaintext-" not in wire and b"secret answer" not in wire
-        assert tap.sent[:1] == b"\x16" and tap.received[:1] == b"\x16"  # TLS handshake records
+        assert (
+            tap.recorded_up()[:1] == b"\x16" and tap.recorded_down()[:1] == b"\x16"
+        )  # TLS handshake records
         # HTTP/1 between them, and the ClientHello says so
-        assert {parse_client_hello(bytes(c)).alpn for c in tap.conns if c} == {("http/1.1",)}
+        assert {parse_client_hello(bytes(c.up)).alpn for c in tap.connections if c.up} == {
+            ("http/1.1",)
+        }
         outbound = {"direction": "outbound", "tls": "true", "server_id": server_leaf.name}
         assert sample(client, "request_total", **outbound) == 20
         inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
@@ -240,7 +191,7 @@ async def test_opaque_tcp_between_meshed_proxies_is_encrypted(pki: Pki, tmp_path
         address = backend.sockets[0].getsockname()[:2]
         async with (
             proxy(identity(server_leaf), inbound_target=address) as server,
-            Tap(server.addresses["inbound"]) as tap,
+            Relay(server.addresses["inbound"], record=True) as tap,
             proxy(
                 identity(client_leaf),
                 outbound_target=TARGET,
@@ -258,9 +209,9 @@ async def test_opaque_tcp_between_meshed_proxies_is_encrypted(pki: Pki, tmp_path
             )
             assert got == b"\x00OPAQUE WORDS"
             assert loop.time() - t0 < 3.0
-            assert b"opaque words" not in bytes(tap.sent)
-            assert b"OPAQUE WORDS" not in bytes(tap.received)
-            assert tap.sent[:1] == b"\x16"
+            assert b"opaque words" not in tap.recorded_up()
+            assert b"OPAQUE WORDS" not in tap.recorded_down()
+            assert tap.recorded_up()[:1] == b"\x16"
     finally:
         backend.close()
 
@@ -338,7 +289,7 @@ async def test_grpc_between_meshed_proxies_is_per_call_over_mutual_tls(
     async with (
         GrpcServer("g0") as backend,
         proxy(identity(server_leaf), inbound_target=backend.address) as server,
-        Tap(server.addresses["inbound"]) as tap,
+        Relay(server.addresses["inbound"], record=True) as tap,
         proxy(
             identity(client_leaf),
             outbound_target=TARGET,
@@ -350,11 +301,11 @@ async def test_grpc_between_meshed_proxies_is_per_call_over_mutual_tls(
             call = ch.unary_unary(METHOD_UNARY)
             for i in range(10):
                 assert await call(b"secret-%d" % i, timeout=5)
-        assert b"secret-" not in bytes(tap.sent)
-        assert tap.sent[:1] == b"\x16"
+        assert b"secret-" not in tap.recorded_up()
+        assert tap.recorded_up()[:1] == b"\x16"
         # the calls ride a connection that negotiated ALPN h2 (an HTTP/1 one may have been dialed
         # early, before the client spoke: see server.py's early dial)
-        assert ("h2",) in {parse_client_hello(bytes(c)).alpn for c in tap.conns if c}
+        assert ("h2",) in {parse_client_hello(bytes(c.up)).alpn for c in tap.connections if c.up}
         inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
         assert sample(server, "request_total", **inbound) == 10
         text = server.metrics.expose().decode()
@@ -389,7 +340,7 @@ async def test_opaque_port_between_meshed_proxies_one_app_connection(
             proxy(
                 identity(server_leaf), inbound_target=address, opaque_ports=frozenset({address[1]})
             ) as server,
-            Tap(server.addresses["inbound"]) as tap,
+            Relay(server.addresses["inbound"], record=True) as tap,
             proxy(
                 identity(client_leaf),
                 outbound_target=TARGET,
@@ -407,8 +358,8 @@ async def test_opaque_port_between_meshed_proxies_one_app_connection(
             w.write_eof()
             assert await asyncio.wait_for(r.read(), 5) == b""
             w.close()
-            assert tap.sent[:1] == b"\x16"
-            assert b"ping" not in bytes(tap.sent)
+            assert tap.recorded_up()[:1] == b"\x16"
+            assert b"ping" not in tap.recorded_up()
             assert connections == 1
             inbound = {"direction": "inbound", "tls": "true", "client_id": client_leaf.name}
             assert sample(server, "tcp_open_total", peer="src", **inbound) == 1

@@ -22,12 +22,12 @@ import h2.exceptions
 import pytest
 import yaml
 
-from tests.integration.conftest import running_proxy
 from tests.integration.test_proxy_http1 import sample
 from tests.integration.test_proxy_http2 import METHOD_UNARY, GrpcServer, _identity
 from weft.addr import Address
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery
+from weft.testing import FakeDiscovery, endpoint, running_proxy
 from weft.testing.servers import Backend, HttpClient, Request, Response
 
 SERVICE = ("127.0.0.1", 9)  # the address the app dials; only discovery knows it
@@ -166,8 +166,7 @@ async def test_attempt_timeout_combines_with_retries(tmp_path: Path) -> None:
             assert reply.status == 200 and reply.body == b"second try"
 
 
-async def test_weighted_split_and_live_weight_changes(tmp_path: Path) -> None:
-    f = tmp_path / "d.yaml"
+async def test_weighted_split_and_live_weight_changes() -> None:
     async with Backend(lambda r: Response(body=b"stable")) as stable, \
             Backend(lambda r: Response(body=b"canary")) as canary:  # fmt: skip
 
@@ -177,17 +176,17 @@ async def test_weighted_split_and_live_weight_changes(tmp_path: Path) -> None:
                 {"target": CANARY, "weight": canary_weight, "name": "canary"},
             ]}]}]}  # fmt: skip
 
-        backends = {STABLE: [stable.address], CANARY: [canary.address]}
-        write(f, policy(10), [stable.address], backends)
-        async with running_proxy(
-            StaticDiscovery(str(f), interval=0.02), outbound_target=SERVICE
-        ) as proxy:
+        feed = FakeDiscovery()
+        feed.set_endpoints(SERVICE, [endpoint(stable.address)], service="web")
+        feed.set_policy(SERVICE, policy(10))
+        feed.set_endpoints(STABLE, [stable.address], service="stable")
+        feed.set_endpoints(CANARY, [canary.address], service="canary")
+        async with running_proxy(feed, outbound_target=SERVICE) as proxy:
             async with HttpClient(proxy.addresses["outbound"]) as client:
                 seen = collections.Counter([(await client.request()).body for _ in range(1000)])
                 assert abs(seen[b"canary"] / 1000 - 0.10) <= 0.03
                 for weight in (50, 100):
-                    write(f, policy(weight), [stable.address], backends)
-                    await asyncio.sleep(0.2)
+                    feed.set_policy(SERVICE, policy(weight))  # the next request sees it
                     seen = collections.Counter([(await client.request()).body for _ in range(400)])
                     assert abs(seen[b"canary"] / 400 - weight / 100) <= 0.03
                     assert sum(seen.values()) == 400  # no failed request across the change

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import running_proxy
 from tests.integration.test_proxy_http1 import sample
+from weft.testing import running_proxy
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from weft.runtime.local.pod import (
     token_path,
     write_token,
 )
+from weft.testing import wait_until
 
 # -- reading pods ---------------------------------------------------------------------------
 
@@ -431,15 +431,6 @@ def free_port() -> int:
     return port
 
 
-async def eventually(cond: Callable[[], bool], what: str, limit: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 class Harness:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -523,7 +514,7 @@ async def test_crashing_app_is_restarted_and_terminate_stops_everything(
 ) -> None:
     runner = harness.runner(harness.py("app", "import sys; sys.exit(1)"))
     task = asyncio.create_task(runner.run())
-    await eventually(lambda: runner.restarts >= 3, "three restarts")
+    await wait_until(lambda: runner.restarts >= 3, 15.0, what="three restarts")
     assert not runner.ready
     assert await asyncio.wait_for(runner.terminate(grace=2.0), 10) in ("Succeeded", "Failed")
     await asyncio.wait_for(task, 5)
@@ -537,8 +528,8 @@ async def test_ready_only_once_the_app_listens_then_drains(harness: Harness) -> 
         harness.py("web", LISTEN, str(port), "0.3", readiness=Probe(kind="tcp", port=port))
     )
     task = asyncio.create_task(runner.run())
-    await eventually(lambda: runner.phase == "Running", "the app to start")
-    await eventually(lambda: runner.ready, "readiness")
+    await wait_until(lambda: runner.phase == "Running", 15.0, what="the app to start")
+    await wait_until(lambda: runner.ready, 15.0, what="readiness")
     assert harness.statuses[-1]["ready"] is True
     assert all(c["ready"] for c in harness.statuses[-1]["containerStatuses"])
     runner.mark_terminating()
@@ -555,9 +546,11 @@ async def test_app_ignoring_sigterm_is_killed_after_the_grace_period(harness: Ha
     )
     runner = harness.runner(harness.py("stubborn", code), meshed=False, grace=0.5)
     task = asyncio.create_task(runner.run())
-    await eventually(lambda: runner.ready, "readiness (no probe: ready once running)")
+    await wait_until(lambda: runner.ready, 15.0, what="readiness (no probe: ready once running)")
     log = harness.tmp / "stubborn.log"
-    await eventually(lambda: log.exists() and "ignoring SIGTERM" in log.read_text(), "the handler")
+    await wait_until(
+        lambda: log.exists() and "ignoring SIGTERM" in log.read_text(), 15.0, what="the handler"
+    )
     phase = await asyncio.wait_for(runner.terminate(), 10)
     assert phase == "Failed"  # killed: 137
     final = {c["name"]: c["state"] for c in harness.statuses[-1]["containerStatuses"]}

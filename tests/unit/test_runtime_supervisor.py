@@ -31,6 +31,7 @@ from weft.runtime.local.supervisor import (
     read_status,
     write_status,
 )
+from weft.testing import wait_until
 
 ME = procs.ProcRecord.of(os.getpid())
 LOG = "/run/weft/logs/control.log"
@@ -218,15 +219,6 @@ async def control(tmp_path: Path) -> AsyncIterator[SleepControl]:
         c.stop()
 
 
-async def wait_until(cond: object, what: str, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 FAST = ExponentialBackoff(base=0.05, maximum=0.2, jitter=0.0)
 
 
@@ -243,21 +235,24 @@ async def test_killed_control_plane_is_restarted_and_counted(
     sup = ControlSupervisor(control, path, crash=CrashLoop(FAST), poll=0.02)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_until(lambda: sup.status.pid == first.pid, "the running one to be adopted")
+        await wait_until(
+            lambda: sup.status.pid == first.pid, 20.0, what="the running one to be adopted"
+        )
         assert control.starts == 0 and sup.status.restarts == 4
         assert sup.status.supervisor == ME
         old = control.kill()
         other.wait()
         await wait_until(
             lambda: sup.status.state == "running" and sup.status.pid not in (None, old),
-            "a new one",
+            20.0,
+            what="a new one",
         )
         status = read_status(path)
         assert status is not None and status.restarts == 5 and status.failures == 1
         assert status.last_exit == "exited"  # not its child: how it ended is unknown
         assert control.starts == 1
         again = control.kill()
-        await wait_until(lambda: sup.status.pid not in (None, again), "another new one")
+        await wait_until(lambda: sup.status.pid not in (None, again), 20.0, what="another new one")
         status = read_status(path)
         assert status is not None and status.restarts == 6 and status.failures == 2
         assert status.last_exit == "killed by signal SIGKILL"  # ours: its exit status says
@@ -285,7 +280,7 @@ async def test_a_failing_start_is_retried_with_backoff(tmp_path: Path) -> None:
     sup = ControlSupervisor(control, tmp_path / "status.json", crash=CrashLoop(FAST), poll=0.02)
     task = asyncio.create_task(sup.run())
     try:
-        await wait_until(lambda: control.starts >= 3, "three attempts")
+        await wait_until(lambda: control.starts >= 3, 20.0, what="three attempts")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
