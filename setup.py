@@ -32,6 +32,7 @@ HOT_MODULES = (
     "src/weft/proxy/http1.py",
     "src/weft/proxy/http2.py",
     "src/weft/proxy/listen.py",
+    "src/weft/proxy/outbound/logical.py",
     "src/weft/proxy/tcp.py",
 )
 

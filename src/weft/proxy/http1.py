@@ -488,6 +488,8 @@ class Exchange(Call):
             self._timed(True, observe=False)
             if self.state is not None:
                 self.concrete.cancel(self.state.addr)
+                # the server may also have dropped it on purpose: another endpoint, if any
+                self.avoid = self.state.addr
             self.state = None
             self._rewind()
             self.dispatch()

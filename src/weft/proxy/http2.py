@@ -696,6 +696,8 @@ class H2Stream(Call):
                 (ERROR_HEADER, reason.encode()),
                 *extra,
             ]
+            if self.method == b"HEAD":
+                body = b""  # the length a GET would have, no content (RFC 9110 9.3.2)
         self._answer(headers, body)
 
     def _send_redirect(self, status: int, location: bytes) -> None:
