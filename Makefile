@@ -58,7 +58,7 @@ bench-pure: $(BENCH_STAMP) sysdeps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 test-compiled: $(COMPILED_STAMP) sysdeps
-	$(CBIN)/python -c "import weft.proxy.http1 as m; assert m.__file__.endswith('.so'), m.__file__"
+	$(CBIN)/python -c "import weft.proxy.protocol.http1.exchange as m; assert m.__file__.endswith('.so'), m.__file__"
 	$(CBIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/integration -k "proxy or tls or balancer or metrics"
 
 

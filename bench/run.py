@@ -215,7 +215,7 @@ def _build_kind() -> str:
     The ``weft`` the run starts is the one next to this interpreter (``tool``), so this is its
     build too.
     """
-    spec = importlib.util.find_spec("weft.proxy.http1")
+    spec = importlib.util.find_spec("weft.proxy.protocol.http1.exchange")
     origin = spec.origin if spec is not None else None
     return ", mypyc" if origin is not None and not origin.endswith(".py") else ""
 

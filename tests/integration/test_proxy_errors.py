@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weft.proxy.http1 import transfer_coding_error
+from weft.proxy.protocol.http1 import transfer_coding_error
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery, StaticDiscoveryError
 from weft.testing import FakeDiscovery, running_proxy, wait_until

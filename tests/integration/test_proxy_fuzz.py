@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from weft.core.detect import Protocol, detect
 from weft.metrics import ProxyMetrics
 from weft.proxy.config import ProxyConfig
-from weft.proxy.http1 import Http1Upstream
+from weft.proxy.protocol.http1 import Http1Upstream
 from weft.proxy.server import DETECT_MAX, ProxyServer
 from weft.testing.servers import Backend, Request, Response
 

@@ -21,7 +21,7 @@ from weft.addr import Address
 from weft.control.policies import build_policy
 from weft.discovery import Endpoint
 from weft.policy import RetryPolicy, ServicePolicy, Timeouts
-from weft.proxy.endpoints import Concrete
+from weft.proxy.outbound.concrete import Concrete
 from weft.resources.annotations import PolicyAnnotations
 from weft.resources.grpcroute import GRPCRoute
 

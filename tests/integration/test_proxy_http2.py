@@ -1,4 +1,4 @@
-"""HTTP/2 and gRPC through :mod:`weft.proxy.http2` over real sockets: grpcio client -> an
+"""HTTP/2 and gRPC through :mod:`weft.proxy.protocol.http2` over real sockets: grpcio client -> an
 in-test listener handing connections to ``Http2Downstream`` -> real grpcio servers."""
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ from weft.discovery import Endpoint
 from weft.metrics.proxy import ProxyMetrics
 from weft.policy import RetryBudgetConfig, RetryPolicy, ServicePolicy, Timeouts
 from weft.proxy.config import ProxyConfig
-from weft.proxy.endpoints import Concrete
-from weft.proxy.http2 import (
-    MAX_REFUSED_RETRIES,
-    REPLAY_LIMIT,
-    STREAM_WINDOW,
-    Http2Context,
-    Http2Downstream,
-)
+from weft.proxy.outbound.concrete import Concrete
+from weft.proxy.outbound.logical import REPLAY_LIMIT
+from weft.proxy.protocol.http2 import Http2Context, Http2Downstream
+from weft.proxy.protocol.http2.peer import STREAM_WINDOW
+from weft.proxy.protocol.http2.stream import MAX_REFUSED_RETRIES
 
 pytestmark = pytest.mark.timeout(60)
 

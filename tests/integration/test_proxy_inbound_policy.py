@@ -32,7 +32,7 @@ from weft.inbound import (
     RateLimitOverride,
 )
 from weft.metrics import ProxyMetrics
-from weft.proxy.inbound_policy import (
+from weft.proxy.inbound.policy import (
     Denial,
     HttpConn,
     InboundPolicyWatch,

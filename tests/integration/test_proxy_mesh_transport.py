@@ -24,8 +24,8 @@ import yaml
 from tests.integration.test_proxy_http1 import sample
 from tests.integration.test_proxy_mtls import TARGET, echo, identity, proxy
 from weft.core.detect import parse_client_hello
+from weft.proxy.inbound.tls import connect
 from weft.proxy.static_discovery import StaticDiscovery
-from weft.proxy.tls import connect
 from weft.testing import Relay
 from weft.testing.pki import Pki
 from weft.testing.servers import Backend, HttpClient

@@ -32,7 +32,7 @@ from weft.metrics import ProxyMetrics
 from weft.proxy.config import ProxyConfig
 from weft.proxy.identity import ProxyIdentity
 from weft.proxy.server import ProxyServer
-import weft.proxy.inbound_policy, weft.proxy.static_identity
+import weft.proxy.inbound.policy, weft.proxy.static_identity
 
 async def main():
     metrics = ProxyMetrics(process=False)

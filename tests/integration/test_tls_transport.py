@@ -1,5 +1,6 @@
-"""weft.proxy.tls.TlsConnection over real sockets: handshake outcomes, half-close, large streams
-with backpressure, and bad input (garbage, a silent peer, a peer that vanishes mid-handshake)."""
+"""weft.proxy.inbound.tls.TlsConnection over real sockets: handshake outcomes, half-close, large
+streams with backpressure, and bad input (garbage, a silent peer, a peer that vanishes
+mid-handshake)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from weft.proxy.inbound.tls import TlsConnection, connect
 from weft.proxy.static_identity import StaticIdentity
-from weft.proxy.tls import TlsConnection, connect
 from weft.testing.pki import Pki
 
 

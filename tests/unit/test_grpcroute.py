@@ -14,7 +14,7 @@ from weft.control.routestatus import RouteStatusController, route_status
 from weft.control.store import Store
 from weft.core.routes import RouteTable
 from weft.policy import ServicePolicy
-from weft.proxy.http2 import grpc_timeout_value, parse_grpc_timeout
+from weft.proxy.protocol.http2.grpc import grpc_timeout_value, parse_grpc_timeout
 from weft.resources.annotations import PolicyAnnotations
 from weft.resources.errors import InvalidResources
 from weft.resources.grpcroute import GRPCRoute

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from weft.metrics import render_family
-from weft.proxy.inbound_policy import _Counters
+from weft.proxy.inbound.policy import _Counters
 
 
 def _parse(text: str) -> list[tuple[str, dict[str, str], float]]:

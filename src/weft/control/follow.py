@@ -25,7 +25,7 @@ as the admin endpoint's JSON (``GET /control-streams`` on the proxy's admin port
 ``stream`` (``destination``, ``inbound_policy``, ``identity_trust``) and ``target``).
 
 Not for: what a stream means (the owners: :mod:`weft.proxy.control_discovery`,
-:mod:`weft.proxy.inbound_policy`, :mod:`weft.proxy.identity`), nor one-shot calls (retries of a
+:mod:`weft.proxy.inbound.policy`, :mod:`weft.proxy.identity`), nor one-shot calls (retries of a
 request are the caller's), nor the transport (:mod:`weft.control.client`).
 """
 

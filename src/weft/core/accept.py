@@ -11,7 +11,7 @@ together were 10,000 dials at once (issue 12).
 :class:`DialGate` bounds the dials the accept path has under way at once (early dials and opaque
 connects); the rest wait their turn in order.
 
-Not for: reading sockets, dialing, timers (the shell in :mod:`weft.proxy.accept` does those and
+Not for: reading sockets, dialing, timers (the shell in :mod:`weft.proxy.accept.conn` does those and
 asks here what to do after each event); protocol sniffing itself (:mod:`weft.core.detect`).
 """
 

@@ -30,7 +30,7 @@ no authorization allows is denied with 403, unless the policy is in ``audit`` mo
 allowed with ``audit=True`` and no authorization.
 
 Sans-I/O. Not for: rate limits (:mod:`weft.core.ratelimit`), metrics or answering the client
-(:mod:`weft.proxy.inbound_policy`), nor deriving policies from resources (the control plane).
+(:mod:`weft.proxy.inbound.policy`), nor deriving policies from resources (the control plane).
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ What it does:
   GOAWAY ENHANCE_YOUR_CALM. Counters are plain integers per connection (``guard``); the limits
   are the ``limits`` argument.
 
-Not for: I/O, timers, what streams mean (see :mod:`weft.proxy.http2`), server push, priorities.
+Not for: I/O, timers, what streams mean (see :mod:`weft.proxy.protocol.http2`), server push,
+priorities.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ fresh allowance: at worst one burst more than its limit).
 
 Sans-I/O: time comes from the caller (:class:`Gcra`) or an injected clock
 (:class:`LocalRateLimiter`). Not for: answering 429s or metrics (the proxy,
-:mod:`weft.proxy.inbound_policy`), nor parsing the resource (the control plane).
+:mod:`weft.proxy.inbound.policy`), nor parsing the resource (the control plane).
 """
 
 from __future__ import annotations

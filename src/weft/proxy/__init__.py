@@ -3,8 +3,8 @@
 - :mod:`~weft.proxy.config`: the proxy's frozen, validated configuration.
 - :mod:`~weft.proxy.server`: listeners, accept and detection, lifecycle and graceful shutdown.
 - :mod:`~weft.proxy.outbound`: target -> balancer -> endpoint connection pools.
-- :mod:`~weft.proxy.http1`: HTTP/1.1 per request (downstream server side, upstream client side).
-- :mod:`~weft.proxy.tcp`: opaque TCP relay with half-close, backpressure and byte counts.
+- :mod:`~weft.proxy.protocol.http1`: HTTP/1.1 per request (client side, upstream side).
+- :mod:`~weft.proxy.protocol.tcp`: opaque TCP relay with half-close, backpressure and byte counts.
 - :mod:`~weft.proxy.admin`: ``/metrics``, ``/ready``, ``/live``, ``POST /shutdown``.
 - :mod:`~weft.proxy.static_discovery`: discovery from a watched YAML file.
 """

@@ -2,12 +2,12 @@
 
 A :class:`Listener` is one direction (outbound, inbound): its accept loop, the concretes its
 targets resolve to, its HTTP contexts, and what it counts. Each accepted connection is an
-:class:`~weft.proxy.accept.Accept` until its protocol is known (:mod:`weft.proxy.accept`).
+:class:`~weft.proxy.accept.Accept` until its protocol is known (:mod:`weft.proxy.accept.conn`).
 
 Shutdown (SIGTERM, or ``POST /shutdown`` on the admin port): stop accepting, close idle keep-alive
 connections, let in-flight requests finish within the grace period, then close the rest and exit.
 
-Not for: deciding what a connection is (:mod:`weft.proxy.accept`, :mod:`weft.core.accept`).
+Not for: deciding what a connection is (:mod:`weft.proxy.accept.conn`, :mod:`weft.core.accept`).
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from weft.control.follow import ControlStreams
 from weft.core.accept import DETECT_MAX, DialGate
 from weft.discovery import Discovery, Resolution
 from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries, render_family
-from weft.proxy.accept import MAX_DIALS, Accept
+from weft.proxy.accept.conn import MAX_DIALS, Accept
+from weft.proxy.accept.listen import AcceptLoop, Deadlines, attach, original_dst
 from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
-from weft.proxy.endpoints import Concrete
-from weft.proxy.http1 import Http1Context
-from weft.proxy.listen import AcceptLoop, Deadlines, attach, original_dst
-from weft.proxy.tcp import Relay
-from weft.proxy.tls import PeerTls, TlsSource, inbound_tls_labels
+from weft.proxy.inbound.tls import PeerTls, TlsSource, inbound_tls_labels
+from weft.proxy.outbound.concrete import Concrete
+from weft.proxy.protocol.http1.server import Http1Context
+from weft.proxy.protocol.tcp import Relay
 
 if TYPE_CHECKING:
-    from weft.proxy.http2 import Http2Context
-    from weft.proxy.inbound_policy import InboundPolicyWatch
+    from weft.proxy.inbound.policy import InboundPolicyWatch
+    from weft.proxy.protocol.http2.context import Http2Context
 
 log = logging.getLogger("weft.proxy")
 
@@ -474,7 +474,7 @@ def configure(proxy: ProxyServer) -> None:
             proxy.closers.append(identity.close)  # type: ignore[attr-defined]
     pod, namespace = config.labels.get("pod"), config.labels.get("namespace")
     if config.control and pod and namespace:
-        from weft.proxy.inbound_policy import InboundPolicyWatch
+        from weft.proxy.inbound.policy import InboundPolicyWatch
 
         watch = InboundPolicyWatch(
             config.control,

@@ -103,7 +103,8 @@ def _name_of(leaf: bytes, chain_file: str, trust_domain: str, wanted: str | None
 
 
 class StaticIdentity:
-    """The :class:`~weft.proxy.tls.TlsSource` of a proxy whose certificate comes from files."""
+    """The :class:`~weft.proxy.inbound.tls.TlsSource` of a proxy whose certificate comes from
+    files."""
 
     def __init__(
         self,

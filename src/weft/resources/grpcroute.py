@@ -25,7 +25,7 @@ The status (``status.parents[]``, ``Accepted`` / ``ResolvedRefs``) is written by
 plane like an HTTPRoute's (:mod:`weft.control.routestatus`).
 
 Not for: deciding which routes apply to which service (:mod:`weft.control.policies`), nor the
-retry conditions themselves (``RetryPolicy.grpc``, enforced by :mod:`weft.proxy.http2`).
+retry conditions themselves (``RetryPolicy.grpc``, enforced by :mod:`weft.proxy.protocol.http2`).
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ A :class:`Call` is one request and its response as the policy sees it, whatever 
   until the response headers go out, except a gRPC deadline, which bounds the whole call), the
   per-attempt timeout (``backend_request``, or the retry policy's), and a route's idle timeout
   (no byte either way for that long; checked about once a second by the listener's reaper);
-- **endpoint choice** (the concrete layer: :class:`~weft.proxy.endpoints.Concrete`'s balancer and
-  failure accrual): a call waits up to ``fail_fast`` seconds for an endpoint to appear, is
-  answered 503 at once when failure accrual ejected all of them, and a retry or a re-pick after a
-  failed connect goes to another endpoint than the one that just failed whenever there is one;
+- **endpoint choice** (the concrete layer: :class:`~weft.proxy.outbound.concrete.Concrete`'s
+  balancer and failure accrual): a call waits up to ``fail_fast`` seconds for an endpoint to
+  appear, is answered 503 at once when failure accrual ejected all of them, and a retry or a
+  re-pick after a failed connect goes to another endpoint than the one that just failed whenever
+  there is one;
 - **retries** with the retry budget (:mod:`weft.core.retry`): a failed attempt (a retryable status,
   a connection error, the attempt timeout) is sent again after a jittered backoff when the policy,
   its limit, the request (complete, replayable, idempotent unless the policy says otherwise) and
@@ -29,14 +30,15 @@ A :class:`Call` is one request and its response as the policy sees it, whatever 
   accrual gets every attempt's outcome; the request metrics (per endpoint, per route: effective
   and actual) are recorded when the call ends, with what the client finally saw.
 
-The protocol adapters (:class:`weft.proxy.http1.Exchange`, :class:`weft.proxy.http2.H2Stream`)
-inherit it and implement the hooks at the bottom of the class: open the attempt on a connection
-(the endpoint layer: HTTP/1 keep-alive pools, HTTP/2 multiplexed connections), drop an attempt,
-rewind the request for a replay, and write the proxy's own answers. Callbacks only: no task or
-future per call; timers are the event loop's.
+The protocol adapters (:class:`weft.proxy.protocol.http1.exchange.Exchange`,
+:class:`weft.proxy.protocol.http2.stream.H2Stream`) inherit it and implement the hooks at
+the bottom of the class: open the attempt on a connection (the endpoint layer: HTTP/1 keep-alive
+pools, HTTP/2 multiplexed connections), drop an attempt, rewind the request for a replay, and
+write the proxy's own answers. Callbacks only: no task or future per call; timers are the event
+loop's.
 
 Not for: framing, flow control, connection pools (the protocol modules), picking the concrete
-destination of a connection (the listener), authorization (``weft.proxy.inbound_policy``, asked
+destination of a connection (the listener), authorization (``weft.proxy.inbound.policy``, asked
 by the adapters before a call is decided).
 """
 
@@ -52,7 +54,8 @@ from typing import TYPE_CHECKING
 from weft.addr import Address, format_addr
 from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics
 from weft.policy import HeaderModifier, Redirect, RetryPolicy, Timeouts
-from weft.proxy.endpoints import Concrete, EndpointState
+from weft.proxy.outbound.concrete import Concrete
+from weft.proxy.outbound.endpoint import EndpointState
 
 if TYPE_CHECKING:
     from weft.core.retry import RetryBudget

@@ -1,8 +1,8 @@
 """What an accepted connection becomes once its protocol is known: HTTP/1, HTTP/2 or an
-opaque TCP relay (:mod:`weft.proxy.accept` decides), and the early upstream connection's
+opaque TCP relay (:mod:`weft.proxy.accept.conn` decides), and the early upstream connection's
 bookkeeping (its probe protocol, the balancer's view of it, the dial gate).
 
-Not for: deciding (:mod:`weft.core.accept`), accepting (:mod:`weft.proxy.listen`).
+Not for: deciding (:mod:`weft.core.accept`), accepting (:mod:`weft.proxy.accept.listen`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from weft.addr import Address
 from weft.core.accept import DialGate
-from weft.proxy.endpoints import Concrete, EndpointState, PooledConn
-from weft.proxy.http1 import Http1Downstream, Http1Upstream
-from weft.proxy.tcp import Relay
+from weft.proxy.outbound.concrete import Concrete
+from weft.proxy.outbound.endpoint import EndpointState, PooledConn
+from weft.proxy.protocol.http1.client import Http1Upstream
+from weft.proxy.protocol.http1.server import Http1Downstream
+from weft.proxy.protocol.tcp import Relay
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from weft.proxy.accept import Accept
+    from weft.proxy.accept.conn import Accept
 
 log = logging.getLogger("weft.proxy")
 
@@ -176,7 +178,8 @@ def to_http1(acc: Accept, concrete: Concrete) -> None:
 
 def to_http2(acc: Accept, concrete: Concrete) -> None:
     """Prior-knowledge HTTP/2 (h2c, or h2 inside mesh TLS): each stream is a request."""
-    from weft.proxy.http2 import Http2Context, Http2Downstream
+    from weft.proxy.protocol.http2.context import Http2Context
+    from weft.proxy.protocol.http2.server import Http2Downstream
 
     transport = acc.transport
     assert transport is not None

@@ -4,17 +4,17 @@ Every accepted connection goes through :class:`Accept`:
 
 1. its target is the original destination (``SO_ORIGINAL_DST`` after an iptables REDIRECT), or the
    configured ``--*-target`` when the connection was not redirected;
-2. the target resolves to a :class:`~weft.proxy.endpoints.Concrete` (discovery for outbound, the
-   local app for inbound);
+2. the target resolves to a :class:`~weft.proxy.outbound.concrete.Concrete` (discovery for
+   outbound, the local app for inbound);
 3. opaque ports (and destinations discovery marks opaque) are relayed as TCP at once;
 4. otherwise, while the destination might greet first (no client has spoken HTTP to it yet), the
    proxy dials the upstream *as soon as it accepts* and detects the protocol on the first bytes
    of whichever side speaks first (:class:`weft.core.accept.Detection` decides). A server that
    greets first (MySQL, SMTP, NATS) is opaque TCP immediately, with no detection timeout; a
-   client's HTTP/1 request line hands the connection to :mod:`weft.proxy.http1` (and the early
-   connection joins the endpoint's pool); anything else (TLS, unknown bytes) is relayed as opaque
-   TCP; a connection that never spoke (no byte from the client, no early connection) is closed
-   at the detection timeout, with no dial.
+   client's HTTP/1 request line hands the connection to :mod:`weft.proxy.protocol.http1` (and the
+   early connection joins the endpoint's pool); anything else (TLS, unknown bytes) is relayed as
+   opaque TCP; a connection that never spoke (no byte from the client, no early connection) is
+   closed at the detection timeout, with no dial.
 
 Detection is callbacks, as the HTTP/1 path is: no task per connection (a coroutine task and its
 event cost kilobytes per idle connection, and microseconds per accept) unless something must be
@@ -35,7 +35,7 @@ connection redirected to that port would. Knowing this before any byte is what k
 app from racing the client proxy's ClientHello.
 
 Not for: listeners' lifecycle and shutdown (:mod:`weft.proxy.server`); HTTP or TCP relaying once
-decided (:mod:`weft.proxy.http1`, :mod:`weft.proxy.http2`, :mod:`weft.proxy.tcp`).
+decided (:mod:`weft.proxy.protocol`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ from weft.core.accept import DETECT_MAX, Detection, DialGate, Verdict, mesh_hell
 from weft.core.transport_header import TransportHeaderError
 from weft.core.transport_header import decode as decode_header
 from weft.metrics.proxy import LabelItems
-from weft.proxy.endpoints import Concrete, EndpointState
-from weft.proxy.handover import (
+from weft.proxy.accept.handover import (
     Dial,
     Probe,
     account_dial,
@@ -65,11 +64,13 @@ from weft.proxy.handover import (
     to_http1,
     to_http2,
 )
-from weft.proxy.listen import original_dst
-from weft.proxy.tls import HANDSHAKE_TIMEOUT, PeerTls, TlsSource, terminate
+from weft.proxy.accept.listen import original_dst
+from weft.proxy.inbound.tls import HANDSHAKE_TIMEOUT, PeerTls, TlsSource, terminate
+from weft.proxy.outbound.concrete import Concrete
+from weft.proxy.outbound.endpoint import EndpointState
 
 if TYPE_CHECKING:
-    from weft.proxy.inbound_policy import PortPolicy
+    from weft.proxy.inbound.policy import PortPolicy
     from weft.proxy.server import Listener
 
 log = logging.getLogger("weft.proxy")

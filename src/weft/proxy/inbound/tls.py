@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-log = logging.getLogger("weft.proxy.tls")
+log = logging.getLogger("weft.proxy.inbound.tls")
 
 HANDSHAKE_TIMEOUT = 10.0
 

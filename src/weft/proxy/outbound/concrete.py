@@ -1,12 +1,17 @@
-"""Concrete backends and their endpoints: balancer membership and keep-alive connection pools.
+"""The concrete layer: one backend as the proxy sees it, a balancer over its endpoints.
 
-A :class:`Concrete` is one destination as the proxy sees it: a balancer over
-:class:`EndpointState` objects, each holding idle upstream connections. Discovery updates change
-membership at any moment; an endpoint that leaves keeps serving the requests already on its
-connections and closes them when they finish (no in-flight request fails because of an update).
+A :class:`Concrete` is a destination service (or a route's backend, or a single forwarded
+address): P2C peak-EWMA over its :class:`~.endpoint.EndpointState` objects
+(:mod:`weft.core.balancer`), failure accrual (:mod:`weft.core.accrual`), the destination's policy
+(routes, retries, timeouts, as the logical layer reads them), its retry budgets and its metric
+series. Discovery updates change membership at any moment; an endpoint that leaves keeps serving
+the requests already on its connections and closes them when they finish (no in-flight request
+fails because of an update).
 
-Decide, then do: ``pick`` and ``take_idle`` are synchronous decisions; dialing is the only await,
-and it happens in a task whose result is handed back through a future.
+Decide, then do: ``pick`` and ``take_idle`` are synchronous decisions; dialing is the only
+await, in a task whose result is handed back through a future.
+
+Not for: per-request decisions (:mod:`.logical`), protocol framing (:mod:`weft.proxy.protocol`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 from weft.addr import Address, format_addr
 from weft.core.balancer import Balancer
@@ -30,87 +35,13 @@ if TYPE_CHECKING:
     from weft.core.accrual import AccrualSet
     from weft.core.retry import RetryBudget
     from weft.core.routes import RouteTable
-    from weft.proxy.tls import TlsSource
+    from weft.proxy.inbound.tls import TlsSource
+
+from weft.proxy.outbound.endpoint import EndpointState, PooledConn
 
 NO_TIMEOUTS = Timeouts()
 
 log = logging.getLogger("weft.proxy")
-
-
-class PooledConn(Protocol):
-    """What a pool keeps: an upstream connection that can say whether it may be reused."""
-
-    def reusable(self) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-def _is_local(ip: str) -> bool:
-    """Whether ``ip`` is an address of this network namespace (it can be bound)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((ip, 0))
-    except OSError:
-        return False
-    return True
-
-
-class EndpointState:
-    """One endpoint of a concrete: metric labels, series cache and idle connections."""
-
-    __slots__ = (
-        "addr", "closing", "endpoint", "http_series", "idle", "label_items", "spare", "tcp_series",
-        "tls_identity",
-    )  # fmt: skip
-
-    def __init__(
-        self, endpoint: Endpoint, base_labels: LabelItems, *, tls: bool = False, own: str = ""
-    ) -> None:
-        self.endpoint = endpoint
-        self.addr = endpoint.address
-        # mesh TLS to this endpoint: it is meshed and discovery names the identity to expect;
-        # not to this very pod (a call to its own service): that connection reaches the app
-        # directly, not through the inbound proxy
-        identity = endpoint.identity if tls and endpoint.meshed else None
-        loopback = identity is not None and identity == own and _is_local(self.addr[0])
-        self.tls_identity = None if loopback else identity
-        self.idle: list[tuple[PooledConn, float]] = []
-        self.closing = False
-        # a connection being dialed ahead of need (at accept, for detection) that the next
-        # request may claim instead of dialing its own
-        self.spare: asyncio.Future[PooledConn | None] | None = None
-        labels = dict(base_labels)
-        for key in ("pod", "deployment", "namespace", "serviceaccount"):
-            value = endpoint.labels.get(key)
-            if value is not None:
-                labels[f"dst_{key}"] = value
-        if tls:
-            from weft.proxy.tls import outbound_tls_labels
-
-            labels.update(outbound_tls_labels(self.tls_identity, loopback=loopback))
-        self.label_items: LabelItems = tuple(sorted(labels.items()))
-        self.http_series: dict[bytes | tuple[bytes, LabelItems], HttpSeries] = {}
-        self.tcp_series: TcpSeries | None = None
-
-    def take_idle(self) -> PooledConn | None:
-        """An idle connection that may be reused, most recently used first."""
-        idle = self.idle
-        while idle:
-            conn, _ = idle.pop()
-            if conn.reusable():
-                return conn
-            conn.close()
-        return None
-
-    def close_idle(self) -> None:
-        for conn, _ in self.idle:
-            conn.close()
-        self.idle.clear()
-
-    def __repr__(self) -> str:
-        state = " closing" if self.closing else ""
-        return f"<Endpoint {format_addr(self.addr)} idle={len(self.idle)}{state}>"
 
 
 class Concrete:
@@ -344,7 +275,7 @@ class Concrete:
                     if context is None:
                         raise ConnectionError("this proxy has no certificate yet")
                     # SNI and the certificate check both name the identity discovery expects
-                    from weft.proxy.tls import connect
+                    from weft.proxy.inbound.tls import connect
 
                     preamble = b""
                     proxy_port = state.endpoint.proxy_port

@@ -6,7 +6,7 @@ iteration takes tens of milliseconds, so new connections waited seconds in the l
 to :data:`ACCEPT_BATCH` per wakeup instead. :class:`Deadlines` times out detection for a whole
 listener with one timer (a timer per connection costs memory and a heap operation per accept).
 
-Not for: what a connection is (:mod:`weft.proxy.accept`).
+Not for: what a connection is (:mod:`weft.proxy.accept.conn`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from weft.addr import Address
 
 if TYPE_CHECKING:
-    from weft.proxy.accept import Accept
+    from weft.proxy.accept.conn import Accept
 
 log = logging.getLogger("weft.proxy")
 
