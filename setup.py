@@ -32,6 +32,7 @@ HOT_MODULES = (
     "src/weft/proxy/outbound/concrete.py",
     "src/weft/proxy/outbound/endpoint.py",
     "src/weft/proxy/outbound/logical.py",
+    "src/weft/proxy/outbound/service.py",
     "src/weft/proxy/protocol/http1/client.py",
     "src/weft/proxy/protocol/http1/exchange.py",
     "src/weft/proxy/protocol/http1/framing.py",

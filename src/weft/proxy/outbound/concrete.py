@@ -27,19 +27,16 @@ from weft.addr import Address, format_addr
 from weft.core.balancer import Balancer
 from weft.discovery import Destination, Endpoint
 from weft.metrics.proxy import HttpSeries, LabelItems, ProxyMetrics, TcpSeries
-from weft.policy import DEFAULT_BUDGET, RetryBudgetConfig, ServicePolicy, Timeouts
+from weft.policy import ServicePolicy
 
 if TYPE_CHECKING:
     # Imported when a policy needs them (set_policy, budget): a sidecar whose destinations have
     # no routes, retries or failure accrual does not carry their code (about 2 MB of RSS).
     from weft.core.accrual import AccrualSet
-    from weft.core.retry import RetryBudget
-    from weft.core.routes import RouteTable
     from weft.proxy.inbound.tls import TlsSource
 
 from weft.proxy.outbound.endpoint import EndpointState, PooledConn
-
-NO_TIMEOUTS = Timeouts()
+from weft.proxy.outbound.service import Service
 
 log = logging.getLogger("weft.proxy")
 
@@ -73,18 +70,13 @@ class Concrete:
         self.balancer: Balancer[Address] = Balancer(clock=clock)
         self.endpoints: dict[Address, EndpointState] = {}
         self.opaque = False
-        self.known = True
         self.http_seen = False  # a client spoke HTTP/1 to this destination
         self.waiters: list[Callable[[], None]] = []
         self._base: LabelItems = ()
-        # policy (routes, retries, timeouts, failure accrual) of the destination service
+        # the logical side of this destination: routes, timeouts, budgets, route metrics
+        self.service = Service(name, direction=direction, metrics=metrics, clock=clock)
         self.policy: ServicePolicy | None = None
-        self.routes: RouteTable | None = None
-        self.timeouts = NO_TIMEOUTS
         self.accrual: AccrualSet[Address] | None = None
-        self._budgets: dict[RetryBudgetConfig, RetryBudget] = {}
-        self._route_series: dict[str, tuple[HttpSeries, HttpSeries]] = {}
-        self._unrouted: dict[tuple[bytes, LabelItems], HttpSeries] = {}
         # this proxy's identity: meshed endpoints are dialed with mutual TLS (outbound only)
         self.tls: TlsSource | None = tls
         self.set_labels(labels or {})
@@ -93,6 +85,7 @@ class Concrete:
         base = {"direction": self.direction, "target_addr": self.name, "tls": "disabled"}
         base.update(labels)
         self._base = tuple(sorted(base.items()))
+        self.service.set_labels(self._base)
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -124,13 +117,13 @@ class Concrete:
     def apply(self, dest: Destination | None, fallback: Address | None) -> None:
         """Apply a discovery snapshot; ``None`` (unknown) forwards to ``fallback`` as is."""
         if dest is None:
-            self.known = False
+            self.service.known = False
             self.opaque = False
             self.set_policy(None)
             self.set_labels({})
             self.set_endpoints([Endpoint(fallback)] if fallback is not None else [])
             return
-        self.known = True
+        self.service.known = True
         self.opaque = dest.opaque
         self.set_policy(dest.policy)
         labels = {}
@@ -144,20 +137,12 @@ class Concrete:
         self.set_endpoints(dest.endpoints)
 
     def set_policy(self, policy: ServicePolicy | None) -> None:
-        """Apply a policy snapshot: routes recompiled (weights take effect at once), budgets and
-        accrual state kept while their configuration is unchanged."""
+        """Apply a policy snapshot: the service's routes and timeouts (:meth:`Service.set_policy`),
+        and failure accrual, whose state is kept while its configuration is unchanged."""
         if policy == self.policy:
             return
         self.policy = policy
-        self.routes = None
-        if policy is not None and policy.routes:
-            from weft.core.routes import RouteTable
-
-            try:
-                self.routes = RouteTable(policy)
-            except ValueError as exc:  # the control plane validates; never crash on a snapshot
-                log.error("ignoring the routes of %s: %s", self.name, exc)
-        self.timeouts = policy.timeouts if policy is not None else NO_TIMEOUTS
+        self.service.set_policy(policy)
         accrual = policy.failure_accrual if policy is not None else None
         if accrual is None:
             self.accrual = None
@@ -166,26 +151,6 @@ class Concrete:
 
             self.accrual = AccrualSet(accrual, clock=self.clock)
             self.accrual.update(self.endpoints.keys())
-
-    def budget(self, config: RetryBudgetConfig = DEFAULT_BUDGET) -> RetryBudget:
-        """The retry budget shared by this destination's requests with this configuration."""
-        budget = self._budgets.get(config)
-        if budget is None:
-            from weft.core.retry import RetryBudget
-
-            budget = self._budgets[config] = RetryBudget(config, clock=self.clock)
-        return budget
-
-    def route_series(self, route: str) -> tuple[HttpSeries, HttpSeries]:
-        """(effective, actual) series of ``route`` (``"default"`` when no route matched)."""
-        pair = self._route_series.get(route)
-        if pair is None or pair[0].expired or pair[1].expired:
-            labels = dict(self._base)
-            labels["route"] = route
-            items = tuple(sorted(labels.items()))
-            pair = (self.metrics.route(items), self.metrics.route_actual(items))
-            self._route_series[route] = pair
-        return pair
 
     # -- picking and pooling --------------------------------------------------------------------
 
@@ -316,19 +281,6 @@ class Concrete:
                 labels.pop("tls", None)
                 labels.update(tls)
             series = state.http_series[key] = self.metrics.http(tuple(sorted(labels.items())))
-        return series
-
-    def unrouted_series(self, authority: bytes, tls: LabelItems = ()) -> HttpSeries:
-        """The series of requests for ``authority`` that no endpoint took (the proxy answered:
-        no endpoint, a redirect, a denial, a malformed request)."""
-        key = (authority, tls)
-        series = self._unrouted.get(key)
-        if series is None or series.expired:
-            labels = {"direction": self.direction, "target_addr": self.name}
-            labels["authority"] = authority.decode("latin-1")
-            labels.update(tls or (("tls", "disabled"),))
-            series = self.metrics.http(tuple(sorted(labels.items())))
-            self._unrouted[key] = series
         return series
 
     def tcp_series(self, state: EndpointState) -> TcpSeries:

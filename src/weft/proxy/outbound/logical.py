@@ -133,11 +133,11 @@ class Call:
     )  # fmt: skip
 
     def __init__(
-        self, ctx: L7Context, service: Concrete, tls_labels: LabelItems, headers: Headers
+        self, ctx: L7Context, target: Concrete, tls_labels: LabelItems, headers: Headers
     ) -> None:
         self.ctx = ctx
-        self.service = service  # the destination the client called
-        self.concrete = service  # serving this attempt: the service, or a route's backend
+        self.service = target.service  # the destination the client called: its routes...
+        self.concrete = target  # serving this attempt: the target, or a route's backend
         self.tls_labels = tls_labels  # inbound: the client's TLS labels (client_id...)
         self.headers = headers  # request headers, names lowercased (HTTP/2: pseudo first)
         self.method = b""
@@ -265,7 +265,7 @@ class Call:
             return False
         found = self.ctx.backend(backend.target)
         if isinstance(found, Concrete):
-            if not found.known:
+            if not found.service.known:
                 self._unknown_backend(backend.target)
                 return False
             self.concrete = found
@@ -298,7 +298,7 @@ class Call:
             self.fail(502, "backend-unresolved", f"cannot resolve a backend: {fut.exception()}")
         else:
             concrete = fut.result()
-            if not concrete.known:
+            if not concrete.service.known:
                 self._unknown_backend(concrete.name)
             else:
                 self.concrete = concrete

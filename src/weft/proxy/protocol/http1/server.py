@@ -414,7 +414,7 @@ class Http1Downstream(asyncio.Protocol):
 
     def _send_rejection(self, status: int, reason: str, detail: str) -> None:
         log.info("rejecting request from %s: %d %s", self.peer, status, detail)
-        series = self.concrete.unrouted_series(b"", self.tls_labels)
+        series = self.concrete.service.unrouted_series(b"", self.tls_labels)
         series.requests += 1
         series.response(status, False).observe(0.0)
         self.write(error_response(status, reason, close=True, detail=detail))

@@ -64,7 +64,7 @@ ends it with those trailers; either way the upstream stream is reset. A malforme
 Metrics: per request through ``concrete.http_series`` as HTTP/1 does, recorded when the stream
 ends (gRPC classification needs the trailers): failure when the status is 5xx, when the stream
 was reset, or when ``grpc-status`` is non-zero; the latency is to the response headers. Per route
-(``concrete.route_series``): the effective series counts what the client saw, the actual series
+(``Service.route_series``): the effective series counts what the client saw, the actual series
 every attempt.
 
 Not for: choosing the destination (the caller hands a Concrete), TLS, HTTP/1.
