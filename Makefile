@@ -59,7 +59,7 @@ bench-pure: $(BENCH_STAMP) sysdeps
 
 test-compiled: $(COMPILED_STAMP) sysdeps
 	$(CBIN)/python -c "import weft.proxy.protocol.http1.exchange as m; assert m.__file__.endswith('.so'), m.__file__"
-	$(CBIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/integration -k "proxy or tls or balancer or metrics"
+	$(CBIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/integration -k "proxy or tls or balancer or metrics or l7"
 
 
 lint: $(STAMP)

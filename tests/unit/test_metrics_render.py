@@ -89,3 +89,25 @@ def test_inbound_policy_counters_render_through_it() -> None:
         "inbound_http_authz_allow_total", "counter", "HTTP requests authorized", [(labels, 2)]
     )
     assert _parse(text) == [("inbound_http_authz_allow_total", dict(labels), 2.0)]
+
+
+def test_endpoint_states_of_a_target_with_quotes_and_backslashes_parse() -> None:
+    """``outbound_endpoint_state`` used to be formatted by hand in ``Concrete``, unescaped: a
+    target named ``we"ird\\:80`` made the whole scrape unparseable."""
+    from weft.discovery import Endpoint
+    from weft.metrics import ProxyMetrics
+    from weft.policy import FailureAccrualConfig, ServicePolicy
+    from weft.proxy.outbound.concrete import Concrete
+
+    name = 'we"ird\\:80'
+    concrete = Concrete(
+        name, direction="outbound", metrics=ProxyMetrics(process=False), connect_timeout=1.0,
+        pool_max_idle=1,
+    )  # fmt: skip
+    concrete.set_policy(ServicePolicy(failure_accrual=FailureAccrualConfig()))
+    concrete.set_endpoints([Endpoint(("127.0.0.1", 8080))])
+    text = render_family("outbound_endpoint_state", "gauge", "state", concrete.endpoint_states())
+    ((metric, labels, value),) = _parse(text)
+    assert (metric, labels["target_addr"], labels["endpoint"], value) == (
+        "outbound_endpoint_state", name, "127.0.0.1:8080", 1.0
+    )  # fmt: skip
