@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import httptools
 
 from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries
 from weft.proxy.outbound.concrete import Concrete
-from weft.proxy.outbound.logical import L7Context
+from weft.proxy.outbound.logical import Headers, L7Context
 from weft.proxy.protocol.http1.exchange import Exchange
 from weft.proxy.protocol.http1.framing import (
     HOP_BY_HOP,
@@ -66,8 +65,30 @@ class Http1Context(L7Context):
             conn.drain()
 
 
+# Why reading is paused (bits of Http1Downstream._paused): a connection needs no set for this.
+_PAUSE_BITS = {"request-buffer": 1, "pipeline": 2, "broken": 4, "upstream-write": 8}
+# The head's scratch lists between requests: an idle connection keeps none of its own (these are
+# never appended to: on_message_begin gives each request fresh ones, and trailers get theirs).
+_NO_BYTES: list[bytes] = []
+_NO_HEADERS: Headers = []
+
+
 class Http1Downstream(asyncio.Protocol):
-    """The server side of one client connection."""
+    """The server side of one client connection.
+
+    Memory matters here: a sidecar holds one per client connection, most of them idle. Between
+    requests a connection keeps no parser (httptools' parser, its C state and its bound
+    callbacks are about 900 bytes; one is made when a request's first bytes arrive, about
+    0.5 us), no queue (a list, allocated on first use) and none of the last head's scratch
+    lists; what pauses its reading is a bit set.
+    """
+
+    __slots__ = (
+        "_begun", "_broken", "_corked", "_head_bytes", "_head_read_bytes", "_head_started",
+        "_headers", "_in_head", "_last_active", "_lines", "_paused", "_special", "_url",
+        "_write_paused", "authz", "closing", "concrete", "ctx", "on_close", "parser", "parsing",
+        "peer", "queue", "tcp", "tls_labels", "transport", "upgraded", "version",
+    )  # fmt: skip
 
     def __init__(
         self, ctx: Http1Context, concrete: Concrete, transport: asyncio.Transport, peer: str
@@ -76,18 +97,18 @@ class Http1Downstream(asyncio.Protocol):
         self.concrete = concrete
         self.transport = transport
         self.peer = peer
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = None
         self.version = b"1.1"
-        self.queue: deque[Exchange] = deque()
+        self.queue: list[Exchange] = []
         self.parsing: Exchange | None = None
         self.closing = False
         self.upgraded = False
-        self._paused: set[str] = set()
+        self._paused = 0
         self._write_paused = False
-        self._url: list[bytes] = []
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._lines: list[bytes] = []
-        self._special: list[tuple[bytes, bytes]] = []
+        self._url = _NO_BYTES
+        self._headers = _NO_HEADERS
+        self._lines = _NO_BYTES
+        self._special = _NO_HEADERS
         self._head_bytes = 0
         self._head_read_bytes = 0
         self._in_head = False
@@ -145,8 +166,11 @@ class Http1Downstream(asyncio.Protocol):
         self._last_active = _monotonic()
         spanning = self._in_head
         self._begun = 0
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade_bytes(data[int(exc.args[0]) :] if exc.args else b"")
         except httptools.HttpParserCallbackError as exc:
@@ -243,6 +267,8 @@ class Http1Downstream(asyncio.Protocol):
         if self._head_bytes > self.ctx.max_header_bytes:
             raise _Reject(431, "headers-too-large", "request headers (or trailers) too large")
         if not self._in_head:  # a trailer
+            if self._headers is _NO_HEADERS:
+                self._headers = []
             self._headers.append((name, value))
             return
         # one pass per header: lowercased for lookups (routing), end-to-end lines pre-formatted
@@ -259,12 +285,16 @@ class Http1Downstream(asyncio.Protocol):
         if self._head_bytes > self.ctx.max_header_bytes:
             raise _Reject(431, "headers-too-large", "request headers too large")
         parser = self.parser
+        assert parser is not None
         version = parser.get_http_version()
         self.version = b"1.0" if version == "1.0" else b"1.1"
         method: bytes = parser.get_method()
         url = b"".join(self._url) if len(self._url) != 1 else self._url[0]
         headers = self._headers
-        self._headers = []
+        special, lines = self._special, self._lines
+        # the idle connection keeps none of this head's lists (or the bytes they hold)
+        self._headers = self._special = _NO_HEADERS
+        self._url = self._lines = _NO_BYTES
         authority = b""
         lengths: list[bytes] = []
         te: bytes | None = None
@@ -272,7 +302,7 @@ class Http1Downstream(asyncio.Protocol):
         expect_continue = False
         upgrade_value: bytes | None = None
         hosts = 0
-        for lname, value in self._special:
+        for lname, value in special:
             if lname == b"host":
                 hosts += 1
                 authority = value
@@ -286,7 +316,6 @@ class Http1Downstream(asyncio.Protocol):
                 upgrade_value = value
             elif lname == b"expect" and value.lower() == b"100-continue":
                 expect_continue = True
-        lines = self._lines
         if connection_tokens:
             listed = set(connection_tokens) - STANDARD_CONNECTION_TOKENS
             if listed:  # headers the Connection header names are hop-by-hop too
@@ -349,16 +378,21 @@ class Http1Downstream(asyncio.Protocol):
             return
         self.parsing = None
         # headers seen after the head are trailers (chunked requests only)
-        trailers, self._headers = self._headers, []
+        trailers, self._headers = self._headers, _NO_HEADERS
         exchange.on_request_end(trailers)
 
     # -- exchange lifecycle ---------------------------------------------------------------------
 
     def exchange_finished(self, exchange: Exchange) -> None:
-        if not self.queue or self.queue[0] is not exchange:
+        queue = self.queue
+        if not queue or queue[0] is not exchange:
             return
-        self.queue.popleft()
+        del queue[0]
         self._last_active = _monotonic()
+        if not queue and not self._in_head and not self.upgraded:
+            # idle until the client's next request: the parser goes (a new one comes with the
+            # next bytes)
+            self.parser = None
         if exchange.close_after:
             self.close()
             return
@@ -423,11 +457,12 @@ class Http1Downstream(asyncio.Protocol):
     def pause(self, reason: str) -> None:
         if not self._paused:
             self.transport.pause_reading()
-        self._paused.add(reason)
+        self._paused |= _PAUSE_BITS[reason]
 
     def resume(self, reason: str) -> None:
-        if reason in self._paused:
-            self._paused.discard(reason)
+        bit = _PAUSE_BITS[reason]
+        if self._paused & bit:
+            self._paused &= ~bit
             if not self._paused and not self.transport.is_closing():
                 self.transport.resume_reading()
 
@@ -464,7 +499,7 @@ class Http1Downstream(asyncio.Protocol):
     def __repr__(self) -> str:
         return (
             f"<Http1Downstream {self.peer} queue={len(self.queue)} closing={self.closing} "
-            f"paused={sorted(self._paused)}>"
+            f"paused={sorted(r for r, bit in _PAUSE_BITS.items() if self._paused & bit)}>"
         )
 
 
