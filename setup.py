@@ -22,6 +22,7 @@ from setuptools import Extension, setup
 HOT_MODULES = (
     "src/weft/core/accept.py",
     "src/weft/core/balancer.py",
+    "src/weft/core/detect.py",
     "src/weft/core/h2conn.py",
     "src/weft/core/h2limits.py",
     "src/weft/core/hpack.py",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -156,3 +157,28 @@ async def test_a_burst_of_connections_is_accepted_in_one_go() -> None:
         finally:
             for s in clients:
                 s.close()
+
+
+async def test_churned_connections_leave_no_descriptor_behind() -> None:
+    """Each accepted socket's descriptor is handed to its transport (the accept loop's socket
+    object is detached) and closed once, when the connection closes."""
+    async with (
+        http_backend() as (addr, _),
+        running_proxy(outbound_target=addr) as proxy,
+    ):
+        out = proxy.addresses["outbound"]
+        assert await get(out) == b"HTTP/1.1 200 OK ok"  # the upstream connection is pooled
+        await asyncio.sleep(0.1)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            assert await get(out) == b"HTTP/1.1 200 OK ok"
+
+        def settled() -> bool:
+            return not proxy.outbound.accepting and not proxy.outbound.http.connections
+
+        for _ in range(200):  # bounded: the proxy closes its side soon after each answer
+            if settled() and len(os.listdir("/proc/self/fd")) <= before:
+                break
+            await asyncio.sleep(0.05)
+        assert settled()
+        assert len(os.listdir("/proc/self/fd")) <= before

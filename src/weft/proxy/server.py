@@ -27,8 +27,8 @@ from weft.control.follow import ControlStreams
 from weft.core.accept import DETECT_MAX, DialGate
 from weft.discovery import Discovery, Resolution
 from weft.metrics.proxy import LabelItems, ProxyMetrics, TcpSeries, render_family
-from weft.proxy.accept.conn import MAX_DIALS, Accept
-from weft.proxy.accept.listen import AcceptLoop, Deadlines, attach, original_dst
+from weft.proxy.accept.conn import MAX_DIALS, Accept, Acceptor
+from weft.proxy.accept.listen import AcceptLoop, ConnCounts, Deadlines, original_dst
 from weft.proxy.admin import AdminServer
 from weft.proxy.config import ProxyConfig
 from weft.proxy.inbound.tls import PeerTls, TlsSource, inbound_tls_labels
@@ -43,10 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.proxy")
 
 EVICT_IDLE = 60.0
-# after this many connections closed, give freed memory back to the OS (glibc keeps it otherwise:
-# RSS stayed 65 MB up after 10,000 idle connections closed) ...
-TRIM_AFTER_CLOSES = 1000
-# ... this long after the burst began (one trim per burst, not one per close)
+# after TRIM_AFTER_CLOSES connections closed, give freed memory back to the OS this long after
+# the burst began (one trim per burst, not one per close)
 TRIM_DELAY = 1.0
 
 
@@ -71,14 +69,21 @@ class Listener:
         self.default_target = (
             config.outbound_target if direction == "outbound" else config.inbound_target
         )
+        # its concretes' key, formatted once (not per connection)
+        self.default_key = format_addr(self.default_target) if self.default_target else ""
+        self.detect_timeout = config.detect_timeout
+        # the running loop, once listening (the accept path reads its clock)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.connect_timeout = (
             config.connect_timeout_outbound
             if direction == "outbound"
             else config.connect_timeout_inbound
         )
         self.concretes: dict[str, Concrete] = {}
-        self.users: dict[str, int] = {}
-        self.last_used: dict[str, float] = {}
+        # open client connections per concrete, when each was last used, closes since a trim
+        self.counts = ConnCounts(self._burst)
+        self.users = self.counts.users
+        self.last_used = self.counts.last_used
         self._pending: dict[str, asyncio.Future[Concrete]] = {}
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self.relays: set[Relay] = set()
@@ -90,10 +95,10 @@ class Listener:
         self.dials = DialGate(MAX_DIALS)
         # connections closed at the detection timeout, never having spoken (no dial made)
         self.silent_closed = 0
-        self._closes = 0
         self._trim: asyncio.TimerHandle | None = None
         self.server: AcceptLoop | None = None
-        self._src_series: dict[tuple[str, LabelItems], TcpSeries] = {}
+        # the peer="src" TCP series by (target, TLS labels); the accept path reads it directly
+        self.src_cache: dict[tuple[str, LabelItems], TcpSeries] = {}
         # this proxy's identity (mesh TLS): outbound dials meshed endpoints with it, inbound
         # terminates mesh TLS addressed to it; None when identity is disabled
         self.tls: TlsSource | None = None
@@ -129,17 +134,11 @@ class Listener:
 
     def listen(self, host: str, port: int) -> AcceptLoop:
         """Start accepting on ``host:port``."""
-        loop = asyncio.get_running_loop()
-
-        def adopt(sock: socket.socket, addr: Any) -> None:
-            acc = Accept(self)
-            acc.orig = original_dst(sock, bound_port, family)
-            acc.orig_known = True
-            attach(loop, acc, sock)
-
-        server = AcceptLoop(host, port, adopt, backlog=1024)
-        bound_port = server.sock.getsockname()[1]
-        family = int(server.sock.family)
+        self.loop = asyncio.get_running_loop()
+        acceptor = Acceptor(self, int(socket.AF_INET))
+        server = AcceptLoop(host, port, acceptor.adopt, backlog=1024)
+        acceptor.port = server.sock.getsockname()[1]
+        acceptor.family = int(server.sock.family)
         self.server = server
         return server
 
@@ -189,11 +188,11 @@ class Listener:
         """The ``peer="src"`` TCP series of connections to ``target`` (``tls``: the client's
         TLS labels on the inbound side; none means ``tls="disabled"``)."""
         key = (target, tls)
-        series = self._src_series.get(key)
+        series = self.src_cache.get(key)
         if series is None or series.expired:
             labels = {"direction": self.direction, "peer": "src", "target_addr": target}
             labels.update(tls or (("tls", "disabled"),))
-            series = self._src_series[key] = self.metrics.tcp(tuple(sorted(labels.items())))
+            series = self.src_cache[key] = self.metrics.tcp(tuple(sorted(labels.items())))
         return series
 
     def peer_labels(self, peer: PeerTls | None) -> LabelItems:
@@ -202,24 +201,13 @@ class Listener:
             return ()
         return inbound_tls_labels(peer)
 
-    def acquire(self, concrete: Concrete) -> None:
-        self.users[concrete.name] = self.users.get(concrete.name, 0) + 1
-
-    def release(self, concrete: Concrete) -> None:
-        n = self.users.get(concrete.name, 1) - 1
-        self.users[concrete.name] = n
-        self.last_used[concrete.name] = time.monotonic()
-        self.closed_one()
-
-    def closed_one(self) -> None:
-        """A client connection closed: after a burst of them, give the memory back."""
-        self._closes += 1
-        if self._closes >= TRIM_AFTER_CLOSES and self._trim is None:
-            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trimmed)
+    def _burst(self) -> None:
+        """A burst of closes (``counts``): give the memory back shortly."""
+        self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trimmed)
 
     def _trimmed(self) -> None:
         self._trim = None
-        self._closes = 0
+        self.counts.trimmed()
         # a full collection also empties the interpreter's free lists (tuples, lists, dicts,
         # frames kept for reuse), which otherwise pin the arenas the burst filled; measured
         # at 10,000 closed keep-alive connections: 78.8 -> 62.8 MB with it, 78.8 without

@@ -47,7 +47,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from weft.addr import Address, format_addr
+from weft.addr import Address
 from weft.core.accept import DETECT_MAX, Detection, DialGate, Verdict, mesh_hello
 from weft.core.transport_header import TransportHeaderError
 from weft.core.transport_header import decode as decode_header
@@ -64,7 +64,7 @@ from weft.proxy.accept.handover import (
     to_http1,
     to_http2,
 )
-from weft.proxy.accept.listen import original_dst
+from weft.proxy.accept.listen import attach, original_dst
 from weft.proxy.inbound.tls import HANDSHAKE_TIMEOUT, PeerTls, TlsSource, terminate
 from weft.proxy.outbound.concrete import Concrete
 from weft.proxy.outbound.endpoint import EndpointState
@@ -148,19 +148,24 @@ class Accept(asyncio.Protocol):
                 orig = original_dst(sock)
         if self.terminated:
             self.peer_tls = PeerTls(_client_identity(transport, listener.tls))
-        self.tls_labels = listener.peer_labels(self.peer_tls)
+        if listener.tls is not None:  # no identity: no TLS labels (and no call to ask)
+            self.tls_labels = listener.peer_labels(self.peer_tls)
         listener.accepting.add(self)
         try:
             if self.transported or (orig is None and self._mesh_only()):
                 self.task = asyncio.get_running_loop().create_task(self._run_mesh())
                 return
-            target = listener.target_for(orig)
+            if orig is not None:
+                target: Address | None = orig
+                key = addr_key(orig)
+            else:
+                target, key = listener.default_target, listener.default_key
             if target is None:
                 log.warning("connection from %s has no target (not redirected, no --%s-target)",
                             self.peer_name(), listener.direction)  # fmt: skip
                 self._close()
                 return
-            concrete = listener.concretes.get(format_addr(target))
+            concrete = listener.concretes.get(key)
             if concrete is None:
                 self.task = asyncio.get_running_loop().create_task(self._resolve(target))
                 return
@@ -184,7 +189,7 @@ class Accept(asyncio.Protocol):
         self.client_lost = True
         self._wake()
         self.listener.accepting.discard(self)
-        self.listener.closed_one()
+        self.listener.counts.closed_one()
 
     def peer_name(self) -> str:
         """The client's address as ``host:port`` (for logs and the HTTP protocols)."""
@@ -202,7 +207,7 @@ class Accept(asyncio.Protocol):
         transport = self.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         if peer:
-            self.peer = format_addr((peer[0], peer[1]))
+            self.peer = addr_key(peer)
             self.peer_ip = peer[0]
 
     def _wake(self) -> None:
@@ -340,9 +345,10 @@ class Accept(asyncio.Protocol):
     def _detect(self, concrete: Concrete, opaque: bool) -> None:
         """Decide the protocol (``opaque``: only mesh TLS, or opaque TCP at once)."""
         listener = self.listener
-        loop = asyncio.get_running_loop()
         tls = listener.tls
-        deadline = loop.time() + listener.config.detect_timeout
+        loop = listener.loop
+        assert loop is not None
+        deadline = loop.time() + listener.detect_timeout
         det = Detection(
             deadline,
             opaque=opaque,
@@ -418,7 +424,8 @@ class Accept(asyncio.Protocol):
             self._close()
 
     def _check(self, det: Detection, now: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.listener.loop
+        assert loop is not None
         for _ in range(4):  # a failed early dial is retried (at most 3 dials)
             dial = self.dial
             server: bytes | None = None
@@ -628,6 +635,33 @@ class Accept(asyncio.Protocol):
             return None
 
 
+def addr_key(addr: tuple[Any, ...]) -> str:
+    """``host:port`` (``[v6]:port``): :func:`weft.addr.format_addr`, compiled, of a socket
+    address (an IPv6 one has four fields), for the per-connection paths."""
+    host: str = addr[0]
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+class Acceptor:
+    """Each connection a listener's :class:`~weft.proxy.accept.listen.AcceptLoop` accepts: its
+    original destination read, then an :class:`Accept` on a transport (compiled, where a
+    closure in the listener was interpreted). ``port``: the listener's, once bound."""
+
+    __slots__ = ("family", "listener", "loop", "port")
+
+    def __init__(self, listener: Listener, family: int) -> None:
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.family = family
+        self.port = 0
+
+    def adopt(self, sock: socket.socket, _: Any) -> None:
+        acc = Accept(self.listener)
+        acc.orig = original_dst(sock, self.port, self.family)
+        acc.orig_known = True
+        attach(self.loop, acc, sock.detach(), self.family)
+
+
 def _client_identity(transport: asyncio.BaseTransport, tls: TlsSource | None) -> str | None:
     """The mesh identity a terminated TLS client proved with its certificate, if any."""
     ssl_object = transport.get_extra_info("ssl_object")
@@ -639,4 +673,4 @@ def _client_identity(transport: asyncio.BaseTransport, tls: TlsSource | None) ->
     return identity
 
 
-__all__ = ["DETECT_MAX", "MAX_DIALS", "Accept"]
+__all__ = ["DETECT_MAX", "MAX_DIALS", "Accept", "Acceptor", "addr_key"]

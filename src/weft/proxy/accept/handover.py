@@ -22,7 +22,9 @@ from weft.proxy.protocol.tcp import Relay
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from weft.metrics.proxy import LabelItems, TcpSeries
     from weft.proxy.accept.conn import Accept
+    from weft.proxy.server import Listener
 
 log = logging.getLogger("weft.proxy")
 
@@ -138,6 +140,15 @@ def discard(dial: Dial) -> None:
     dial.add_done_callback(done)
 
 
+def src_series(listener: Listener, target: str, tls: LabelItems) -> TcpSeries:
+    """The listener's ``peer="src"`` series (:meth:`~weft.proxy.server.Listener.src_series`),
+    read from its cache here when it is there (a call into the listener is interpreted)."""
+    series = listener.src_cache.get((target, tls))
+    if series is None or series.expired:
+        series = listener.src_series(target, tls)
+    return series
+
+
 def hand_over(acc: Accept, down: Any, concrete: Concrete) -> bytes:
     """Give the connection to an HTTP protocol (HTTP/1 or HTTP/2): its client's TLS labels
     and policy, its ``peer="src"`` accounting; returns the bytes already read."""
@@ -149,14 +160,16 @@ def hand_over(acc: Accept, down: Any, concrete: Concrete) -> bytes:
         down.authz = acc.port_policy.http_connection(
             acc.client_ip(), acc._client_id(), acc.terminated
         )
-    series = listener.src_series(concrete.name, acc.tls_labels)
+    series = src_series(listener, concrete.name, acc.tls_labels)
     series.opened()
     down.tcp = series
-    listener.acquire(concrete)
+    counts = listener.counts
+    name = concrete.name
+    counts.acquire(name)
 
     def closed(_: Any) -> None:
         series.closed()
-        listener.release(concrete)
+        counts.release(name)
 
     down.on_close = closed
     transport.set_protocol(down)
@@ -284,16 +297,18 @@ def relay(
         server_rest = probe.buffer
         # the endpoint dialed (its proxy's port, for the mesh transport, is not its address)
         state = state or _state_of(concrete, upstream)
-    src = listener.src_series(concrete.name, acc.tls_labels)
+    src = src_series(listener, concrete.name, acc.tls_labels)
     src.opened()
-    listener.acquire(concrete)
+    counts = listener.counts
+    name = concrete.name
+    counts.acquire(name)
     dst = concrete.tcp_series(state) if state is not None else None
     relays = listener.relays
 
     def closed(relay: Relay) -> None:
         relays.discard(relay)
         src.closed()
-        listener.release(concrete)
+        counts.release(name)
 
     buffered, acc.buffer = acc.buffer, b""
     relay = Relay(
