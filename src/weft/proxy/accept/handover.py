@@ -164,14 +164,8 @@ def hand_over(acc: Accept, down: Any, concrete: Concrete) -> bytes:
     series.opened()
     down.tcp = series
     counts = listener.counts
-    name = concrete.name
-    counts.acquire(name)
-
-    def closed(_: Any) -> None:
-        series.closed()
-        counts.release(name)
-
-    down.on_close = closed
+    counts.acquire(concrete.name)
+    down.counts = counts  # released by the connection's end (no closure per connection)
     transport.set_protocol(down)
     buffered, acc.buffer = acc.buffer, b""
     transport.resume_reading()
@@ -181,7 +175,7 @@ def hand_over(acc: Accept, down: Any, concrete: Concrete) -> bytes:
 def to_http1(acc: Accept, concrete: Concrete) -> None:
     transport = acc.transport
     assert transport is not None
-    down = Http1Downstream(acc.listener.http, concrete, transport, acc.peer_name())
+    down = Http1Downstream(acc.listener.http, concrete, transport)
     buffered = hand_over(acc, down, concrete)
     if buffered:
         down.data_received(buffered)

@@ -351,11 +351,9 @@ class Exchange(Call):
         down = self.down
         down.ctx.connections.discard(down)
         series = self.concrete.tcp_series(state)
-        on_close = down.on_close
 
         def closed(_: Relay) -> None:  # the client connection's own accounting ends with it
-            if on_close is not None:
-                on_close(down)
+            down.release()
 
         Relay(
             down.transport,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -35,6 +34,7 @@ from weft.proxy.protocol.http1.framing import (
 )
 
 if TYPE_CHECKING:
+    from weft.proxy.accept.listen import ConnCounts
     from weft.proxy.config import ProxyConfig
     from weft.proxy.inbound.policy import HttpConn
 
@@ -86,17 +86,14 @@ class Http1Downstream(asyncio.Protocol):
     __slots__ = (
         "_begun", "_broken", "_corked", "_head_bytes", "_head_read_bytes", "_head_started",
         "_headers", "_in_head", "_last_active", "_lines", "_paused", "_special", "_url",
-        "_write_paused", "authz", "closing", "concrete", "ctx", "on_close", "parser", "parsing",
-        "peer", "queue", "tcp", "tls_labels", "transport", "upgraded", "version",
+        "_write_paused", "authz", "closing", "concrete", "counts", "ctx", "parser", "parsing",
+        "queue", "tcp", "tls_labels", "transport", "upgraded", "version",
     )  # fmt: skip
 
-    def __init__(
-        self, ctx: Http1Context, concrete: Concrete, transport: asyncio.Transport, peer: str
-    ) -> None:
+    def __init__(self, ctx: Http1Context, concrete: Concrete, transport: asyncio.Transport) -> None:
         self.ctx = ctx
         self.concrete = concrete
         self.transport = transport
-        self.peer = peer
         self.parser: httptools.HttpRequestParser | None = None
         self.version = b"1.1"
         self.queue: list[Exchange] = []
@@ -118,7 +115,8 @@ class Http1Downstream(asyncio.Protocol):
         self.tls_labels: LabelItems = ()  # inbound: the client's TLS labels (client_id...)
         self.authz: HttpConn | None = None  # inbound: the port's policy for this client
         self._corked: list[bytes] | None = None
-        self.on_close: Callable[[Http1Downstream], None] | None = None
+        # the listener's open connections per concrete (released when this one ends)
+        self.counts: ConnCounts | None = None
         self._broken: tuple[int, str, str] | None = None
         self._begun = 0
         ctx.connections.add(self)
@@ -228,11 +226,31 @@ class Http1Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
-        if self.on_close is not None:
-            self.on_close(self)
+        self.release()
         for exchange in self.queue:
             exchange.on_client_gone()
         self.queue.clear()
+        self.parser = None  # its bound callbacks refer back here: no cycle for the collector
+
+    def release(self) -> None:
+        """The connection's accounting ends (once): its ``peer="src"`` series and the
+        listener's count of connections to its concrete."""
+        tcp, counts = self.tcp, self.counts
+        self.counts = None
+        if counts is not None:
+            if tcp is not None:
+                tcp.closed()
+            counts.release(self.concrete.name)
+
+    @property
+    def peer(self) -> str:
+        """The client's ``host:port``, read when needed (logs): an idle connection keeps no
+        string for it."""
+        name = self.transport.get_extra_info("peername")
+        if not name:
+            return "-"
+        host = str(name[0])
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
 
     def pause_writing(self) -> None:
         self._write_paused = True

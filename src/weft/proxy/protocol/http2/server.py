@@ -35,6 +35,7 @@ from weft.proxy.protocol.http2.peer import (
 from weft.proxy.protocol.http2.stream import H2Stream
 
 if TYPE_CHECKING:
+    from weft.proxy.accept.listen import ConnCounts
     from weft.proxy.inbound.policy import HttpConn
     from weft.proxy.protocol.http2.context import Http2Context
 
@@ -67,7 +68,8 @@ class Http2Downstream(Peer):
         self.closing = False  # GOAWAY sent or received: close once the streams are done
         self.tls_labels: LabelItems = ()  # inbound: the client's TLS labels (client_id...)
         self.authz: HttpConn | None = None  # inbound: the port's policy for this client
-        self.on_close: Callable[[Http2Downstream], None] | None = None
+        # the listener's open connections per concrete (released when this one ends)
+        self.counts: ConnCounts | None = None
         self._new: list[H2Stream] = []  # requests of this read, sent upstream after it
         ctx.connections.add(self)
 
@@ -115,8 +117,12 @@ class Http2Downstream(Peer):
         for stream in list(self.streams.values()):
             stream.on_client_reset(CANCEL)
         self.streams.clear()
-        if self.on_close is not None:
-            self.on_close(self)
+        tcp, counts = self.tcp, self.counts
+        self.counts = None
+        if counts is not None:
+            if tcp is not None:
+                tcp.closed()
+            counts.release(self.concrete.name)
         ctx.flush()
 
     # -- HTTP/2 events (weft.core.h2conn.H2Handler) ---------------------------------------------
