@@ -30,6 +30,7 @@ HOT_MODULES = (
     "src/weft/proxy/accept/conn.py",
     "src/weft/proxy/accept/handover.py",
     "src/weft/proxy/accept/listen.py",
+    "src/weft/proxy/accept/mesh.py",
     "src/weft/proxy/outbound/concrete.py",
     "src/weft/proxy/outbound/endpoint.py",
     "src/weft/proxy/outbound/logical.py",

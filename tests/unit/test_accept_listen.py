@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weft.addr import format_addr
-from weft.proxy.accept.conn import addr_key
 from weft.proxy.accept.listen import TRIM_AFTER_CLOSES, AcceptedFd, ConnCounts
+from weft.proxy.accept.mesh import addr_key
 
 
 def test_accepted_fd_is_read_as_a_stream_socket_of_its_family() -> None:

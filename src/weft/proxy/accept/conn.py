@@ -48,9 +48,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from weft.addr import Address
-from weft.core.accept import DETECT_MAX, Detection, DialGate, Verdict, mesh_hello
-from weft.core.transport_header import TransportHeaderError
-from weft.core.transport_header import decode as decode_header
+from weft.core.accept import DETECT_MAX, Detection, DialGate, Verdict
 from weft.metrics.proxy import LabelItems
 from weft.proxy.accept.handover import (
     Dial,
@@ -65,7 +63,8 @@ from weft.proxy.accept.handover import (
     to_http2,
 )
 from weft.proxy.accept.listen import attach, original_dst
-from weft.proxy.inbound.tls import HANDSHAKE_TIMEOUT, PeerTls, TlsSource, terminate
+from weft.proxy.accept.mesh import addr_key, client_identity, mesh_connection, transport_target
+from weft.proxy.inbound.tls import PeerTls, terminate
 from weft.proxy.outbound.concrete import Concrete
 from weft.proxy.outbound.endpoint import EndpointState
 
@@ -147,7 +146,7 @@ class Accept(asyncio.Protocol):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 orig = original_dst(sock)
         if self.terminated:
-            self.peer_tls = PeerTls(_client_identity(transport, listener.tls))
+            self.peer_tls = PeerTls(client_identity(transport, listener.tls))
         if listener.tls is not None:  # no identity: no TLS labels (and no call to ask)
             self.tls_labels = listener.peer_labels(self.peer_tls)
         listener.accepting.add(self)
@@ -250,10 +249,10 @@ class Accept(asyncio.Protocol):
         self.event = asyncio.Event()
         try:
             if not self.transported:
-                await self._mesh_connection()
+                await mesh_connection(self)
                 self._done()
                 return
-            target = await self._transport_target()
+            target = await transport_target(self)
             if target is None:
                 self._done()
                 return
@@ -263,64 +262,6 @@ class Accept(asyncio.Protocol):
             self._close()
             return
         await self._resolve(target)
-
-    async def _mesh_connection(self) -> None:
-        """A mesh proxy's connection to the inbound port: wait (as long as a TLS handshake may
-        take) for a ClientHello naming this proxy, with no early dial, then terminate TLS; the
-        inner side reads the transport header. Anything else is closed: the inbound port
-        serves no plaintext and no one else's TLS."""
-        tls = self.listener.tls
-        event = self.event
-        assert tls is not None and self.transport is not None and event is not None
-        why = "no ClientHello in time"
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                while True:
-                    if self.buffer:
-                        ours = self.buffer[0] == 0x16 and mesh_hello(self.buffer, tls.name)
-                        if ours:
-                            self._terminate(None, transported=True)
-                            return
-                        if ours is False:
-                            why = "not mesh TLS for this proxy"
-                            break
-                    if self.client_lost or self.client_eof:
-                        why = "closed before a ClientHello"
-                        break
-                    event.clear()
-                    await event.wait()
-        log.info("connection from %s to the inbound port closed: %s", self.peer_name(), why)
-        self.transport.abort()
-
-    async def _transport_target(self) -> Address | None:
-        """The decrypted side of a mesh connection to the inbound port: its transport header,
-        and so its target (this pod's address, at the header's port); None: closed."""
-        transport = self.transport
-        event = self.event
-        assert transport is not None and event is not None
-        why = "no transport header in time"
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                while True:
-                    try:
-                        decoded = decode_header(self.buffer)
-                    except TransportHeaderError as exc:
-                        why = str(exc)
-                        break
-                    if decoded is not None:
-                        header, size = decoded
-                        self.buffer = self.buffer[size:]
-                        self.client_first = header.protocol is not None
-                        local = transport.get_extra_info("sockname")
-                        return (local[0], header.port)
-                    if self.client_lost or self.client_eof:
-                        why = "closed before a transport header"
-                        break
-                    event.clear()
-                    await event.wait()
-        log.info("mesh connection from %s closed: %s", self.peer_name(), why)
-        transport.abort()
-        return None
 
     # -- detection ------------------------------------------------------------------------------
 
@@ -635,13 +576,6 @@ class Accept(asyncio.Protocol):
             return None
 
 
-def addr_key(addr: tuple[Any, ...]) -> str:
-    """``host:port`` (``[v6]:port``): :func:`weft.addr.format_addr`, compiled, of a socket
-    address (an IPv6 one has four fields), for the per-connection paths."""
-    host: str = addr[0]
-    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-
-
 class Acceptor:
     """Each connection a listener's :class:`~weft.proxy.accept.listen.AcceptLoop` accepts: its
     original destination read, then an :class:`Accept` on a transport (compiled, where a
@@ -662,15 +596,4 @@ class Acceptor:
         attach(self.loop, acc, sock.detach(), self.family)
 
 
-def _client_identity(transport: asyncio.BaseTransport, tls: TlsSource | None) -> str | None:
-    """The mesh identity a terminated TLS client proved with its certificate, if any."""
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None or tls is None:
-        return None
-    from weft.identity.names import peer_identity
-
-    identity: str | None = peer_identity(ssl_object.getpeercert(), tls.trust_domain)
-    return identity
-
-
-__all__ = ["DETECT_MAX", "MAX_DIALS", "Accept", "Acceptor", "addr_key"]
+__all__ = ["DETECT_MAX", "MAX_DIALS", "Accept", "Acceptor"]
