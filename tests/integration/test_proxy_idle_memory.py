@@ -17,7 +17,7 @@ import tracemalloc
 from weft.testing import running_proxy
 from weft.testing.servers import Backend
 
-CONNECTIONS = 300
+CONNECTIONS = 1000
 # The 2,000 bytes of RSS, less what the allocators add to these allocations (~250).
 # An idle HTTP/1 keep-alive connection after one request held 4,397 bytes of them (a parser, a
 # deque, the last head's lists, a closure, ...) and holds about 1,570 now, of which uvloop's

@@ -65,6 +65,11 @@ class Http1Context(L7Context):
             conn.drain()
 
 
+# With more client connections than this, one that goes idle drops its parser (about 900 bytes;
+# a new one costs about 0.5 us and eight objects for the collector). With fewer, memory is no
+# concern and each connection keeps its parser: at 2,000 requests per second over 16 connections,
+# a new parser per request put HTTP/1 p99 about 10% higher (docs/benchmarks.md, issue 15's gate).
+SHED_PARSERS_ABOVE = 64
 # Why reading is paused (bits of Http1Downstream._paused): a connection needs no set for this.
 _PAUSE_BITS = {"request-buffer": 1, "pipeline": 2, "broken": 4, "upstream-write": 8}
 # The head's scratch lists between requests: an idle connection keeps none of its own (these are
@@ -77,10 +82,10 @@ class Http1Downstream(asyncio.Protocol):
     """The server side of one client connection.
 
     Memory matters here: a sidecar holds one per client connection, most of them idle. Between
-    requests a connection keeps no parser (httptools' parser, its C state and its bound
-    callbacks are about 900 bytes; one is made when a request's first bytes arrive, about
-    0.5 us), no queue (a list, allocated on first use) and none of the last head's scratch
-    lists; what pauses its reading is a bit set.
+    requests a connection keeps no queue storage and none of the last head's lists and, when
+    its listener has more than :data:`SHED_PARSERS_ABOVE` connections, no parser (httptools'
+    parser, its C state and its bound callbacks are about 900 bytes; one is made with a
+    request's first bytes, about 0.5 us); what pauses its reading is a bit set.
     """
 
     __slots__ = (
@@ -407,9 +412,14 @@ class Http1Downstream(asyncio.Protocol):
             return
         del queue[0]
         self._last_active = _monotonic()
-        if not queue and not self._in_head and not self.upgraded:
-            # idle until the client's next request: the parser goes (a new one comes with the
-            # next bytes)
+        if (
+            not queue
+            and not self._in_head
+            and not self.upgraded
+            and len(self.ctx.connections) > SHED_PARSERS_ABOVE
+        ):
+            # idle until the client's next request, among many connections: the parser goes (a
+            # new one comes with the next bytes)
             self.parser = None
         if exchange.close_after:
             self.close()
