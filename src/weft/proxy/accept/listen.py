@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from weft.addr import Address
 
 if TYPE_CHECKING:
+    from weft.metrics.proxy import TcpSeries
     from weft.proxy.accept.conn import Accept
 
 log = logging.getLogger("weft.proxy")
@@ -222,6 +223,13 @@ class ConnCounts:
 
     def acquire(self, name: str) -> None:
         self.users[name] = self.users.get(name, 0) + 1
+
+    def connection_closed(self, name: str, series: TcpSeries | None) -> None:
+        """An HTTP client connection to ``name`` ended: its ``peer="src"`` series closes and
+        it stops counting (the same end for HTTP/1 and HTTP/2)."""
+        if series is not None:
+            series.closed()
+        self.release(name)
 
     def release(self, name: str) -> None:
         self.users[name] = self.users.get(name, 1) - 1

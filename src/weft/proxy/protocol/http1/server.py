@@ -240,12 +240,9 @@ class Http1Downstream(asyncio.Protocol):
     def release(self) -> None:
         """The connection's accounting ends (once): its ``peer="src"`` series and the
         listener's count of connections to its concrete."""
-        tcp, counts = self.tcp, self.counts
-        self.counts = None
+        counts, self.counts = self.counts, None
         if counts is not None:
-            if tcp is not None:
-                tcp.closed()
-            counts.release(self.concrete.name)
+            counts.connection_closed(self.concrete.name, self.tcp)
 
     @property
     def peer(self) -> str:

@@ -117,12 +117,9 @@ class Http2Downstream(Peer):
         for stream in list(self.streams.values()):
             stream.on_client_reset(CANCEL)
         self.streams.clear()
-        tcp, counts = self.tcp, self.counts
-        self.counts = None
+        counts, self.counts = self.counts, None
         if counts is not None:
-            if tcp is not None:
-                tcp.closed()
-            counts.release(self.concrete.name)
+            counts.connection_closed(self.concrete.name, self.tcp)
         ctx.flush()
 
     # -- HTTP/2 events (weft.core.h2conn.H2Handler) ---------------------------------------------
