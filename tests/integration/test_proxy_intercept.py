@@ -104,6 +104,8 @@ def test_redirected_connections_use_their_original_destination(netns: str, tmp_p
     procs = [
         subprocess.Popen([*ns, sys.executable, str(script), "127.0.0.1", "endpoint", "8081"]),
         subprocess.Popen([*ns, sys.executable, str(script), "10.96.0.11", "direct", "8080"]),
+        # the proxy's own port number at another address: redirected all the same
+        subprocess.Popen([*ns, sys.executable, str(script), "10.96.0.11", "same-port", "4140"]),
         subprocess.Popen(
             [
                 *ns,
@@ -138,6 +140,8 @@ def test_redirected_connections_use_their_original_destination(netns: str, tmp_p
         # an address discovery does not know is forwarded to the original destination as is
         out = sh(*ns, "curl", "-s", "http://10.96.0.11:8080/unknown")
         assert out == "direct /unknown"
+        out = sh(*ns, "curl", "-s", "http://10.96.0.11:4140/kept")
+        assert out == "same-port /kept"
         metrics = sh(*ns, "curl", "-s", "http://127.0.0.1:4191/metrics")
         assert 'target_addr="10.96.0.10:80"' in metrics
         assert 'dst_service="web"' in metrics

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -62,7 +63,7 @@ from weft.proxy.accept.handover import (
     to_http1,
     to_http2,
 )
-from weft.proxy.accept.listen import attach, original_dst
+from weft.proxy.accept.listen import OriginalDst, attach, original_dst
 from weft.proxy.accept.mesh import addr_key, client_identity, mesh_connection, transport_target
 from weft.proxy.inbound.tls import PeerTls, terminate
 from weft.proxy.outbound.concrete import Concrete
@@ -581,19 +582,25 @@ class Acceptor:
     original destination read, then an :class:`Accept` on a transport (compiled, where a
     closure in the listener was interpreted). ``port``: the listener's, once bound."""
 
-    __slots__ = ("family", "listener", "loop", "port")
+    __slots__ = ("dst", "family", "listener", "loop", "port")
 
     def __init__(self, listener: Listener, family: int) -> None:
         self.listener = listener
         self.loop = asyncio.get_running_loop()
         self.family = family
         self.port = 0
+        self.dst = OriginalDst()
 
-    def adopt(self, sock: socket.socket, _: Any) -> None:
-        acc = Accept(self.listener)
-        acc.orig = original_dst(sock, self.port, self.family)
-        acc.orig_known = True
-        attach(self.loop, acc, sock.detach(), self.family)
+    def adopt(self, fd: int, _: Any) -> None:
+        """Take accepted descriptor ``fd`` (closed here if this fails)."""
+        try:
+            acc = Accept(self.listener)
+            acc.orig = self.dst.read(fd, self.family, self.port)
+            acc.orig_known = True
+        except BaseException:
+            os.close(fd)
+            raise
+        attach(self.loop, acc, fd, self.family)  # closes ``fd`` itself if it fails
 
 
 __all__ = ["DETECT_MAX", "MAX_DIALS", "Accept", "Acceptor"]
