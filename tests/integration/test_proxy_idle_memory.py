@@ -105,8 +105,10 @@ async def test_tables_grown_by_a_burst_shrink_after_it() -> None:
             writer.close()
         # the trim runs TRIM_DELAY after TRIM_AFTER_CLOSES closes
         await wait_until(
-            lambda: sys.getsizeof(listener.http.connections) == empty_set
-            and sys.getsizeof(listener.accepting) == empty_set,
+            lambda: (
+                sys.getsizeof(listener.http.connections) == empty_set
+                and sys.getsizeof(listener.accepting) == empty_set
+            ),
             within=5.0,
         )
         assert sys.getsizeof(listener.deadlines.entries) <= sys.getsizeof({})
