@@ -52,14 +52,14 @@ def test_a_relist_finds_what_changed_and_what_was_deleted_unseen() -> None:
 def test_watch_events_update_the_cache_and_the_resource_version() -> None:
     cache = Cache({"ip": by_ip})
     cache.replace([], "1")
-    added = cache.apply({"type": "ADDED", "object": pod("a", "2", "10.0.0.1")})
+    added = cache.apply("ADDED", pod("a", "2", "10.0.0.1"))
     assert added == Change("added", "default/a", None, pod("a", "2", "10.0.0.1"))
-    moved = cache.apply({"type": "MODIFIED", "object": pod("a", "3", "10.0.0.9")})
+    moved = cache.apply("MODIFIED", pod("a", "3", "10.0.0.9"))
     assert moved is not None and moved.kind == "updated"
     assert cache.by_index("ip", "10.0.0.1") == []
     assert cache.by_index("ip", "10.0.0.9") == [pod("a", "3", "10.0.0.9")]
     assert cache.index_values("ip") == ["10.0.0.9"]
-    gone = cache.apply({"type": "DELETED", "object": pod("a", "4", "10.0.0.9")})
+    gone = cache.apply("DELETED", pod("a", "4", "10.0.0.9"))
     assert (
         gone is not None
         and gone.kind == "deleted"
@@ -72,19 +72,16 @@ def test_watch_events_update_the_cache_and_the_resource_version() -> None:
 def test_bookmarks_move_the_resource_version_only() -> None:
     cache = Cache()
     cache.replace([pod("a", "2")], "2")
-    bookmark = {
-        "type": "BOOKMARK",
-        "object": {"kind": "Pod", "metadata": {"resourceVersion": "40"}},
-    }
-    assert cache.apply(bookmark) is None
+    bookmark = {"kind": "Pod", "metadata": {"resourceVersion": "40"}}
+    assert cache.apply("BOOKMARK", bookmark) is None
     assert cache.resource_version == "40" and len(cache) == 1
 
 
 def test_repeats_and_unknown_deletes_change_nothing() -> None:
     cache = Cache()
     cache.replace([pod("a", "2")], "2")
-    assert cache.apply({"type": "MODIFIED", "object": pod("a", "2")}) is None
-    assert cache.apply({"type": "DELETED", "object": pod("zz", "3")}) is None
+    assert cache.apply("MODIFIED", pod("a", "2")) is None
+    assert cache.apply("DELETED", pod("zz", "3")) is None
     assert cache.resource_version == "3"
 
 
@@ -112,13 +109,11 @@ def test_cluster_scoped_keys_and_bad_objects() -> None:
     cache = Cache()
     # one bad item in a list is skipped, not fatal
     assert [c.key for c in cache.replace([{"metadata": {}}, pod("a", "1")], "1")] == ["default/a"]
-    for event in (
-        {"type": "ADDED"},
-        {"type": "WHAT", "object": pod("a", "1")},
-        {"object": pod("a", "1")},
-    ):
+    for kind, obj in (("ADDED", None), ("WHAT", pod("a", "1")), ("ERROR", pod("a", "1"))):
         with pytest.raises(BadObject):
-            cache.apply(event)
+            cache.apply(kind, obj)
+    with pytest.raises(BadObject):
+        cache.apply("ADDED", {"metadata": {"namespace": "x"}})
 
 
 def test_an_index_that_cannot_read_an_object_leaves_it_out() -> None:
@@ -176,15 +171,8 @@ def test_the_cache_follows_the_server_and_its_changes_replay(script: list[Any]) 
                 truth[f"default/{name}"] = pod(name, str(rv), ip)
             changes = cache.replace(list(truth.values()), str(rv))
         elif op == "BOOKMARK":
-            changes = [
-                c
-                for c in [
-                    cache.apply(
-                        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": str(rv)}}}
-                    )
-                ]
-                if c
-            ]
+            mark = cache.apply("BOOKMARK", {"metadata": {"resourceVersion": str(rv)}})
+            changes = [mark] if mark else []
         else:
             name, ip = arg
             obj = pod(name, str(rv), ip)
@@ -192,7 +180,8 @@ def test_the_cache_follows_the_server_and_its_changes_replay(script: list[Any]) 
                 truth.pop(f"default/{name}", None)
             else:
                 truth[f"default/{name}"] = obj
-            changes = [c for c in [cache.apply({"type": op, "object": obj})] if c]
+            change = cache.apply(op, obj)
+            changes = [change] if change else []
         for c in changes:
             if c.kind == "deleted":
                 del mirror[c.key]
