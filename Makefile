@@ -44,9 +44,10 @@ sysdeps:
 demo: $(STAMP) sysdeps
 	$(BIN)/weft demo
 
-# The whole suite on the pure-Python build, then the sans-I/O and proxy tests again on the
-# compiled build (the one that is benchmarked and shipped).
-test: $(STAMP) sysdeps
+# The whole suite on the pure-Python build (tests/kube against the real upstream API server
+# that k8s-rig builds from Go modules, about 11 minutes the first time), then the sans-I/O and
+# proxy tests again on the compiled build (the one that is benchmarked and shipped).
+test: $(STAMP) sysdeps k8s-rig
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	$(MAKE) --no-print-directory test-compiled
 

@@ -190,7 +190,11 @@ rig_up() {
 
     # --endpoint-reconciler-type none: the API server refuses to write a loopback address
     # into the `kubernetes` Service's endpoints ("may not be in the loopback range"), so that
-    # Service has none (nothing off the machine could use them anyway)
+    # Service has none (nothing off the machine could use them anyway).
+    # --etcd-compaction-interval 10s (default 5 min) and no watch cache for PodTemplates (a kind
+    # nothing else uses): a watch of PodTemplates from an old resource version gets `410 Gone`
+    # within seconds of start-up, as any kind does on a long-running cluster (the informers'
+    # contract tests need one; with the watch cache, a fresh server still has every version)
     rig_start "$dir" kube-apiserver "$BIN/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -202,6 +206,7 @@ rig_up() {
         --authorization-mode RBAC \
         --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
         --cert-dir "$dir/pki/apiserver-generated" \
+        --etcd-compaction-interval 10s --watch-cache-sizes 'podtemplates#0' \
         --profiling=false
     rig_wait "$dir" kube-apiserver "$deadline" "kube-apiserver /readyz" \
         curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
