@@ -2,13 +2,13 @@
 
 :class:`Informer` drives :class:`weft.core.informer.Cache` over the API: list (in pages), then
 watch from the list's resource version with bookmarks; when the server ends a watch request, the
-next starts where the last left off; on ``410 Gone`` (the version is older than the server keeps)
-it lists again, and the cache reports what changed meanwhile, deletes included. A failure to
-reach the server (refused, reset, timed out, a 5xx) keeps the cache as it is and tries again
-with jittered exponential backoff, from the last version, forever: a controller serves its last
-state through an API server outage. Every ``resync_s`` the whole cache is handed to the callback
-again as unchanged updates. Cancelled and run again, an informer resumes from the version its
-cache reached rather than listing.
+next starts where the last left off (bookmarks keep that version current on a quiet kind); on
+``410 Gone`` (the version is older than the server keeps) it lists again, and the cache reports
+what changed meanwhile, deletes included. A failure to reach the server (refused, reset, timed
+out, a 5xx) keeps the cache as it is and tries again with jittered exponential backoff, from the
+last version, forever: a controller serves its last state through an API server outage. Every
+``resync_s`` the whole cache is handed to the callback again as unchanged updates. Cancelled and
+run again, an informer resumes from the version its cache reached rather than listing.
 
 The callback (``on_change``) runs on the event loop for each change, in order, and must not
 block: it records what to do (a controller marks the affected subscriptions) and returns. An
@@ -92,7 +92,7 @@ class Informer(Generic[T]):
                     if need_list:
                         await self._list()
                         need_list = False
-                    await self._watch()  # returns only if the client stops watching
+                    await self._watch()  # one watch request; the server ends it after a while
                     attempt = 0
                 except ApiError as e:
                     self.connected = False
