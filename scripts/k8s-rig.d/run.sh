@@ -131,6 +131,60 @@ rig_wait() { # DIR NAME DEADLINE WHAT CHECK...
     done
 }
 
+# The API server of the rig in DIR (its ports from run/ports.env), up to its /readyz by DEADLINE.
+rig_start_apiserver() { # DIR DEADLINE
+    local dir=$1 deadline=$2 pki=$1/pki ETCD_PORT APISERVER_PORT APISERVER
+    # shellcheck disable=SC1091
+    . "$dir/run/ports.env"
+    # --endpoint-reconciler-type none: the API server refuses to write a loopback address
+    # into the `kubernetes` Service's endpoints ("may not be in the loopback range"), so that
+    # Service has none (nothing off the machine could use them anyway).
+    # --etcd-compaction-interval 10s (default 5 min) and no watch cache for PodTemplates (a kind
+    # nothing else uses): a watch of PodTemplates from an old resource version gets `410 Gone`
+    # within seconds of start-up, as any kind does on a long-running cluster (the informers'
+    # contract tests need one; with the watch cache, a fresh server still has every version)
+    rig_start "$dir" kube-apiserver "$BIN/kube-apiserver" \
+        --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+        --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+        --client-ca-file "$pki/ca.crt" \
+        --service-account-issuer https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file "$pki/sa.pub" \
+        --service-account-signing-key-file "$pki/sa.key" \
+        --authorization-mode RBAC \
+        --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
+        --cert-dir "$dir/pki/apiserver-generated" \
+        --etcd-compaction-interval 10s --watch-cache-sizes 'podtemplates#0' \
+        --profiling=false
+    rig_wait "$dir" kube-apiserver "$deadline" "kube-apiserver /readyz" \
+        curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
+        "$APISERVER/readyz"
+}
+
+# The controller manager of the rig in DIR (its port from run/ports.env), healthy by DEADLINE.
+rig_start_kcm() { # DIR DEADLINE
+    local dir=$1 deadline=$2 pki=$1/pki KCM_PORT
+    # shellcheck disable=SC1091
+    . "$dir/run/ports.env"
+    # --authentication-skip-lookup: the API server has no front proxy (requestheader) CA,
+    # and looking it up only fills the log with "missing content for CA bundle"
+    rig_start "$dir" kube-controller-manager "$BIN/kube-controller-manager" \
+        --kubeconfig "$dir/kube-controller-manager.kubeconfig" \
+        --authentication-kubeconfig "$dir/kube-controller-manager.kubeconfig" \
+        --authorization-kubeconfig "$dir/kube-controller-manager.kubeconfig" \
+        --authentication-skip-lookup \
+        --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
+        --cert-dir "$dir/pki/kcm-generated" \
+        --service-account-private-key-file "$pki/sa.key" \
+        --root-ca-file "$pki/ca.crt" \
+        --use-service-account-credentials \
+        --controllers "$KCM_CONTROLLERS" \
+        --leader-elect=false --profiling=false
+    # its serving certificate is self-signed and in memory: -k, on loopback
+    rig_wait "$dir" kube-controller-manager "$deadline" "kube-controller-manager /healthz" \
+        curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
+}
+
 rig_up() {
     local dir=$1 ttl=7200
     shift
@@ -188,50 +242,53 @@ rig_up() {
     rig_wait "$dir" etcd "$deadline" "etcd /health" \
         curl -sf --max-time 2 "http://127.0.0.1:$etcd_port/health"
 
-    # --endpoint-reconciler-type none: the API server refuses to write a loopback address
-    # into the `kubernetes` Service's endpoints ("may not be in the loopback range"), so that
-    # Service has none (nothing off the machine could use them anyway).
-    # --etcd-compaction-interval 10s (default 5 min) and no watch cache for PodTemplates (a kind
-    # nothing else uses): a watch of PodTemplates from an old resource version gets `410 Gone`
-    # within seconds of start-up, as any kind does on a long-running cluster (the informers'
-    # contract tests need one; with the watch cache, a fresh server still has every version)
-    rig_start "$dir" kube-apiserver "$BIN/kube-apiserver" \
-        --etcd-servers "http://127.0.0.1:$etcd_port" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-        --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-        --client-ca-file "$pki/ca.crt" \
-        --service-account-issuer https://kubernetes.default.svc.cluster.local \
-        --service-account-key-file "$pki/sa.pub" \
-        --service-account-signing-key-file "$pki/sa.key" \
-        --authorization-mode RBAC \
-        --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-        --cert-dir "$dir/pki/apiserver-generated" \
-        --etcd-compaction-interval 10s --watch-cache-sizes 'podtemplates#0' \
-        --profiling=false
-    rig_wait "$dir" kube-apiserver "$deadline" "kube-apiserver /readyz" \
-        curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-        "$api/readyz"
+    rig_start_apiserver "$dir" "$deadline"
 
-    # --authentication-skip-lookup: the API server has no front proxy (requestheader) CA,
-    # and looking it up only fills the log with "missing content for CA bundle"
-    rig_start "$dir" kube-controller-manager "$BIN/kube-controller-manager" \
-        --kubeconfig "$dir/kube-controller-manager.kubeconfig" \
-        --authentication-kubeconfig "$dir/kube-controller-manager.kubeconfig" \
-        --authorization-kubeconfig "$dir/kube-controller-manager.kubeconfig" \
-        --authentication-skip-lookup \
-        --bind-address 127.0.0.1 --secure-port "$kcm_port" \
-        --cert-dir "$dir/pki/kcm-generated" \
-        --service-account-private-key-file "$pki/sa.key" \
-        --root-ca-file "$pki/ca.crt" \
-        --use-service-account-credentials \
-        --controllers "$KCM_CONTROLLERS" \
-        --leader-elect=false --profiling=false
-    # its serving certificate is self-signed and in memory: -k, on loopback
-    rig_wait "$dir" kube-controller-manager "$deadline" "kube-controller-manager /healthz" \
-        curl -sfk --max-time 2 "https://127.0.0.1:$kcm_port/healthz"
+    rig_start_kcm "$dir" "$deadline"
 
     say "up in $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)")s: $api ($dir/logs)"
     echo "$dir/kubeconfig"
+}
+
+# Stop NAME's process of the rig in DIR: TERM, up to 10 s, then KILL.
+rig_stop_one() { # DIR NAME
+    local dir=$1 n=$2 pid i
+    [ -f "$dir/run/$n.pid" ] || return 0
+    pid=$(cat "$dir/run/$n.pid")
+    if rig_alive "$dir" "$n"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 100); do rig_alive "$dir" "$n" || break; sleep 0.1; done
+        if rig_alive "$dir" "$n"; then
+            say "$n ($pid) did not end within 10s of TERM: KILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            for i in $(seq 1 50); do rig_alive "$dir" "$n" || break; sleep 0.1; done
+            ! rig_alive "$dir" "$n" || die "$n ($pid) is still running after KILL"
+        fi
+    fi
+    rm -f "$dir/run/$n.pid"
+}
+
+# The API server alone, for outage tests: `apiserver stop DIR`, `apiserver start DIR`.
+rig_apiserver() { # stop|start DIR
+    local dir
+    [ -d "$2" ] || die "$2: no such directory"
+    dir=$(cd "$2" && pwd)
+    [ -e "$dir/$RIG_MARK" ] || die "$dir is not a rig directory"
+    case $1 in
+        stop) rig_stop_one "$dir" kube-apiserver && say "kube-apiserver stopped" ;;
+        start)
+            rig_alive "$dir" kube-apiserver && die "kube-apiserver is running already"
+            rig_start_apiserver "$dir" $(($(date +%s) + TIMEOUT))
+            say "kube-apiserver up"
+            # the controller manager exits if the API server goes away while it starts its
+            # controllers; a cluster's kubelet would restart it
+            if ! rig_alive "$dir" kube-controller-manager; then
+                rig_start_kcm "$dir" $(($(date +%s) + TIMEOUT))
+                say "kube-controller-manager up"
+            fi
+            ;;
+        *) die "apiserver: stop or start" ;;
+    esac
 }
 
 # Stop: TERM, a bounded wait, then KILL; the controller manager first, etcd last.
@@ -245,17 +302,7 @@ rig_down() {
         pid=$(cat "$dir/run/$n.pid")
         # the watchdog execs `down` when its time is up: that is this very process
         if [ "$n" = watchdog ] && [ "$pid" = "$$" ]; then rm -f "$dir/run/$n.pid"; continue; fi
-        if rig_alive "$dir" "$n"; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for i in $(seq 1 100); do rig_alive "$dir" "$n" || break; sleep 0.1; done
-            if rig_alive "$dir" "$n"; then
-                say "$n ($pid) did not end within 10s of TERM: KILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                for i in $(seq 1 50); do rig_alive "$dir" "$n" || break; sleep 0.1; done
-                ! rig_alive "$dir" "$n" || die "$n ($pid) is still running after KILL"
-            fi
-        fi
-        rm -f "$dir/run/$n.pid"
+        rig_stop_one "$dir" "$n"
     done
     say "down: $dir"
 }

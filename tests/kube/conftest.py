@@ -28,6 +28,19 @@ RIG = REPO / "scripts" / "k8s-rig"
 class KubeRig:
     kubeconfig: Path
     kubectl: Path
+    workdir: Path
+
+    def apiserver(self, action: str) -> None:
+        """``stop`` or ``start`` the API server alone (an outage; ``start`` waits for /readyz)."""
+        done = subprocess.run(
+            [str(RIG), "apiserver", action, str(self.workdir)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"k8s-rig apiserver {action}: {done.stderr[-2000:]}")
 
     def kubectl_run(self, *args: str, input: str | None = None, check: bool = True) -> str:
         done = subprocess.run(
@@ -84,7 +97,7 @@ def kube_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeRig]:
         subprocess.run([str(RIG), "down", str(workdir)], capture_output=True, check=False)
         raise RuntimeError(f"k8s-rig up failed:\n{up.stderr[-3000:]}")
     try:
-        yield KubeRig(Path(up.stdout.strip()), bins / "kubectl")
+        yield KubeRig(Path(up.stdout.strip()), bins / "kubectl", workdir)
     finally:
         subprocess.run(
             [str(RIG), "down", str(workdir)], capture_output=True, timeout=60, check=False

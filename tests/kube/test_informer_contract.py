@@ -252,3 +252,34 @@ async def test_a_handler_that_fails_does_not_stop_the_informer(kube: Kube) -> No
         await kubectl(kube, "create", "configmap", "b", "-n", ns)
         await wait_until(lambda: len(seen) >= 2, within=30, what="both changes")
         assert not task.done()
+
+
+async def test_an_api_server_outage_keeps_the_cache_and_the_informer_catches_up(kube: Kube) -> None:
+    """The API server stopped: the informer keeps serving what it had and keeps trying (with
+    backoff); started again, the changes made after it came back reach the cache."""
+    ns = kube.namespace
+    await kubectl(kube, "create", "configmap", "before", "-n", ns)
+    changes: list[Change[Any]] = []
+    informer: Informer[ConfigMap] = Informer(
+        connect(kube.kubeconfig), ConfigMap, namespace=ns, on_change=changes.append
+    )
+    async with running(informer) as task:
+        await asyncio.wait_for(informer.synced.wait(), 30)
+        await asyncio.to_thread(kube.rig.apiserver, "stop")
+        try:
+            await wait_until(lambda: informer.failures >= 2, within=60, what="failed retries")
+            assert not informer.connected and not task.done()
+            assert f"{ns}/before" in informer.cache  # the last state, still served
+        finally:
+            await asyncio.to_thread(kube.rig.apiserver, "start")
+        await kubectl(kube, "create", "configmap", "after", "-n", ns)
+        await kubectl(kube, "delete", "configmap", "before", "-n", ns)
+        # (the controller manager's root-CA publisher adds kube-root-ca.crt to every namespace)
+        await wait_until(
+            lambda: f"{ns}/after" in informer.cache and f"{ns}/before" not in informer.cache,
+            within=90,
+            what=f"the changes after the outage: {sorted(informer.cache)} ({informer.last_error})",
+        )
+        assert informer.connected
+    ours = [(c.kind, c.key) for c in changes if "kube-root-ca" not in c.key]
+    assert ours[-2:] == [("added", f"{ns}/after"), ("deleted", f"{ns}/before")]
