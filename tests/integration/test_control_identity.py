@@ -27,6 +27,7 @@ from rich.console import Console
 from weft.cli.commands.check import CheckWarning, ca_checks
 from weft.cli.commands.identity import pod_lines, status_lines
 from weft.control.client import ApiError, ControlClient
+from weft.control.httpserver import HttpError
 from weft.control.identity import IdentityService, IdentitySettings
 from weft.control.server import ControlConfig, ControlPlane
 from weft.control.store import Store
@@ -35,6 +36,7 @@ from weft.identity.ca import Authority, CaError, Material
 from weft.identity.names import dns_identity, spiffe_id
 from weft.identity.tokens import TokenClaims, TokenKey
 from weft.testing.clock import FakeClock
+from weft.testing.cluster import cluster_of
 
 WAIT = 5.0  # generous bound for "arrives"; never asserted as a latency
 
@@ -53,7 +55,7 @@ async def identity_plane(
     """A control plane with the identity service wired as the lead wires it."""
     plane = ControlPlane(ControlConfig(state_dir=state_dir, scrape_interval=3600.0))
     kw.setdefault("heartbeat", 0.2)
-    service = IdentityService(Path(state_dir) / "identity", plane.store, **kw)
+    service = IdentityService(Path(state_dir) / "identity", plane.state, **kw)
     service.load_or_init()
     plane.api.handlers["identity"] = service.handle
     await plane.start()
@@ -81,10 +83,10 @@ def pod(
 
 def token_for(service: IdentityService, name: str, namespace: str = "default") -> str:
     """The token the runtime would write into the pod."""
-    pod = service.store.get("Pod", namespace, name)
+    pod = service.state.get("Pod", namespace, name)
     assert pod is not None
     sa = pod["spec"].get("serviceAccountName") or "default"
-    claims = TokenClaims(namespace, name, pod["metadata"]["uid"], sa, time.time())
+    claims = TokenClaims(namespace, name, pod["metadata"]["uid"], sa, service.clock())
     return service.token_key.issue(claims)
 
 
@@ -141,7 +143,7 @@ async def test_bad_tokens_are_401(env: tuple[ControlClient, IdentityService]) ->
     await client.apply([pod("web-1", sa="web")])
     _, request = csr("default", "web")
     good = token_for(service, "web-1")
-    uid = service.store.get("Pod", "default", "web-1")["metadata"]["uid"]  # type: ignore[index]
+    uid = service.state.get("Pod", "default", "web-1")["metadata"]["uid"]  # type: ignore[index]
     now = time.time()
     cases = {
         "garbage": ("not-a-token", "not a weft token"),
@@ -156,6 +158,10 @@ async def test_bad_tokens_are_401(env: tuple[ControlClient, IdentityService]) ->
         "wrong account": (
             service.token_key.issue(TokenClaims("default", "web-1", uid, "admin", now)),
             "runs as 'web'",
+        ),
+        "expired": (
+            service.token_key.issue(TokenClaims("default", "web-1", uid, "web", now - 25 * 3600)),
+            "the token expired: issued 25.0 h ago (valid for 24 h)",
         ),
         "truncated": (good[:-5], "signature"),
     }
@@ -435,7 +441,7 @@ async def test_import_refuses_unusable_material(state_dir: str, which: str, matc
     elif which == "expired issuer":
         short = anchor.new_issuer("cluster.local", now=now - 7200, lifetime=3600)
         cert, key = ca.cert_pem(short.cert), ca.key_pem(short.key)
-    service = IdentityService(Path(state_dir) / "identity", Store())
+    service = IdentityService(Path(state_dir) / "identity", cluster_of(Store()))
     with pytest.raises(CaError, match=match):
         service.import_material(anchors, cert, key)
     with pytest.raises(CaError, match="cannot read"):
@@ -456,7 +462,7 @@ async def test_corrupt_material_refuses_to_start(state_dir: str) -> None:
     directory = Path(state_dir) / "identity"
     directory.mkdir(mode=0o700)
     (directory / ca.MATERIAL_FILE).write_text("{broken")
-    service = IdentityService(directory, Store())
+    service = IdentityService(directory, cluster_of(Store()))
     with pytest.raises(CaError, match="not valid JSON"):
         service.load_or_init()
     assert (directory / ca.MATERIAL_FILE).read_text() == "{broken"  # never replaced silently
@@ -667,7 +673,7 @@ def test_identity_settings_from_flags(tmp_path: Path) -> None:
 def test_status_and_check_rendering() -> None:
     now = float(int(time.time()))  # certificates hold whole seconds
     clock = FakeClock(now)
-    service = IdentityService(Path("/nonexistent"), Store(), clock=clock)
+    service = IdentityService(Path("/nonexistent"), cluster_of(Store()), clock=clock)
     service._material = Material.generate("cluster.local", now=now)
     clock.advance(365 * 86400 - 30 * 86400)  # the issuer has 30 days left
     status = service.status()
@@ -719,3 +725,41 @@ def test_pod_report_rendering() -> None:
     for line in pod_lines(answer, now + 2 * 86400):
         console.print(line)
     assert "EXPIRED 24h ago" in console.export_text()
+
+
+async def test_a_token_review_that_cannot_be_made_is_503_not_401(tmp_path: Path) -> None:
+    """TokenReview with the API server unreachable: the proxy is told to try again later
+    (503), not that its token is bad (401)."""
+    from lightkube import AsyncClient
+    from lightkube.config.kubeconfig import KubeConfig
+
+    from weft.control.tokenreview import KubeTokenReviewer, ReviewUnavailable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = KubeConfig.from_dict(
+        {
+            "clusters": [
+                {
+                    "name": "c",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{port}",
+                        "insecure-skip-tls-verify": True,
+                    },
+                }
+            ],
+            "users": [{"name": "u", "user": {"token": "x"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+    )
+    reviewer = KubeTokenReviewer(AsyncClient(config))
+    with pytest.raises(ReviewUnavailable, match="TokenReview failed"):
+        await reviewer.review("a-token")
+    service = IdentityService(tmp_path / "identity", cluster_of(Store()), reviewer=reviewer)
+    service.load_or_init()
+    _, request = csr("default", "web")
+    with pytest.raises(HttpError) as info:
+        await service.certify("a-token", request.encode())
+    assert info.value.status == 503 and "cannot review the token now" in info.value.message

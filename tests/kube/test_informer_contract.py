@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def by_service(slice_: Any) -> list[str]:
-    labels = slice_.metadata.labels or {}
+    labels = slice_["metadata"].get("labels") or {}
     name = labels.get("kubernetes.io/service-name")
     return [name] if name else []
 
@@ -51,7 +51,7 @@ def slice_manifest(ns: str, name: str, service: str, ips: list[str]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running(informer: Informer[Any]) -> AsyncIterator[asyncio.Task[None]]:
+async def running(informer: Any) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.get_running_loop().create_task(informer.run())
     try:
         yield task
@@ -71,7 +71,7 @@ async def test_endpoint_slices_are_listed_watched_and_indexed_by_service(kube: K
         kube, "apply", "-f", "-", input=slice_manifest(ns, "web-a", "web", ["10.244.0.5"])
     )
     changes: list[Change[Any]] = []
-    informer: Informer[EndpointSlice] = Informer(
+    informer: Informer = Informer(
         connect(kube.kubeconfig),
         EndpointSlice,
         namespace=ns,
@@ -80,7 +80,9 @@ async def test_endpoint_slices_are_listed_watched_and_indexed_by_service(kube: K
     )
     async with running(informer):
         await asyncio.wait_for(informer.synced.wait(), 30)
-        assert [s.metadata.name for s in informer.cache.by_index("service", "web")] == ["web-a"]
+        assert [s["metadata"]["name"] for s in informer.cache.by_index("service", "web")] == [
+            "web-a"
+        ]
         assert [(c.kind, c.key) for c in changes] == [("added", f"{ns}/web-a")]
         # a second slice of the same Service, then a change, then a delete: in order
         await kubectl(
@@ -99,7 +101,7 @@ async def test_endpoint_slices_are_listed_watched_and_indexed_by_service(kube: K
             ("deleted", f"{ns}/web-b"),
         ]
         (only,) = informer.cache.by_index("service", "web")
-        assert sorted(a for e in only.endpoints for a in e.addresses) == [
+        assert sorted(a for e in only["endpoints"] for a in e["addresses"]) == [
             "10.244.0.5",
             "10.244.0.7",
         ]
@@ -109,10 +111,10 @@ async def test_endpoint_slices_are_listed_watched_and_indexed_by_service(kube: K
 async def test_services_get_their_slice_from_the_controller_manager(kube: Kube) -> None:
     """The rig's EndpointSlice controller makes a slice for a new Service, as on a cluster."""
     ns = kube.namespace
-    slices: Informer[EndpointSlice] = Informer(
+    slices: Informer = Informer(
         connect(kube.kubeconfig), EndpointSlice, namespace=ns, indexers={"service": by_service}
     )
-    services: Informer[Service] = Informer(connect(kube.kubeconfig), Service, namespace=ns)
+    services: Informer = Informer(connect(kube.kubeconfig), Service, namespace=ns)
     async with running(slices), running(services):
         await kubectl(kube, "create", "service", "clusterip", "api", "--tcp=80:8080", "-n", ns)
         await wait_until(lambda: f"{ns}/api" in services.cache, within=30, what="the Service")
@@ -125,7 +127,7 @@ async def test_a_restarted_informer_resumes_from_its_version(kube: Kube) -> None
     ns = kube.namespace
     await kubectl(kube, "create", "configmap", "one", "-n", ns)
     changes: list[Change[Any]] = []
-    informer: Informer[ConfigMap] = Informer(
+    informer: Informer = Informer(
         connect(kube.kubeconfig), ConfigMap, namespace=ns, on_change=changes.append
     )
     async with running(informer):
@@ -186,7 +188,7 @@ async def test_a_version_the_server_no_longer_has_means_a_new_list(kube: Kube) -
     for name in ("keep", "lost"):
         await kubectl(kube, "apply", "-f", "-", input=pod_template(ns, name))
     changes: list[Change[Any]] = []
-    informer: Informer[PodTemplate] = Informer(
+    informer: Informer = Informer(
         connect(kube.kubeconfig), PodTemplate, namespace=ns, on_change=changes.append
     )
     async with running(informer):
@@ -214,7 +216,7 @@ async def test_bookmarks_keep_a_quiet_pod_watch_current(kube: Kube) -> None:
     about once a minute), so a reconnect after a while needs no new list. Pods: their bookmarks
     carry a ``null`` ``spec.containers`` that lightkube's own watch fails to decode."""
     ns = kube.namespace
-    informer: Informer[Pod] = Informer(
+    informer: Informer = Informer(
         connect(kube.kubeconfig), Pod, namespace=ns, labels={"app": "none"}
     )
     async with running(informer):
@@ -243,7 +245,7 @@ async def test_a_handler_that_fails_does_not_stop_the_informer(kube: Kube) -> No
         seen.append(change.key)
         raise RuntimeError("a controller bug")
 
-    informer: Informer[ConfigMap] = Informer(
+    informer: Informer = Informer(
         connect(kube.kubeconfig), ConfigMap, namespace=ns, on_change=handler
     )
     async with running(informer) as task:
@@ -260,7 +262,7 @@ async def test_an_api_server_outage_keeps_the_cache_and_the_informer_catches_up(
     ns = kube.namespace
     await kubectl(kube, "create", "configmap", "before", "-n", ns)
     changes: list[Change[Any]] = []
-    informer: Informer[ConfigMap] = Informer(
+    informer: Informer = Informer(
         connect(kube.kubeconfig), ConfigMap, namespace=ns, on_change=changes.append
     )
     async with running(informer) as task:

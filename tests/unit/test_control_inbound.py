@@ -26,6 +26,7 @@ from weft.inbound import (
 )
 from weft.policy import PathMatch, RouteMatch
 from weft.testing.clock import FakeClock
+from weft.testing.cluster import cluster_of
 
 API = "policy.weft.io/v1beta1"
 KEY = "config.weft.io/default-inbound-policy"
@@ -45,7 +46,7 @@ class Mesh:
         counter = itertools.count(1)
         self.store = Store(clock=self.clock, uid=lambda: f"uid-{next(counter)}")
         kwargs.setdefault("cluster_networks", CLUSTER)
-        self.policies = InboundPolicies(self.store, **kwargs)
+        self.policies = InboundPolicies(cluster_of(self.store), **kwargs)
         self.seen: list[PodInboundPolicy | None] = []
 
     def apply(self, *docs: dict[str, Any]) -> None:
@@ -282,15 +283,15 @@ def test_an_invalid_annotation_falls_back_to_the_mesh_default_and_warns_once(
 def test_constructor_refuses_bad_settings() -> None:
     store = Store()
     with pytest.raises(ValueError, match="default inbound policy must be one of"):
-        InboundPolicies(store, cluster_networks=CLUSTER, default_policy="allow")
+        InboundPolicies(cluster_of(store), cluster_networks=CLUSTER, default_policy="allow")
     with pytest.raises(ValueError, match="at least one CIDR"):
-        InboundPolicies(store, cluster_networks=())
+        InboundPolicies(cluster_of(store), cluster_networks=())
     with pytest.raises(ValueError, match="at least one CIDR"):
-        InboundPolicies(store, cluster_networks="10.0.0.0/8")
+        InboundPolicies(cluster_of(store), cluster_networks="10.0.0.0/8")
     with pytest.raises(ValueError, match="is not a CIDR"):
-        InboundPolicies(store, cluster_networks=("10.0.0.1/8",))
+        InboundPolicies(cluster_of(store), cluster_networks=("10.0.0.1/8",))
     with pytest.raises(ValueError, match="trust domain"):
-        InboundPolicies(store, cluster_networks=CLUSTER, trust_domain="Not A Domain")
+        InboundPolicies(cluster_of(store), cluster_networks=CLUSTER, trust_domain="Not A Domain")
 
 
 # -- Servers ------------------------------------------------------------------------------------
@@ -678,7 +679,7 @@ def test_subscribers_share_one_computation_and_can_leave() -> None:
 
 def test_routes_with_server_parents_get_a_status_and_no_outbound_policy() -> None:
     mesh = Mesh()
-    status = RouteStatusController(mesh.store, clock=mesh.clock)
+    status = RouteStatusController(cluster_of(mesh.store), cluster_of(mesh.store), clock=mesh.clock)
     mesh.apply(
         {
             "apiVersion": "v1",
@@ -701,7 +702,7 @@ def test_routes_with_server_parents_get_a_status_and_no_outbound_policy() -> Non
     cond = obj["status"]["parents"][0]["conditions"][0]
     assert (cond["status"], cond["message"]) == ("True", "attached to Server default/web-http")
     # a Service of the same name does not pick the inbound route up
-    policies = Policies(mesh.store)
+    policies = Policies(cluster_of(mesh.store))
     assert policies.attached_routes("default", "web-http") == []
     service = mesh.store.get("Service", "default", "web-http")
     assert service is not None and policies.policy(service, 8080) is None

@@ -21,6 +21,7 @@ from weft.policy import (
 )
 from weft.resources import HTTPRoute, PolicyAnnotations, parse_policy_annotations, parse_resource
 from weft.testing.clock import FakeClock
+from weft.testing.cluster import cluster_of
 
 
 def make_store(clock: FakeClock | None = None) -> Store:
@@ -182,7 +183,7 @@ def test_routes_attach_by_service_and_port_oldest_first() -> None:
             httproute("elsewhere", parent="other"),
         ]
     )
-    policies = Policies(store)
+    policies = Policies(cluster_of(store))
     web = store.get("Service", "default", "web")
     assert web is not None
     p8080 = policies.policy(web, 8080)
@@ -205,18 +206,18 @@ def test_resolve_carries_the_policy_and_opaque_ports_none() -> None:
     store = make_store()
     store.apply([svc(annotations={"retry.weft.io/http": "5xx"}), svc("db", app_protocol="tcp")])
     store.apply([httproute(parent="db")])
-    dest = resolve(store, "web:8080")
+    dest = resolve(cluster_of(store), "web:8080")
     assert dest is not None and dest.policy is not None
     assert dest.policy.retry == RetryPolicy()
     assert Destination.from_json(dest.to_json()) == dest  # the wire form keeps the policy
-    db = resolve(store, "db:8080")
+    db = resolve(cluster_of(store), "db:8080")
     assert db is not None and db.opaque and db.policy is None
 
 
 def test_destination_watchers_get_every_policy_change() -> None:
     store = make_store()
     store.apply([svc(), svc("web-v2")])
-    service = DestinationService(store)
+    service = DestinationService(cluster_of(store))
     seen: list[Destination | None] = []
     current, _ = service.subscribe("web.default.svc.cluster.local:8080", seen.append)
     assert current is not None and current.policy is None
@@ -257,7 +258,7 @@ def test_destination_watchers_get_every_policy_change() -> None:
 def test_parse_cache_reparses_only_changed_objects() -> None:
     store = make_store()
     store.apply([svc(), httproute()])
-    policies = Policies(store)
+    policies = Policies(cluster_of(store))
     obj = store.get("HTTPRoute", "default", "web-route")
     assert obj is not None
     first = policies.cache.route(obj)

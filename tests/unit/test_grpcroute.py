@@ -19,6 +19,7 @@ from weft.resources.annotations import PolicyAnnotations
 from weft.resources.errors import InvalidResources
 from weft.resources.grpcroute import GRPCRoute
 from weft.resources.models import parse_resource
+from weft.testing.cluster import cluster_of
 
 
 def doc(rules: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def test_translation_backends_and_annotation_policy() -> None:
 def test_status_like_httproutes() -> None:
     store = Store()
     store.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}])
-    controller = RouteStatusController(store)
+    controller = RouteStatusController(cluster_of(store), cluster_of(store))
     route_doc = doc([{"backendRefs": [{"name": "missing", "port": 80}]}])
     store.apply([route_doc])
     status = store.get("GRPCRoute", "shop", "r")["status"]  # type: ignore[index]

@@ -9,6 +9,7 @@ from typing import Any
 from weft.control.routestatus import RouteStatusController, summarize
 from weft.control.store import Store
 from weft.testing.clock import FakeClock
+from weft.testing.cluster import cluster_of
 
 T0 = 1_700_000_000.0
 
@@ -17,7 +18,7 @@ def make() -> tuple[Store, FakeClock, RouteStatusController]:
     clock = FakeClock(T0)
     counter = itertools.count(1)
     store = Store(clock=clock, uid=lambda: f"uid-{next(counter)}")
-    return store, clock, RouteStatusController(store, clock=clock)
+    return store, clock, RouteStatusController(cluster_of(store), cluster_of(store), clock=clock)
 
 
 def svc(name: str, ports: tuple[int, ...] = (8080,)) -> dict[str, Any]:
@@ -161,7 +162,9 @@ def test_deferred_writes_run_when_scheduled_and_resync_after_restore() -> None:
     clock = FakeClock(T0)
     store = Store(clock=clock)
     pending: list[Callable[[], None]] = []
-    controller = RouteStatusController(store, clock=clock, schedule=pending.append)
+    controller = RouteStatusController(
+        cluster_of(store), cluster_of(store), clock=clock, schedule=pending.append
+    )
     store.apply([svc("web"), route([{"name": "web"}])])
     assert store.get("HTTPRoute", "default", "r")["status"] == {}  # type: ignore[index]
     assert len(pending) == 1  # one run for both events
@@ -176,7 +179,9 @@ def test_deferred_writes_run_when_scheduled_and_resync_after_restore() -> None:
     fresh = Store(clock=clock)
     fresh.restore(snapshot)
     fresh_pending: list[Callable[[], None]] = []
-    again = RouteStatusController(fresh, clock=clock, schedule=fresh_pending.append)
+    again = RouteStatusController(
+        cluster_of(fresh), cluster_of(fresh), clock=clock, schedule=fresh_pending.append
+    )
     assert conditions(fresh)["Accepted"][0] == "True"  # stale
     again.resync()
     fresh_pending.pop()()

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from weft.cli.main import main
 from weft.control.client import ControlClient
 from weft.control.server import ControlConfig, ControlPlane
+from weft.control.tokenreview import ROTATE_AFTER
 from weft.identity.tokens import TokenClaims, TokenKey
 from weft.resources.models import Pod, RollingUpdate
 from weft.runtime.local import net
@@ -241,6 +242,25 @@ def test_agent_issues_a_token_bound_to_the_pod_object(tmp_path: Path) -> None:
     # the same name with a new object (a new uid): a new token in the same place
     node.issue_token("shop", "web-1", "uid-2", "web")
     assert key.verify(path.read_text()).uid == "uid-2"
+
+
+def test_running_pods_get_a_new_token_before_theirs_expires(tmp_path: Path) -> None:
+    node = agent(tmp_path)
+    key = TokenKey.load_or_create(tmp_path / "identity" / "token.key")
+    running = _Pod(
+        "shop", "web-1", 1, {}, ipaddress.IPv4Address("10.244.0.2"), "n", None, None, uid="uid-1"
+    )
+    node._pods[running.key] = running
+    path = node.issue_token("shop", "web-1", "uid-1", "web")
+    first = key.verify(path.read_text()).issued_at
+    assert node.rotate_tokens(first + ROTATE_AFTER - 60) == []
+    assert node.rotate_tokens(first + ROTATE_AFTER + 1) == [("shop", "web-1")]
+    renewed = key.verify(path.read_text())
+    assert renewed.issued_at > first and (renewed.uid, renewed.service_account) == ("uid-1", "web")
+    # a pod that is leaving is not renewed, and forgotten
+    running.terminating = True
+    assert node.rotate_tokens(renewed.issued_at + 2 * ROTATE_AFTER) == []
+    assert node._tokens == {}
 
 
 def test_no_token_without_a_uid(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from weft.control.store import Store
 from weft.discovery import Destination, Endpoint
 from weft.runtime.local import net
 from weft.testing.clock import FakeClock
+from weft.testing.cluster import cluster_of
 
 
 def make_store() -> Store:
@@ -79,11 +80,11 @@ def test_resolves_by_cluster_ip_and_every_name_form() -> None:
         "web:8080",
         "WEB.default.svc.cluster.local.:8080",
     ):
-        dest = resolve(store, target)
+        dest = resolve(cluster_of(store), target)
         assert addresses(dest) == ["10.244.0.2:9000", "10.244.0.3:9000"], target
         assert dest is not None and dest.target == target
         assert dict(dest.labels) == {"service": "web", "namespace": "default"}
-    e = resolve(store, "web:8080").endpoints[0]  # type: ignore[union-attr]
+    e = resolve(cluster_of(store), "web:8080").endpoints[0]  # type: ignore[union-attr]
     assert dict(e.labels) == {
         "pod": "web-1",
         "namespace": "default",
@@ -100,7 +101,7 @@ def test_unknown_targets_resolve_to_none() -> None:
     store = make_store()
     store.apply([svc()])
     for target in ("web:9999", "10.96.9.9:8080", "api:8080", "web.other:8080", "a.b.c.d:80", "x"):
-        assert resolve(store, target) is None, target
+        assert resolve(cluster_of(store), target) is None, target
 
 
 def test_name_in_the_callers_namespace() -> None:
@@ -111,8 +112,8 @@ def test_name_in_the_callers_namespace() -> None:
             svc("web", "shop"),
         ]
     )
-    assert resolve(store, "web:8080") is None
-    assert resolve(store, "web:8080", "shop") is not None
+    assert resolve(cluster_of(store), "web:8080") is None
+    assert resolve(cluster_of(store), "web:8080", "shop") is not None
 
 
 def test_only_ready_running_not_terminating_pods_of_the_selector() -> None:
@@ -120,7 +121,7 @@ def test_only_ready_running_not_terminating_pods_of_the_selector() -> None:
     leaving = pod("web-3", "10.244.0.4")
     leaving["status"]["terminating"] = True
     pending = pod("web-4", "10.244.0.5")
-    pending["status"]["phase"] = "Pending"
+    pending["status"].update(phase="Pending", ready=False)  # as on a cluster: not yet Ready
     store.apply(
         [
             svc(),
@@ -131,13 +132,13 @@ def test_only_ready_running_not_terminating_pods_of_the_selector() -> None:
             pod("api-1", "10.244.0.9", app="api"),
         ]
     )
-    assert addresses(resolve(store, "web:8080")) == ["10.244.0.2:9000"]
+    assert addresses(resolve(cluster_of(store), "web:8080")) == ["10.244.0.2:9000"]
 
 
 def test_numeric_target_port_opaque_protocol_and_unmeshed() -> None:
     store = make_store()
     store.apply([svc(targetPort=7000, appProtocol="tcp"), pod("web-1", "10.244.0.2", meshed=False)])
-    dest = resolve(store, "web:8080")
+    dest = resolve(cluster_of(store), "web:8080")
     assert dest is not None and dest.opaque
     (e,) = dest.endpoints
     assert e.address == ("10.244.0.2", 7000)
@@ -149,12 +150,12 @@ def test_pod_without_the_named_port_is_left_out() -> None:
     p = pod("web-1", "10.244.0.2")
     p["spec"]["containers"][0]["ports"] = []
     store.apply([svc(), p])
-    assert addresses(resolve(store, "web:8080")) == []
+    assert addresses(resolve(cluster_of(store), "web:8080")) == []
 
 
 def test_subscribers_get_each_change_once() -> None:
     store = make_store()
-    service = DestinationService(store)
+    service = DestinationService(cluster_of(store))
     store.apply([svc()])
     seen: list[list[str]] = []
     current, unsubscribe = service.subscribe("web:8080", lambda d: seen.append(addresses(d)))
@@ -181,7 +182,7 @@ def test_subscribers_get_each_change_once() -> None:
 
 def test_subscription_to_a_service_that_appears_later() -> None:
     store = make_store()
-    service = DestinationService(store)
+    service = DestinationService(cluster_of(store))
     got: list[Destination | None] = []
     current, _ = service.subscribe("web.default.svc.cluster.local:8080", got.append)
     assert current is None
@@ -196,7 +197,7 @@ def test_subscription_to_a_service_that_appears_later() -> None:
 def test_shared_translator_and_pods_elsewhere_ignored() -> None:
     store = make_store()
     store.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}, svc()])
-    service = DestinationService(store)
+    service = DestinationService(cluster_of(store))
     a: list[Destination | None] = []
     b: list[Destination | None] = []
     service.subscribe("web:8080", a.append)

@@ -5,9 +5,10 @@ directory (``<state dir>/identity``, mode 0700: ``ca.json`` 0600 and the per-pod
 ``token.key`` 0600), generated at first start or imported from the user's files, and serves the
 API group ``/api/v1/identity/`` (reference with examples in docs/identity.md):
 
-- ``POST certify`` ``{"token", "csr"}``: a TokenReview (the token's signature, then the store
-  still holding that Pod with that uid and service account), then a leaf for the pod's identity
-  signed by the issuer; 401 bad token, 400 bad CSR, 403 a CSR naming another identity;
+- ``POST certify`` ``{"token", "csr"}``: the token reviewed by the ``TokenReviewer``
+  (:mod:`weft.control.tokenreview`: TokenReview on a cluster, the local mesh's own tokens
+  otherwise), then a leaf for exactly the identity the review proves, signed by the issuer; 401
+  bad token, 400 bad CSR, 403 a CSR naming another identity, 503 the review unavailable;
 - ``GET trust[?watch=1]``: the anchors and the issuer's fingerprint; as NDJSON, again on every
   change, heartbeat ``{}``;
 - ``GET status``: anchors, issuer, and warnings for CAs expiring within 60 days or expired;
@@ -33,7 +34,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ from typing import Any
 from weft.addr import parse_hostport
 from weft.control.httpserver import HttpError, Request, Response, Streaming, StreamWriter
 from weft.control.metrics import fetch
-from weft.control.store import Store
+from weft.control.state import ClusterState
+from weft.control.tokenreview import LocalTokenReviewer, ReviewUnavailable, TokenReviewer
 from weft.identity.ca import (
     LEAF_LIFETIME,
     Authority,
@@ -68,8 +70,8 @@ from weft.identity.names import (
     dns_identity,
     spiffe_id,
 )
-from weft.identity.tokens import InvalidToken, TokenClaims, TokenKey
-from weft.resources.models import ANNOTATION_PROXY_ADMIN, DEFAULT_SERVICE_ACCOUNT
+from weft.identity.tokens import InvalidToken, TokenKey
+from weft.resources import pods
 
 log = logging.getLogger("weft.control.identity")
 
@@ -114,7 +116,7 @@ class IdentityService:
     def __init__(
         self,
         directory: Path,
-        store: Store,
+        state: ClusterState,
         *,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         leaf_lifetime: float = LEAF_LIFETIME,
@@ -122,9 +124,14 @@ class IdentityService:
         admin_port: int = DEFAULT_ADMIN_PORT,
         heartbeat: float = HEARTBEAT,
         allowed_networks: Sequence[str] = ("10.244.0.0/16", "127.0.0.0/8"),
+        reviewer: TokenReviewer | None = None,
     ) -> None:
         self.directory = Path(directory)
-        self.store = store
+        self.state = state
+        # who a token proves to be: TokenReview on a cluster; the local mesh's own tokens else
+        self.reviewer: TokenReviewer = reviewer or LocalTokenReviewer(
+            lambda: self.token_key, state, clock=clock
+        )
         self.trust_domain = check_trust_domain(trust_domain)
         if not (math.isfinite(leaf_lifetime) and leaf_lifetime > 0):
             raise ValueError(f"leaf lifetime must be positive, got {leaf_lifetime!r}")
@@ -227,33 +234,17 @@ class IdentityService:
 
     # -- certification -----------------------------------------------------------------------
 
-    def review(self, token: str) -> TokenClaims:
-        """The token's claims when its signature holds and the store holds that pod with that
-        uid and service account; InvalidToken saying why not."""
-        claims = self.token_key.verify(token)
-        ref = f"{claims.namespace}/{claims.pod}"
-        pod = self.store.get("Pod", claims.namespace, claims.pod)
-        if pod is None:
-            raise InvalidToken(f"the token's pod {ref} does not exist")
-        uid = (pod.get("metadata") or {}).get("uid")
-        if uid != claims.uid:
-            raise InvalidToken(f"the token is for an earlier pod {ref} (uid {claims.uid})")
-        account = (pod.get("spec") or {}).get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT
-        if account != claims.service_account:
-            raise InvalidToken(
-                f"the token names service account {claims.service_account!r}, but pod {ref} "
-                f"runs as {account!r}"
-            )
-        return claims
-
-    def certify(self, token: str, csr_pem: bytes) -> dict[str, Any]:
-        """A leaf for the token's workload; HttpError 401/400/403/503 otherwise."""
+    async def certify(self, token: str, csr_pem: bytes) -> dict[str, Any]:
+        """A leaf for the identity the token's review proves; HttpError 401/400/403/503
+        otherwise."""
         try:
-            claims = self.review(token)
+            claims = await self.reviewer.review(token)
             identity = dns_identity(claims.namespace, claims.service_account, self.trust_domain)
             spiffe = spiffe_id(claims.namespace, claims.service_account, self.trust_domain)
         except (InvalidToken, ValueError) as exc:
             raise HttpError(401, f"invalid token: {exc}") from None
+        except ReviewUnavailable as exc:
+            raise HttpError(503, f"cannot review the token now: {exc}") from None
         material = self.material
         try:
             leaf = material.issuer.sign_leaf(
@@ -401,17 +392,16 @@ class IdentityService:
 
     # -- the pods' admin views ---------------------------------------------------------------
 
-    def _admin_address(self, pod: dict[str, Any], ref: str) -> tuple[str, int]:
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        admin = annotations.get(ANNOTATION_PROXY_ADMIN)
+    def _admin_address(self, pod: Mapping[str, Any], ref: str) -> tuple[str, int]:
+        admin = pods.proxy_admin(pod)
         try:
             if admin:
                 host, port = parse_hostport(admin)
             else:
-                ip = (pod.get("status") or {}).get("podIP")
-                if not ip:
+                addresses = pods.ips(pod)
+                if not addresses:
                     raise HttpError(502, f"pod {ref} has no IP address yet")
-                host, port = str(ip), self.admin_port
+                host, port = addresses[0], self.admin_port
             addr = ipaddress.ip_address(host)
         except ValueError:
             raise HttpError(
@@ -425,7 +415,7 @@ class IdentityService:
 
     async def pod_view(self, namespace: str, name: str) -> dict[str, Any]:
         ref = f"{namespace}/{name}"
-        pod = self.store.get("Pod", namespace, name)
+        pod = self.state.get("Pod", namespace, name)
         if pod is None:
             raise HttpError(404, f"Pod {ref} not found")
         host, port = self._admin_address(pod, ref)
@@ -460,7 +450,7 @@ class IdentityService:
                 token, csr = body.get("token"), body.get("csr")
                 if not isinstance(token, str) or not isinstance(csr, str):
                     raise HttpError(400, 'request body must be {"token": str, "csr": PEM}')
-                return Response.json(200, self.certify(token, csr.encode()))
+                return Response.json(200, await self.certify(token, csr.encode()))
             case ["trust"]:
                 _method(method, "GET")
                 if request.query.get("watch", "") in ("1", "true"):

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from weft.control.api import HEARTBEAT, _line, _wait
 from weft.control.httpserver import HttpError, Request, Response, Streaming, StreamWriter
-from weft.control.store import Event, Store
+from weft.control.state import ClusterState, StateEvent
 from weft.inbound import (
     DEFAULT_POLICIES,
     DEFAULT_POLICY,
@@ -201,7 +201,7 @@ class InboundPolicies:
 
     def __init__(
         self,
-        store: Store,
+        state: ClusterState,
         *,
         trust_domain: str = "cluster.local",
         cluster_networks: Sequence[str],
@@ -226,7 +226,7 @@ class InboundPolicies:
                 raise ValueError(f"cluster network {text!r} is not a CIDR: {exc}") from None
         if not heartbeat > 0:
             raise ValueError(f"heartbeat must be positive, got {heartbeat!r}")
-        self._store = store
+        self._state = state
         self.trust_domain = trust_domain
         self.cluster_networks = tuple(networks)
         self.default_policy = default_policy
@@ -234,7 +234,7 @@ class InboundPolicies:
         self._cache = _Cache()
         self._subscriptions: dict[tuple[str, str], _Subscription] = {}
         self._logged: set[str] = set()
-        self._unsubscribe = store.subscribe(self._on_event)
+        self._unsubscribe = state.subscribe(self._on_event)
 
     def __repr__(self) -> str:
         n = sum(len(s.listeners) for s in self._subscriptions.values())
@@ -251,14 +251,14 @@ class InboundPolicies:
 
     def _objects(self, kind: str, namespace: str, cls: type[T]) -> list[T]:
         out: list[T] = []
-        for obj in sorted(self._store.list(kind, namespace), key=_age):
+        for obj in sorted(self._state.list(kind, namespace), key=_age):
             parsed = self._cache.parse(obj)
             if isinstance(parsed, cls):
                 out.append(parsed)
         return out
 
     def _find(self, kind: str, namespace: str, name: str) -> Resource | None:
-        obj = self._store.get(kind, namespace, name)
+        obj = self._state.get(kind, namespace, name)
         return None if obj is None else self._cache.parse(obj)
 
     def _view(self, namespace: str) -> _View:
@@ -494,7 +494,7 @@ class InboundPolicies:
         self._unsubscribe()
         self._subscriptions.clear()
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: StateEvent) -> None:
         kind = event.kind
         meta = event.object["metadata"]
         if kind == "Pod":

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from weft.control.store import Store
+from weft.control.state import ClusterState
 from weft.policy import Backend, Route, Rule, ServicePolicy, Timeouts
 from weft.resources.annotations import PolicyAnnotations, parse_policy_annotations
 from weft.resources.errors import InvalidResources
@@ -192,8 +192,8 @@ def _route_order(obj: Mapping[str, Any]) -> tuple[str, str, str]:
 class Policies:
     """Builds :class:`ServicePolicy` values from the store (see the module docstring)."""
 
-    def __init__(self, store: Store, *, cluster_domain: str = "cluster.local") -> None:
-        self._store = store
+    def __init__(self, state: ClusterState, *, cluster_domain: str = "cluster.local") -> None:
+        self._state = state
         self.cluster_domain = cluster_domain
         self.cache = ParseCache()
 
@@ -206,7 +206,7 @@ class Policies:
         """Stored routes (HTTPRoutes and GRPCRoutes) attached to the Service (to ``port``, or to
         any port when None), oldest first."""
         out: list[tuple[Mapping[str, Any], AnyRoute]] = []
-        stored = [obj for kind in ROUTE_KINDS for obj in self._store.list(kind, namespace)]
+        stored = [obj for kind in ROUTE_KINDS for obj in self._state.list(kind, namespace)]
         for obj in sorted(stored, key=_route_order):
             route = self.cache.route(obj)
             if route is None:

@@ -30,8 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from weft.control.policies import ROUTE_KINDS, AnyRoute, ParseCache
-from weft.control.store import Event, NotFound, Store
-from weft.resources.errors import InvalidResources
+from weft.control.state import ClusterState, StateEvent, StatusWriter
 from weft.resources.httproute import CONTROLLER_NAME
 
 # ``lookup(kind, namespace, name)``: a stored Service or Server
@@ -155,13 +154,15 @@ class RouteStatusController:
 
     def __init__(
         self,
-        store: Store,
+        state: ClusterState,
+        writer: StatusWriter,
         *,
         clock: Callable[[], float] = time.time,
         schedule: Schedule | None = None,
         cache: ParseCache | None = None,
     ) -> None:
-        self._store = store
+        self._state = state
+        self._writer = writer
         self._clock = clock
         self._schedule = schedule
         self._cache = cache or ParseCache()
@@ -169,7 +170,7 @@ class RouteStatusController:
         self._scheduled = False
         self._running = False
         self.writes = 0
-        self._unsubscribe = store.subscribe(self._on_event)
+        self._unsubscribe = state.subscribe(self._on_event)
 
     def __repr__(self) -> str:
         return f"<RouteStatusController dirty={len(self._dirty)} writes={self.writes}>"
@@ -185,11 +186,11 @@ class RouteStatusController:
         self._request()
 
     def _mark(self, kind: str, namespace: str | None) -> None:
-        for obj in self._store.list(kind, namespace):
+        for obj in self._state.list(kind, namespace):
             meta = obj["metadata"]
             self._dirty.add((kind, str(meta["namespace"]), str(meta["name"])))
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: StateEvent) -> None:
         if event.kind in ROUTE_KINDS and event.type != "DELETED":
             meta = event.object["metadata"]
             self._dirty.add((event.kind, str(meta["namespace"]), str(meta["name"])))
@@ -234,10 +235,10 @@ class RouteStatusController:
         return written
 
     def _lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
-        return self._store.get(kind, namespace, name)
+        return self._state.get(kind, namespace, name)
 
     def _update(self, kind: str, namespace: str, name: str) -> bool:
-        obj = self._store.get(kind, namespace, name)
+        obj = self._state.get(kind, namespace, name)
         if obj is None:
             return False
         route = self._cache.route(obj)
@@ -253,8 +254,5 @@ class RouteStatusController:
         )
         if status == current:
             return False
-        try:
-            self._store.put_status(kind, namespace, name, status)
-        except (NotFound, InvalidResources):
-            return False
+        self._writer.write_status(kind, namespace, name, status)
         return True

@@ -31,11 +31,13 @@ from weft.control.edges import EdgesApi
 from weft.control.httpserver import HttpServer
 from weft.control.identity import IdentityService, IdentitySettings
 from weft.control.inbound import InboundPolicies
+from weft.control.localstate import StoreState
 from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.persist import StateFile
 from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
+from weft.runtime.local.endpointslices import EndpointSliceController
 
 log = logging.getLogger("weft.control")
 
@@ -102,18 +104,27 @@ class ControlPlane:
 
     def __init__(self, config: ControlConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self._state = StateFile(config.state_file)
+        self._state_file = StateFile(config.state_file)
         self.store = Store(service_cidr=config.service_cidr, clock=clock)
+        # the controllers read the cluster through this seam, never the store itself
+        self.state = StoreState(self.store)
         self.destinations = DestinationService(
-            self.store, trust_domain=config.identity.trust_domain
+            self.state, trust_domain=config.identity.trust_domain
         )
-        # statuses are written from the event loop, never inside another change's notification
+
+        # writes are made from the event loop, never inside another change's notification
+        def schedule(fn: Callable[[], None]) -> object:
+            return asyncio.get_running_loop().call_soon(fn)
+
         self.route_status = RouteStatusController(
-            self.store,
+            self.state,
+            self.state,
             clock=clock,
-            schedule=lambda fn: asyncio.get_running_loop().call_soon(fn),
+            schedule=schedule,
             cache=self.destinations.policies.cache,
         )
+        # kube-controller-manager's part, which the local mesh plays itself
+        self.endpoint_slices = EndpointSliceController(self.state, self.store, schedule=schedule)
         self.stats = Stats(self.store, clock=clock, retention=config.retention)
         self.scraper = Scraper(
             self.store,
@@ -128,7 +139,7 @@ class ControlPlane:
         settings = config.identity
         self.identity = IdentityService(
             Path(config.state_dir) / "identity",
-            self.store,
+            self.state,
             trust_domain=settings.trust_domain,
             leaf_lifetime=settings.leaf_lifetime,
             clock=clock,
@@ -136,7 +147,7 @@ class ControlPlane:
             allowed_networks=(config.pod_cidr, "127.0.0.0/8"),
         )
         self.inbound = InboundPolicies(
-            self.store,
+            self.state,
             trust_domain=settings.trust_domain,
             cluster_networks=config.cluster_networks or (config.pod_cidr,),
             default_policy=config.default_inbound_policy,
@@ -166,7 +177,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
-        snapshot = self._state.load()
+        snapshot = self._state_file.load()
         if snapshot is not None:
             for warning in self.store.restore(snapshot):
                 log.warning("%s", warning)
@@ -174,8 +185,9 @@ class ControlPlane:
                 "restored %d objects at resourceVersion %d from %s",
                 len(self.store),
                 self.store.resource_version,
-                self._state.path,
+                self._state_file.path,
             )
+            self.state.sync()
         # listen first: a second control plane on the same state dir fails here, before it
         # could write over the running one's state
         await self.http.listen_unix(self.config.socket_path)
@@ -188,6 +200,7 @@ class ControlPlane:
         self.store.on_commit = self._save
         self._save(self.store)
         self.route_status.resync()
+        self.endpoint_slices.resync()
         if self.config.http_listen is not None:
             host, port = self.config.http_listen
             try:
@@ -199,9 +212,9 @@ class ControlPlane:
 
     def _save(self, store: Store) -> None:
         try:
-            self._state.save(store.snapshot())
+            self._state_file.save(store.snapshot())
         except OSError as exc:
-            log.error("cannot save the store to %s: %s", self._state.path, exc)
+            log.error("cannot save the store to %s: %s", self._state_file.path, exc)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._scrape_task is not None:
@@ -211,8 +224,10 @@ class ControlPlane:
             self._scrape_task = None
         await self.http.close(grace)
         self.route_status.close()
+        self.endpoint_slices.close()
         self.inbound.close()
         self.destinations.close()
+        self.state.close()
 
 
 async def serve(config: ControlConfig) -> None:

@@ -1139,5 +1139,6 @@ def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, st
 
 
 # the policy and route kinds register themselves; imported last, as they build on this module
+from weft.resources import endpointslice as _endpointslice  # noqa: E402, F401
 from weft.resources import grpcroute as _grpcroute  # noqa: E402, F401
 from weft.resources import policy as _policy  # noqa: E402, F401

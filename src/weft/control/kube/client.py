@@ -1,34 +1,40 @@
-"""Talking to a Kubernetes API server through lightkube: connecting, and watching with bookmarks.
+"""Talking to a Kubernetes API server through lightkube: connecting, listing and watching.
 
 lightkube was chosen by measurement against kubernetes_asyncio and kr8s (docs/kubernetes.md,
-"The client library"): a fifth of the import time, half the memory, typed models decoded at the
-speed of plain JSON, and errors (``410 Gone`` among them) raised instead of hidden. Its public
-``watch()`` cannot ask for bookmarks and cannot decode a Pod's; :func:`watch` is one watch
-request through its request builder and decoders (the one place that reaches into the client;
-the contract tests fail if a lightkube release changes them).
-
-Objects stay lightkube's models (msgspec structs); :func:`key_of` and :func:`version_of` read
-them for :class:`weft.core.informer.Cache`.
+"The client library"): a fifth of the import time, half the memory, and errors (``410 Gone``
+among them) raised instead of hidden. Controllers write through its client; reading for the
+informers (:func:`list_page`, :func:`watch`) is one request each through its request builder, with
+the bodies decoded by msgspec into plain dicts, as the API server sent them: the controllers read
+the same shapes from a real cluster and from the local mesh's store, and a dict costs a third of
+a typed model to decode. Its public ``watch()`` could not serve anyway: it cannot ask for
+bookmarks, and decodes a bookmark into the kind's model, which fails for kinds with required
+fields (a Pod bookmark's ``spec.containers`` is ``null``), so a quiet Pod watch never advanced.
+These two functions are the one place that reaches into the client; the contract tests
+(tests/kube) fail if a lightkube release changes what they use.
 
 Not for: informer logic (:mod:`weft.control.kube.informer`), or anything a controller decides.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
-
-from weft.core.informer import BadObject
+from lightkube.core import decoders
+from lightkube.core.resource import NamespacedResource
+from lightkube.core.selector import build_selector
 
 # how long the server keeps one watch request open before ending it (the client then watches
 # again from the last resource version it saw); Kubernetes' own clients pick 5-10 minutes
 WATCH_TIMEOUT_S = 300
+
+Obj = dict[str, Any]
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def connect(kubeconfig: str | Path | None = None, *, context: str | None = None) -> AsyncClient:
@@ -40,34 +46,77 @@ def connect(kubeconfig: str | Path | None = None, *, context: str | None = None)
     return AsyncClient(KubeConfig.from_env())
 
 
-def key_of(obj: Any) -> str:
-    """``namespace/name`` (``name`` when cluster-scoped) of a lightkube model."""
-    meta = getattr(obj, "metadata", None)
-    name = getattr(meta, "name", None)
-    if not isinstance(name, str) or not name:
-        raise BadObject(f"{type(obj).__name__} without metadata.name")
-    namespace = getattr(meta, "namespace", None)
-    return f"{namespace}/{name}" if namespace else name
+def kind_of(resource: Any) -> tuple[str, str]:
+    """``(apiVersion, kind)`` of a lightkube resource class."""
+    info = resource._api_info.resource
+    api_version = f"{info.group}/{info.version}" if info.group else info.version
+    return api_version, info.kind
 
 
-def version_of(obj: Any) -> str:
-    """``metadata.resourceVersion`` of a lightkube model ("" when it has none)."""
-    meta = getattr(obj, "metadata", None)
-    rv = getattr(meta, "resourceVersion", None)
-    return rv if isinstance(rv, str) else ""
+def _params(
+    labels: Mapping[str, str] | None, fields: Mapping[str, str] | None, **more: Any
+) -> dict[str, Any]:
+    params = {k: v for k, v in more.items() if v is not None}
+    if labels:
+        params["labelSelector"] = build_selector(dict(labels))
+    if fields:
+        params["fieldSelector"] = build_selector(dict(fields), for_fields=True)
+    return params
+
+
+async def _send(client: AsyncClient, method: str, resource: Any, namespace: str | None,
+                params: dict[str, Any], *, watch: bool) -> Any:  # fmt: skip
+    inner: Any = client._client  # lightkube's generic client (partly untyped)
+    if namespace is None and issubclass(resource, NamespacedResource):
+        namespace = "*"  # every namespace (lightkube reads None as "default")
+    br = inner.prepare_request(method, res=resource, namespace=namespace, watch=watch,
+                               params=params)  # fmt: skip
+    timeout = inner._watch_timeout if watch else None
+    request = inner._client.build_request(
+        br.method, br.url, params=br.params, **({"timeout": timeout} if watch else {})
+    )
+    response = await inner.send(request, stream=watch)
+    if response.status_code >= 400:
+        if watch:
+            await response.aread()
+            await response.aclose()
+        inner.raise_for_status(response)
+    return response
 
 
 @dataclass(frozen=True, slots=True)
-class _BookmarkMeta:
-    resourceVersion: str  # the API's name: read as the models' are
+class Page:
+    """One page of a list: its items (with ``apiVersion`` and ``kind`` filled in, which a list's
+    items leave out), the list's resource version, and the token for the next page ("" at the
+    end)."""
+
+    items: list[Obj]
+    resource_version: str
+    next: str
 
 
-@dataclass(frozen=True, slots=True)
-class Bookmark:
-    """A ``BOOKMARK`` event's object: only ``metadata.resourceVersion`` (the API server sends
-    the kind's other required fields empty, which its model would refuse)."""
-
-    metadata: _BookmarkMeta
+async def list_page(
+    client: AsyncClient,
+    resource: Any,
+    *,
+    namespace: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
+    limit: int = 500,
+    continue_: str | None = None,
+) -> Page:
+    """One page of ``resource`` objects (all namespaces when ``namespace`` is None). An expired
+    continue token raises ``lightkube.ApiError`` with code 410 (list again from the start)."""
+    params = _params(labels, fields, limit=limit, **{"continue": continue_ or None})
+    response = await _send(client, "list", resource, namespace, params, watch=False)
+    body = _decode(response.content)
+    api_version, kind = kind_of(resource)
+    items = body.get("items") or []
+    for item in items:
+        item.setdefault("apiVersion", api_version)
+        item.setdefault("kind", kind)
+    meta = body.get("metadata") or {}
+    return Page(items, str(meta.get("resourceVersion") or ""), str(meta.get("continue") or ""))
 
 
 async def watch(
@@ -79,51 +128,36 @@ async def watch(
     labels: Mapping[str, str] | None = None,
     fields: Mapping[str, str] | None = None,
     timeout_s: int = WATCH_TIMEOUT_S,
-) -> AsyncIterator[tuple[str, Any]]:
+) -> AsyncIterator[tuple[str, Obj]]:
     """``(type, object)`` events of one watch request for ``resource`` from
-    ``resource_version``, bookmarks included (their object a :class:`Bookmark`); the iterator
-    ends when the server ends the request (after ``timeout_s``): the caller watches again from
-    the last version it saw. An ``ERROR`` event (``410 Gone`` among them) or an error status
-    raises ``lightkube.ApiError``; a connection failure ``httpx2.HTTPError``; an object its
-    model cannot hold ``ValueError`` (msgspec's).
-
-    Built on lightkube's request builder and decoders rather than its ``watch()``: that one
-    cannot ask for bookmarks, and decodes a bookmark into the kind's model, which fails for
-    kinds with required fields (a Pod bookmark's ``spec.containers`` is ``null``), so a quiet
-    Pod watch never advanced."""
-    from lightkube.core import decoders
-    from lightkube.core.selector import build_selector
-
-    params: dict[str, Any] = {
-        "timeoutSeconds": timeout_s,
-        "resourceVersion": resource_version,
-        "allowWatchBookmarks": "true",
-        "labelSelector": build_selector(dict(labels)) if labels else None,
-        "fieldSelector": build_selector(dict(fields), for_fields=True) if fields else None,
-    }
-    inner: Any = client._client  # lightkube's generic client (partly untyped)
-    br = inner.prepare_request("list", res=resource, namespace=namespace, watch=True, params=params)
-    request = inner._client.build_request(
-        br.method, br.url, params=br.params, timeout=inner._watch_timeout
+    ``resource_version``, bookmarks included (their object carries only
+    ``metadata.resourceVersion`` that matters); the iterator ends when the server ends the
+    request (after ``timeout_s``): the caller watches again from the last version it saw. An
+    ``ERROR`` event (``410 Gone`` among them) or an error status raises ``lightkube.ApiError``;
+    a connection failure ``httpx2.HTTPError``; a line that is not a JSON object ``ValueError``
+    (msgspec's)."""
+    params = _params(
+        labels,
+        fields,
+        timeoutSeconds=timeout_s,
+        resourceVersion=resource_version,
+        allowWatchBookmarks="true",
     )
-    response = await inner.send(request, stream=True)
+    response = await _send(client, "list", resource, namespace, params, watch=True)
     try:
-        if response.status_code >= 400:
-            await response.aread()
-            inner.raise_for_status(response)
         async for line in response.aiter_lines():
             if not line:
                 continue
-            event = decoders.decode_watch_event(line)
-            if event.type == "ERROR":
-                raise ApiError(status=decoders.decode_status(event.object))
-            if event.type == "BOOKMARK":
-                meta = json.loads(line).get("object", {}).get("metadata", {})
-                yield "BOOKMARK", Bookmark(_BookmarkMeta(str(meta.get("resourceVersion", ""))))
-                continue
-            yield event.type, decoders.decode_object(event.object, br.response_type)
+            event = _decode(line)
+            type_ = event.get("type")
+            obj = event.get("object")
+            if type_ == "ERROR":
+                raise ApiError(status=decoders.decode_status(msgspec.json.encode(obj or {})))
+            if not isinstance(type_, str) or not isinstance(obj, dict):
+                raise ValueError(f"not a watch event: {line[:200]!r}")
+            yield type_, obj
     finally:
         await response.aclose()
 
 
-__all__ = ["WATCH_TIMEOUT_S", "Bookmark", "connect", "key_of", "version_of", "watch"]
+__all__ = ["WATCH_TIMEOUT_S", "Page", "connect", "kind_of", "list_page", "watch"]

@@ -24,41 +24,43 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient
 
-from weft.control.kube.client import WATCH_TIMEOUT_S, key_of, version_of, watch
+from weft.control.kube.client import WATCH_TIMEOUT_S, list_page, watch
 from weft.core.backoff import ExponentialBackoff
 from weft.core.informer import BadObject, Cache, Change, Indexer
 
 log = logging.getLogger("weft.kube")
 
-T = TypeVar("T")
+Obj = dict[str, Any]
 
 LIST_PAGE = 500  # objects per list request (the server pages with a continue token)
 
 
-class Informer(Generic[T]):
+class Informer:
     """``resource`` (a lightkube resource class, e.g. ``lightkube.resources.core_v1.Pod``) in
-    ``namespace`` (None: all), limited by ``labels`` / ``fields`` selectors; see the module
-    docstring. :attr:`cache` is readable at any time; :attr:`synced` is set once the first
-    list is in it."""
+    ``namespace`` (None: all), limited by ``labels`` / ``fields`` selectors, held as the decoded
+    JSON the server sent (dicts; treat them as read-only); see the module docstring.
+    :attr:`cache` is readable at any time; :attr:`synced` is set once the first list is in
+    it."""
 
     def __init__(
         self,
         client: AsyncClient,
-        resource: type[T],
+        resource: Any,
         *,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
         fields: Mapping[str, str] | None = None,
-        indexers: Mapping[str, Indexer[T]] | None = None,
-        on_change: Callable[[Change[T]], None] | None = None,
+        indexers: Mapping[str, Indexer[Obj]] | None = None,
+        on_change: Callable[[Change[Obj]], None] | None = None,
         resync_s: float | None = None,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
         backoff: ExponentialBackoff | None = None,
+        cache: Cache[Obj] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -69,7 +71,8 @@ class Informer(Generic[T]):
         self.resync_s = resync_s
         self.watch_timeout_s = watch_timeout_s
         self.backoff = backoff or ExponentialBackoff(base=0.2, maximum=30.0, jitter=0.5)
-        self.cache: Cache[T] = Cache(indexers, key=key_of, version=version_of)
+        # ``cache``: one shared with a reader (weft.control.kube.state), its indexes already set
+        self.cache: Cache[Obj] = cache if cache is not None else Cache(indexers)
         self.synced = asyncio.Event()
         self.name = getattr(resource, "__name__", str(resource))
         # what it has done, for metrics and the admin endpoint
@@ -114,16 +117,23 @@ class Informer(Generic[T]):
                     await resync
 
     async def _list(self) -> None:
-        client: Any = self.client  # its overloads want a resource class, not a type variable
-        pages = client.list(
-            self.resource,
-            namespace=self.namespace if self.namespace is not None else "*",
-            labels=self.labels,
-            fields=self.fields,
-            chunk_size=LIST_PAGE,
-        )
-        items: list[T] = [obj async for obj in pages]
-        changes = self.cache.replace(items, pages.resourceVersion)
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            page = await list_page(
+                self.client,
+                self.resource,
+                namespace=self.namespace,
+                labels=self.labels,
+                fields=self.fields,
+                limit=LIST_PAGE,
+                continue_=token,
+            )
+            items.extend(page.items)
+            if not page.next:
+                break
+            token = page.next
+        changes = self.cache.replace(items, page.resource_version)
         self.lists += 1
         self.connected = True
         self.last_event_at = time.monotonic()
@@ -151,7 +161,7 @@ class Informer(Generic[T]):
             if change is not None:
                 self._dispatch([change])
 
-    def _dispatch(self, changes: list[Change[T]]) -> None:
+    def _dispatch(self, changes: list[Change[Obj]]) -> None:
         if self.on_change is None:
             return
         for change in changes:

@@ -58,6 +58,7 @@ from urllib.parse import urlencode
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
 from weft.control.follow import Follower
+from weft.control.tokenreview import ROTATE_AFTER
 from weft.core.backoff import ExponentialBackoff
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.identity.tokens import TokenClaims, TokenKey
@@ -404,6 +405,8 @@ class NodeAgent:
         self._stopping = False
         self._env = base_env(state_dir=str(config.state_dir), python=config.python)
         self._token_key: TokenKey | None = None
+        # when each pod's token was issued, and for what (uid, service account)
+        self._tokens: dict[Key, tuple[float, str, str]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -549,6 +552,7 @@ class NodeAgent:
     def reconcile(self) -> None:
         """Compare the store with the pods this agent runs and start what closes the gap."""
         self._sync_services()
+        self.rotate_tokens()
         pods_in_store = self._cache["Pod"]
         for key, pod in list(self._pods.items()):
             if key in pods_in_store:
@@ -872,7 +876,28 @@ class NodeAgent:
         )
         path = self._token_path((namespace, name))
         write_token(path, self._token_key.issue(claims), owner=net.PROXY_UID)
+        self._tokens[(namespace, name)] = (claims.issued_at, uid, service_account)
         return path
+
+    def rotate_tokens(self, now: float | None = None) -> list[Key]:
+        """Issue a new token to every running pod whose token is older than
+        :data:`~weft.control.tokenreview.ROTATE_AFTER` (tokens are valid for twice that); the
+        pods rotated. The proxy reads its token file each time it renews its certificate."""
+        now = time.time() if now is None else now
+        rotated: list[Key] = []
+        for key, (issued_at, uid, account) in list(self._tokens.items()):
+            pod = self._pods.get(key)
+            if pod is None or pod.terminating or pod.finished or pod.uid != uid:
+                self._tokens.pop(key, None)  # gone, or a new object (issued afresh at start)
+                continue
+            if now - issued_at < ROTATE_AFTER:
+                continue
+            try:
+                self.issue_token(key[0], key[1], uid, account)
+                rotated.append(key)
+            except (OSError, ValueError) as exc:
+                log.error("pod %s/%s: cannot rotate its identity token: %s", *key, exc)
+        return rotated
 
     def _note_start_failure(self, pod: _Pod) -> None:
         if pod.deployment is None:
