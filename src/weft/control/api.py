@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from weft.control.destinations import DestinationService
 from weft.control.httpserver import HttpError, Request, Response, Streaming, StreamWriter
+from weft.control.kubeapi.server import KubeApi
 from weft.control.store import Expired, NotFound, Store, Watch, bookmark
 from weft.discovery import Destination
 from weft.resources.errors import InvalidResources
@@ -89,8 +90,11 @@ class Api:
         *,
         heartbeat: float = HEARTBEAT,
         handlers: Mapping[str, SubHandler] | None = None,
+        kube: KubeApi | None = None,
     ) -> None:
         self.store = store
+        # the Kubernetes REST API over the same store, on the same listeners
+        self.kube = kube
         # further API groups (``/api/v1/<group>/...``) served by other modules
         self.handlers: dict[str, SubHandler] = dict(handlers or {})
         self.destinations = destinations
@@ -107,6 +111,8 @@ class Api:
                 f"{method} {request.path} is for the mesh's administrator (root); workloads may "
                 "only resolve destinations, certify their identity and read their policy",
             )
+        if self.kube is not None and parts and self.kube.owns(parts):
+            return await self.kube.handle(request)
         if path in ("/healthz", "/ready", "/live"):
             self._method(method, "GET")
             return Response.json(

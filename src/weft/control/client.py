@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 DEFAULT_STATE_DIR = "/run/weft"
 SOCKET_NAME = "control.sock"
+KUBE_SOCKET = "kube.sock"  # the Kubernetes API for kubectl, root only (weft.runtime.local.kubeport)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024 * 1024
 HEARTBEAT = 5.0

@@ -161,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
         self.closed = False
         self._privileged = True
+        self._no_upgrade = False
 
     # -- transport callbacks -----------------------------------------------------------------
 
@@ -177,7 +178,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            if self._worker is None and not self._pending:
+                self._fail(400, "protocol upgrades are not supported")
+            else:
+                # the request asked to switch protocols: it is answered as plain HTTP (an error,
+                # or what the handler says), and then the connection closes
+                self._no_upgrade = True
         except httptools.HttpParserError as exc:
             # errors raised in our callbacks arrive wrapped, with the original as the context
             inner = exc.__context__
@@ -266,7 +272,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self._pending and not self.closed:
                 request = self._pending.popleft()
-                self._keep_alive = request.keep_alive
+                self._keep_alive = request.keep_alive and not self._no_upgrade
                 await self._answer(request)
                 if not self._keep_alive or self._server.closing:
                     self.close()
@@ -396,12 +402,13 @@ class HttpServer:
     def __repr__(self) -> str:
         return f"<HttpServer listeners={len(self._servers)} connections={len(self._connections)}>"
 
-    async def listen_unix(self, path: str) -> None:
-        """Listen on a unix socket at ``path``, replacing a stale socket file left by a crash."""
+    async def listen_unix(self, path: str, *, mode: int = 0o666) -> None:
+        """Listen on a unix socket at ``path``, replacing a stale socket file left by a crash;
+        ``mode``: who may connect (by default everyone: pods' proxies run as another uid)."""
         _prepare_socket_path(path)
         loop = asyncio.get_running_loop()
         server = await loop.create_unix_server(lambda: _Connection(self), path)
-        os.chmod(path, 0o666)  # pods' proxies (another uid) connect to it
+        os.chmod(path, mode)
         self._servers.append(server)
         self._unix_paths.append(path)
 

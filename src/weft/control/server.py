@@ -25,12 +25,14 @@ from pathlib import Path
 
 from weft.addr import Address
 from weft.control.api import Api
-from weft.control.client import DEFAULT_STATE_DIR, SOCKET_NAME
+from weft.control.client import DEFAULT_STATE_DIR, KUBE_SOCKET, SOCKET_NAME
 from weft.control.destinations import DestinationService
 from weft.control.edges import EdgesApi
-from weft.control.httpserver import HttpServer
+from weft.control.httpserver import HttpServer, Request, Response, Streaming
 from weft.control.identity import IdentityService, IdentitySettings
 from weft.control.inbound import InboundPolicies
+from weft.control.kubeapi.server import KubeApi
+from weft.control.kubeapi.status import KubeError
 from weft.control.localstate import StoreState
 from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.persist import StateFile
@@ -38,6 +40,7 @@ from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.runtime.local.endpointslices import EndpointSliceController
+from weft.runtime.local.namespaces import NamespaceController
 
 log = logging.getLogger("weft.control")
 
@@ -56,6 +59,8 @@ class ControlConfig:
     retention: float = 3900.0
     http_listen: Address | None = None
     heartbeat: float = 5.0
+    # how often a quiet Kubernetes API watch gets a bookmark (the API server: about a minute)
+    watch_bookmark_s: float = 60.0
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     # inbound policy: the mesh-wide default, and the networks cluster-* policies trust (the
     # pod network when empty)
@@ -125,6 +130,11 @@ class ControlPlane:
         )
         # kube-controller-manager's part, which the local mesh plays itself
         self.endpoint_slices = EndpointSliceController(self.state, self.store, schedule=schedule)
+
+        def later(delay: float, fn: Callable[[], None]) -> object:
+            return asyncio.get_running_loop().call_later(delay, fn)
+
+        self.namespaces = NamespaceController(self.state, self.store, later=later)
         self.stats = Stats(self.store, clock=clock, retention=config.retention)
         self.scraper = Scraper(
             self.store,
@@ -158,6 +168,9 @@ class ControlPlane:
             self.destinations,
             self.stats,
             heartbeat=config.heartbeat,
+            kube=KubeApi(
+                self.store, logs=_log_path(config.state_dir), bookmark_s=config.watch_bookmark_s
+            ),
             handlers={
                 "identity": self.identity.handle,
                 "inbound": self.inbound.handle,
@@ -165,6 +178,9 @@ class ControlPlane:
             },
         )
         self.http = HttpServer(self.api.handle)
+        # the Kubernetes API for this machine's users (kubectl through the node agent's TLS
+        # loopback port): its own socket, root's only
+        self.kube_http = HttpServer(self._kube_gate)
         self.tcp_address: Address | None = None
         self._scrape_task: asyncio.Task[None] | None = None
 
@@ -197,10 +213,14 @@ class ControlPlane:
                 settings.trust_anchors, settings.issuer_cert, settings.issuer_key
             )
         self.identity.load_or_init()
+        await self.kube_http.listen_unix(
+            os.path.join(self.config.state_dir, KUBE_SOCKET), mode=0o600
+        )
         self.store.on_commit = self._save
         self._save(self.store)
         self.route_status.resync()
         self.endpoint_slices.resync()
+        self.namespaces.resync()
         if self.config.http_listen is not None:
             host, port = self.config.http_listen
             try:
@@ -209,6 +229,19 @@ class ControlPlane:
                 log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
         self._scrape_task = asyncio.get_running_loop().create_task(self.scraper.run())
         log.info("control plane listening on %s", self.config.socket_path)
+
+    async def _kube_gate(self, request: Request) -> Response | Streaming:
+        """Requests on the Kubernetes API socket (root only: the node agent's TLS port relays
+        to it after checking the client's certificate): the Kubernetes API only."""
+        parts = [p for p in request.path.split("/") if p]
+        kube = self.api.kube
+        if not request.privileged:
+            return KubeError(403, "forbidden: the Kubernetes API socket is root's").response()
+        if kube is None or not parts or not kube.owns(parts):
+            return KubeError(
+                404, f"the server could not find the requested resource ({request.path})"
+            ).response()
+        return await kube.handle(request)
 
     def _save(self, store: Store) -> None:
         try:
@@ -223,11 +256,21 @@ class ControlPlane:
                 await self._scrape_task
             self._scrape_task = None
         await self.http.close(grace)
+        await self.kube_http.close(grace)
         self.route_status.close()
         self.endpoint_slices.close()
+        self.namespaces.close()
         self.inbound.close()
         self.destinations.close()
         self.state.close()
+
+
+def _log_path(state_dir: str) -> Callable[[str, str, str], Path]:
+    """Where the local node agent writes a pod container's log (it shares the state dir)."""
+    from weft.runtime.local.state import StateDir
+
+    state = StateDir(Path(state_dir))
+    return state.container_log
 
 
 async def serve(config: ControlConfig) -> None:

@@ -57,13 +57,29 @@ class Expired(Exception):
     """A watch asked for a resourceVersion the store can no longer replay from (HTTP 410)."""
 
 
+class AlreadyExists(Exception):
+    """A create of an object that exists (HTTP 409)."""
+
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        self.kind, self.namespace, self.name = kind, namespace, name
+        where = f"{namespace}/{name}" if namespace else name
+        super().__init__(f"{kind} {where} already exists")
+
+
+class Conflict(Exception):
+    """A write based on an older resourceVersion of the object (HTTP 409): read it again, then
+    write."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One change: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK."""
+    """One change: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK; ``old`` is the object
+    before a MODIFIED (a filtered watch tells from it whether the object left its filter)."""
 
     type: str
     object: Mapping[str, Any]
     resource_version: int
+    old: Mapping[str, Any] | None = None
 
     @property
     def kind(self) -> str:
@@ -225,9 +241,15 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def apply(self, docs: Sequence[Any], *, source: str | None = None) -> builtins.list[Applied]:
+    def apply(
+        self, docs: Sequence[Any], *, source: str | None = None, mode: str = "apply"
+    ) -> builtins.list[Applied]:
         """Create or update every document, or none. Raises InvalidResources naming document
-        index (and ``source``), field path and value of every problem."""
+        index (and ``source``), field path and value of every problem.
+
+        ``mode`` ``create``: each object must not exist (:class:`AlreadyExists`); ``replace``:
+        each must exist (:class:`NotFound`) and, when the document carries a
+        ``metadata.resourceVersion``, be at that version (:class:`Conflict`)."""
         errors: builtins.list[FieldError] = []
         parsed: builtins.list[tuple[int, Obj]] = []
         for i, doc in enumerate(docs):
@@ -250,13 +272,26 @@ class Store:
         ip_plan: dict[int, str] = {}
         for i, obj in parsed:
             key = key_of(obj)
+            self._check_mode(mode, key, docs[i])
             if key in seen:
                 fail(i, "metadata.name", f"duplicate of document {seen[key] + 1} in this request")
                 continue
             seen[key] = i
             ns = key[1]
-            if ns and (ns not in batch_namespaces and ("Namespace", "", ns) not in self._objects):
+            namespace = self._objects.get(("Namespace", "", ns)) if ns else None
+            if ns and (ns not in batch_namespaces and namespace is None):
                 fail(i, "metadata.namespace", f"namespace {show(ns)} does not exist")
+            elif (
+                namespace is not None
+                and namespace["metadata"].get("deletionTimestamp")
+                and key not in self._objects
+            ):
+                fail(
+                    i,
+                    "metadata.namespace",
+                    f"unable to create new content in namespace {ns} because it is being "
+                    "terminated",
+                )
             if obj["kind"] == "Service":
                 ip = self._plan_cluster_ip(i, obj, planned_ips, fail)
                 if ip is not None:
@@ -276,6 +311,21 @@ class Store:
         if changed:
             self._commit()
         return results
+
+    def _check_mode(self, mode: str, key: Key, doc: Any) -> None:
+        current = self._objects.get(key)
+        if mode == "create" and current is not None:
+            raise AlreadyExists(*key)
+        if mode == "replace":
+            if current is None:
+                raise NotFound(*key)
+            wanted = (doc.get("metadata") or {}).get("resourceVersion")
+            have = current["metadata"].get("resourceVersion")
+            if wanted not in (None, "") and str(wanted) != have:
+                raise Conflict(
+                    f'Operation cannot be fulfilled on {key[0]} "{key[2]}": the object has been '
+                    "modified; please apply your changes to the latest version and try again"
+                )
 
     def _plan_cluster_ip(
         self, i: int, obj: Obj, planned: set[str], fail: Callable[[int, str, str], None]
@@ -324,6 +374,8 @@ class Store:
         cmeta = current["metadata"]
         meta["uid"] = cmeta["uid"]
         meta["creationTimestamp"] = cmeta["creationTimestamp"]
+        if cmeta.get("deletionTimestamp"):  # leaving stays leaving, whatever the update says
+            meta["deletionTimestamp"] = cmeta["deletionTimestamp"]
         same_spec = obj.get("spec") == current.get("spec")
         meta["generation"] = cmeta.get("generation", 1) + (0 if same_spec else 1)
         obj["status"] = current.get("status", {})
@@ -336,20 +388,50 @@ class Store:
     def _default_status(kind: str) -> dict[str, Any]:
         return parse_status(kind, {}) if kind == "Pod" else {}
 
-    def put_status(self, kind: str, namespace: str | None, name: str, status: Any) -> Obj:
-        """Replace an object's ``status``. Raises NotFound or InvalidResources."""
+    def put_status(
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        status: Any,
+        *,
+        resource_version: str | None = None,
+    ) -> Obj:
+        """Replace an object's ``status`` (when at ``resource_version``, if given). Raises
+        NotFound, Conflict or InvalidResources."""
         if kind not in KINDS:
             raise NotFound(kind, namespace or "", name)
         current = self.get(kind, namespace, name)
         if current is None:
             ns = (namespace or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
             raise NotFound(kind, ns, name)
+        if resource_version and resource_version != current["metadata"].get("resourceVersion"):
+            raise Conflict(
+                f'Operation cannot be fulfilled on {kind} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again"
+            )
         new_status = parse_status(kind, status)
         if new_status == current.get("status"):
             return current
         obj = self._record("MODIFIED", {**current, "status": new_status})
         self._commit()
         return obj
+
+    def terminate(self, kind: str, namespace: str | None, name: str) -> Obj:
+        """Mark an object as leaving (``metadata.deletionTimestamp``; a Namespace's phase
+        ``Terminating``): what a graceful delete does first. Raises NotFound."""
+        current = self.get(kind, namespace, name)
+        if current is None:
+            raise NotFound(kind, namespace or "", name)
+        if current["metadata"].get("deletionTimestamp"):
+            return current
+        meta = {**current["metadata"], "deletionTimestamp": _rfc3339(self._clock())}
+        obj = {**current, "metadata": meta}
+        if kind == "Namespace":
+            obj["status"] = {**(current.get("status") or {}), "phase": "Terminating"}
+        recorded = self._record("MODIFIED", obj)
+        self._commit()
+        return recorded
 
     def delete(self, refs: Sequence[Any]) -> builtins.list[Deleted]:
         """Delete the objects named by ``refs`` (``kind`` and ``metadata.name``/``namespace``);
@@ -426,10 +508,11 @@ class Store:
         obj = {**obj, "metadata": meta}
         key = key_of(obj)
         if type_ == "DELETED":
-            self._objects.pop(key, None)
+            old = self._objects.pop(key, None)
         else:
+            old = self._objects.get(key)
             self._objects[key] = obj
-        event = Event(type_, obj, self._rv)
+        event = Event(type_, obj, self._rv, old)
         if len(self._history) == self._history.maxlen:
             self._replay_floor = self._history[0].resource_version
         self._history.append(event)

@@ -66,7 +66,16 @@ _META_KNOWN = frozenset(
         "generation",
     }
 )
-_META_PASSTHROUGH = frozenset({"ownerReferences", "finalizers", "generateName", "managedFields"})
+_META_PASSTHROUGH = frozenset(
+    {
+        "ownerReferences",
+        "finalizers",
+        "generateName",
+        "managedFields",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    }
+)
 _TOP_KNOWN = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 
 _CONTAINER_KNOWN = frozenset(
@@ -569,8 +578,9 @@ def _parse_pod_status(c: Checker, data: Any, path: str) -> PodStatus:
         cm = c.mapping(item, ipath, required=True)
         c.string(cm.get("type"), join(ipath, "type"), required=True)
         c.choice(cm.get("status"), join(ipath, "status"), ("True", "False", "Unknown"))
-        if cm.get("type") == "Ready" and "ready" not in m:
-            # a status written Kubernetes-style (conditions only) still says whether it is ready
+        if cm.get("type") == "Ready":
+            # the Kubernetes field decides (a client patches conditions and leaves the local
+            # runtime's ``ready`` shorthand as it was); ``ready`` alone is the shorthand's
             ready = cm.get("status") == "True"
     statuses: list[ContainerStatus] = []
     cs_path = join(path, "containerStatuses")

@@ -94,8 +94,9 @@ class KubeState(CachedState):
     def start(self) -> None:
         """Start every informer on the running loop."""
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(i.run(), name=f"informer {k}")
-                       for k, i in self.informers.items()]  # fmt: skip
+        self._tasks = [
+            loop.create_task(i.run(), name=f"informer {k}") for k, i in self.informers.items()
+        ]
 
     async def wait_synced(self, kinds: Iterable[str] = CORE_KINDS) -> None:
         """Until the first list of each of ``kinds`` is in (wrap in a timeout)."""

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.control.client import KUBE_SOCKET, ApiError, ControlClient, ControlUnavailable
 from weft.control.follow import Follower
 from weft.control.tokenreview import ROTATE_AFTER
 from weft.core.backoff import ExponentialBackoff
@@ -73,6 +73,7 @@ from weft.resources.models import (
     Service,
 )
 from weft.runtime.local import net
+from weft.runtime.local.kubeport import DEFAULT_LISTEN, KubePort
 from weft.runtime.local.pod import (
     NetnsLauncher,
     NetnsProbes,
@@ -237,6 +238,8 @@ class NodeConfig:
     resync_interval: float = 1.0
     proxy_log_level: str = "info"
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    # where this machine's kubectl reaches the local mesh's Kubernetes API (None: nowhere)
+    kube_listen: tuple[str, int] | None = DEFAULT_LISTEN
 
     def __post_init__(self) -> None:
         if not self.state_dir.is_absolute():
@@ -429,6 +432,12 @@ class NodeAgent:
         except BaseException:
             await _cancel(supervising)
             raise
+        kube_port = None
+        if self.config.kube_listen is not None:
+            kube_port = KubePort(
+                self.config.kube_listen, self.state.root / KUBE_SOCKET, self.state.root / "kube"
+            )
+            await kube_port.start()
         background = [
             asyncio.create_task(self._watch_loop(), name="watch"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
@@ -438,6 +447,8 @@ class NodeAgent:
             await stop.wait()
         finally:
             self._stopping = True
+            if kube_port is not None:
+                await kube_port.close()
             # before anything else: `weft down` stops the control plane once we are gone, and
             # nothing may start it again
             await _cancel(supervising)

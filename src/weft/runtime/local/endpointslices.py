@@ -13,6 +13,8 @@ the same rules, and the destination service cannot tell the two apart:
 - slices hold one address family and one port mapping each (a named target port resolved per
   pod: pods that name it differently land in different slices; a pod that lacks the name is
   left out of that port), at most :data:`MAX_PER_SLICE` endpoints;
+- a selecting Service with no endpoints keeps one empty slice (no endpoints, no ports), as
+  kube-controller-manager keeps a placeholder;
 - slices carry ``kubernetes.io/service-name``, ``endpointslice.kubernetes.io/managed-by:``
   :data:`MANAGED_BY` and an owner reference to the Service; slices managed by anyone else are
   never touched.
@@ -64,15 +66,19 @@ def _ports(service: Mapping[str, Any], pod: Mapping[str, Any]) -> PortMapping:
         if not isinstance(number, int):
             continue  # the pod has no port of that name: not an endpoint of this port
         out.append(
-            (str(sp.get("name") or ""), number, str(sp.get("protocol") or "TCP"),
-             str(sp.get("appProtocol") or ""))
-        )  # fmt: skip
+            (
+                str(sp.get("name") or ""),
+                number,
+                str(sp.get("protocol") or "TCP"),
+                str(sp.get("appProtocol") or ""),
+            )
+        )
     return tuple(out)
 
 
-def desired_slices(service: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]) -> (
-    list[dict[str, Any]] | None
-):  # fmt: skip
+def desired_slices(
+    service: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]] | None:
     """The slices ``service`` should have given the pods of its namespace, or None when the
     Service has no selector (its slices are not this controller's)."""
     spec = service.get("spec") or {}
@@ -108,14 +114,21 @@ def desired_slices(service: Mapping[str, Any], candidates: Sequence[Mapping[str,
                 endpoint["nodeName"] = node
             family = "IPv6" if ":" in ip else "IPv4"
             groups.setdefault((family, ports), []).append(endpoint)
-    owner = {"apiVersion": "v1", "kind": "Service", "name": name, "controller": True,
-             "blockOwnerDeletion": True}  # fmt: skip
+    owner = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "name": name,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     if meta.get("uid"):
         owner["uid"] = str(meta["uid"])
     out = []
+    if not groups:  # no endpoints: one empty slice stands for the Service, as kcm keeps one
+        groups[("IPv4", ())] = []
     for (family, ports), endpoints in sorted(groups.items()):
         digest = hashlib.sha256(repr((family, ports)).encode()).hexdigest()[:5]
-        for i in range(0, len(endpoints), MAX_PER_SLICE):
+        for i in range(0, max(len(endpoints), 1), MAX_PER_SLICE):
             chunk = i // MAX_PER_SLICE
             slice_name = f"{name[:240]}-{digest}" + (f"-{chunk}" if chunk else "")
             out.append(
@@ -248,15 +261,18 @@ class EndpointSliceController:
         service = self._state.get("Service", ns, name)
         wanted = None if service is None else desired_slices(service, self._state.list("Pod", ns))
         wanted = wanted or []
-        changed = [doc for doc in wanted if not _same(existing.get(doc["metadata"]["name"], {}),
-                                                      doc)]  # fmt: skip
+        changed = [
+            doc for doc in wanted if not _same(existing.get(doc["metadata"]["name"], {}), doc)
+        ]
         gone = sorted(set(existing) - {doc["metadata"]["name"] for doc in wanted})
         try:
             if changed:
                 self._writer.apply(changed, source=f"endpointslices of Service {ns}/{name}")
             if gone:
-                refs = [{"kind": "EndpointSlice", "metadata": {"namespace": ns, "name": n}}
-                        for n in gone]  # fmt: skip
+                refs = [
+                    {"kind": "EndpointSlice", "metadata": {"namespace": ns, "name": n}}
+                    for n in gone
+                ]
                 self._writer.delete(refs)
         except (InvalidResources, LookupError) as e:
             # a Namespace deleted meanwhile, or a slice this controller cannot write: logged,
