@@ -439,3 +439,19 @@ async def test_other_local_users_get_only_the_workload_endpoints() -> None:
                    "GET /api/v1/identity/status", "POST /api/v1/apply",
                    "GET /api/v1/resources/Pod"):  # fmt: skip
         assert got[denied] == 403, (denied, got)
+
+
+async def test_a_reconnect_storm_is_served_not_refused(plane: ControlPlane) -> None:
+    """1,000 clients connecting at once (every proxy of a node after a restart): all answered."""
+
+    async def one() -> int:
+        reader, writer = await asyncio.open_unix_connection(plane.config.socket_path)
+        writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        status = (await reader.readline()).split()[1]
+        writer.close()
+        return int(status)
+
+    results = await asyncio.gather(*(one() for _ in range(1000)), return_exceptions=True)
+    failed = [r for r in results if r != 200]
+    assert not failed, f"{len(failed)} of 1000 failed, e.g. {failed[:3]}"

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from weft.control.events import Event
 from weft.control.ipam import RangeFull, ServiceIPAllocator
 from weft.control.persist import StateFile
-from weft.control.store import Event, Expired, NotFound, Store
+from weft.control.store import Expired, NotFound, Store
 from weft.resources import InvalidResources
 from weft.testing.clock import FakeClock
 
@@ -464,3 +465,19 @@ def test_cluster_ips_unique_and_stable_while_alive(sequence: list[tuple[str, int
     other = make_store(service_cidr="10.96.0.0/28")
     other.restore(json.loads(json.dumps(store.snapshot())))
     assert other.snapshot() == store.snapshot()
+
+
+def test_oversized_objects_and_batches_are_refused_whole() -> None:
+    from weft.control.store import MAX_DOCUMENTS, MAX_OBJECT_BYTES
+
+    store = make_store()
+    big = svc("big")
+    big["metadata"]["annotations"] = {"blob": "x" * MAX_OBJECT_BYTES}
+    with pytest.raises(InvalidResources) as info:
+        store.apply([svc("small"), big])
+    assert "at most" in str(info.value) and "document 2" in str(info.value)
+    assert store.get("Service", "default", "small") is None  # all or nothing
+    many = [svc(f"s{i}") for i in range(MAX_DOCUMENTS + 1)]
+    with pytest.raises(InvalidResources, match="apply them in parts"):
+        store.apply(many)
+    assert store.list("Service") == []

@@ -31,9 +31,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from weft.control.destinations import DestinationService
+from weft.control.events import Watch, bookmark
 from weft.control.httpserver import HttpError, Request, Response, Streaming, StreamWriter
 from weft.control.kubeapi.server import KubeApi
-from weft.control.store import Expired, NotFound, Store, Watch, bookmark
+from weft.control.store import Expired, NotFound, Store
 from weft.discovery import Destination
 from weft.resources.errors import InvalidResources
 from weft.resources.models import DEFAULT_NAMESPACE, KINDS, resolve_kind

@@ -36,6 +36,9 @@ log = logging.getLogger("weft.control.http")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_PIPELINED = 16
+# connections the kernel queues before they are accepted: a reconnect storm (every proxy of a
+# node at once after a restart) waits in the queue instead of being refused (asyncio: 100)
+BACKLOG = 4096
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
@@ -407,14 +410,14 @@ class HttpServer:
         ``mode``: who may connect (by default everyone: pods' proxies run as another uid)."""
         _prepare_socket_path(path)
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _Connection(self), path)
+        server = await loop.create_unix_server(lambda: _Connection(self), path, backlog=BACKLOG)
         os.chmod(path, mode)
         self._servers.append(server)
         self._unix_paths.append(path)
 
     async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), host, port)
+        server = await loop.create_server(lambda: _Connection(self), host, port, backlog=BACKLOG)
         self._servers.append(server)
         sockname = server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])

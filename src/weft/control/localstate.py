@@ -16,8 +16,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from weft.control.events import Event
 from weft.control.state import KINDS, CachedState
-from weft.control.store import Event, NotFound, Store
+from weft.control.store import NotFound, Store
 from weft.resources.errors import InvalidResources
 
 log = logging.getLogger("weft.control")

@@ -28,13 +28,15 @@ Not for: networking, the destination view (:mod:`weft.control.destinations`), or
 from __future__ import annotations
 
 import builtins
+import json
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from weft.control.events import Event, Watch, bookmark
 from weft.control.ipam import RangeFull, ServiceIPAllocator
 from weft.resources.errors import FieldError, InvalidResources
 from weft.resources.models import DEFAULT_NAMESPACE, KINDS, parse_resource, parse_status
@@ -44,6 +46,8 @@ Key = tuple[str, str, str]
 Obj = dict[str, Any]
 
 SNAPSHOT_VERSION = 1
+MAX_OBJECT_BYTES = 1536 * 1024  # the Kubernetes API server's limit for one object (etcd's)
+MAX_DOCUMENTS = 1000  # per apply: a bigger batch would hold the API up for seconds
 
 
 class NotFound(LookupError):
@@ -72,24 +76,6 @@ class Conflict(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
-    """One change: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK; ``old`` is the object
-    before a MODIFIED (a filtered watch tells from it whether the object left its filter)."""
-
-    type: str
-    object: Mapping[str, Any]
-    resource_version: int
-    old: Mapping[str, Any] | None = None
-
-    @property
-    def kind(self) -> str:
-        return str(self.object.get("kind", ""))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "object": self.object}
-
-
-@dataclass(frozen=True, slots=True)
 class Applied:
     """The outcome of one applied document: ``created``, ``configured`` or ``unchanged``."""
 
@@ -111,63 +97,12 @@ def key_of(obj: Mapping[str, Any]) -> Key:
     return (str(obj["kind"]), str(meta.get("namespace") or ""), str(meta["name"]))
 
 
-def bookmark(resource_version: int) -> Event:
-    obj = {"kind": "Bookmark", "metadata": {"resourceVersion": str(resource_version)}}
-    return Event("BOOKMARK", obj, resource_version)
-
-
-class Watch:
-    """A bounded queue of events for one watcher.
-
-    The store pushes synchronously; the consumer drains with :meth:`take` when ``notify`` (set by
-    the consumer) tells it there is something new. When more than ``limit`` events wait, the watch
-    is closed with a reason and dropped by the store: the consumer re-watches.
-    """
-
-    __slots__ = ("_events", "_store", "closed", "kinds", "limit", "notify")
-
-    def __init__(
-        self, store: Store, kinds: frozenset[str] | None, limit: int, initial: Iterable[Event]
-    ) -> None:
-        self._store = store
-        self.kinds = kinds
-        self.limit = limit
-        self._events: deque[Event] = deque(initial)
-        self.closed: str | None = None
-        self.notify: Callable[[], None] | None = None
-
-    def wants(self, event: Event) -> bool:
-        return self.kinds is None or event.kind in self.kinds
-
-    def push(self, event: Event) -> None:
-        if self.closed is not None:
-            return
-        if len(self._events) >= self.limit:
-            self.close(f"watcher fell behind by more than {self.limit} events")
-            return
-        self._events.append(event)
-        if self.notify is not None:
-            self.notify()
-
-    def take(self) -> list[Event]:
-        out = list(self._events)
-        self._events.clear()
-        return out
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def close(self, reason: str = "closed") -> None:
-        if self.closed is None:
-            self.closed = reason
-            self._store._drop_watch(self)
-            if self.notify is not None:
-                self.notify()
-
-    def __repr__(self) -> str:
-        kinds = ",".join(sorted(self.kinds)) if self.kinds else "*"
-        state = f"closed: {self.closed}" if self.closed else f"pending={len(self._events)}"
-        return f"<Watch {kinds} {state}>"
+def _size(doc: Any) -> int:
+    """The JSON size of a document (0 when it is not JSON at all: validation says why)."""
+    try:
+        return len(json.dumps(doc, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _rfc3339(ts: float) -> str:
@@ -252,7 +187,29 @@ class Store:
         ``metadata.resourceVersion``, be at that version (:class:`Conflict`)."""
         errors: builtins.list[FieldError] = []
         parsed: builtins.list[tuple[int, Obj]] = []
+        if len(docs) > MAX_DOCUMENTS:
+            raise InvalidResources(
+                [
+                    FieldError(
+                        "",
+                        f"{len(docs)} documents in one request; at most {MAX_DOCUMENTS}: "
+                        "apply them in parts",
+                        source=source,
+                    )
+                ]
+            )
         for i, doc in enumerate(docs):
+            size = _size(doc)
+            if size > MAX_OBJECT_BYTES:
+                errors.append(
+                    FieldError(
+                        "",
+                        f"the object is {size} bytes of JSON; at most {MAX_OBJECT_BYTES}",
+                        document=i,
+                        source=source,
+                    )
+                )
+                continue
             try:
                 resource = parse_resource(doc)
             except InvalidResources as exc:
@@ -567,7 +524,7 @@ class Store:
                 if e.resource_version > resource_version and (wanted is None or e.kind in wanted)
             ]
         initial.append(bookmark(self._rv))
-        w = Watch(self, wanted, max(self.watch_limit, len(initial) + 1), initial)
+        w = Watch(self._drop_watch, wanted, max(self.watch_limit, len(initial) + 1), initial)
         self._watches.append(w)
         return w
 

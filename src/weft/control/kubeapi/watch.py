@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from weft.control.events import Event, Watch
 from weft.control.httpserver import Streaming, StreamWriter
-from weft.control.store import Event, Expired, Store, Watch
+from weft.control.store import Expired, Store
 
 DEFAULT_TIMEOUT_S = 1800  # the API server's --min-request-timeout
 BOOKMARK_S = 60.0
