@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from weft.control.client import ControlClient
+from weft.control.persist import StateDb
 from weft.control.server import ControlConfig, ControlPlane
 
 APP = """\
@@ -195,7 +196,9 @@ async def test_server_side_rejection_names_file_and_line(
 
 def leftovers(state_dir: str) -> tuple[bool, dict[str, Any]]:
     """Whether the socket file is still there, and the saved store."""
-    saved = json.loads(Path(state_dir, "store.json").read_text())
+    db = StateDb(Path(state_dir, "store.db"))
+    saved = db.load() or {}
+    db.close()
     return os.path.exists(f"{state_dir}/control.sock"), saved
 
 

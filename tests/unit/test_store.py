@@ -481,3 +481,44 @@ def test_oversized_objects_and_batches_are_refused_whole() -> None:
     with pytest.raises(InvalidResources, match="apply them in parts"):
         store.apply(many)
     assert store.list("Service") == []
+
+
+def test_the_database_keeps_what_changed_commit_by_commit(tmp_path: Path) -> None:
+    from weft.control.persist import StateDb, migrate_json
+
+    db = StateDb(tmp_path / "store.db")
+    assert db.load() is None
+    store = make_store(on_commit=lambda s: db.write(s.take_changes(), s.resource_version))
+    store.apply([ns("shop"), svc("web", "shop"), svc("api")])
+    store.delete([{"kind": "Service", "metadata": {"name": "api"}}])
+    store.put_status("Service", "shop", "web", {"loadBalancer": {}})
+    assert store.take_changes() == {}  # each commit took its own
+    db.close()
+    restored = make_store()
+    loaded = StateDb(tmp_path / "store.db").load()
+    assert loaded is not None and restored.restore(loaded) == []
+    assert restored.resource_version == store.resource_version
+    assert restored.list("Service") == store.list("Service")
+    assert [s["metadata"]["name"] for s in restored.list("Service")] == ["web"]
+    assert oct((tmp_path / "store.db").stat().st_mode & 0o777) == "0o600"
+    # an older Weft's store.json is taken in once
+    old = tmp_path / "old"
+    StateFile(old / "store.json").save(store.snapshot())
+    db2 = StateDb(old / "store.db")
+    assert db2.load() is None
+    snapshot = migrate_json(old / "store.json", db2)
+    assert snapshot is not None and not (old / "store.json").exists()
+    again = db2.load()
+    assert again is not None and again["resourceVersion"] == store.resource_version
+    assert len(again["objects"]) == len(store.snapshot()["objects"])
+
+
+def test_a_corrupt_database_is_moved_aside(tmp_path: Path) -> None:
+    from weft.control.persist import StateDb
+
+    path = tmp_path / "store.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValueError, match="is corrupt"):
+        StateDb(path).load()
+    assert (tmp_path / "store.db.corrupt").exists() and not path.exists()
+    assert StateDb(path).load() is None  # a fresh one

@@ -1,10 +1,11 @@
 """The ``weft control`` process: store + persistence + API server + destinations + metrics.
 
-:class:`ControlPlane` assembles the parts from a :class:`ControlConfig`: it restores the store from
-``<state dir>/store.json`` (so Service cluster IPs and resourceVersions survive restarts), saves
-after every change, serves the API on ``<state dir>/control.sock`` (and optionally on a TCP
-address), keeps HTTPRoute statuses current, and runs the metrics scraper. :func:`serve` runs it
-until SIGTERM/SIGINT.
+:class:`ControlPlane` assembles the parts from a :class:`ControlConfig`: it restores the store
+from ``<state dir>/store.db`` (SQLite, :mod:`weft.control.persist`; so Service cluster IPs and
+resourceVersions survive restarts), writes what changed after every change, serves the API on
+``<state dir>/control.sock`` (and optionally on a TCP address) and the Kubernetes API on
+``<state dir>/kube.sock``, runs the controllers over the store's cluster state, and runs the
+metrics scraper. :func:`serve` runs it until SIGTERM/SIGINT.
 
 Not for: the logic of any part (see :mod:`weft.control.store`, :mod:`weft.control.api`,
 :mod:`weft.control.destinations`, :mod:`weft.control.metrics`).
@@ -35,7 +36,7 @@ from weft.control.kubeapi.server import KubeApi
 from weft.control.kubeapi.status import KubeError
 from weft.control.localstate import StoreState
 from weft.control.metrics import ScrapeConfig, Scraper, Stats
-from weft.control.persist import StateFile
+from weft.control.persist import StateDb, migrate_json
 from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
@@ -44,7 +45,8 @@ from weft.runtime.local.namespaces import NamespaceController
 
 log = logging.getLogger("weft.control")
 
-STATE_FILE = "store.json"
+STATE_FILE = "store.db"
+OLD_STATE_FILE = "store.json"  # before the SQLite store: migrated once
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ class ControlPlane:
 
     def __init__(self, config: ControlConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self._state_file = StateFile(config.state_file)
+        self._state_file = StateDb(config.state_file)
         self.store = Store(service_cidr=config.service_cidr, clock=clock)
         # the controllers read the cluster through this seam, never the store itself
         self.state = StoreState(self.store)
@@ -194,6 +196,8 @@ class ControlPlane:
     async def start(self) -> None:
         os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
         snapshot = self._state_file.load()
+        if snapshot is None:
+            snapshot = migrate_json(Path(self.config.state_dir) / OLD_STATE_FILE, self._state_file)
         if snapshot is not None:
             for warning in self.store.restore(snapshot):
                 log.warning("%s", warning)
@@ -244,9 +248,11 @@ class ControlPlane:
         return await kube.handle(request)
 
     def _save(self, store: Store) -> None:
+        changes = store.take_changes()
         try:
-            self._state_file.save(store.snapshot())
+            self._state_file.write(changes, store.resource_version)
         except OSError as exc:
+            store.return_changes(changes)  # written with the next commit
             log.error("cannot save the store to %s: %s", self._state_file.path, exc)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -257,6 +263,7 @@ class ControlPlane:
             self._scrape_task = None
         await self.http.close(grace)
         await self.kube_http.close(grace)
+        self._state_file.close()
         self.route_status.close()
         self.endpoint_slices.close()
         self.namespaces.close()

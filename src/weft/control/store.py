@@ -143,6 +143,8 @@ class Store:
         self._listeners: builtins.list[Callable[[Event], None]] = []
         self.watch_limit = watch_limit
         self.on_commit = on_commit
+        # what changed since the last take_changes(): key -> object, or None when deleted
+        self._changes: dict[Key, Obj | None] = {}
         self._ensure_default_namespace()
 
     # -- reading ---------------------------------------------------------------------------
@@ -466,9 +468,11 @@ class Store:
         key = key_of(obj)
         if type_ == "DELETED":
             old = self._objects.pop(key, None)
+            self._changes[key] = None
         else:
             old = self._objects.get(key)
             self._objects[key] = obj
+            self._changes[key] = obj
         event = Event(type_, obj, self._rv, old)
         if len(self._history) == self._history.maxlen:
             self._replay_floor = self._history[0].resource_version
@@ -544,6 +548,17 @@ class Store:
 
     # -- persistence -------------------------------------------------------------------------
 
+    def take_changes(self) -> dict[Key, Obj | None]:
+        """What changed since the last call (key -> the object now, or None when deleted):
+        what a commit hook writes."""
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def return_changes(self, changes: Mapping[Key, Obj | None]) -> None:
+        """Give back changes a commit hook could not write: the next take has them (the newer
+        change of a key wins)."""
+        self._changes = {**changes, **self._changes}
+
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to restore this store: a JSON-ready dict."""
         return {
@@ -588,6 +603,7 @@ class Store:
         self._rv = max(rv, self._max_object_rv())
         self._history.clear()
         self._replay_floor = self._rv
+        self._changes = {}  # what was restored is saved already
         self._ensure_default_namespace()
         return warnings
 

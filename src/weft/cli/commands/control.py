@@ -1,7 +1,7 @@
 """``weft control``: run the control plane (store, API, destinations, metrics aggregation).
 
 Listens on ``<state dir>/control.sock`` (and ``--http-listen``, default 127.0.0.1:8086; empty to
-disable), persists the store in ``<state dir>/store.json``, scrapes the proxies' metrics every
+disable), persists the store in ``<state dir>/store.db``, scrapes the proxies' metrics every
 ``--scrape-interval``. ``weft up`` starts it inside the node network namespace; it stops on
 SIGTERM/SIGINT.
 
