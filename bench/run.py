@@ -74,6 +74,11 @@ RESULTS = REPO / "bench" / "results"
 MAX_CHUNK_S = 60
 
 
+def _asks_for_control_plane(argv: Sequence[str]) -> bool:
+    """``--cases control-plane``: the control plane's scale benchmark (bench.controlplane)."""
+    return any(a == "control-plane" and i and argv[i - 1] == "--cases" for i, a in enumerate(argv))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
@@ -552,6 +557,10 @@ def run(s: Settings, argv: Sequence[str], console: Console) -> RunResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _asks_for_control_plane(argv):
+        from bench import controlplane
+
+        return controlplane.main([a for a in argv if a not in ("--cases", "control-plane")])
     args = parse_args(argv)
     # Off a terminal (make bench | tee), rich would wrap the tables at 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)

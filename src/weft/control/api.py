@@ -340,8 +340,24 @@ def _window(request: Request) -> float:
     return window
 
 
+# the last snapshots encoded, by identity: every subscriber of a target gets the same Destination
+# object for a change, so a change is encoded once, not once per subscriber (the cache holds the
+# object, so its id cannot be reused while it is here)
+_ENCODED: dict[int, tuple[Destination, bytes]] = {}
+_ENCODED_MAX = 4096
+
+
 def _destination_line(dest: Destination | None) -> bytes:
-    return _line({"destination": None if dest is None else dest.to_json()})
+    if dest is None:
+        return b'{"destination":null}\n'
+    found = _ENCODED.get(id(dest))
+    if found is not None and found[0] is dest:
+        return found[1]
+    line = _line({"destination": dest.to_json()})
+    if len(_ENCODED) >= _ENCODED_MAX:
+        del _ENCODED[next(iter(_ENCODED))]  # the oldest
+    _ENCODED[id(dest)] = (dest, line)
+    return line
 
 
 async def _wait(event: asyncio.Event, within: float) -> bool:

@@ -66,8 +66,15 @@ def _slice_service(slice_: Any) -> Iterable[str]:
     return (key,) if key else ()
 
 
+def _pod_labels(pod: Any) -> Iterable[str]:
+    ns = pod["metadata"].get("namespace")
+    return [f"{ns}/{k}={v}" for k, v in pods.labels(pod).items()]
+
+
 INDEXERS: dict[str, dict[str, Indexer[Any]]] = {
-    "Pod": {"ip": pods.ips},
+    # "label": "<namespace>/<key>=<value>", for each of a pod's labels (a Service's selector
+    # finds its pods through its first pair rather than by scanning the namespace)
+    "Pod": {"ip": pods.ips, "label": _pod_labels},
     "Service": {"clusterIP": _cluster_ips},
     "EndpointSlice": {"service": _slice_service, "pod": pods_of},
 }

@@ -252,6 +252,15 @@ class EndpointSliceController:
         self.writes += done
         return done
 
+    def _candidates(self, ns: str, service: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The pods that may match the Service's selector: those with its first label pair
+        (the cache's label index), not every pod of the namespace."""
+        selector = (service.get("spec") or {}).get("selector") or {}
+        if not selector:
+            return []
+        key, value = min(selector.items())
+        return self._state.by_index("Pod", "label", f"{ns}/{key}={value}")
+
     def _sync(self, ns: str, name: str) -> int:
         existing = {
             str(s["metadata"]["name"]): s
@@ -259,7 +268,7 @@ class EndpointSliceController:
             if ((s["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY)
         }
         service = self._state.get("Service", ns, name)
-        wanted = None if service is None else desired_slices(service, self._state.list("Pod", ns))
+        wanted = None if service is None else desired_slices(service, self._candidates(ns, service))
         wanted = wanted or []
         changed = [
             doc for doc in wanted if not _same(existing.get(doc["metadata"]["name"], {}), doc)
