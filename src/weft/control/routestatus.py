@@ -31,11 +31,11 @@ from typing import Any
 
 from weft.control.policies import ROUTE_KINDS, AnyRoute, ParseCache
 from weft.control.state import ClusterState, StateEvent, StatusWriter
+from weft.core.worklist import Schedule, WorkList
 from weft.resources.httproute import CONTROLLER_NAME
 
 # ``lookup(kind, namespace, name)``: a stored Service or Server
 Lookup = Callable[[str, str, str], "Mapping[str, Any] | None"]
-Schedule = Callable[[Callable[[], None]], object]
 
 
 def _rfc3339(ts: float) -> str:
@@ -164,75 +164,49 @@ class RouteStatusController:
         self._state = state
         self._writer = writer
         self._clock = clock
-        self._schedule = schedule
         self._cache = cache or ParseCache()
-        self._dirty: set[tuple[str, str, str]] = set()  # (kind, namespace, name)
-        self._scheduled = False
-        self._running = False
-        self.writes = 0
+        # (kind, namespace, name) of the routes to recompute
+        self._work: WorkList[tuple[str, str, str]] = WorkList(self._update_key, schedule)
         self._unsubscribe = state.subscribe(self._on_event)
 
     def __repr__(self) -> str:
-        return f"<RouteStatusController dirty={len(self._dirty)} writes={self.writes}>"
+        return f"<RouteStatusController dirty={len(self._work)} writes={self.writes}>"
+
+    @property
+    def writes(self) -> int:
+        return self._work.done
 
     def close(self) -> None:
         self._unsubscribe()
-        self._dirty.clear()
+        self._work.clear()
 
     def resync(self) -> None:
         """Recompute every route (at start, after the store was restored)."""
-        for kind in ROUTE_KINDS:
-            self._mark(kind, None)
-        self._request()
+        self._work.mark(key for kind in ROUTE_KINDS for key in self._routes(kind, None))
 
-    def _mark(self, kind: str, namespace: str | None) -> None:
-        for obj in self._state.list(kind, namespace):
-            meta = obj["metadata"]
-            self._dirty.add((kind, str(meta["namespace"]), str(meta["name"])))
+    def _routes(self, kind: str, namespace: str | None) -> list[tuple[str, str, str]]:
+        return [
+            (kind, str(obj["metadata"]["namespace"]), str(obj["metadata"]["name"]))
+            for obj in self._state.list(kind, namespace)
+        ]
 
     def _on_event(self, event: StateEvent) -> None:
         if event.kind in ROUTE_KINDS and event.type != "DELETED":
             meta = event.object["metadata"]
-            self._dirty.add((event.kind, str(meta["namespace"]), str(meta["name"])))
+            self._work.mark([(event.kind, str(meta["namespace"]), str(meta["name"]))])
         elif event.kind == "Service":
             # Service parents and backends may be in any route of any namespace
-            for kind in ROUTE_KINDS:
-                self._mark(kind, None)
+            self._work.mark(key for kind in ROUTE_KINDS for key in self._routes(kind, None))
         elif event.kind == "Server":
             # Server parents (HTTPRoutes only) are in routes of the Server's namespace
-            self._mark("HTTPRoute", event.object["metadata"].get("namespace"))
-        else:
-            return
-        self._request()
-
-    def _request(self) -> None:
-        if not self._dirty:
-            return
-        if self._schedule is None:
-            self.reconcile()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._schedule(self._scheduled_run)
-
-    def _scheduled_run(self) -> None:
-        self._scheduled = False
-        self.reconcile()
+            self._work.mark(self._routes("HTTPRoute", event.object["metadata"].get("namespace")))
 
     def reconcile(self) -> int:
         """Recompute the routes marked dirty and write the statuses that changed; how many."""
-        if self._running:
-            return 0  # a write of ours notified us: the running pass picks the route up again
-        self._running = True
-        written = 0
-        try:
-            while self._dirty:
-                kind, ns, name = self._dirty.pop()
-                if self._update(kind, ns, name):
-                    written += 1
-        finally:
-            self._running = False
-        self.writes += written
-        return written
+        return self._work.run()
+
+    def _update_key(self, key: tuple[str, str, str]) -> int:
+        return 1 if self._update(*key) else 0
 
     def _lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
         return self._state.get(kind, namespace, name)

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from weft.control.state import ClusterState, StateEvent
+from weft.core.worklist import Schedule, WorkList
 from weft.resources import pods
 from weft.resources.endpointslice import MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from weft.resources.errors import InvalidResources
@@ -46,7 +47,6 @@ log = logging.getLogger("weft.endpointslices")
 
 MANAGED_BY = "endpointslice-controller.weft.io"
 MAX_PER_SLICE = 100  # kube-controller-manager's default --max-endpoints-per-slice
-Schedule = Callable[[Callable[[], None]], object]
 PortMapping = tuple[tuple[str, int, str, str], ...]  # (name, number, protocol, appProtocol)
 
 
@@ -172,85 +172,67 @@ class EndpointSliceController:
     ) -> None:
         self._state = state
         self._writer = writer
-        self._schedule = schedule
-        self._dirty: set[tuple[str, str]] = set()
-        self._scheduled = False
-        self._running = False
-        self.writes = 0
+        # (namespace, name) of the Services whose slices to bring up to date
+        self._work: WorkList[tuple[str, str]] = WorkList(self._sync_key, schedule)
         self._unsubscribe = state.subscribe(self._on_event)
 
     def __repr__(self) -> str:
-        return f"<EndpointSliceController dirty={len(self._dirty)} writes={self.writes}>"
+        return f"<EndpointSliceController dirty={len(self._work)} writes={self.writes}>"
+
+    @property
+    def writes(self) -> int:
+        return self._work.done
 
     def close(self) -> None:
         self._unsubscribe()
-        self._dirty.clear()
+        self._work.clear()
 
     def resync(self) -> None:
         """Reconcile every Service (at start, and after the store was restored)."""
-        for svc in self._state.list("Service"):
-            meta = svc["metadata"]
-            self._dirty.add((str(meta["namespace"]), str(meta["name"])))
+        keys = {
+            (str(svc["metadata"]["namespace"]), str(svc["metadata"]["name"]))
+            for svc in self._state.list("Service")
+        }
         for slice_ in self._state.list("EndpointSlice"):
             meta = slice_["metadata"]
             service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
             if isinstance(service, str):
-                self._dirty.add((str(meta["namespace"]), service))
-        self._request()
+                keys.add((str(meta["namespace"]), service))
+        self._work.mark(keys)
 
     def _on_event(self, event: StateEvent) -> None:
         ns = event.namespace
         if ns is None:
             return
         if event.kind == "Service":
-            self._dirty.add((ns, event.name))
+            self._work.mark([(ns, event.name)])
         elif event.kind == "Pod":
             if event.old is not None and event.old is event.new:
                 return  # a resync: nothing about the pod changed
             before = pods.labels(event.old) if event.old is not None else {}
             after = pods.labels(event.new) if event.new is not None else {}
-            for svc in self._state.list("Service", ns):
-                selector = (svc.get("spec") or {}).get("selector")
-                if selector_matches(selector, before) or selector_matches(selector, after):
-                    self._dirty.add((ns, str(svc["metadata"]["name"])))
+            self._work.mark(
+                (ns, str(svc["metadata"]["name"]))
+                for svc in self._state.list("Service", ns)
+                if selector_matches((svc.get("spec") or {}).get("selector"), before)
+                or selector_matches((svc.get("spec") or {}).get("selector"), after)
+            )
         elif event.kind == "EndpointSlice":
             # someone changed or deleted a slice of ours: put it back as it should be
+            keys = []
             for obj in (event.old, event.new):
                 labels = (obj or {}).get("metadata", {}).get("labels") or {}
                 if labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
-                    self._dirty.add((ns, str(labels.get(SERVICE_NAME_LABEL, ""))))
-        else:
-            return
-        self._request()
-
-    def _request(self) -> None:
-        if not self._dirty:
-            return
-        if self._schedule is None:
-            self.reconcile()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._schedule(self._scheduled_run)
-
-    def _scheduled_run(self) -> None:
-        self._scheduled = False
-        self.reconcile()
+                    keys.append((ns, str(labels.get(SERVICE_NAME_LABEL, ""))))
+            self._work.mark(keys)
 
     def reconcile(self) -> int:
         """Bring the slices of the marked Services up to date; how many slices were written or
         deleted."""
-        if self._running:
-            return 0  # our own write notified us: the running pass picks the Service up again
-        self._running = True
-        done = 0
-        try:
-            while self._dirty:
-                ns, name = self._dirty.pop()
-                done += self._sync(ns, name)
-        finally:
-            self._running = False
-        self.writes += done
-        return done
+        return self._work.run()
+
+    def _sync_key(self, key: tuple[str, str]) -> int:
+        return self._sync(*key)
 
     def _candidates(self, ns: str, service: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """The pods that may match the Service's selector: those with its first label pair
