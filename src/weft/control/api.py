@@ -85,7 +85,7 @@ class Api:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | None,
         destinations: DestinationService,
         stats: StatSource | None = None,
         *,
@@ -116,9 +116,10 @@ class Api:
             return await self.kube.handle(request)
         if path in ("/healthz", "/ready", "/live"):
             self._method(method, "GET")
-            return Response.json(
-                200, {"status": "ok", "resourceVersion": self.store.resource_version}
-            )
+            body: dict[str, Any] = {"status": "ok"}
+            if self.store is not None:
+                body["resourceVersion"] = self.store.resource_version
+            return Response.json(200, body)
         if parts[:2] != ["api", "v1"] or len(parts) < 3:
             raise HttpError(404, f"no such endpoint: {request.path}")
         route = parts[2]
@@ -147,6 +148,15 @@ class Api:
             return await extra(request, parts[3:])
         raise HttpError(404, f"no such endpoint: {request.path}")
 
+    @property
+    def _store(self) -> Store:
+        if self.store is None:
+            raise HttpError(
+                404,
+                "this control plane reads a Kubernetes cluster: manage resources with kubectl",
+            )
+        return self.store
+
     @staticmethod
     def _method(method: str, allowed: str) -> None:
         if method != allowed:
@@ -159,7 +169,7 @@ class Api:
         docs = _documents(body)
         source = body.get("source")
         try:
-            results = self.store.apply(docs, source=source if isinstance(source, str) else None)
+            results = self._store.apply(docs, source=source if isinstance(source, str) else None)
         except InvalidResources as exc:
             raise _invalid(exc) from None
         return Response.json(
@@ -169,7 +179,7 @@ class Api:
 
     def _delete(self, request: Request) -> Response:
         try:
-            results = self.store.delete(_documents(request.json()))
+            results = self._store.delete(_documents(request.json()))
         except InvalidResources as exc:
             raise _invalid(exc) from None
         return Response.json(
@@ -184,7 +194,7 @@ class Api:
         if len(rest) == 1:
             self._method(request.method, "GET")
             ns = request.query.get("namespace") or None
-            return Response.json(200, {"items": self.store.list(kind, ns if namespaced else None)})
+            return Response.json(200, {"items": self._store.list(kind, ns if namespaced else None)})
         status = rest[-1] == "status" and len(rest) in (3, 4)
         ident = rest[1:-1] if status else rest[1:]
         if len(ident) == 1 and not namespaced:
@@ -199,14 +209,14 @@ class Api:
             if not isinstance(body, dict) or "status" not in body:
                 raise HttpError(400, 'request body must be {"status": {...}}')
             try:
-                obj = self.store.put_status(kind, ns or None, name, body["status"])
+                obj = self._store.put_status(kind, ns or None, name, body["status"])
             except NotFound as exc:
                 raise HttpError(404, str(exc)) from None
             except InvalidResources as exc:
                 raise _invalid(exc) from None
             return Response.json(200, obj)
         self._method(request.method, "GET")
-        found = self.store.get(kind, ns or None, name)
+        found = self._store.get(kind, ns or None, name)
         if found is None:
             raise HttpError(404, str(NotFound(kind, ns if namespaced else "", name)))
         return Response.json(200, found)
@@ -223,7 +233,7 @@ class Api:
                 raise HttpError(400, f"resourceVersion must be an integer, got {rv_text!r}")
             rv = int(rv_text)
         try:
-            watch = self.store.watch(kinds, rv)
+            watch = self._store.watch(kinds, rv)
         except Expired as exc:
             raise HttpError(410, str(exc)) from None
         return Streaming(lambda writer: self._pump_watch(watch, writer))
@@ -240,7 +250,7 @@ class Api:
                 if watch.closed is not None:
                     raise ConnectionError(watch.closed)
                 if not await _wait(wake, self.heartbeat):
-                    await writer.send(_line(bookmark(self.store.resource_version).to_json()))
+                    await writer.send(_line(bookmark(self._store.resource_version).to_json()))
         finally:
             watch.close()
 
@@ -300,7 +310,7 @@ class Api:
             raise HttpError(400, "missing query parameter: service=<name>")
         namespace = request.query.get("namespace") or DEFAULT_NAMESPACE
         window = _window(request)
-        if self.store.get("Service", namespace, service) is None:
+        if self.destinations.state.get("Service", namespace, service) is None:
             raise HttpError(404, str(NotFound("Service", namespace, service)))
         configured = [
             route.key for _, route in self.destinations.policies.attached_routes(namespace, service)

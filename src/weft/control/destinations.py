@@ -229,6 +229,10 @@ class DestinationService:
         n = sum(len(t.listeners) for t in self._translators.values())
         return f"<DestinationService targets={len(self._translators)} subscribers={n}>"
 
+    @property
+    def state(self) -> ClusterState:
+        return self._state
+
     def resolve(self, target: str, namespace: str | None = None) -> Destination | None:
         return resolve(
             self._state,

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weft.addr import Address
 from weft.control.api import Api
@@ -39,6 +40,9 @@ from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.persist import StateDb, migrate_json
 from weft.control.routestatus import RouteStatusController
 from weft.control.store import Store
+
+if TYPE_CHECKING:
+    from weft.control.incluster import ClusterControlPlane
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.runtime.local.endpointslices import EndpointSliceController
 from weft.runtime.local.namespaces import NamespaceController
@@ -63,6 +67,10 @@ class ControlConfig:
     heartbeat: float = 5.0
     # how often a quiet Kubernetes API watch gets a bookmark (the API server: about a minute)
     watch_bookmark_s: float = 60.0
+    # a cluster to read instead of a store of its own (a kubeconfig file, or "in-cluster"):
+    # weft.control.incluster.ClusterControlPlane
+    kubeconfig: str | None = None
+    kube_context: str | None = None
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     # inbound policy: the mesh-wide default, and the networks cluster-* policies trust (the
     # pod network when empty)
@@ -282,7 +290,13 @@ def _log_path(state_dir: str) -> Callable[[str, str, str], Path]:
 
 async def serve(config: ControlConfig) -> None:
     """Run the control plane until SIGTERM or SIGINT."""
-    plane = ControlPlane(config)
+    plane: ControlPlane | ClusterControlPlane
+    if config.kubeconfig:
+        from weft.control.incluster import ClusterControlPlane
+
+        plane = ClusterControlPlane(config)
+    else:
+        plane = ControlPlane(config)
     await plane.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

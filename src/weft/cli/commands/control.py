@@ -68,6 +68,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="",
         help="comma-separated CIDRs cluster-* policies trust (default: the pod network)",
     )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="read a Kubernetes cluster instead of keeping a store: a kubeconfig file, or "
+        "'in-cluster' (the pod's service account); resources are then managed with kubectl",
+    )
+    p.add_argument("--context", default=None, help="the kubeconfig's context (its current one)")
     p.add_argument("--log-level", default=os.environ.get("WEFT_LOG", "info"))
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     p.set_defaults(func=run)
@@ -95,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             cluster_networks=tuple(
                 c.strip() for c in str(args.cluster_networks).split(",") if c.strip()
             ),
+            kubeconfig=args.kubeconfig,
+            kube_context=args.context,
         )
     except ValueError as exc:
         print(f"weft control: {exc}", file=sys.stderr)

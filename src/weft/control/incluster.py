@@ -1,0 +1,129 @@
+"""The control plane on a Kubernetes cluster: the same controllers, reading the Kubernetes API.
+
+:class:`ClusterControlPlane` is what ``weft control --kubeconfig FILE`` (or ``in-cluster``: the
+pod's service account) runs: :class:`~weft.control.kube.state.KubeState` (one informer per kind)
+as the controllers' cluster state, route statuses written through the status subresource, proxy
+identity through TokenReview (:class:`~weft.control.tokenreview.KubeTokenReviewer`), and the
+same API for the proxies (destinations, inbound policy, identity) on the same socket. It keeps
+no store of its own: resources are managed with kubectl (Weft's resource endpoints answer 404
+saying so), and nothing is aggregated here (``stat`` is 503). While the API server is out of
+reach the informers keep their caches and retry, so the proxies keep getting the last state.
+
+Not for: the local mesh (:class:`weft.control.server.ControlPlane`, which also serves its store
+as the Kubernetes API), nor installing anything on the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from weft.control.api import Api
+from weft.control.destinations import DestinationService
+from weft.control.httpserver import HttpServer
+from weft.control.identity import IdentityService
+from weft.control.inbound import InboundPolicies
+from weft.control.kube.client import connect
+from weft.control.kube.state import KubeState
+from weft.control.routestatus import RouteStatusController
+from weft.control.server import ControlConfig
+from weft.control.tokenreview import KubeTokenReviewer
+
+log = logging.getLogger("weft.control")
+
+IN_CLUSTER = "in-cluster"
+SYNC_WAIT_S = 30.0
+
+
+class ClusterControlPlane:
+    """The control plane over a cluster's API (see the module docstring)."""
+
+    def __init__(self, config: ControlConfig) -> None:
+        if not config.kubeconfig:
+            raise ValueError("a kubeconfig (or in-cluster) is required")
+        self.config = config
+        path = None if config.kubeconfig == IN_CLUSTER else config.kubeconfig
+        self.client = connect(path, context=config.kube_context)
+        self.state = KubeState(self.client)
+        settings = config.identity
+        self.destinations = DestinationService(self.state, trust_domain=settings.trust_domain)
+        self.route_status = RouteStatusController(
+            self.state,
+            self.state,
+            schedule=lambda fn: asyncio.get_running_loop().call_soon(fn),
+            cache=self.destinations.policies.cache,
+        )
+        self.identity = IdentityService(
+            Path(config.state_dir) / "identity",
+            self.state,
+            trust_domain=settings.trust_domain,
+            leaf_lifetime=settings.leaf_lifetime,
+            heartbeat=config.heartbeat,
+            allowed_networks=(config.pod_cidr, "127.0.0.0/8"),
+            reviewer=KubeTokenReviewer(self.client),
+        )
+        self.inbound = InboundPolicies(
+            self.state,
+            trust_domain=settings.trust_domain,
+            cluster_networks=config.cluster_networks or (config.pod_cidr,),
+            default_policy=config.default_inbound_policy,
+            heartbeat=config.heartbeat,
+        )
+        self.api = Api(
+            None,
+            self.destinations,
+            None,
+            heartbeat=config.heartbeat,
+            handlers={"identity": self.identity.handle, "inbound": self.inbound.handle},
+        )
+        self.http = HttpServer(self.api.handle)
+        self.tcp_address: tuple[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ClusterControlPlane {self.config.socket_path} {self.state!r}>"
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix:{self.config.socket_path}"
+
+    async def start(self) -> None:
+        os.makedirs(self.config.state_dir, mode=0o755, exist_ok=True)
+        self.state.start()
+        try:
+            await asyncio.wait_for(self.state.wait_synced(), SYNC_WAIT_S)
+        except TimeoutError:
+            # serve anyway: the informers keep trying, and the proxies get what arrives
+            failing = {
+                k: i.last_error for k, i in self.state.informers.items() if not i.synced.is_set()
+            }
+            log.warning("the cluster's state is not all listed after %gs: %s", SYNC_WAIT_S, failing)
+        settings = self.config.identity
+        if settings.trust_anchors and settings.issuer_cert and settings.issuer_key:
+            self.identity.import_files(
+                settings.trust_anchors, settings.issuer_cert, settings.issuer_key
+            )
+        self.identity.load_or_init()
+        await self.http.listen_unix(self.config.socket_path)
+        if self.config.http_listen is not None:
+            host, port = self.config.http_listen
+            try:
+                self.tcp_address = await self.http.listen_tcp(host, port)
+            except OSError as exc:
+                log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
+        self.route_status.resync()
+        log.info("control plane on the cluster's API, listening on %s", self.config.socket_path)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.http.close(grace)
+        self.route_status.close()
+        self.inbound.close()
+        self.destinations.close()
+        await self.state.stop()
+        with contextlib.suppress(Exception):
+            await self.client.close()
+
+
+__all__ = ["IN_CLUSTER", "ClusterControlPlane"]
