@@ -321,3 +321,72 @@ def test_subscribed_snapshots_equal_a_fresh_resolution_after_any_changes(ops: li
             )
     for t in targets:
         assert latest[t] == resolve(cluster, t), t
+
+
+def test_malformed_objects_from_an_api_never_break_a_subscription() -> None:
+    """What a misbehaving API server or a hand-written object could send: skipped, logged, and
+    the snapshot is what the well-formed objects say."""
+    state = CachedState()
+    service = DestinationService(state)
+    seen: list[Destination | None] = []
+    current, _ = service.subscribe("web.default:8080", seen.append)
+    assert current is None
+    good_svc = {
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default", "resourceVersion": "1"},
+        "spec": {"ports": [{"name": "http", "port": 8080}]},
+    }
+    bad = [
+        (
+            "Service",
+            {
+                "kind": "Service",
+                "metadata": {"name": "odd", "namespace": "default", "resourceVersion": "2"},
+            },
+        ),
+        ("Service", {"kind": "Service", "metadata": {"namespace": "default"}}),
+        (
+            "EndpointSlice",
+            {
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "web-x",
+                    "namespace": "default",
+                    "resourceVersion": "3",
+                    "labels": {"kubernetes.io/service-name": "web"},
+                },
+                "addressType": "IPv4",
+                "endpoints": "garbage",
+                "ports": [{"name": "http", "port": "x"}],
+            },
+        ),
+        (
+            "Pod",
+            {
+                "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "default", "resourceVersion": "4"},
+                "status": "garbage",
+            },
+        ),
+    ]
+    for kind, obj in bad:
+        state.apply(kind, "ADDED", obj)
+    state.apply("Service", "ADDED", good_svc)
+    state.apply(
+        "EndpointSlice",
+        "ADDED",
+        {
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-y",
+                "namespace": "default",
+                "resourceVersion": "5",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 9000}],
+            "endpoints": [{"addresses": ["10.244.0.9"]}, "garbage", {"addresses": []}],
+        },
+    )
+    assert addresses(seen[-1]) == ["10.244.0.9:9000"]
+    assert service.resolve("odd.default:8080") is None

@@ -160,8 +160,17 @@ def resolve(
     svc = _lookup_service(state, host, namespace or DEFAULT_NAMESPACE, cluster_domain)
     if svc is None:
         return _pod_target(state, host, port, trust_domain) if is_ip(host) else None
-    spec = svc["spec"]
-    sport = next((p for p in spec.get("ports", []) if p.get("port") == port), None)
+    spec = svc.get("spec")
+    ports = spec.get("ports") if isinstance(spec, Mapping) else None
+    # a Service the API should never serve (no spec, ports not a list) resolves to nothing
+    sport = (
+        next(
+            (p for p in ports if isinstance(p, Mapping) and p.get("port") == port),
+            None,
+        )
+        if isinstance(ports, list)
+        else None
+    )
     if sport is None:
         return None
     ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
