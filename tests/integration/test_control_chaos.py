@@ -157,8 +157,8 @@ class Load:
         return [(t, o) for t, o in self.outcomes if t >= since and o != "200"]
 
 
-def endpoint_ips(discovery: ControlDiscovery) -> set[str]:
-    key = f"{TARGET[0]}:{TARGET[1]}"
+def endpoint_ips(discovery: ControlDiscovery, target: tuple[str, int] = TARGET) -> set[str]:
+    key = f"{target[0]}:{target[1]}"
     entry = discovery._entries.get(key)
     if entry is None or entry.resolution.current is None:
         return set()
