@@ -179,6 +179,7 @@ rig_start_kcm() { # DIR DEADLINE
         --root-ca-file "$pki/ca.crt" \
         --use-service-account-credentials \
         --controllers "$KCM_CONTROLLERS" \
+        --kube-api-qps 200 --kube-api-burst 400 \
         --leader-elect=false --profiling=false
     # its serving certificate is self-signed and in memory: -k, on loopback
     rig_wait "$dir" kube-controller-manager "$deadline" "kube-controller-manager /healthz" \
