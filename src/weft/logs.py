@@ -43,6 +43,8 @@ def configure(level: str = "info", fmt: str = "text", access_log: str | None = N
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
     root.setLevel(numeric)
+    # the Kubernetes client's HTTP library logs every request at INFO: only its warnings
+    logging.getLogger("httpx2").setLevel(max(numeric, logging.WARNING))
     access = logging.getLogger("weft.access")
     access.propagate = False
     for h in list(access.handlers):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weft.resources import pods as podread
 from weft.runtime.local import net, procs
 from weft.runtime.local.state import HOST_RECORD
 
@@ -221,11 +222,7 @@ class E2EMesh:
         pods = self.objects("pods", namespace)
         if deployment is None:
             return pods
-        return [
-            p
-            for p in pods
-            if (p["metadata"].get("annotations") or {}).get("weft.io/deployment") == deployment
-        ]
+        return [p for p in pods if podread.deployment(p) == deployment]
 
     def rolled_out(
         self, deployment: str, replicas: int, namespace: str = NAMESPACE
@@ -234,11 +231,7 @@ class E2EMesh:
         other pod of it is left (a finished rollout); else None."""
         pods = self.pods(deployment, namespace)
         hashes = {p["metadata"]["labels"].get("pod-template-hash") for p in pods}
-        ready = [
-            p
-            for p in pods
-            if p.get("status", {}).get("ready") and not p.get("status", {}).get("terminating")
-        ]
+        ready = [p for p in pods if podread.is_ready(p) and not podread.is_terminating(p)]
         if len(pods) == replicas and len(ready) == replicas and len(hashes) <= 1:
             return pods
         return None

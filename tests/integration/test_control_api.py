@@ -159,7 +159,8 @@ async def test_watch_streams_state_then_changes_in_order(client: ControlClient) 
     assert bookmark["type"] == "BOOKMARK"
     start_rv = int(bookmark["object"]["metadata"]["resourceVersion"])
 
-    await client.apply([pod("web-1", "10.244.0.2"), deploy()])  # the Deployment is not watched
+    # the Deployment is not watched (and at 0 replicas makes no pods)
+    await client.apply([pod("web-1", "10.244.0.2"), deploy(replicas=0)])
     await client.put_status("Pod", "default", "web-1", RUNNING)
     await client.delete([svc()])
     seen = []

@@ -121,38 +121,34 @@ async def test_apply_get_delete_round_trip(
     assert out.splitlines()[1] == "deployment.apps/web unchanged"
 
     client = ControlClient(plane.endpoint)
-    await client.apply(
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": "web-7d4b9c6f8d-x2x7q",
-                    "namespace": "shop",
-                    "labels": {"app": "web"},
-                    "annotations": {"weft.io/deployment": "web"},
-                },
-                "spec": {"containers": [{"name": "web", "command": ["x"]}]},
-                "status": {
-                    "phase": "Running",
-                    "podIP": "10.244.0.9",
-                    "ready": True,
-                    "containerStatuses": [
-                        {"name": "web", "ready": True, "restartCount": 3},
-                        {"name": "weft-proxy", "ready": True, "restartCount": 0},
-                    ],
-                },
-            }
-        ]
-    )
+    # the Deployment's ReplicaSet made two pods; a node would start them: one runs here
+    for _ in range(100):
+        created = sorted(p["metadata"]["name"] for p in await client.list("Pod", "shop"))
+        if len(created) == 2:
+            break
+        await asyncio.sleep(0.05)
+    running = created[0]
+    status = {
+        "phase": "Running",
+        "podIP": "10.244.0.9",
+        "hostIP": "10.244.0.1",
+        "ready": True,
+        "containerStatuses": [
+            {"name": "web", "ready": True, "restartCount": 3},
+            {"name": "weft-proxy", "ready": True, "restartCount": 0},
+        ],
+    }
+    await client.put_status("Pod", "shop", running, status)
+    await asyncio.sleep(0.2)  # the controllers take it in
     rc, out, _ = await weft("get", "pods", "-n", "shop", state_dir=state_dir)
-    header, row = out.strip().splitlines()
+    header, *rows = out.strip().splitlines()
     assert header.split() == ["NAME", "READY", "STATUS", "RESTARTS", "IP", "AGE"]
-    assert row.split()[:5] == ["web-7d4b9c6f8d-x2x7q", "2/2", "Running", "3", "10.244.0.9"]
+    row = next(r for r in rows if r.startswith(running))
+    assert row.split()[:5] == [running, "2/2", "Running", "3", "10.244.0.9"]
     rc, out, _ = await weft("get", "deploy", "-n", "shop", state_dir=state_dir)
     header, row = out.strip().splitlines()
     assert header.split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
-    assert row.split()[:4] == ["web", "1/2", "1", "1"]
+    assert row.split()[:4] == ["web", "1/2", "2", "1"]
     rc, out, _ = await weft("get", "svc", "-A", state_dir=state_dir)
     header, row = out.strip().splitlines()
     assert header.split() == ["NAMESPACE", "NAME", "CLUSTER-IP", "PORTS", "AGE"]

@@ -98,7 +98,8 @@ def manifests(admin_ports: list[int]) -> list[dict[str, Any]]:
             "kind": "Deployment",
             "metadata": {"name": "web"},
             "spec": {
-                "replicas": len(admin_ports),
+                # the fake pods below stand in for its pods: no node would run its own
+                "replicas": 0,
                 "selector": {"matchLabels": {"app": "web"}},
                 "template": {
                     "metadata": {"labels": {"app": "web"}},

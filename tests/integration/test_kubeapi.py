@@ -239,6 +239,54 @@ async def test_a_deleted_namespace_terminates_then_goes(plane: ControlPlane) -> 
     )
 
 
+async def test_a_deployment_gets_replicasets_and_pods_whose_deletion_is_graceful(
+    plane: ControlPlane,
+) -> None:
+    """kube-controller-manager's part, through the API: Deployment -> ReplicaSet -> Pods; a pod
+    a node runs is deleted gracefully (DeleteOptions or the query), then for good with 0."""
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "w", "command": ["x"]}]},
+            },
+        },
+    }
+    assert (await call(plane, "POST", "/apis/apps/v1/namespaces/default/deployments", dep))[
+        0
+    ] == 201
+    await wait_until(
+        lambda: len(plane.store.list("Pod", "default")) == 2, within=5, what="two pods"
+    )
+    code, rs_list = await call(plane, "GET", "/apis/apps/v1/namespaces/default/replicasets")
+    assert code == 200 and [rs["spec"]["replicas"] for rs in rs_list["items"]] == [2]
+    first, second = (p["metadata"]["name"] for p in plane.store.list("Pod", "default"))
+    path = "/api/v1/namespaces/default/pods/"
+    status = {"status": {"phase": "Running", "hostIP": "10.244.0.1"}}
+    code, _ = await call(plane, "PATCH", path + first + "/status", status,
+                         "application/merge-patch+json")  # fmt: skip
+    assert code == 200
+    code, body = await call(plane, "DELETE", path + first, {"gracePeriodSeconds": 7})
+    assert code == 200 and body["metadata"]["deletionGracePeriodSeconds"] == 7
+    assert plane.store.get("Pod", "default", first) is not None  # its node stops it first
+    code, body = await call(plane, "DELETE", path + first, {"gracePeriodSeconds": -1})
+    assert code == 400 and "gracePeriodSeconds" in body["message"]
+    assert (await call(plane, "DELETE", path + first + "?gracePeriodSeconds=0"))[0] == 200
+    assert plane.store.get("Pod", "default", first) is None
+    # a pod no node has started goes at once
+    assert (await call(plane, "DELETE", path + second))[0] == 200
+    assert plane.store.get("Pod", "default", second) is None
+    # the ReplicaSet replaces both
+    await wait_until(
+        lambda: len(plane.store.list("Pod", "default")) == 2, within=5, what="replacements"
+    )
+
+
 async def test_the_tls_port_wants_the_admin_certificate(
     plane: ControlPlane, tmp_path: Path
 ) -> None:

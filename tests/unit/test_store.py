@@ -279,14 +279,17 @@ def test_delete_reports_not_found_and_validates_refs() -> None:
         store.delete([ns("default")])
 
 
-def test_namespace_delete_cascades_except_pods() -> None:
+def test_namespace_delete_cascades_and_leaves_running_pods_to_their_node() -> None:
     store = make_store()
     store.apply([ns("shop"), svc("web", "shop"), deploy("web", namespace="shop")])
-    store.apply([pod("web-1", "shop"), svc("keep")])
+    store.apply([pod("web-1", "shop"), pod("web-2", "shop"), svc("keep")])
+    store.put_status("Pod", "shop", "web-1", {"phase": "Running", "hostIP": "10.0.0.1"})
     store.delete([ns("shop")])
     assert store.list("Service", "shop") == []
     assert store.list("Deployment", "shop") == []
-    assert [p["metadata"]["name"] for p in store.list("Pod", "shop")] == ["web-1"]
+    # the pod a node runs is terminating (its node drains and deletes it); the other is gone
+    (left,) = store.list("Pod", "shop")
+    assert left["metadata"]["name"] == "web-1" and left["metadata"]["deletionTimestamp"]
     assert store.get("Service", "default", "keep") is not None
     # the cluster IP went back to the pool
     (s,) = store.apply([svc("again")])

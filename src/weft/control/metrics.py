@@ -71,8 +71,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from weft.addr import parse_hostport
 from weft.control.store import Store
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity
+from weft.resources import pods as podread
 from weft.resources.models import (
-    ANNOTATION_DEPLOYMENT,
     ANNOTATION_PROXY_ADMIN,
     DEFAULT_SERVICE_ACCOUNT,
     selector_matches,
@@ -372,21 +372,20 @@ class Stats:
         meta = pod["metadata"]
         uid = str(meta.get("uid") or f"{meta.get('namespace')}/{meta['name']}")
         hist = self._pods.get(uid)
-        annotations = meta.get("annotations") or {}
         if hist is None:
             hist = PodHistory(
                 uid=uid,
                 namespace=str(meta.get("namespace") or "default"),
                 name=str(meta["name"]),
                 labels=dict(meta.get("labels") or {}),
-                deployment=annotations.get(ANNOTATION_DEPLOYMENT),
+                deployment=podread.deployment(pod),
                 created=_parse_time(meta.get("creationTimestamp")),
                 service_account=_service_account(pod),
             )
             self._pods[uid] = hist
         else:
             hist.labels = dict(meta.get("labels") or {})
-            hist.deployment = annotations.get(ANNOTATION_DEPLOYMENT)
+            hist.deployment = podread.deployment(pod)
             hist.service_account = _service_account(pod)
         hist.add(at, values)
         self.prune(at)
@@ -419,7 +418,7 @@ class Stats:
                 if name is not None and dname != name:
                     continue
                 current = [p for p in pods if p["metadata"]["namespace"] == dns
-                           and _annotation(p, ANNOTATION_DEPLOYMENT) == dname]  # fmt: skip
+                           and podread.deployment(p) == dname]  # fmt: skip
                 hists = [h for h in self._pods.values()
                          if h.namespace == dns and h.deployment == dname]  # fmt: skip
                 rows.append(self._row("deployment", dns, dname, current, hists, start, now, window))
@@ -733,8 +732,7 @@ def _annotation(pod: Mapping[str, Any], key: str) -> str | None:
 
 
 def _running(pod: Mapping[str, Any]) -> bool:
-    status = pod.get("status") or {}
-    return status.get("phase") in ("Pending", "Running") and not status.get("terminating")
+    return podread.phase(pod) in ("Pending", "Running") and not podread.is_terminating(pod)
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,14 +39,19 @@ from weft.control.localstate import StoreState
 from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.persist import StateDb, migrate_json
 from weft.control.routestatus import RouteStatusController
+from weft.control.state import KINDS
 from weft.control.store import Store
 
 if TYPE_CHECKING:
     from weft.control.incluster import ClusterControlPlane
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
+from weft.runtime.local.deployments import DeploymentController
 from weft.runtime.local.endpointslices import EndpointSliceController
 from weft.runtime.local.namespaces import NamespaceController
+from weft.runtime.local.replicasets import ReplicaSetController
 
+# what the local mesh's own controllers (kube-controller-manager's part) read besides
+LOCAL_KINDS = ("Deployment", "ReplicaSet")
 log = logging.getLogger("weft.control")
 
 STATE_FILE = "store.db"
@@ -122,7 +127,7 @@ class ControlPlane:
         self._state_file = StateDb(config.state_file)
         self.store = Store(service_cidr=config.service_cidr, clock=clock)
         # the controllers read the cluster through this seam, never the store itself
-        self.state = StoreState(self.store)
+        self.state = StoreState(self.store, (*KINDS, *LOCAL_KINDS))
         self.destinations = DestinationService(
             self.state, trust_domain=config.identity.trust_domain
         )
@@ -145,6 +150,10 @@ class ControlPlane:
             return asyncio.get_running_loop().call_later(delay, fn)
 
         self.namespaces = NamespaceController(self.state, self.store, later=later)
+        self.deployments = DeploymentController(self.state, self.store, schedule=schedule)
+        self.replica_sets = ReplicaSetController(
+            self.state, self.store, schedule=schedule, later=later, clock=time.monotonic
+        )
         self.stats = Stats(self.store, clock=clock, retention=config.retention)
         self.scraper = Scraper(
             self.store,
@@ -233,6 +242,8 @@ class ControlPlane:
         self.route_status.resync()
         self.endpoint_slices.resync()
         self.namespaces.resync()
+        self.deployments.resync()
+        self.replica_sets.resync()
         if self.config.http_listen is not None:
             host, port = self.config.http_listen
             try:
@@ -275,6 +286,8 @@ class ControlPlane:
         self.route_status.close()
         self.endpoint_slices.close()
         self.namespaces.close()
+        self.deployments.close()
+        self.replica_sets.close()
         self.inbound.close()
         self.destinations.close()
         self.state.close()

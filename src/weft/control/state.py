@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 from weft.core.informer import BadObject, Cache, Change, Indexer
 from weft.resources import pods
 from weft.resources.endpointslice import pods_of, service_of
+from weft.resources.replicaset import controller_of
 
 log = logging.getLogger("weft.control")
 
@@ -48,6 +49,9 @@ KINDS = (
     "MeshTLSAuthentication",
     "NetworkAuthentication",
 )
+
+
+OWNER_INDEX = "owner"
 
 
 def _namespace(obj: Any) -> Iterable[str]:
@@ -71,10 +75,18 @@ def _pod_labels(pod: Any) -> Iterable[str]:
     return [f"{ns}/{k}={v}" for k, v in pods.labels(pod).items()]
 
 
+def _owner(obj: Any) -> Iterable[str]:
+    ref = controller_of(obj)
+    return (f"{obj['metadata'].get('namespace')}/{ref[2]}",) if ref is not None and ref[2] else ()
+
+
 INDEXERS: dict[str, dict[str, Indexer[Any]]] = {
+    # "owner": "<namespace>/<uid of the controller owner>" (a ReplicaSet's pods, a
+    # Deployment's ReplicaSets)
     # "label": "<namespace>/<key>=<value>", for each of a pod's labels (a Service's selector
     # finds its pods through its first pair rather than by scanning the namespace)
-    "Pod": {"ip": pods.ips, "label": _pod_labels},
+    "Pod": {"ip": pods.ips, "label": _pod_labels, OWNER_INDEX: _owner},
+    "ReplicaSet": {OWNER_INDEX: _owner},
     "Service": {"clusterIP": _cluster_ips},
     "EndpointSlice": {"service": _slice_service, "pod": pods_of},
 }
@@ -235,6 +247,7 @@ class CachedState:
 __all__ = [
     "INDEXERS",
     "KINDS",
+    "OWNER_INDEX",
     "CachedState",
     "ClusterState",
     "Listener",

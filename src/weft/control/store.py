@@ -16,8 +16,8 @@ Semantics (those of the Kubernetes API server, reduced to what Weft needs):
   changed. ``status`` in an applied document is taken only when the object is created.
 - ``metadata.generation`` starts at 1 and grows when ``spec`` changes.
 - A Service keeps its ``spec.clusterIP`` for its whole life, across updates and restarts.
-- Deleting a Namespace deletes every object in it except Pods: Pods belong to the runtime, which
-  drains and deletes them once their Deployment is gone.
+- Deleting a Namespace deletes every object in it. A Pod that a node runs is deleted gracefully
+  (:meth:`Store.delete`): its node drains it, stops it, and deletes it for good.
 - A watch starts with the current objects as ``ADDED`` events (or, from a given resourceVersion,
   the recorded events after it), then a ``BOOKMARK``, then every change in order. Watch queues are
   bounded: a watcher that falls behind is closed (it re-watches), never waited on.
@@ -39,7 +39,13 @@ from typing import Any
 from weft.control.events import Event, Watch, bookmark
 from weft.control.ipam import RangeFull, ServiceIPAllocator
 from weft.resources.errors import FieldError, InvalidResources
-from weft.resources.models import DEFAULT_NAMESPACE, KINDS, parse_resource, parse_status
+from weft.resources.models import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_NAMESPACE,
+    KINDS,
+    parse_resource,
+    parse_status,
+)
 from weft.resources.validate import show
 
 Key = tuple[str, str, str]
@@ -90,6 +96,12 @@ class Deleted:
 
     action: str
     object: Mapping[str, Any]
+
+
+def _on_a_node(pod: Mapping[str, Any]) -> bool:
+    """A node has started the pod and it has not finished: its deletion is graceful."""
+    status = pod.get("status") or {}
+    return bool(status.get("hostIP")) and status.get("phase") not in ("Succeeded", "Failed")
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
@@ -392,9 +404,14 @@ class Store:
         self._commit()
         return recorded
 
-    def delete(self, refs: Sequence[Any]) -> builtins.list[Deleted]:
+    def delete(self, refs: Sequence[Any], *, grace: int | None = None) -> builtins.list[Deleted]:
         """Delete the objects named by ``refs`` (``kind`` and ``metadata.name``/``namespace``);
-        absent ones are reported ``not found``. Raises InvalidResources for malformed refs."""
+        absent ones are reported ``not found``. Raises InvalidResources for malformed refs.
+
+        A Pod that a node runs (``status.hostIP``) and that has not finished is deleted
+        gracefully, as the API server does: it gets ``deletionTimestamp`` and
+        ``deletionGracePeriodSeconds`` (``grace``, else its ``terminationGracePeriodSeconds``)
+        and stays until its node has stopped it and deletes it with ``grace=0``."""
         errors: builtins.list[FieldError] = []
         keys: builtins.list[Key] = []
         for i, ref in enumerate(refs):
@@ -418,9 +435,9 @@ class Store:
                 continue
             if key[0] == "Namespace":
                 for other in sorted(self._objects):
-                    if other[1] == key[2] and other[0] != "Pod":
-                        self._remove(other)
-            out[n] = Deleted("deleted", self._remove(key))
+                    if other[1] == key[2] and other[0] != "Namespace":
+                        self._delete_one(other, grace)
+            out[n] = Deleted("deleted", self._delete_one(key, grace))
         if any(d.action == "deleted" for d in out.values()):
             self._commit()
         return [out[n] for n in range(len(keys))]
@@ -451,6 +468,22 @@ class Store:
             fail("metadata.namespace", f"must be a string, got {show(ns)}")
             return None
         return (kind, ns, name)
+
+    def _delete_one(self, key: Key, grace: int | None) -> Obj:
+        current = self._objects[key]
+        if key[0] != "Pod" or grace == 0 or not _on_a_node(current):
+            return self._remove(key)
+        if current["metadata"].get("deletionTimestamp"):
+            return current
+        if grace is None:
+            grace = (current.get("spec") or {}).get("terminationGracePeriodSeconds")
+            grace = grace if isinstance(grace, int) else DEFAULT_GRACE_PERIOD
+        meta = {
+            **current["metadata"],
+            "deletionTimestamp": _rfc3339(self._clock()),
+            "deletionGracePeriodSeconds": grace,
+        }
+        return self._record("MODIFIED", {**current, "metadata": meta})
 
     def _remove(self, key: Key) -> Obj:
         current = self._objects[key]

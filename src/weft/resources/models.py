@@ -1152,3 +1152,4 @@ def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, st
 from weft.resources import endpointslice as _endpointslice  # noqa: E402, F401
 from weft.resources import grpcroute as _grpcroute  # noqa: E402, F401
 from weft.resources import policy as _policy  # noqa: E402, F401
+from weft.resources import replicaset as _replicaset  # noqa: E402, F401

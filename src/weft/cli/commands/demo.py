@@ -17,6 +17,7 @@ from typing import Any
 from weft.cli.commands.up import bring_up
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
 from weft.demo import manifest_text
+from weft.resources import pods as podread
 from weft.resources.errors import InvalidResources
 from weft.resources.loader import load_text
 from weft.runtime.local.mesh import CONTROL_START_TIMEOUT, LocalMesh
@@ -100,9 +101,9 @@ def _ready_pods(
         ready = [
             p["metadata"]["name"]
             for p in pods
-            if (p["metadata"].get("annotations") or {}).get("weft.io/deployment") == name
-            and (p.get("status") or {}).get("ready")
-            and not (p.get("status") or {}).get("terminating")
+            if podread.deployment(p) == name
+            and podread.is_ready(p)
+            and not podread.is_terminating(p)
         ]
         if len(ready) < want:
             return None

@@ -37,7 +37,8 @@ from weft.control.client import (
     run_sync,
 )
 from weft.control.routestatus import summarize
-from weft.resources.models import ANNOTATION_DEPLOYMENT, KINDS, KindInfo, resolve_kind
+from weft.resources import pods as podread
+from weft.resources.models import KINDS, KindInfo, resolve_kind
 from weft.resources.security import root_containers_of
 
 T = TypeVar("T")
@@ -273,7 +274,7 @@ def _pod_row(o: Mapping[str, Any], _pods: Sequence[Mapping[str, Any]], now: floa
 def pod_status(o: Mapping[str, Any]) -> str:
     """``Terminating``, a waiting container's reason (``CrashLoopBackOff``), or the phase."""
     status = o.get("status") or {}
-    if status.get("terminating"):
+    if podread.is_terminating(o):
         return "Terminating"
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
@@ -292,10 +293,10 @@ def _deploy_row(o: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: fl
         p
         for p in pods
         if p["metadata"].get("namespace") == meta.get("namespace")
-        and (p["metadata"].get("annotations") or {}).get(ANNOTATION_DEPLOYMENT) == meta["name"]
-        and not (p.get("status") or {}).get("terminating")
+        and podread.deployment(p) == meta["name"]
+        and not podread.is_terminating(p)
     ]
-    derived_ready = sum(1 for p in mine if (p.get("status") or {}).get("ready"))
+    derived_ready = sum(1 for p in mine if podread.is_ready(p))
     ready = status.get("readyReplicas", derived_ready)
     updated = status.get("updatedReplicas", len(mine))
     available = status.get("availableReplicas", derived_ready)

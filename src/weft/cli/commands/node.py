@@ -16,7 +16,6 @@ import asyncio
 import signal
 import sys
 
-from weft.control.client import ControlClient
 from weft.identity.names import DEFAULT_TRUST_DOMAIN
 from weft.runtime.base import RuntimeFailure
 from weft.runtime.local.agent import NodeAgent, NodeConfig
@@ -105,5 +104,5 @@ async def _main(config: NodeConfig, supervisor: ControlSupervisor | None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = NodeAgent(config, ControlClient(config.control_endpoint), control_supervisor=supervisor)
+    agent = NodeAgent(config, control_supervisor=supervisor)
     await agent.run(stop)

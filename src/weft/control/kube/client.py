@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import msgspec
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
+from lightkube.config.models import Cluster, User
 from lightkube.core import decoders
 from lightkube.core.resource import NamespacedResource
 from lightkube.core.selector import build_selector
@@ -44,6 +46,23 @@ def connect(kubeconfig: str | Path | None = None, *, context: str | None = None)
         config = KubeConfig.from_file(kubeconfig)
         return AsyncClient(config.get(context_name=context) if context else config)
     return AsyncClient(KubeConfig.from_env())
+
+
+def connect_endpoint(endpoint: str) -> AsyncClient:
+    """A client for the local mesh's Kubernetes API at a control-plane ``endpoint``
+    (``unix:/path/to.sock`` or ``host:port``, as :class:`weft.control.client.ControlClient`
+    takes it): the node agent's way in, through the same client as a cluster's."""
+    if endpoint.startswith("unix:"):
+        path = endpoint[5:].removeprefix("//")
+        transport = httpx2.AsyncHTTPTransport(uds=path)
+        return AsyncClient(_anonymous("http://localhost"), transport=transport)
+    url = endpoint if "://" in endpoint else f"http://{endpoint}"
+    return AsyncClient(_anonymous(url))
+
+
+def _anonymous(url: str) -> KubeConfig:
+    # no credentials: the control plane trusts its socket's peers by their uid
+    return KubeConfig.from_one(cluster=Cluster(server=url), user=User())
 
 
 def kind_of(resource: Any) -> tuple[str, str]:
@@ -82,6 +101,27 @@ async def _send(client: AsyncClient, method: str, resource: Any, namespace: str 
             await response.aclose()
         inner.raise_for_status(response)
     return response
+
+
+async def merge_patch(
+    client: AsyncClient, resource: Any, name: str, namespace: str | None, body: Mapping[str, Any]
+) -> Obj:
+    """A JSON merge patch of one object (``resource.Status`` for its status subresource); the
+    object as the server returns it, undecoded: lightkube's models would refuse what they do
+    not know (a status without ``containerStatuses[].image``, say). Raises
+    ``lightkube.ApiError`` or ``httpx2.HTTPError``."""
+    inner: Any = client._client
+    headers = {"Content-Type": "application/merge-patch+json"}
+    br = inner.prepare_request("patch", res=resource, name=name, namespace=namespace,
+                               obj=dict(body), headers=headers)  # fmt: skip
+    request = inner._client.build_request(
+        br.method, br.url, params=br.params, content=msgspec.json.encode(br.data),
+        headers=br.headers,
+    )  # fmt: skip
+    response = await inner.send(request)
+    if response.status_code >= 400:
+        inner.raise_for_status(response)
+    return _decode(response.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,4 +200,12 @@ async def watch(
         await response.aclose()
 
 
-__all__ = ["WATCH_TIMEOUT_S", "Page", "connect", "kind_of", "list_page", "watch"]
+__all__ = [
+    "WATCH_TIMEOUT_S",
+    "Page",
+    "connect",
+    "connect_endpoint",
+    "kind_of",
+    "list_page",
+    "watch",
+]

@@ -23,8 +23,8 @@ from lightkube import AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Namespace, Pod, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
-from lightkube.types import PatchType
 
+from weft.control.kube.client import merge_patch
 from weft.control.kube.informer import Informer, Obj
 from weft.control.state import KINDS, CachedState
 from weft.core.informer import Change
@@ -126,13 +126,7 @@ class KubeState(CachedState):
     ) -> None:
         resource = RESOURCES[kind]
         try:
-            await self.client.patch(
-                resource.Status,
-                name,
-                {"status": status},
-                namespace=namespace,
-                patch_type=PatchType.MERGE,
-            )
+            await merge_patch(self.client, resource.Status, name, namespace, {"status": status})
         except Exception as e:  # an API error or a connection failure: logged, written again later
             self.status_failures += 1
             log.warning("status of %s %s/%s not written: %s", kind, namespace, name, e)

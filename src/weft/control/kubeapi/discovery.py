@@ -32,7 +32,7 @@ VERSION = {
     "compiler": "",
     "platform": "linux/amd64",
 }
-BUILT_IN = frozenset({"Namespace", "Service", "Pod", "Deployment", "EndpointSlice"})
+BUILT_IN = frozenset({"Namespace", "Service", "Pod", "Deployment", "ReplicaSet", "EndpointSlice"})
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
 

@@ -203,7 +203,7 @@ class KubeApi:
         if method == "PATCH":
             return self._patch(request, t)
         if method == "DELETE" and t.sub is None:
-            return self._delete(t)
+            return self._delete(request, t)
         raise KubeError(
             405, f"{method} is not supported on {t.info.plural}{'/' + t.sub if t.sub else ''}"
         )
@@ -485,8 +485,9 @@ class KubeApi:
         except InvalidResources as e:
             raise invalid(t.info.kind, t.name, e, t.group) from None
 
-    def _delete(self, t: _Target) -> Response:
+    def _delete(self, request: Request, t: _Target) -> Response:
         assert t.name is not None
+        grace = _grace_period(request)
         if t.info.kind == "Namespace":
             # graceful, as on a cluster: Terminating now, its contents and itself a moment later
             # (weft.runtime.local.namespaces)
@@ -495,12 +496,27 @@ class KubeApi:
             except NotFound:
                 raise not_found(t.info.plural, t.name, t.group) from None
         try:
-            (result,) = self.store.delete([t.ref])
+            (result,) = self.store.delete([t.ref], grace=grace)
         except InvalidResources as e:
             raise invalid(t.info.kind, t.name, e, t.group) from None
         if result.action != "deleted":
             raise not_found(t.info.plural, t.name, t.group)
         return Response.json(200, result.object)
+
+
+def _grace_period(request: Request) -> int | None:
+    """``gracePeriodSeconds`` of a DELETE: the query's, else its DeleteOptions body's."""
+    grace = _int(request.query.get("gracePeriodSeconds"), "gracePeriodSeconds")
+    if grace is None and request.body:
+        try:
+            options = json.loads(request.body)
+        except ValueError:
+            raise KubeError(400, "the DeleteOptions body is not JSON") from None
+        value = options.get("gracePeriodSeconds") if isinstance(options, dict) else None
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise KubeError(400, f"gracePeriodSeconds must be >= 0, got {value!r}")
+        grace = value
+    return grace
 
 
 def _scale_of(deployment: Mapping[str, Any]) -> dict[str, Any]:

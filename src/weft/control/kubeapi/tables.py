@@ -174,6 +174,16 @@ COLUMNS: dict[str, list[Column]] = {
         ("Images", "string", 1, _containers("image")),
         ("Selector", "string", 1, _selector),
     ],
+    "ReplicaSet": [
+        NAME,
+        ("Desired", "integer", 0, _int("spec", "replicas")),
+        ("Current", "integer", 0, _int("status", "replicas")),
+        ("Ready", "integer", 0, _int("status", "readyReplicas")),
+        AGE,
+        ("Containers", "string", 1, _containers("name")),
+        ("Images", "string", 1, _containers("image")),
+        ("Selector", "string", 1, _selector),
+    ],
     "Service": [
         NAME,
         ("Type", "string", 0, lambda o, n: _get(o, "spec", "type") or "ClusterIP"),

@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
+from weft.resources import pods as podread
 from weft.runtime.base import CONTAINER_ALIASES, PROXY_CONTAINER, Check, PodRef, RuntimeFailure
 from weft.runtime.local import cleanup, net, procs, users
 from weft.runtime.local.pod import base_env
@@ -764,8 +765,8 @@ async def _probe_proxies(pods: list[dict[str, Any]]) -> list[tuple[dict[str, Any
         p
         for p in pods
         if ((p.get("metadata") or {}).get("annotations") or {}).get("weft.io/proxy-admin")
-        and (p.get("status") or {}).get("phase") == "Running"
-        and not (p.get("status") or {}).get("terminating")
+        and podread.phase(p) == "Running"
+        and not podread.is_terminating(p)
     ]
     return list(await asyncio.gather(*(one(p) for p in candidates)))
 
