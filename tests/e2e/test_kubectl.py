@@ -1,6 +1,6 @@
 """E2E: the real kubectl against the local mesh, through ``weft kubeconfig``: apply a Deployment
 and a Service, watch the pods until they run, read a pod's log and the Service's EndpointSlice,
-scale, and delete; exec says plainly that it is not served yet."""
+exec into it (output, exit code, stdin, a terminal), see its ReplicaSet, scale, and delete."""
 
 from __future__ import annotations
 
@@ -128,9 +128,31 @@ def test_kubectl_drives_the_local_mesh(mesh: E2EMesh, tmp_path: Path) -> None:
             f"{e}\n{kubectl('get', 'pods', '-n', 'kctl', '-o', 'wide')}\n"
             f"{kubectl('get', 'deploy', '-n', 'kctl', '-o', 'yaml')}\n{mesh.diagnostics()}"
         ) from None
-    # exec: not served yet, and it says what to use instead
-    exec_out = kubectl("exec", "-n", "kctl", pod, "--", "true", check=False)
-    assert "weft exec" in exec_out, exec_out
+    # exec, served by the node as a kubelet serves it: both streams, the exit code, stdin
+    done = subprocess.run(
+        [binary, "--kubeconfig", str(config), "exec", "-n", "kctl", pod, "--",
+         "sh", "-c", "echo out; echo err >&2; echo $HOSTNAME; exit 3"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3, done
+    assert done.stdout.split() == ["out", pod] and "err" in done.stderr, done
+    echoed = kubectl("exec", "-i", "-n", "kctl", pod, "--", "cat", input="through stdin\n")
+    assert echoed == "through stdin\n"
+    # the pod reaches its Service from inside, as its app does
+    fetched = kubectl("exec", "-n", "kctl", pod, "--", "python", "-c",
+                      "import urllib.request as u; "
+                      "print(u.urlopen('http://hello:8080/', timeout=10).status)")  # fmt: skip
+    assert fetched.strip() == "200", fetched
+    # a terminal (kubectl asks for one only from a terminal of its own: script gives it one)
+    line = f"{binary} --kubeconfig {config} exec -it -n kctl {pod} -- tty"
+    tty = subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True,
+                         timeout=60, check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert "/dev/pts/" in tty.stdout and tty.returncode == 0, tty
+    # what owns it, as on a cluster
+    rs = kubectl("get", "rs", "-n", "kctl", "--no-headers").split()
+    assert rs[0].startswith("hello-") and pod.startswith(rs[0] + "-"), rs
+    described = kubectl("describe", "pod", "-n", "kctl", pod)
+    assert f"Controlled By:  ReplicaSet/{rs[0]}" in described and "Node:" in described
     deleted = kubectl("delete", "-f", "-", input=APP)
     assert 'namespace "kctl" deleted' in deleted
     wait_for(lambda: not [p for p in mesh.pods(namespace="kctl")], "the pods gone", limit=90)

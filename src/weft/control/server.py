@@ -33,6 +33,7 @@ from weft.control.edges import EdgesApi
 from weft.control.httpserver import HttpServer, Request, Response, Streaming
 from weft.control.identity import IdentityService, IdentitySettings
 from weft.control.inbound import InboundPolicies
+from weft.control.kubeapi.authn import LocalAuthn
 from weft.control.kubeapi.server import KubeApi
 from weft.control.kubeapi.status import KubeError
 from weft.control.localstate import StoreState
@@ -188,7 +189,13 @@ class ControlPlane:
             self.stats,
             heartbeat=config.heartbeat,
             kube=KubeApi(
-                self.store, logs=_log_path(config.state_dir), bookmark_s=config.watch_bookmark_s
+                self.store,
+                logs=_log_path(config.state_dir),
+                bookmark_s=config.watch_bookmark_s,
+                # the local mesh's service-account tokens, as an API server issues and reviews
+                authn=LocalAuthn(
+                    self.store, lambda: self.identity.token_key, self.identity.reviewer
+                ),
             ),
             handlers={
                 "identity": self.identity.handle,

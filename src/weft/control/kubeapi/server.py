@@ -35,6 +35,7 @@ from typing import Any
 from weft.control.httpserver import Request, Response, Streaming
 from weft.control.kubeapi import discovery, patch, tables
 from weft.control.kubeapi import watch as watches
+from weft.control.kubeapi.authn import LocalAuthn
 from weft.control.kubeapi.selectors import SelectorError, matcher
 from weft.control.kubeapi.status import KubeError, invalid, not_found
 from weft.control.store import AlreadyExists, Conflict, NotFound, Store
@@ -83,8 +84,10 @@ class KubeApi:
         logs: LogPath | None = None,
         bookmark_s: float = watches.BOOKMARK_S,
         rng: random.Random | None = None,
+        authn: LocalAuthn | None = None,
     ) -> None:
         self.store = store
+        self.authn = authn
         self.logs = logs
         self.bookmark_s = bookmark_s
         self._rng = rng or random.Random()
@@ -102,6 +105,8 @@ class KubeApi:
     async def handle(self, request: Request) -> Response | Streaming:
         parts = [p for p in request.path.split("/") if p]
         try:
+            if self.authn is not None and self.authn.target(parts) is not None:
+                return await self.authn.handle(request, parts)
             return self._route(request, parts)
         except KubeError as e:
             return e.response()
@@ -172,7 +177,13 @@ class KubeApi:
             ("log", "Pod"),
             ("scale", "Deployment"),
         )
-        if sub in ("exec", "attach", "portforward", "proxy") and info.kind == "Pod":
+        if sub == "exec" and info.kind == "Pod":
+            raise KubeError(
+                405,
+                "pods/exec is served by the node's Kubernetes port, as a kubelet serves it: use "
+                "the kubeconfig of `weft kubeconfig`, or `weft exec`",
+            )
+        if sub in ("attach", "portforward", "proxy") and info.kind == "Pod":
             raise KubeError(
                 405,
                 f"pods/{sub} is not served by the local mesh's API yet: use `weft exec` "

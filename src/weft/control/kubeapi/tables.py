@@ -73,7 +73,8 @@ def _get(obj: Obj, *path: str) -> Any:
 
 def _pod_ready(obj: Obj, now: float) -> str:
     statuses = _get(obj, "status", "containerStatuses") or []
-    total = len(_get(obj, "spec", "containers") or []) or len(statuses)
+    # the local mesh's sidecar has a status but no container in the spec
+    total = max(len(_get(obj, "spec", "containers") or []), len(statuses))
     ready = sum(1 for cs in statuses if isinstance(cs, Mapping) and cs.get("ready"))
     return f"{ready}/{total}"
 

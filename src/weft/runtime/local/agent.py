@@ -15,9 +15,8 @@ informers as the mesh's controllers (:mod:`weft.control.kube`), and:
   deletes the object for good (``gracePeriodSeconds=0``); a pod whose object is gone is stopped
   at once;
 - keeps every pod's hosts file in step with the Services (their cluster IPs);
-- gives every meshed pod its identity token (the local stand-in for a projected
-  service-account token): claims ``(namespace, pod, metadata.uid, serviceAccountName)`` signed
-  with the mesh's token key (``<state>/identity/token.key``, shared with the control plane),
+- gives every meshed pod its identity token as the kubelet gives a projected service-account
+  token: a TokenRequest to the API, bound to the Pod object (the control plane signs it),
   written for the proxy's uid only, rotated after 12 h, removed when the pod ends.
 
 Deployments and ReplicaSets are the control plane's (:mod:`~weft.runtime.local.deployments`,
@@ -59,7 +58,6 @@ from weft.control.kube.state import KubeState
 from weft.control.state import StateEvent
 from weft.control.tokenreview import ROTATE_AFTER
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
-from weft.identity.tokens import TokenClaims, TokenKey
 from weft.resources import pods
 from weft.resources.errors import InvalidResources
 from weft.resources.models import Pod, Service
@@ -79,6 +77,7 @@ from weft.runtime.local.pod import (
 )
 from weft.runtime.local.pod import PodSpec as RunSpec
 from weft.runtime.local.podapi import PodApi
+from weft.runtime.local.podexec import ExecServer
 from weft.runtime.local.state import StateDir
 
 if TYPE_CHECKING:
@@ -88,6 +87,7 @@ log = logging.getLogger("weft.node")
 
 NODE_NAME = "local"
 WATCH_KINDS = ("Pod", "Service")
+TOKEN_TIMEOUT = 30.0  # for a starting pod's token (the API away longer: the pod fails, retried)
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -193,7 +193,7 @@ class NodeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._env = base_env(state_dir=str(config.state_dir), python=config.python)
-        self._token_key: TokenKey | None = None
+        self._rotating: set[Key] = set()
         # when each pod's token was issued, and for what (uid, service account)
         self._tokens: dict[Key, tuple[float, str, str]] = {}
         self._unsubscribe = self.cluster.subscribe(self._on_event)
@@ -222,8 +222,16 @@ class NodeAgent:
             raise
         kube_port = None
         if self.config.kube_listen is not None:
+            execs = ExecServer(
+                lambda ns, name: self.cluster.get("Pod", ns, name),
+                state_dir=str(self.config.state_dir),
+                python=self.config.python,
+            )
             kube_port = KubePort(
-                self.config.kube_listen, self.state.root / KUBE_SOCKET, self.state.root / "kube"
+                self.config.kube_listen,
+                self.state.root / KUBE_SOCKET,
+                self.state.root / "kube",
+                exec_server=execs,
             )
             await kube_port.start()
         self.cluster.start()
@@ -373,11 +381,16 @@ class NodeAgent:
         started = False
         try:
             self._push_status(pod, {"phase": "Pending", "podIP": str(pod.ip), "ready": False})
+            admin = f"{pod.ip}:{net.PROXY_ADMIN_PORT}" if spec.meshed else None
+            if (pod.doc.get("spec") or {}).get("nodeName") != NODE_NAME or admin is not None:
+                self._spawn(self.api.bind(pod.key, NODE_NAME, admin))
             if spec.meshed:
-                self._spawn(self.api.annotate(pod.key, f"{pod.ip}:{net.PROXY_ADMIN_PORT}"))
                 try:
-                    self.issue_token(pod.namespace, pod.name, pod.uid, spec.service_account)
-                except (OSError, ValueError) as exc:
+                    async with asyncio.timeout(TOKEN_TIMEOUT):
+                        await self.issue_token(
+                            pod.namespace, pod.name, pod.uid, spec.service_account
+                        )
+                except Exception as exc:
                     self._start_failed(pod, "IdentitySetupFailed", f"no identity token: {exc}")
                     return
             try:
@@ -495,45 +508,48 @@ class NodeAgent:
     def _token_path(self, key: Key) -> Path:
         return token_path(self.state.pod_dir(*key))
 
-    def issue_token(self, namespace: str, name: str, uid: str | None, service_account: str) -> Path:
-        """Issue pod ``namespace/name``'s identity token for the Pod object with ``uid`` and
-        write it where its proxy reads it (readable by the proxy's uid only); returns the path.
-        Raises OSError or ValueError (no uid, an unusable token key) when it cannot."""
+    async def issue_token(
+        self, namespace: str, name: str, uid: str | None, service_account: str
+    ) -> Path:
+        """Get pod ``namespace/name``'s identity token from the API (a TokenRequest bound to
+        the Pod object with ``uid``, as the kubelet gets a projected token) and write it where
+        its proxy reads it (readable by the proxy's uid only); returns the path. Raises
+        ValueError (no uid), OSError, or the API's refusal."""
         if not uid:
             raise ValueError(f"pod {namespace}/{name} has no metadata.uid in the store")
-        if self._token_key is None:
-            self._token_key = TokenKey.load_or_create(self.state.root / "identity" / "token.key")
-        claims = TokenClaims(
-            namespace=namespace,
-            pod=name,
-            uid=uid,
-            service_account=service_account,
-            issued_at=time.time(),
-        )
+        issued_at = time.time()
+        token = await self.api.request_token((namespace, name), uid, service_account)
         path = self._token_path((namespace, name))
-        write_token(path, self._token_key.issue(claims), owner=net.PROXY_UID)
-        self._tokens[(namespace, name)] = (claims.issued_at, uid, service_account)
+        write_token(path, token, owner=net.PROXY_UID)
+        self._tokens[(namespace, name)] = (issued_at, uid, service_account)
         return path
 
     def rotate_tokens(self, now: float | None = None) -> list[Key]:
-        """Issue a new token to every running pod whose token is older than
+        """Ask for a new token for every running pod whose token is older than
         :data:`~weft.control.tokenreview.ROTATE_AFTER` (tokens are valid for twice that); the
-        pods rotated. The proxy reads its token file each time it renews its certificate."""
+        pods whose rotation started. The proxy reads its token file each time it renews its
+        certificate."""
         now = time.time() if now is None else now
-        rotated: list[Key] = []
+        rotating: list[Key] = []
         for key, (issued_at, uid, account) in list(self._tokens.items()):
             pod = self._pods.get(key)
             if pod is None or pod.terminating or pod.finished or pod.uid != uid:
                 self._tokens.pop(key, None)  # gone, or a new object (issued afresh at start)
                 continue
-            if now - issued_at < ROTATE_AFTER:
+            if now - issued_at < ROTATE_AFTER or key in self._rotating:
                 continue
-            try:
-                self.issue_token(key[0], key[1], uid, account)
-                rotated.append(key)
-            except (OSError, ValueError) as exc:
-                log.error("pod %s/%s: cannot rotate its identity token: %s", *key, exc)
-        return rotated
+            self._rotating.add(key)
+            self._spawn(self._rotate(key, uid, account))
+            rotating.append(key)
+        return rotating
+
+    async def _rotate(self, key: Key, uid: str, account: str) -> None:
+        try:
+            await self.issue_token(key[0], key[1], uid, account)
+        except Exception as exc:  # the API away or refusing: tried again on the next pass
+            log.error("pod %s/%s: cannot rotate its identity token: %s", *key, exc)
+        finally:
+            self._rotating.discard(key)
 
     async def _setup_network(self, pod: _Pod, spec: RunSpec) -> None:
         if net.netns_exists(pod.netns):

@@ -4,7 +4,9 @@ The control plane runs in the node's network namespace, so its listeners are out
 reach but for its unix sockets. The node agent (on the host) listens on 127.0.0.1:8086 with TLS,
 requiring a client certificate of the local PKI (:mod:`weft.runtime.local.kubepki`: the admin
 certificate that ``weft kubeconfig`` embeds), and relays each connection's bytes to the control
-plane's ``kube.sock`` (root only): kubectl works as against a cluster, and a local user without
+plane's ``kube.sock`` (root only), but for a connection whose first request is a pod's ``exec``,
+which the node serves itself (:mod:`~weft.runtime.local.podexec`), as the API server hands exec to
+the kubelet: kubectl works as against a cluster, and a local user without
 the certificate is refused in the handshake. At most :data:`MAX_CONNECTIONS` at once (a reconnect
 storm is refused at the door, not queued without bound); each side's buffered bytes are bounded
 by the streams' own flow control.
@@ -21,24 +23,35 @@ import ssl
 from pathlib import Path
 
 from weft.runtime.local import kubepki
+from weft.runtime.local.podexec import ExecServer, exec_target
 
 log = logging.getLogger("weft.node")
 
 DEFAULT_LISTEN = ("127.0.0.1", 8086)
 MAX_CONNECTIONS = 512
 _CHUNK = 64 * 1024
+HEAD_TIMEOUT = 60.0  # for a connection's first request head
 
 
 class KubePort:
     """Listens on ``listen`` and relays to the unix socket ``target``."""
 
-    def __init__(self, listen: tuple[str, int], target: Path, pki_dir: Path) -> None:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        target: Path,
+        pki_dir: Path,
+        *,
+        exec_server: ExecServer | None = None,
+    ) -> None:
         self.listen = listen
         self.target = target
         self.pki_dir = pki_dir
+        self.exec_server = exec_server
         self.connections = 0
         self.refused = 0
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -80,12 +93,30 @@ class KubePort:
             self._server = None
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio's server keeps no reference to a connection's task: this does
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if self.connections >= MAX_CONNECTIONS:
             self.refused += 1
             writer.close()
             return
         self.connections += 1
         try:
+            try:
+                # the first request's head: an exec is the node's to serve, as the kubelet's
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+                return
+            first_line = head.split(b"\r\n", 1)[0].split(b" ")
+            if (
+                self.exec_server is not None
+                and len(first_line) == 3
+                and exec_target(first_line[1].decode("latin-1")) is not None
+            ):
+                await self.exec_server.serve(head, reader, writer)
+                return
             try:
                 up_reader, up_writer = await asyncio.open_unix_connection(str(self.target))
             except OSError:
@@ -96,6 +127,7 @@ class KubePort:
                 with contextlib.suppress(OSError):
                     await writer.drain()
                 return
+            up_writer.write(head)
             try:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:

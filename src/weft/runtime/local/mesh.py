@@ -47,8 +47,8 @@ from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.resources import pods as podread
 from weft.runtime.base import CONTAINER_ALIASES, PROXY_CONTAINER, Check, PodRef, RuntimeFailure
-from weft.runtime.local import cleanup, net, procs, users
-from weft.runtime.local.pod import base_env
+from weft.runtime.local import cleanup, net, procs
+from weft.runtime.local.podexec import ExecError, exec_command
 from weft.runtime.local.state import (
     MeshRecord,
     StateDir,
@@ -676,8 +676,6 @@ class LocalMesh:
         netns = net.pod_netns_name(pod.namespace, pod.name)
         if not net.netns_exists(netns):
             raise RuntimeFailure(f"pod {pod} is not running here (no namespace {netns})")
-        # as the pod's app runs (Kubernetes: the container's user), so what works here works
-        # for the app, and root in a pod stays the pod spec's choice
         obj: dict[str, Any] | None = None
         with contextlib.suppress(ControlUnavailable, ApiError, OSError):
             obj = asyncio.run(self.client(timeout=3.0).get("Pod", pod.namespace, pod.name))
@@ -687,30 +685,15 @@ class LocalMesh:
                 f"(as root: ip netns exec {netns} COMMAND)"
             )
         try:
-            user = users.exec_user(obj)
-        except ValueError as exc:
-            raise RuntimeFailure(f"pod {pod}: {exc}") from None
-        env = base_env(state_dir=str(self.state.root), python=self.python)
-        env.update(
-            {
-                "HOSTNAME": pod.name,
-                "WEFT_POD_NAME": pod.name,
-                "WEFT_POD_NAMESPACE": pod.namespace,
-                "TERM": os.environ.get("TERM", "dumb"),
-            }
-        )
-        if not user.root:
-            env["HOME"] = users.HOME_NON_ROOT
-        command = users.app_argv(
-            argv,
-            user,
-            python=self.python,
-            reach=users.python_reach(self.python),
-            pdeathsig=False,
-        )
+            command, env = exec_command(
+                obj, argv, state_dir=str(self.state.root), python=self.python,
+                term=os.environ.get("TERM", "dumb"),
+            )  # fmt: skip
+        except ExecError as exc:
+            raise RuntimeFailure(str(exc)) from None
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execvpe("ip", ["ip", "netns", "exec", netns, *command], env)
+        os.execvpe(command[0], command, env)
 
     def container_names(self, pod: PodRef, obj: dict[str, Any] | None) -> list[str]:
         """App containers first (spec order), then the sidecar."""

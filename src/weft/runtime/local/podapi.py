@@ -6,7 +6,9 @@ final delete, each retried while the API is away.
   fields it lacks removed), in order, one pod at a time; a 5xx, 429 or a connection failure is
   retried with jittered backoff, a pod whose object is gone (404) is dropped, and nothing ends
   the loop silently;
-- :meth:`PodApi.annotate` records ``weft.io/proxy-admin`` on the object;
+- :meth:`PodApi.bind` records ``spec.nodeName`` and ``weft.io/proxy-admin`` on the object;
+- :meth:`PodApi.request_token` gets a pod's service-account token (a TokenRequest bound to
+  the Pod, as the kubelet gets a projected token);
 - :meth:`PodApi.delete` deletes the object for good (``gracePeriodSeconds=0``), once its pod
   has stopped.
 
@@ -22,9 +24,13 @@ from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient
+from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod as KubePod
+from lightkube.resources.core_v1 import ServiceAccountToken
 
 from weft.control.kube.client import merge_patch
+from weft.control.tokenreview import AUDIENCE
 from weft.core.backoff import ExponentialBackoff
 from weft.resources.models import ANNOTATION_PROXY_ADMIN
 
@@ -89,10 +95,34 @@ class PodApi:
                 if self._pending.get(key) is status:
                     del self._pending[key]
 
-    async def annotate(self, key: Key, admin: str) -> None:
-        """Record the proxy's admin address on the object (the metrics scraper's way to it)."""
-        patch = {"metadata": {"annotations": {ANNOTATION_PROXY_ADMIN: admin}}}
+    async def bind(self, key: Key, node: str, admin: str | None) -> None:
+        """Record that ``node`` runs the pod (``spec.nodeName``: the local mesh schedules
+        every pod on its one node) and, for a meshed pod, its proxy's admin address (the
+        metrics scraper's way to it)."""
+        patch: dict[str, Any] = {"spec": {"nodeName": node}}
+        if admin is not None:
+            patch["metadata"] = {"annotations": {ANNOTATION_PROXY_ADMIN: admin}}
         await self._retry(key, lambda: merge_patch(self.client, KubePod, key[1], key[0], patch))
+
+    async def request_token(self, key: Key, uid: str, service_account: str) -> str:
+        """A token for the pod's service account bound to the Pod object with ``uid`` (a
+        TokenRequest, audience ``identity.weft.io``), retried while the API is away."""
+        spec = TokenRequestSpec(
+            audiences=[AUDIENCE], boundObjectRef=BoundObjectReference(kind="Pod", name=key[1],
+                                                                       uid=uid, apiVersion="v1"),
+        )  # fmt: skip
+        meta = ObjectMeta(name=service_account, namespace=key[0])
+        request = ServiceAccountToken(metadata=meta, spec=spec)
+        issued: list[str] = []
+
+        async def ask() -> None:
+            result = await self.client.create(request, service_account, namespace=key[0])
+            if result.status is None or not result.status.token:
+                raise ValueError("the TokenRequest came back without a token")
+            issued.append(str(result.status.token))
+
+        await self._retry(key, ask, refusals=True)
+        return issued[0]
 
     async def delete(self, key: Key) -> None:
         """Delete the object for good (its pod has stopped)."""
@@ -100,8 +130,11 @@ class PodApi:
             key, lambda: self.client.delete(KubePod, key[1], namespace=key[0], grace_period=0)
         )
 
-    async def _retry(self, key: Key, call: Callable[[], Awaitable[Any]]) -> None:
-        """``call`` until the API answers it (a 404 ends it too: the object is gone)."""
+    async def _retry(
+        self, key: Key, call: Callable[[], Awaitable[Any]], *, refusals: bool = False
+    ) -> None:
+        """``call`` until the API answers it (a 404 ends it too: the object is gone); with
+        ``refusals``, a refusal is raised rather than logged."""
         backoff = ExponentialBackoff(base=0.1, maximum=2.0, jitter=0.2)
         attempt = 0
         while not self.closing:
@@ -110,6 +143,8 @@ class PodApi:
                 return
             except Exception as exc:
                 if not _retryable(exc):
+                    if refusals:
+                        raise
                     if not (isinstance(exc, ApiError) and exc.status.code == 404):
                         log.warning("pod %s/%s: the API refused: %s", *key, exc)
                     return
