@@ -1,15 +1,15 @@
 """Per-pod tokens: the local runtime's stand-in for Kubernetes service-account tokens.
 
-The node agent issues one token per meshed pod (namespace, pod name, the Pod object's uid, its
-service account) and makes it readable only inside that pod; the pod's proxy presents it to the
-control plane with its CSR. The control plane checks the signature here, then (a TokenReview)
+The control plane issues one token per meshed pod (namespace, pod name, the Pod object's uid, its
+service account) on the node agent's TokenRequest (:mod:`weft.control.kubeapi.authn`), and the
+agent makes it readable only inside that pod; the pod's proxy presents it to the control plane
+with its CSR. The control plane checks the signature here, then (a TokenReview)
 that the store still holds that pod with that uid and service account, so a token dies with its
 pod.
 
 Format: ``v1.<b64url(JSON claims)>.<b64url(HMAC-SHA256(key, "v1.<claims part>"))>``, no padding.
-The key is 32 random bytes in ``<state dir>/identity/token.key`` (0600), shared by the control
-plane and the node agent, created by whichever starts first (:meth:`TokenKey.load_or_create` is
-safe when both race). Verification checks the size, then the MAC (constant time) before it parses
+The key is 32 random bytes in ``<state dir>/identity/token.key`` (0600), the control plane's,
+created at its first start (:meth:`TokenKey.load_or_create` is safe if two race). Verification checks the size, then the MAC (constant time) before it parses
 anything, then every field strictly.
 
 Not for: deciding whether the pod still exists (:mod:`weft.control.identity`), or writing tokens
