@@ -312,3 +312,14 @@ async def test_the_tls_port_wants_the_admin_certificate(
             await asyncio.to_thread(get, False)
     finally:
         await port.close()
+
+
+async def test_delete_options_are_checked(plane: ControlPlane) -> None:
+    path = "/api/v1/namespaces/default/services/web"
+    assert (await call(plane, "POST", "/api/v1/namespaces/default/services", svc("web")))[0] == 201
+    code, body = await call(plane, "DELETE", path, {"propagationPolicy": "Sideways"})
+    assert code == 400 and "propagationPolicy must be one of" in body["message"]
+    code, body = await call(plane, "DELETE", path, b"[1]")
+    assert code == 400 and "must be an object" in body["message"]
+    code, _ = await call(plane, "DELETE", path + "?propagationPolicy=Orphan")
+    assert code == 200 and plane.store.get("Service", "default", "web") is None

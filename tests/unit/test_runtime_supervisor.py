@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weft.cli.commands.check import CheckWarning, supervision_check
 from weft.core.backoff import ExponentialBackoff
+from weft.runtime.base import CheckWarning
 from weft.runtime.local import procs
 from weft.runtime.local.mesh import LocalMesh
 from weft.runtime.local.pod import BACKOFF_RESET_AFTER, CrashLoop, restart_backoff
@@ -29,6 +29,7 @@ from weft.runtime.local.supervisor import (
     ControlStatus,
     ControlSupervisor,
     read_status,
+    supervision_check,
     write_status,
 )
 from weft.testing import wait_until

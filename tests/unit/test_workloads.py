@@ -352,3 +352,43 @@ def test_simulated_rollouts_converge_within_the_limits(
 def test_plan_rejects_negative_numbers() -> None:
     with pytest.raises(ValueError):
         plan_scale(replicas=-1, new=RSView("n", 0), old=[], max_surge=1, max_unavailable=0)
+
+
+def test_orphaning_a_deployment_keeps_its_replicaset_and_pods_running() -> None:
+    plane = Plane()
+    plane.apply(deployment(2))
+    plane.kubelet()
+    plane.store.delete([ref("web", "Deployment")], propagation="Orphan")
+    plane.settle()
+    (rs,) = plane.store.list("ReplicaSet", "default")
+    assert controller_of(rs) is None  # no owner left: nothing collects it
+    assert len(live(plane)) == 2
+    # the ReplicaSet still keeps its pods
+    plane.store.delete([ref(live(plane)[0]["metadata"]["name"])], grace=0)
+    plane.settle()
+    assert len(live(plane)) == 2
+
+
+def test_a_foreground_delete_leaves_the_owner_until_its_dependents_are_gone() -> None:
+    plane = Plane()
+    plane.apply(deployment(2))
+    plane.kubelet()
+    plane.store.delete([ref("web", "Deployment")], propagation="Foreground")
+    plane.settle()
+    dep = plane.store.get("Deployment", "default", "web")
+    assert dep is not None and dep["metadata"]["finalizers"] == ["foregroundDeletion"]
+    (rs,) = plane.store.list("ReplicaSet", "default")
+    assert rs["metadata"]["deletionTimestamp"]  # in the foreground too
+    assert all(pods.is_terminating(p) for p in plane.pods()) and len(plane.pods()) == 2
+    plane.kubelet()  # the node finishes the pods
+    assert plane.pods() == []
+    assert plane.store.list("ReplicaSet", "default") == []
+    assert plane.store.get("Deployment", "default", "web") is None
+
+
+def test_a_foreground_delete_of_an_owner_without_dependents_is_at_once() -> None:
+    plane = Plane()
+    plane.apply(deployment(0))
+    (rs,) = plane.store.list("ReplicaSet", "default")
+    plane.store.delete([ref(rs["metadata"]["name"], "ReplicaSet")], propagation="Foreground")
+    assert plane.store.list("ReplicaSet", "default") == []

@@ -53,6 +53,8 @@ Obj = dict[str, Any]
 
 SNAPSHOT_VERSION = 1
 MAX_OBJECT_BYTES = 1536 * 1024  # the Kubernetes API server's limit for one object (etcd's)
+FOREGROUND = "foregroundDeletion"  # the finalizer of an owner deleted in the foreground
+PROPAGATIONS = ("Background", "Foreground", "Orphan")
 MAX_DOCUMENTS = 1000  # per apply: a bigger batch would hold the API up for seconds
 
 
@@ -404,9 +406,21 @@ class Store:
         self._commit()
         return recorded
 
-    def delete(self, refs: Sequence[Any], *, grace: int | None = None) -> builtins.list[Deleted]:
+    def delete(
+        self,
+        refs: Sequence[Any],
+        *,
+        grace: int | None = None,
+        propagation: str = "Background",
+    ) -> builtins.list[Deleted]:
         """Delete the objects named by ``refs`` (``kind`` and ``metadata.name``/``namespace``);
         absent ones are reported ``not found``. Raises InvalidResources for malformed refs.
+
+        ``propagation``, as the API server's: ``Background`` (the owner goes now, the
+        controllers delete its dependents), ``Orphan`` (the dependents lose their owner
+        reference and stay), ``Foreground`` (an owner with dependents stays, with
+        ``deletionTimestamp`` and the ``foregroundDeletion`` finalizer, until the controllers
+        have deleted them and then it; a second delete finishes it).
 
         A Pod that a node runs (``status.hostIP``) and that has not finished is deleted
         gracefully, as the API server does: it gets ``deletionTimestamp`` and
@@ -437,7 +451,7 @@ class Store:
                 for other in sorted(self._objects):
                     if other[1] == key[2] and other[0] != "Namespace":
                         self._delete_one(other, grace)
-            out[n] = Deleted("deleted", self._delete_one(key, grace))
+            out[n] = Deleted("deleted", self._delete_one(key, grace, propagation))
         if any(d.action == "deleted" for d in out.values()):
             self._commit()
         return [out[n] for n in range(len(keys))]
@@ -469,8 +483,16 @@ class Store:
             return None
         return (kind, ns, name)
 
-    def _delete_one(self, key: Key, grace: int | None) -> Obj:
+    def _delete_one(self, key: Key, grace: int | None, propagation: str = "Background") -> Obj:
         current = self._objects[key]
+        leaving = bool(current["metadata"].get("deletionTimestamp"))
+        if propagation == "Orphan":
+            self._orphan(current)
+        elif propagation == "Foreground" and not leaving and self._dependents(current):
+            finalizers = [*(current["metadata"].get("finalizers") or []), FOREGROUND]
+            meta = {**current["metadata"], "deletionTimestamp": _rfc3339(self._clock()),
+                    "finalizers": finalizers}  # fmt: skip
+            return self._record("MODIFIED", {**current, "metadata": meta})
         if key[0] != "Pod" or grace == 0 or not _on_a_node(current):
             return self._remove(key)
         if current["metadata"].get("deletionTimestamp"):
@@ -484,6 +506,24 @@ class Store:
             "deletionGracePeriodSeconds": grace,
         }
         return self._record("MODIFIED", {**current, "metadata": meta})
+
+    def _dependents(self, owner: Mapping[str, Any]) -> builtins.list[Key]:
+        uid = owner["metadata"].get("uid")
+        return [
+            k
+            for k, o in self._objects.items()
+            if uid and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or ())
+        ]
+
+    def _orphan(self, owner: Mapping[str, Any]) -> None:
+        uid = owner["metadata"].get("uid")
+        for k in self._dependents(owner):
+            dependent = self._objects[k]
+            meta = dict(dependent["metadata"])
+            refs = [r for r in meta.pop("ownerReferences") if r.get("uid") != uid]
+            if refs:
+                meta["ownerReferences"] = refs
+            self._record("MODIFIED", {**dependent, "metadata": meta})
 
     def _remove(self, key: Key) -> Obj:
         current = self._objects[key]

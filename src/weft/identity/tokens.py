@@ -9,8 +9,9 @@ pod.
 
 Format: ``v1.<b64url(JSON claims)>.<b64url(HMAC-SHA256(key, "v1.<claims part>"))>``, no padding.
 The key is 32 random bytes in ``<state dir>/identity/token.key`` (0600), the control plane's,
-created at its first start (:meth:`TokenKey.load_or_create` is safe if two race). Verification checks the size, then the MAC (constant time) before it parses
-anything, then every field strictly.
+created at its first start (:meth:`TokenKey.load_or_create` is safe if two race). Verification
+checks the size, then the MAC (constant time) before it parses anything, then every field
+strictly.
 
 Not for: deciding whether the pod still exists (:mod:`weft.control.identity`), or writing tokens
 into pods (the runtime).

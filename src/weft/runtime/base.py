@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 # Container names a user may pass to ``weft logs -c``: the sidecar and "the app" (the pod's first
 # app container). Any app container may also be named explicitly.
@@ -55,6 +55,11 @@ class PodRef:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class CheckWarning(Check):
+    """A check that holds for now but needs attention soon: printed ⚠ with its hint."""
+
+
 class RuntimeFailure(Exception):
     """A runtime operation failed; the message says what and how to fix it."""
 
@@ -65,6 +70,11 @@ class Runtime(Protocol):
     @property
     def name(self) -> str:
         """Short name for messages (``local``, ``kubernetes``)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where this mesh lives, for messages (a state directory, a cluster's context)."""
         ...
 
     @property
@@ -91,6 +101,11 @@ class Runtime(Protocol):
 
     def mesh_checks(self) -> list[Check]:
         """Whether the running mesh is healthy (control plane reachable, every proxy ready)."""
+        ...
+
+    def find_pod(self, name: str, namespace: str | None = None) -> tuple[PodRef, Any]:
+        """The pod called ``name`` (in ``namespace``, or the only one of that name) and its
+        object when known. Raises :class:`RuntimeFailure` when there is none or several."""
         ...
 
     def exec(self, pod: PodRef, argv: Sequence[str]) -> int:

@@ -17,30 +17,21 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 
-from weft.cli.commands.get import human_duration
 from weft.cli.commands.up import add_state_arg, mesh_for
 from weft.control.client import ApiError, ControlClient, ControlUnavailable, run_sync
+from weft.core.durations import human_duration
 from weft.resources.security import root_containers_of
-from weft.runtime.base import Check
-from weft.runtime.local.mesh import LocalMesh
-from weft.runtime.local.procs import ProcRecord
-from weft.runtime.local.supervisor import ControlStatus, read_status
+from weft.runtime.base import Check, CheckWarning
 
 STATUS_PATH = "/api/v1/identity/status"
 ROTATE_HINT = {
     "issuer": "rotate the issuer: weft identity rotate-issuer (docs/identity.md)",
     "trust anchor": "rotate the trust anchor: add a new one first (docs/identity.md)",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class CheckWarning(Check):
-    """A check that holds for now but needs attention soon: printed ⚠ with its hint."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,51 +65,12 @@ def run(args: argparse.Namespace) -> int:
     mesh = mesh_for(args)
     ok = show(console, "host", mesh.host_checks())
     if not args.pre:
-        checks = [*mesh.mesh_checks(), supervision_check_of(mesh)]
+        checks = mesh.mesh_checks()
         checks += identity_checks(mesh.control_endpoint)
         checks += privileged_checks(mesh.control_endpoint)
-        ok = show(console, f"mesh ({mesh.state.root})", checks) and ok
+        ok = show(console, f"mesh ({mesh.location})", checks) and ok
     console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
     return 0 if ok else 1
-
-
-def supervision_check_of(mesh: LocalMesh) -> Check:
-    """The control plane's supervision, from the node agent's record of it."""
-    return supervision_check(
-        read_status(mesh.state.control_status),
-        mesh.running_components().get("node"),
-        time.time(),
-        log_path=str(mesh.state.log_path("control")),
-    )
-
-
-def supervision_check(
-    status: ControlStatus | None, agent: ProcRecord | None, now: float, *, log_path: str
-) -> Check:
-    """✔ with the restart count while the running node agent supervises the control plane, ⚠
-    when the control plane is crash-looping, ✘ when nothing would restart it."""
-    name = "control plane supervised by the node agent"
-    detail = f"restarts: {status.restarts if status else 0}"
-    if status is not None and status.restarts and status.last_exit_at is not None:
-        ago = human_duration(max(now - status.last_exit_at, 0.0))
-        detail += f", last {ago} ago ({status.last_exit or 'exited'})"
-    if agent is None or status is None or status.supervisor != agent:
-        if agent is None:
-            why, hint = "the node agent is not running", "weft up (starts the node agent again)"
-        else:
-            why = "the running node agent does not supervise it"
-            hint = "weft node supervises the control plane unless --control is given"
-        return Check(
-            name, False, f"{why}: nothing restarts the control plane if it exits; {detail}", hint
-        )
-    if status.crash_looping(now):
-        if status.state == "waiting" and status.backoff is not None:
-            left = (status.last_exit_at or now) + status.backoff - now
-            detail += f"; crash-looping, next start in {human_duration(max(left, 0.0))}"
-        else:
-            detail += "; crash-looping"
-        return CheckWarning(name, True, detail, f"see why in its log: {log_path}")
-    return Check(name, True, detail)
 
 
 def identity_checks(endpoint: str) -> list[Check]:

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from weft.cli.commands.up import add_state_arg, mesh_for
+from weft.cli.commands.up import add_state_arg, local_mesh_for
 from weft.runtime.base import RuntimeFailure
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("weft down: needs root (it removes network namespaces): use sudo", file=sys.stderr)
         return 1
-    mesh = mesh_for(args)
+    mesh = local_mesh_for(args)
     try:
         removed = mesh.down(timeout=args.timeout)
     except RuntimeFailure as exc:

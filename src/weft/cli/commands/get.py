@@ -37,6 +37,7 @@ from weft.control.client import (
     run_sync,
 )
 from weft.control.routestatus import summarize
+from weft.core.durations import human_duration
 from weft.resources import pods as podread
 from weft.resources.models import KINDS, KindInfo, resolve_kind
 from weft.resources.security import root_containers_of
@@ -115,24 +116,6 @@ def age(timestamp: Any, now: float | None = None) -> str:
     except ValueError:
         return "<unknown>"
     return human_duration(max(0.0, (time.time() if now is None else now) - then))
-
-
-def human_duration(seconds: float) -> str:
-    s = int(seconds)
-    m, h, d = s // 60, s // 3600, s // 86400
-    if s < 120:
-        return f"{s}s"
-    if m < 10:
-        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
-    if h < 3:
-        return f"{m}m"
-    if h < 8:
-        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
-    if h < 48:
-        return f"{h}h"
-    if d < 8:
-        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
-    return f"{d}d"
 
 
 def kind_arg(prog: str, name: str) -> KindInfo:

@@ -27,8 +27,9 @@ from urllib.parse import quote
 from rich.console import Console
 from rich.markup import escape
 
-from weft.cli.commands.get import add_control_args, api_error, call, client_for, human_duration
+from weft.cli.commands.get import add_control_args, api_error, call, client_for
 from weft.control.client import ApiError
+from weft.core.durations import human_duration
 
 PROG = "weft identity"
 ACTIONS = ("status", "rotate-issuer", "add-anchor", "remove-anchor")

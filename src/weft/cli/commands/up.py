@@ -24,7 +24,7 @@ from pathlib import Path
 
 from weft.identity.names import DEFAULT_TRUST_DOMAIN
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
-from weft.runtime.base import RuntimeFailure
+from weft.runtime.base import Runtime, RuntimeFailure
 from weft.runtime.local.mesh import CONTROL_START_TIMEOUT, IssuerFiles, LocalMesh, MeshIdentity
 from weft.runtime.local.net import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, MeshNetwork
 from weft.runtime.local.state import (
@@ -54,8 +54,13 @@ def state_dir_for(args: argparse.Namespace, *, running: bool = True) -> Path:
     return resolve_state_dir(args.state_dir)
 
 
-def mesh_for(args: argparse.Namespace, *, running: bool = True) -> LocalMesh:
-    """The mesh a command talks to; its ranges come from its record when it has one."""
+def mesh_for(args: argparse.Namespace, *, running: bool = True) -> Runtime:
+    """The mesh a command talks to, through the Runtime seam (``check``, ``exec``, ``logs``)."""
+    return local_mesh_for(args, running=running)
+
+
+def local_mesh_for(args: argparse.Namespace, *, running: bool = True) -> LocalMesh:
+    """The local mesh (``up``, ``down``, ``demo``); its ranges come from its record."""
     state = state_dir_for(args, running=running)
     mesh = LocalMesh(state, echo=lambda text: print(text, file=sys.stderr))
     try:

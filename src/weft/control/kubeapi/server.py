@@ -38,7 +38,7 @@ from weft.control.kubeapi import watch as watches
 from weft.control.kubeapi.authn import LocalAuthn
 from weft.control.kubeapi.selectors import SelectorError, matcher
 from weft.control.kubeapi.status import KubeError, invalid, not_found
-from weft.control.store import AlreadyExists, Conflict, NotFound, Store
+from weft.control.store import PROPAGATIONS, AlreadyExists, Conflict, NotFound, Store
 from weft.resources.errors import InvalidResources
 from weft.resources.models import KindInfo
 
@@ -498,7 +498,7 @@ class KubeApi:
 
     def _delete(self, request: Request, t: _Target) -> Response:
         assert t.name is not None
-        grace = _grace_period(request)
+        grace, propagation = _delete_options(request)
         if t.info.kind == "Namespace":
             # graceful, as on a cluster: Terminating now, its contents and itself a moment later
             # (weft.runtime.local.namespaces)
@@ -507,7 +507,7 @@ class KubeApi:
             except NotFound:
                 raise not_found(t.info.plural, t.name, t.group) from None
         try:
-            (result,) = self.store.delete([t.ref], grace=grace)
+            (result,) = self.store.delete([t.ref], grace=grace, propagation=propagation)
         except InvalidResources as e:
             raise invalid(t.info.kind, t.name, e, t.group) from None
         if result.action != "deleted":
@@ -515,19 +515,31 @@ class KubeApi:
         return Response.json(200, result.object)
 
 
-def _grace_period(request: Request) -> int | None:
-    """``gracePeriodSeconds`` of a DELETE: the query's, else its DeleteOptions body's."""
-    grace = _int(request.query.get("gracePeriodSeconds"), "gracePeriodSeconds")
-    if grace is None and request.body:
+def _delete_options(request: Request) -> tuple[int | None, str]:
+    """``gracePeriodSeconds`` and ``propagationPolicy`` of a DELETE: the query's, else its
+    DeleteOptions body's (``Background`` by default)."""
+    options: Any = {}
+    if request.body:
         try:
             options = json.loads(request.body)
         except ValueError:
             raise KubeError(400, "the DeleteOptions body is not JSON") from None
-        value = options.get("gracePeriodSeconds") if isinstance(options, dict) else None
+        if not isinstance(options, dict):
+            raise KubeError(400, "the DeleteOptions body must be an object")
+    grace = _int(request.query.get("gracePeriodSeconds"), "gracePeriodSeconds")
+    if grace is None:
+        value = options.get("gracePeriodSeconds")
         if value is not None and (not isinstance(value, int) or value < 0):
             raise KubeError(400, f"gracePeriodSeconds must be >= 0, got {value!r}")
         grace = value
-    return grace
+    policy = request.query.get("propagationPolicy") or options.get("propagationPolicy")
+    if options.get("orphanDependents") is True and policy is None:
+        policy = "Orphan"
+    if policy not in (None, *PROPAGATIONS):
+        raise KubeError(
+            400, f"propagationPolicy must be one of {', '.join(PROPAGATIONS)}, got {policy!r}"
+        )
+    return grace, str(policy or "Background")
 
 
 def _scale_of(deployment: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,9 @@ class Writer(Protocol):
 
     def apply(self, docs: Sequence[Any], *, source: str | None = None, mode: str = ...) -> Any: ...
 
-    def delete(self, refs: Sequence[Any], *, grace: int | None = None) -> Any: ...
+    def delete(
+        self, refs: Sequence[Any], *, grace: int | None = None, propagation: str = ...
+    ) -> Any: ...
 
     def put_status(self, kind: str, namespace: str | None, name: str, status: Any) -> Any: ...
 
@@ -231,11 +233,21 @@ class DeploymentController:
             owned = self._state.by_index("ReplicaSet", OWNER_INDEX, f"{ns}/{uid}") if uid else []
             self._delete(ns, [str(rs["metadata"]["name"]) for rs in owned])
             return len(owned)
+        uid = str(doc["metadata"].get("uid") or "")
+        if doc["metadata"].get("deletionTimestamp"):
+            # deleted in the foreground: its ReplicaSets (and their pods) first, then itself
+            owned = self._state.by_index("ReplicaSet", OWNER_INDEX, f"{ns}/{uid}")
+            self._delete(ns, [str(rs["metadata"]["name"]) for rs in owned
+                              if not rs["metadata"].get("deletionTimestamp")],
+                         propagation="Foreground")  # fmt: skip
+            if not owned:
+                self._writer.delete([{"kind": "Deployment",
+                                      "metadata": {"namespace": ns, "name": name}}])  # fmt: skip
+            return 1
         try:
             dep = Deployment.from_dict(doc)
         except InvalidResources as e:
             return self._report_error(ns, name, doc, f"invalid deployment: {e}")
-        uid = str(doc["metadata"].get("uid") or "")
         owned = sorted(  # oldest first
             self._state.by_index("ReplicaSet", OWNER_INDEX, f"{ns}/{uid}"),
             key=lambda rs: (_revision(rs), str(rs["metadata"].get("creationTimestamp"))),
@@ -333,10 +345,10 @@ class DeploymentController:
         self._delete(ns, doomed)
         return len(doomed)
 
-    def _delete(self, ns: str, names: Sequence[str]) -> None:
+    def _delete(self, ns: str, names: Sequence[str], propagation: str = "Background") -> None:
         if names:
             refs = [{"kind": "ReplicaSet", "metadata": {"namespace": ns, "name": n}} for n in names]
-            self._writer.delete(refs)
+            self._writer.delete(refs, propagation=propagation)
 
     def _report(
         self,

@@ -209,6 +209,10 @@ class LocalMesh:
     def control_endpoint(self) -> str:
         return self.state.control_endpoint
 
+    @property
+    def location(self) -> str:
+        return str(self.state.root)
+
     def client(self, timeout: float = 5.0) -> ControlClient:
         return ControlClient(self.control_endpoint, timeout=timeout)
 
@@ -599,6 +603,16 @@ class LocalMesh:
     # -- mesh checks -------------------------------------------------------------------------
 
     def mesh_checks(self) -> list[Check]:
+        from weft.runtime.local import supervisor  # which imports this module
+
+        checks = self._health_checks()
+        status = supervisor.read_status(self.state.control_status)
+        node = self.running_components().get("node")
+        log_path = str(self.state.log_path("control"))
+        checks.append(supervisor.supervision_check(status, node, time.time(), log_path=log_path))
+        return checks
+
+    def _health_checks(self) -> list[Check]:
         checks: list[Check] = []
         running = self.running_components()
         checks.append(

@@ -47,7 +47,9 @@ class Writer(Protocol):
 
     def apply(self, docs: Sequence[Any], *, source: str | None = None, mode: str = ...) -> Any: ...
 
-    def delete(self, refs: Sequence[Any], *, grace: int | None = None) -> Any: ...
+    def delete(
+        self, refs: Sequence[Any], *, grace: int | None = None, propagation: str = ...
+    ) -> Any: ...
 
     def put_status(self, kind: str, namespace: str | None, name: str, status: Any) -> Any: ...
 
@@ -157,6 +159,14 @@ class ReplicaSetController:
             return len(doomed)
         uid = str(rs["metadata"].get("uid") or "")
         owned = self._owned(ns, uid)
+        if rs["metadata"].get("deletionTimestamp"):
+            # deleted in the foreground: its pods first (gracefully), then itself
+            doomed = [p for p in owned if not pods.is_terminating(p)]
+            self._delete(ns, doomed, grace=None)
+            if not owned:
+                self._writer.delete([{"kind": "ReplicaSet",
+                                      "metadata": {"namespace": ns, "name": name}}])  # fmt: skip
+            return len(doomed) + (0 if owned else 1)
         failed = [p for p in owned if pods.phase(p) == "Failed" and not pods.is_terminating(p)]
         active = [p for p in owned if not pods.is_terminating(p) and not pods.is_finished(p)]
         written = 0

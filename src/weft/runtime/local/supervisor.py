@@ -33,7 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from weft.runtime.base import RuntimeFailure
+from weft.core.durations import human_duration
+from weft.runtime.base import Check, CheckWarning, RuntimeFailure
 from weft.runtime.local import procs
 from weft.runtime.local.mesh import LocalMesh
 from weft.runtime.local.pod import BACKOFF_RESET_AFTER, CrashLoop, restart_backoff
@@ -293,3 +294,32 @@ class ControlSupervisor:
             log.error("cannot start the control plane: %s", exc)
             return
         log.info("control plane running again (pid %d)", started.pid)
+
+
+def supervision_check(
+    status: ControlStatus | None, agent: procs.ProcRecord | None, now: float, *, log_path: str
+) -> Check:
+    """✔ with the restart count while the running node agent supervises the control plane, ⚠
+    when the control plane is crash-looping, ✘ when nothing would restart it."""
+    name = "control plane supervised by the node agent"
+    detail = f"restarts: {status.restarts if status else 0}"
+    if status is not None and status.restarts and status.last_exit_at is not None:
+        ago = human_duration(max(now - status.last_exit_at, 0.0))
+        detail += f", last {ago} ago ({status.last_exit or 'exited'})"
+    if agent is None or status is None or status.supervisor != agent:
+        if agent is None:
+            why, hint = "the node agent is not running", "weft up (starts the node agent again)"
+        else:
+            why = "the running node agent does not supervise it"
+            hint = "weft node supervises the control plane unless --control is given"
+        return Check(
+            name, False, f"{why}: nothing restarts the control plane if it exits; {detail}", hint
+        )
+    if status.crash_looping(now):
+        if status.state == "waiting" and status.backoff is not None:
+            left = (status.last_exit_at or now) + status.backoff - now
+            detail += f"; crash-looping, next start in {human_duration(max(left, 0.0))}"
+        else:
+            detail += "; crash-looping"
+        return CheckWarning(name, True, detail, f"see why in its log: {log_path}")
+    return Check(name, True, detail)
