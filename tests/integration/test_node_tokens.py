@@ -69,7 +69,7 @@ async def test_tokens_come_from_the_api_and_review_as_on_a_cluster(
     await client.apply([pod("web-1")])
     uid = await uid_of(client, "web-1")
     node = NodeAgent(NodeConfig(tmp_path, MeshNetwork.parse(), "iptables", plane.endpoint))
-    path = await node.issue_token("default", "web-1", uid, "web")
+    path = await node.tokens.issue("default", "web-1", uid, "web")
     assert path == tmp_path / "pods" / "default" / "web-1" / "identity" / "token"
     st = path.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (net.PROXY_UID, 0o400)
@@ -88,7 +88,7 @@ async def test_tokens_come_from_the_api_and_review_as_on_a_cluster(
     new_uid = await uid_of(client, "web-1")
     with pytest.raises(InvalidToken, match="earlier pod"):
         await reviewer.review(token)
-    await node.issue_token("default", "web-1", new_uid, "web")
+    await node.tokens.issue("default", "web-1", new_uid, "web")
     assert (await reviewer.review(path.read_text())).pod_uid == new_uid
 
 
@@ -102,16 +102,16 @@ async def test_running_pods_get_a_new_token_before_theirs_expires(
     node = NodeAgent(NodeConfig(tmp_path, MeshNetwork.parse(), "iptables", plane.endpoint))
     running = _Pod("default", "web-1", uid, {}, ipaddress.IPv4Address("10.244.0.2"), "n")
     node._pods[running.key] = running
-    path = await node.issue_token("default", "web-1", uid, "web")
+    path = await node.tokens.issue("default", "web-1", uid, "web")
     first = path.read_text()
-    issued_at = node._tokens[running.key][0]
+    issued_at = node.tokens.issued[running.key][0]
     assert node.rotate_tokens(issued_at + ROTATE_AFTER - 60) == []
     assert node.rotate_tokens(issued_at + ROTATE_AFTER + 1) == [("default", "web-1")]
     await wait_until(lambda: path.read_text() != first, within=5, what="a new token")
     # a pod that is leaving is not renewed, and forgotten
     running.terminating = True
     assert node.rotate_tokens(issued_at + 3 * ROTATE_AFTER) == []
-    assert node._tokens == {}
+    assert node.tokens.issued == {}
 
 
 async def test_token_requests_the_api_refuses_say_why(plane: ControlPlane, tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ async def test_token_requests_the_api_refuses_say_why(plane: ControlPlane, tmp_p
     uid = await uid_of(client, "web-1")
     node = NodeAgent(NodeConfig(tmp_path, MeshNetwork.parse(), "iptables", plane.endpoint))
     with pytest.raises(ValueError, match=r"default/web-1 has no metadata.uid"):
-        await node.issue_token("default", "web-1", None, "web")
+        await node.tokens.issue("default", "web-1", None, "web")
     # another service account than the pod's, a pod that does not exist, a stale uid
     with pytest.raises(ApiError, match="runs as service account 'web'"):
         await node.api.request_token(("default", "web-1"), uid, "admin")

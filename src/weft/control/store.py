@@ -28,19 +28,34 @@ Not for: networking, the destination view (:mod:`weft.control.destinations`), or
 from __future__ import annotations
 
 import builtins
-import json
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from weft.control.deletion import Deletions
 from weft.control.events import Event, Watch, bookmark
 from weft.control.ipam import RangeFull, ServiceIPAllocator
+from weft.control.objects import (
+    MAX_DOCUMENTS,
+    MAX_OBJECT_BYTES,
+    PROPAGATIONS,
+    AlreadyExists,
+    Applied,
+    Conflict,
+    Deleted,
+    Expired,
+    Key,
+    NotFound,
+    Obj,
+    key_of,
+    rfc3339,
+    same_but_version,
+    size_of,
+)
 from weft.resources.errors import FieldError, InvalidResources
 from weft.resources.models import (
-    DEFAULT_GRACE_PERIOD,
     DEFAULT_NAMESPACE,
     KINDS,
     parse_resource,
@@ -48,92 +63,10 @@ from weft.resources.models import (
 )
 from weft.resources.validate import show
 
-Key = tuple[str, str, str]
-Obj = dict[str, Any]
-
 SNAPSHOT_VERSION = 1
-MAX_OBJECT_BYTES = 1536 * 1024  # the Kubernetes API server's limit for one object (etcd's)
-FOREGROUND = "foregroundDeletion"  # the finalizer of an owner deleted in the foreground
-PROPAGATIONS = ("Background", "Foreground", "Orphan")
-MAX_DOCUMENTS = 1000  # per apply: a bigger batch would hold the API up for seconds
 
 
-class NotFound(LookupError):
-    def __init__(self, kind: str, namespace: str, name: str) -> None:
-        self.kind, self.namespace, self.name = kind, namespace, name
-        where = f"{namespace}/{name}" if namespace else name
-        super().__init__(f"{kind} {where} not found")
-
-
-class Expired(Exception):
-    """A watch asked for a resourceVersion the store can no longer replay from (HTTP 410)."""
-
-
-class AlreadyExists(Exception):
-    """A create of an object that exists (HTTP 409)."""
-
-    def __init__(self, kind: str, namespace: str, name: str) -> None:
-        self.kind, self.namespace, self.name = kind, namespace, name
-        where = f"{namespace}/{name}" if namespace else name
-        super().__init__(f"{kind} {where} already exists")
-
-
-class Conflict(Exception):
-    """A write based on an older resourceVersion of the object (HTTP 409): read it again, then
-    write."""
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The outcome of one applied document: ``created``, ``configured`` or ``unchanged``."""
-
-    action: str
-    object: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Deleted:
-    """The outcome of one delete: ``deleted`` or ``not found``; ``object`` is the reference or
-    the last state of the deleted object."""
-
-    action: str
-    object: Mapping[str, Any]
-
-
-def _on_a_node(pod: Mapping[str, Any]) -> bool:
-    """A node has started the pod and it has not finished: its deletion is graceful."""
-    status = pod.get("status") or {}
-    return bool(status.get("hostIP")) and status.get("phase") not in ("Succeeded", "Failed")
-
-
-def key_of(obj: Mapping[str, Any]) -> Key:
-    meta = obj["metadata"]
-    return (str(obj["kind"]), str(meta.get("namespace") or ""), str(meta["name"]))
-
-
-def _size(doc: Any) -> int:
-    """The JSON size of a document (0 when it is not JSON at all: validation says why)."""
-    try:
-        return len(json.dumps(doc, separators=(",", ":")))
-    except (TypeError, ValueError):
-        return 0
-
-
-def _rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Equal apart from the resourceVersion."""
-
-    def strip(o: Mapping[str, Any]) -> dict[str, Any]:
-        meta = {k: v for k, v in o["metadata"].items() if k != "resourceVersion"}
-        return {**o, "metadata": meta}
-
-    return strip(a) == strip(b)
-
-
-class Store:
+class Store(Deletions):
     """Resources by kind/namespace/name with watches; see the module docstring for semantics."""
 
     def __init__(
@@ -215,7 +148,7 @@ class Store:
                 ]
             )
         for i, doc in enumerate(docs):
-            size = _size(doc)
+            size = size_of(doc)
             if size > MAX_OBJECT_BYTES:
                 errors.append(
                     FieldError(
@@ -337,7 +270,7 @@ class Store:
         meta = obj["metadata"]
         if current is None:
             meta["uid"] = self._uid()
-            meta["creationTimestamp"] = _rfc3339(self._clock())
+            meta["creationTimestamp"] = rfc3339(self._clock())
             meta["generation"] = 1
             if "status" not in obj:
                 obj["status"] = self._default_status(obj["kind"])
@@ -353,7 +286,7 @@ class Store:
         meta["generation"] = cmeta.get("generation", 1) + (0 if same_spec else 1)
         obj["status"] = current.get("status", {})
         meta["resourceVersion"] = cmeta.get("resourceVersion")
-        if _same(obj, current):
+        if same_but_version(obj, current):
             return Applied("unchanged", current)
         return Applied("configured", self._record("MODIFIED", obj))
 
@@ -389,141 +322,6 @@ class Store:
         obj = self._record("MODIFIED", {**current, "status": new_status})
         self._commit()
         return obj
-
-    def terminate(self, kind: str, namespace: str | None, name: str) -> Obj:
-        """Mark an object as leaving (``metadata.deletionTimestamp``; a Namespace's phase
-        ``Terminating``): what a graceful delete does first. Raises NotFound."""
-        current = self.get(kind, namespace, name)
-        if current is None:
-            raise NotFound(kind, namespace or "", name)
-        if current["metadata"].get("deletionTimestamp"):
-            return current
-        meta = {**current["metadata"], "deletionTimestamp": _rfc3339(self._clock())}
-        obj = {**current, "metadata": meta}
-        if kind == "Namespace":
-            obj["status"] = {**(current.get("status") or {}), "phase": "Terminating"}
-        recorded = self._record("MODIFIED", obj)
-        self._commit()
-        return recorded
-
-    def delete(
-        self,
-        refs: Sequence[Any],
-        *,
-        grace: int | None = None,
-        propagation: str = "Background",
-    ) -> builtins.list[Deleted]:
-        """Delete the objects named by ``refs`` (``kind`` and ``metadata.name``/``namespace``);
-        absent ones are reported ``not found``. Raises InvalidResources for malformed refs.
-
-        ``propagation``, as the API server's: ``Background`` (the owner goes now, the
-        controllers delete its dependents), ``Orphan`` (the dependents lose their owner
-        reference and stay), ``Foreground`` (an owner with dependents stays, with
-        ``deletionTimestamp`` and the ``foregroundDeletion`` finalizer, until the controllers
-        have deleted them and then it; a second delete finishes it).
-
-        A Pod that a node runs (``status.hostIP``) and that has not finished is deleted
-        gracefully, as the API server does: it gets ``deletionTimestamp`` and
-        ``deletionGracePeriodSeconds`` (``grace``, else its ``terminationGracePeriodSeconds``)
-        and stays until its node has stopped it and deletes it with ``grace=0``."""
-        errors: builtins.list[FieldError] = []
-        keys: builtins.list[Key] = []
-        for i, ref in enumerate(refs):
-            key = self._ref_key(i, ref, errors)
-            if key is not None:
-                keys.append(key)
-        if errors:
-            raise InvalidResources(errors)
-        # namespaces last, so that a file listing a namespace before its contents deletes each
-        # of them by name rather than reporting them "not found" after the cascade
-        order = sorted(range(len(keys)), key=lambda n: keys[n][0] == "Namespace")
-        out: dict[int, Deleted] = {}
-        for n in order:
-            key = keys[n]
-            current = self._objects.get(key)
-            if current is None:
-                ref = {"kind": key[0], "metadata": {"name": key[2]}}
-                if key[1]:
-                    ref["metadata"]["namespace"] = key[1]
-                out[n] = Deleted("not found", ref)
-                continue
-            if key[0] == "Namespace":
-                for other in sorted(self._objects):
-                    if other[1] == key[2] and other[0] != "Namespace":
-                        self._delete_one(other, grace)
-            out[n] = Deleted("deleted", self._delete_one(key, grace, propagation))
-        if any(d.action == "deleted" for d in out.values()):
-            self._commit()
-        return [out[n] for n in range(len(keys))]
-
-    def _ref_key(self, i: int, ref: Any, errors: builtins.list[FieldError]) -> Key | None:
-        def fail(path: str, message: str) -> None:
-            errors.append(FieldError(path, message, document=i))
-
-        if not isinstance(ref, Mapping):
-            fail("", f"must be a mapping with kind and metadata.name, got {show(ref)}")
-            return None
-        kind = ref.get("kind")
-        if not isinstance(kind, str) or kind not in KINDS:
-            fail("kind", f"unknown kind {show(kind)}; known kinds: {', '.join(sorted(KINDS))}")
-            return None
-        meta = ref.get("metadata")
-        if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
-            fail("metadata.name", "required field is missing")
-            return None
-        name = str(meta["name"])
-        if not KINDS[kind].namespaced:
-            if kind == "Namespace" and name == DEFAULT_NAMESPACE:
-                fail("metadata.name", 'the "default" namespace may not be deleted')
-                return None
-            return (kind, "", name)
-        ns = meta.get("namespace") or DEFAULT_NAMESPACE
-        if not isinstance(ns, str):
-            fail("metadata.namespace", f"must be a string, got {show(ns)}")
-            return None
-        return (kind, ns, name)
-
-    def _delete_one(self, key: Key, grace: int | None, propagation: str = "Background") -> Obj:
-        current = self._objects[key]
-        leaving = bool(current["metadata"].get("deletionTimestamp"))
-        if propagation == "Orphan":
-            self._orphan(current)
-        elif propagation == "Foreground" and not leaving and self._dependents(current):
-            finalizers = [*(current["metadata"].get("finalizers") or []), FOREGROUND]
-            meta = {**current["metadata"], "deletionTimestamp": _rfc3339(self._clock()),
-                    "finalizers": finalizers}  # fmt: skip
-            return self._record("MODIFIED", {**current, "metadata": meta})
-        if key[0] != "Pod" or grace == 0 or not _on_a_node(current):
-            return self._remove(key)
-        if current["metadata"].get("deletionTimestamp"):
-            return current
-        if grace is None:
-            grace = (current.get("spec") or {}).get("terminationGracePeriodSeconds")
-            grace = grace if isinstance(grace, int) else DEFAULT_GRACE_PERIOD
-        meta = {
-            **current["metadata"],
-            "deletionTimestamp": _rfc3339(self._clock()),
-            "deletionGracePeriodSeconds": grace,
-        }
-        return self._record("MODIFIED", {**current, "metadata": meta})
-
-    def _dependents(self, owner: Mapping[str, Any]) -> builtins.list[Key]:
-        uid = owner["metadata"].get("uid")
-        return [
-            k
-            for k, o in self._objects.items()
-            if uid and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or ())
-        ]
-
-    def _orphan(self, owner: Mapping[str, Any]) -> None:
-        uid = owner["metadata"].get("uid")
-        for k in self._dependents(owner):
-            dependent = self._objects[k]
-            meta = dict(dependent["metadata"])
-            refs = [r for r in meta.pop("ownerReferences") if r.get("uid") != uid]
-            if refs:
-                meta["ownerReferences"] = refs
-            self._record("MODIFIED", {**dependent, "metadata": meta})
 
     def _remove(self, key: Key) -> Obj:
         current = self._objects[key]
@@ -688,3 +486,19 @@ class Store:
             except (TypeError, ValueError):
                 continue
         return best
+
+
+__all__ = [
+    "MAX_DOCUMENTS",
+    "MAX_OBJECT_BYTES",
+    "PROPAGATIONS",
+    "SNAPSHOT_VERSION",
+    "AlreadyExists",
+    "Applied",
+    "Conflict",
+    "Deleted",
+    "Expired",
+    "NotFound",
+    "Store",
+    "key_of",
+]

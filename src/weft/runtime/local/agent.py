@@ -44,7 +44,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,6 @@ from weft.control.client import KUBE_SOCKET
 from weft.control.kube.client import connect_endpoint
 from weft.control.kube.state import KubeState
 from weft.control.state import StateEvent
-from weft.control.tokenreview import ROTATE_AFTER
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.resources import pods
 from weft.resources.errors import InvalidResources
@@ -71,13 +69,11 @@ from weft.runtime.local.pod import (
     base_env,
     pod_spec,
     proxy_argv,
-    remove_token,
-    token_path,
-    write_token,
 )
 from weft.runtime.local.pod import PodSpec as RunSpec
 from weft.runtime.local.podapi import PodApi
 from weft.runtime.local.podexec import ExecServer
+from weft.runtime.local.podtokens import PodTokens
 from weft.runtime.local.state import StateDir
 
 if TYPE_CHECKING:
@@ -193,9 +189,7 @@ class NodeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._env = base_env(state_dir=str(config.state_dir), python=config.python)
-        self._rotating: set[Key] = set()
-        # when each pod's token was issued, and for what (uid, service account)
-        self._tokens: dict[Key, tuple[float, str, str]] = {}
+        self.tokens = PodTokens(self.api, self.state, self._spawn)
         self._unsubscribe = self.cluster.subscribe(self._on_event)
 
     def __repr__(self) -> str:
@@ -387,7 +381,7 @@ class NodeAgent:
             if spec.meshed:
                 try:
                     async with asyncio.timeout(TOKEN_TIMEOUT):
-                        await self.issue_token(
+                        await self.tokens.issue(
                             pod.namespace, pod.name, pod.uid, spec.service_account
                         )
                 except Exception as exc:
@@ -410,7 +404,7 @@ class NodeAgent:
                     spec,
                     python=self.config.python,
                     control_endpoint=self.config.control_endpoint,
-                    token_file=self._token_path(pod.key),
+                    token_file=self.tokens.path(pod.key),
                     trust_domain=self.config.trust_domain,
                     log_level=self.config.proxy_log_level,
                 )
@@ -434,7 +428,7 @@ class NodeAgent:
                 # the pod ended by itself: make sure nothing of it keeps running
                 await pod.runner.terminate(grace=1.0)
             await self._teardown_netns(pod.netns)
-            remove_token(self._token_path(pod.key))
+            self.tokens.remove(pod.key)
             self._ipam.release(pod.ip)
             self.kick()
 
@@ -505,51 +499,14 @@ class NodeAgent:
                 del self._pods[pod.key]
             self._remove_logs(pod)
 
-    def _token_path(self, key: Key) -> Path:
-        return token_path(self.state.pod_dir(*key))
-
-    async def issue_token(
-        self, namespace: str, name: str, uid: str | None, service_account: str
-    ) -> Path:
-        """Get pod ``namespace/name``'s identity token from the API (a TokenRequest bound to
-        the Pod object with ``uid``, as the kubelet gets a projected token) and write it where
-        its proxy reads it (readable by the proxy's uid only); returns the path. Raises
-        ValueError (no uid), OSError, or the API's refusal."""
-        if not uid:
-            raise ValueError(f"pod {namespace}/{name} has no metadata.uid in the store")
-        issued_at = time.time()
-        token = await self.api.request_token((namespace, name), uid, service_account)
-        path = self._token_path((namespace, name))
-        write_token(path, token, owner=net.PROXY_UID)
-        self._tokens[(namespace, name)] = (issued_at, uid, service_account)
-        return path
-
     def rotate_tokens(self, now: float | None = None) -> list[Key]:
-        """Ask for a new token for every running pod whose token is older than
-        :data:`~weft.control.tokenreview.ROTATE_AFTER` (tokens are valid for twice that); the
-        pods whose rotation started. The proxy reads its token file each time it renews its
-        certificate."""
-        now = time.time() if now is None else now
-        rotating: list[Key] = []
-        for key, (issued_at, uid, account) in list(self._tokens.items()):
-            pod = self._pods.get(key)
-            if pod is None or pod.terminating or pod.finished or pod.uid != uid:
-                self._tokens.pop(key, None)  # gone, or a new object (issued afresh at start)
-                continue
-            if now - issued_at < ROTATE_AFTER or key in self._rotating:
-                continue
-            self._rotating.add(key)
-            self._spawn(self._rotate(key, uid, account))
-            rotating.append(key)
-        return rotating
+        """Start renewing the tokens of running pods that are due (:class:`PodTokens`)."""
 
-    async def _rotate(self, key: Key, uid: str, account: str) -> None:
-        try:
-            await self.issue_token(key[0], key[1], uid, account)
-        except Exception as exc:  # the API away or refusing: tried again on the next pass
-            log.error("pod %s/%s: cannot rotate its identity token: %s", *key, exc)
-        finally:
-            self._rotating.discard(key)
+        def runs(key: Key, uid: str) -> bool:
+            pod = self._pods.get(key)
+            return pod is not None and not (pod.terminating or pod.finished) and pod.uid == uid
+
+        return self.tokens.rotate(runs, now)
 
     async def _setup_network(self, pod: _Pod, spec: RunSpec) -> None:
         if net.netns_exists(pod.netns):
@@ -604,14 +561,7 @@ class NodeAgent:
 
     def remove_stale_tokens(self) -> list[Path]:
         """Tokens of pods this agent does not run (an earlier agent's): remove them."""
-        running = {token_path(self.state.pod_dir(*key)) for key in self._pods}
-        tokens = (token_path(d) for d in self.state.pods_dir.glob("*/*"))
-        stale = [t for t in tokens if t not in running and t.parent.is_dir()]
-        for token in stale:
-            remove_token(token)
-        if stale:
-            log.info("removed %d stale pod tokens", len(stale))
-        return stale
+        return self.tokens.remove_stale(self._pods)
 
     async def _shutdown_pods(self) -> None:
         """The agent is stopping: stop every pod (no drain delay: the mesh is going away)."""
