@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import stat
 import struct
 from collections import deque
@@ -415,9 +416,14 @@ class HttpServer:
         self._servers.append(server)
         self._unix_paths.append(path)
 
-    async def listen_tcp(self, host: str, port: int) -> tuple[str, int]:
+    async def listen_tcp(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Listen on ``host:port`` (with ``tls``: HTTPS, e.g. the injector's webhook)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Connection(self), host, port, backlog=BACKLOG)
+        server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=BACKLOG, ssl=tls
+        )
         self._servers.append(server)
         sockname = server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])

@@ -1,0 +1,172 @@
+"""The proxy injector called by the real API server: a MutatingWebhookConfiguration points at the
+injector served over TLS on loopback; the real kube-controller-manager creates a Deployment's
+pods; in a namespace annotated ``weft.io/inject: enabled`` the stored pods carry the native
+sidecar and the init container; an unannotated namespace is untouched; with the injector down
+the pods are still created, unmeshed. Bad AdmissionReviews get a 400 saying why."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import pytest
+import yaml
+from lightkube.resources.core_v1 import Namespace
+
+from tests.kube.conftest import Kube
+from weft.control.httpserver import HttpServer
+from weft.control.injector import Injector
+from weft.control.kube.client import connect
+from weft.install.inject import INIT_CONTAINER, InjectConfig
+from weft.runtime.local import kubepki
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: "registry.invalid/web:1"}}]}}
+"""
+
+
+def webhook(name: str, port: int, ca: bytes) -> dict[str, object]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "inject.weft.io",
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{port}/inject",
+                    "caBundle": base64.b64encode(ca).decode(),
+                },
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                     "values": ["weft-system", "kube-system"]}]},
+            }
+        ],
+    }  # fmt: skip
+
+
+class Served:
+    def __init__(self, server: HttpServer, injector: Injector, port: int) -> None:
+        self.server, self.injector, self.port = server, injector, port
+
+
+@pytest.fixture
+async def injector(kube: Kube, tmp_path: Path) -> AsyncIterator[tuple[Served, bytes]]:
+    pki = kubepki.ensure(tmp_path / "pki")
+    client = connect(kube.kubeconfig)
+
+    async def annotations(name: str) -> Mapping[str, str] | None:
+        ns = await client.get(Namespace, name)
+        return dict(ns.metadata.annotations or {}) if ns.metadata else None
+
+    served = Injector(InjectConfig(), annotations)
+    server = HttpServer(served.handle)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    _, port = await server.listen_tcp("127.0.0.1", 0, tls=tls)
+    try:
+        yield Served(server, served, port), pki.ca.read_bytes()
+    finally:
+        await server.close(grace=1.0)
+        await client.close()
+
+
+async def pod_of(kube: Kube, ns: str) -> dict[str, object]:
+    for _ in range(300):
+        out = await asyncio.to_thread(kube.kubectl, "get", "pods", "-n", ns, "-o", "json")
+        items = json.loads(out)["items"]
+        if items:
+            return dict(items[0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no pod in {ns}")
+
+
+def names(pod: Mapping[str, object], key: str) -> list[str]:
+    spec = pod["spec"]
+    assert isinstance(spec, dict)
+    return [c["name"] for c in spec.get(key) or []]
+
+
+async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
+    kube: Kube, injector: tuple[Served, bytes]
+) -> None:
+    served, ca = injector
+    config_name = f"weft-test-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(webhook(config_name, served.port, ca)))
+    meshed, plain = kube.namespace, f"{kube.namespace}-plain"
+    kube.kubectl("create", "namespace", plain)
+    try:
+        kube.kubectl("annotate", "namespace", meshed, "weft.io/inject=enabled")
+        for ns in (meshed, plain):
+            kube.kubectl("create", "serviceaccount", "default", "-n", ns, check=False)
+            kube.kubectl("apply", "-f", "-", input=DEPLOYMENT.format(ns=ns))
+        pod = await pod_of(kube, meshed)
+        assert names(pod, "initContainers") == [INIT_CONTAINER, "weft-proxy"], pod["spec"]
+        assert names(pod, "containers") == ["web"]
+        annotations = pod["metadata"]["annotations"]  # type: ignore[index]
+        assert annotations["weft.io/proxy-version"] == InjectConfig().version
+        other = await pod_of(kube, plain)
+        assert names(other, "initContainers") == [] and names(other, "containers") == ["web"]
+        assert served.injector.injected >= 1
+        # the injector down: pods are still created (failurePolicy Ignore), unmeshed
+        await served.server.close(grace=0.5)
+        kube.kubectl("delete", "pods", "--all", "-n", meshed, "--wait=false")
+        for _ in range(300):
+            out = kube.kubectl("get", "pods", "-n", meshed, "-o", "json")
+            fresh = [p for p in json.loads(out)["items"]
+                     if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+            if fresh:
+                break
+            await asyncio.sleep(0.1)
+        assert fresh and names(fresh[0], "initContainers") == []
+    finally:
+        kube.kubectl("delete", "mutatingwebhookconfiguration", config_name, check=False)
+        kube.kubectl("delete", "namespace", plain, "--wait=false", check=False)
+
+
+async def test_bad_reviews_get_a_clear_400(injector: tuple[Served, bytes]) -> None:
+    served, ca = injector
+    context = ssl.create_default_context(cadata=ca.decode())
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port, ssl=context,
+                                                       server_hostname="127.0.0.1")  # fmt: skip
+        writer.write(b"POST /inject HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                     + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                     + body)  # fmt: skip
+        data = await reader.read()
+        writer.close()
+        return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1]
+
+    code, body = await post(b"not json")
+    assert code == 400
+    code, body = await post(json.dumps({"kind": "AdmissionReview"}).encode())
+    assert code == 400 and b"admission.k8s.io/v1" in body
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}
+    code, body = await post(json.dumps(review).encode())
+    assert code == 400 and b"request.uid" in body
+    # another kind: allowed as it is
+    review["request"] = {"uid": "u1", "kind": {"group": "apps", "version": "v1",
+                                               "kind": "Deployment"}, "object": {}}  # fmt: skip
+    code, body = await post(json.dumps(review).encode())
+    answer = json.loads(body)["response"]
+    assert code == 200 and answer == {"uid": "u1", "allowed": True}
