@@ -154,7 +154,6 @@ class _Pod:
     terminating: bool = False
     finished: bool = False
     became_ready: bool = False
-    status: dict[str, Any] | None = None
 
     @property
     def key(self) -> Key:
@@ -447,7 +446,6 @@ class NodeAgent:
         self.kick()
 
     def _push_status(self, pod: _Pod, status: dict[str, Any]) -> None:
-        pod.status = status
         self.api.push_status(pod.key, status)
 
     async def _delete_object(self, pod: _Pod) -> None:
