@@ -6,6 +6,7 @@ control plane's informers read the objects. The CRDs are deleted afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube.conftest import Kube
+from tests.kube.conftest import Kube, KubeRig
 from weft.control.kube.client import connect
 from weft.control.kube.state import KubeState
 from weft.install.crds import NAMES
@@ -31,16 +32,23 @@ def weft(*args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def crds(kube: Kube) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def crds(kube_rig: KubeRig) -> Iterator[str]:
+    """The CRDs, installed once for this module and deleted after it (the delete is issued
+    even when the API server is slow to finish it)."""
     text = weft("install", "--crds")
-    kube.kubectl("apply", "-f", "-", input=text)
+    kube_rig.kubectl_run("apply", "-f", "-", input=text)
     try:
         names = [f"crd/{plural}.{GROUP}" for plural, _, _ in NAMES.values()]
-        kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+        kube_rig.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", *names)
         yield text
     finally:
-        kube.kubectl("delete", "-f", "-", "--wait=true", input=text, check=False)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [str(kube_rig.kubectl), "--kubeconfig", str(kube_rig.kubeconfig), "delete",
+                 "-f", "-", "--timeout=150s"],
+                input=text, capture_output=True, text=True, timeout=180, check=False,
+            )  # fmt: skip
 
 
 def objects(ns: str) -> list[dict[str, Any]]:
