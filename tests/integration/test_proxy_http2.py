@@ -734,12 +734,17 @@ async def test_a_long_stream_does_not_make_its_endpoint_look_slow() -> None:
             await asyncio.sleep(1.0)
             await call.done_writing()
             assert await call.code() == grpc.StatusCode.OK
+            # Measured at the end of the stream, its endpoint's estimate would be the stream's
+            # second (and P2C would pass it over for tens of seconds); measured at the response
+            # headers it is a unary call's. 0.5 s separates the two even on a loaded machine.
+            stats = proxy.concrete.balancer.stats()
+            assert all(pending == 0 for _, pending, _, _ in stats), stats
+            assert max(estimate for _, _, estimate, _ in stats) < 0.5, stats
             served: Counter[bytes] = Counter()
             for _ in range(30):
                 replies = await asyncio.gather(*(_unary(ch)(b"x") for _ in range(10)))
                 served.update(r.split(b":")[0] for r in replies)
         assert set(served) == {b"s0", b"s1", b"s2"}, served
-        assert min(served.values()) >= 60, served  # each at least 20% of 300
 
 
 async def test_a_call_repicked_after_a_failed_connect_counts_against_its_endpoint() -> None:
