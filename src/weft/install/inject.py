@@ -92,6 +92,8 @@ class InjectConfig:
     trust_domain: str = "cluster.local"
     created_by: str = f"weft/cli {__version__}"
     version: str = __version__
+    log_level: str = "info"  # when the pod's annotation sets none
+    image_pull_policy: str = "IfNotPresent"
 
 
 @dataclass(slots=True)
@@ -149,10 +151,12 @@ def _probe(path: str, **more: int) -> dict[str, Any]:
 def proxy_container(
     config: InjectConfig, annotations: Mapping[str, Any], grace: Any, warnings: list[str]
 ) -> dict[str, Any]:
-    level = annotations.get(LOG_LEVEL, "info")
+    level = annotations.get(LOG_LEVEL, config.log_level)
     if level not in LOG_LEVELS:
-        warnings.append(f"{LOG_LEVEL}: {level!r} is not one of {', '.join(LOG_LEVELS)}; info")
-        level = "info"
+        warnings.append(
+            f"{LOG_LEVEL}: {level!r} is not one of {', '.join(LOG_LEVELS)}; {config.log_level}"
+        )
+        level = config.log_level
     shutdown = grace if isinstance(grace, int) and not isinstance(grace, bool) else 30
     args = [
         "proxy",
@@ -175,7 +179,7 @@ def proxy_container(
     return {
         "name": PROXY_CONTAINER,
         "image": config.proxy_image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": config.image_pull_policy,
         "command": ["weft"],
         "args": args,
         "env": [
@@ -211,7 +215,7 @@ def init_container(
     return {
         "name": INIT_CONTAINER,
         "image": config.init_image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": config.image_pull_policy,
         "command": ["weft"],
         "args": [
             "proxy-init",

@@ -16,26 +16,18 @@ Not for: workload identity, nor the API itself.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from weft.identity.ca import (
-    cert_pem,
     ensure_private_dir,
-    key_pem,
     load_certs_pem,
     load_key_pem,
-    new_key,
     not_after,
     write_private,
 )
+from weft.identity.tlspki import CLIENT_AUTH, SERVER_AUTH, SelfSignedCa, name
 
 LIFETIME = 365 * 86400.0
 RENEW_BEFORE = 30 * 86400.0
@@ -69,13 +61,6 @@ class KubePki:
         return self.directory / "admin.key"
 
 
-def _name(cn: str, org: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
-
 def _fresh(path: Path, now: float) -> bool:
     try:
         (cert,) = load_certs_pem(path.read_bytes(), str(path))[:1]
@@ -93,58 +78,22 @@ def ensure(directory: Path, *, now: float | None = None) -> KubePki:
     ):
         return pki
     ensure_private_dir(directory)
-    start = dt.datetime.fromtimestamp(now - 300, dt.UTC)
-    end = dt.datetime.fromtimestamp(now + LIFETIME, dt.UTC)
-    ca_key = new_key()
-    ca_name = _name("weft-local-kubernetes-ca")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = SelfSignedCa.new("weft-local-kubernetes-ca", now=now, lifetime=LIFETIME)
+    server = ca.leaf(
+        name("weft-local-kubernetes"),
+        SERVER_AUTH,
+        now=now,
+        lifetime=LIFETIME,
+        hosts=("127.0.0.1", "localhost"),
     )
-
-    def leaf(
-        name: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName] | None
-    ) -> tuple[bytes, bytes]:
-        key = new_key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return cert_pem(builder.sign(ca_key, hashes.SHA256())), key_pem(key)
-
-    server_cert, server_key = leaf(
-        _name("weft-local-kubernetes"),
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
-    )
-    admin_cert, admin_key = leaf(
-        _name(ADMIN, "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, None
-    )
+    admin = ca.leaf(name(ADMIN, "system:masters"), CLIENT_AUTH, now=now, lifetime=LIFETIME)
+    server_cert, server_key = server.cert, server.key
+    admin_cert, admin_key = admin.cert, admin.key
     write_private(pki.server_key, server_key)
     write_private(pki.server_cert, server_cert)
     write_private(pki.admin_key, admin_key)
     write_private(pki.admin_cert, admin_cert)
-    write_private(pki.ca, cert_pem(ca))
+    write_private(pki.ca, ca.pem)
     return pki
 
 
