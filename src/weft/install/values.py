@@ -202,7 +202,7 @@ __all__ = [
     "Values",
     "ValuesError",
     "dump",
-    "value_keys",
     "load_file",
     "resolve",
+    "value_keys",
 ]
