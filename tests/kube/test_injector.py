@@ -1,27 +1,27 @@
-"""The proxy injector called by the real API server: a MutatingWebhookConfiguration points at the
-injector served over TLS on loopback; the real kube-controller-manager creates a Deployment's
-pods; in a namespace annotated ``weft.io/inject: enabled`` the stored pods carry the native
-sidecar and the init container; an unannotated namespace is untouched; with the injector down
-the pods are still created, unmeshed. Bad AdmissionReviews get a 400 saying why."""
+"""The proxy injector called by the real API server: a MutatingWebhookConfiguration points at
+``weft injector`` (the component ``weft install`` deploys) serving TLS on loopback; the real
+kube-controller-manager creates a Deployment's pods; in a namespace annotated ``weft.io/inject:
+enabled`` the stored pods carry the native sidecar and the init container; an unannotated
+namespace is untouched; with the injector down the pods are still created, unmeshed. Bad
+AdmissionReviews get a 400 saying why."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import socket
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 import yaml
-from lightkube.resources.core_v1 import Namespace
 
 from tests.kube.conftest import Kube
-from weft.control.httpserver import HttpServer
-from weft.control.injector import Injector
-from weft.control.kube.client import connect
 from weft.install.inject import INIT_CONTAINER, InjectConfig
 from weft.runtime.local import kubepki
 
@@ -65,29 +65,66 @@ def webhook(name: str, port: int, ca: bytes) -> dict[str, object]:
 
 
 class Served:
-    def __init__(self, server: HttpServer, injector: Injector, port: int) -> None:
-        self.server, self.injector, self.port = server, injector, port
+    """``weft injector``, the deployed component, as a process on a loopback port."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _get(port: int, ca: bytes, path: str) -> int:
+    context = ssl.create_default_context(cadata=ca.decode())
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+    )
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return int(data.split(b" ", 2)[1])
 
 
 @pytest.fixture
 async def injector(kube: Kube, tmp_path: Path) -> AsyncIterator[tuple[Served, bytes]]:
     pki = kubepki.ensure(tmp_path / "pki")
-    client = connect(kube.kubeconfig)
-
-    async def annotations(name: str) -> Mapping[str, str] | None:
-        ns = await client.get(Namespace, name)
-        return dict(ns.metadata.annotations or {}) if ns.metadata else None
-
-    served = Injector(InjectConfig(), annotations)
-    server = HttpServer(served.handle)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-    _, port = await server.listen_tcp("127.0.0.1", 0, tls=tls)
+    ca = pki.ca.read_bytes()
+    port = _free_port()
+    log = tmp_path / "injector.log"
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "weft", "injector", "--kubeconfig", str(kube.kubeconfig),
+            "--listen", f"127.0.0.1:{port}", "--tls-cert", str(pki.server_cert),
+            "--tls-key", str(pki.server_key),
+            stdout=asyncio.subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    served = Served(proc, port)
     try:
-        yield Served(server, served, port), pki.ca.read_bytes()
+        for _ in range(200):  # ready once it listed the namespaces
+            if proc.returncode is not None:
+                raise AssertionError(f"weft injector exited: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                if await _get(port, ca, "/ready") == 200:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("weft injector never became ready")
+        assert await _get(port, ca, "/live") == 200
+        yield served, ca
     finally:
-        await server.close(grace=1.0)
-        await client.close()
+        await served.stop()
 
 
 async def pod_of(kube: Kube, ns: str) -> dict[str, object]:
@@ -126,9 +163,8 @@ async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
         assert annotations["weft.io/proxy-version"] == InjectConfig().version
         other = await pod_of(kube, plain)
         assert names(other, "initContainers") == [] and names(other, "containers") == ["web"]
-        assert served.injector.injected >= 1
         # the injector down: pods are still created (failurePolicy Ignore), unmeshed
-        await served.server.close(grace=0.5)
+        await served.stop()
         kube.kubectl("delete", "pods", "--all", "-n", meshed, "--wait=false")
         for _ in range(300):
             out = kube.kubectl("get", "pods", "-n", meshed, "-o", "json")

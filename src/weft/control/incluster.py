@@ -19,7 +19,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from weft.control.api import Api
 from weft.control.destinations import DestinationService
@@ -27,14 +30,18 @@ from weft.control.httpserver import HttpServer
 from weft.control.identity import IdentityService
 from weft.control.inbound import InboundPolicies
 from weft.control.kube.client import connect
+from weft.control.kube.leader import LeaderElector
 from weft.control.kube.state import KubeState
 from weft.control.routestatus import RouteStatusController
 from weft.control.server import ControlConfig
+from weft.control.state import StatusWriter
 from weft.control.tokenreview import KubeTokenReviewer
 
 log = logging.getLogger("weft.control")
 
 IN_CLUSTER = "in-cluster"
+LEASE = "weft-control"
+LEASE_NAMESPACE = "weft-system"
 SYNC_WAIT_S = 30.0
 
 
@@ -50,9 +57,20 @@ class ClusterControlPlane:
         self.state = KubeState(self.client)
         settings = config.identity
         self.destinations = DestinationService(self.state, trust_domain=settings.trust_domain)
+        self.leader: LeaderElector | None = None
+        writer: StatusWriter = self.state
+        if config.leader_elect:
+            self.leader = LeaderElector(
+                self.client,
+                namespace=os.environ.get("WEFT_POD_NAMESPACE") or LEASE_NAMESPACE,
+                name=LEASE,
+                identity=os.environ.get("WEFT_POD_NAME") or socket.gethostname(),
+                on_change=self._leading,
+            )
+            writer = LeaderWriter(self.state, self.leader)
         self.route_status = RouteStatusController(
             self.state,
-            self.state,
+            writer,
             schedule=lambda fn: asyncio.get_running_loop().call_soon(fn),
             cache=self.destinations.policies.cache,
         )
@@ -62,7 +80,8 @@ class ClusterControlPlane:
             trust_domain=settings.trust_domain,
             leaf_lifetime=settings.leaf_lifetime,
             heartbeat=config.heartbeat,
-            allowed_networks=(config.pod_cidr, "127.0.0.0/8"),
+            # who may ask for a certificate: the cluster's networks (reviewed tokens prove who)
+            allowed_networks=(*(config.cluster_networks or (config.pod_cidr,)), "127.0.0.0/8"),
             reviewer=KubeTokenReviewer(self.client),
         )
         self.inbound = InboundPolicies(
@@ -114,9 +133,17 @@ class ClusterControlPlane:
             except OSError as exc:
                 log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
         self.route_status.resync()
+        if self.leader is not None:
+            self.leader.start()
         log.info("control plane on the cluster's API, listening on %s", self.config.socket_path)
 
+    def _leading(self, leading: bool) -> None:
+        if leading:
+            self.route_status.resync()  # statuses the last leader did not write
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self.leader is not None:
+            await self.leader.stop()
         await self.http.close(grace)
         self.route_status.close()
         self.inbound.close()
@@ -126,4 +153,22 @@ class ClusterControlPlane:
             await self.client.close()
 
 
-__all__ = ["IN_CLUSTER", "ClusterControlPlane"]
+class LeaderWriter:
+    """Status writes, made only while this replica holds the Lease (the others drop theirs:
+    the leader computes the same statuses)."""
+
+    def __init__(self, writer: StatusWriter, leader: LeaderElector) -> None:
+        self.writer = writer
+        self.leader = leader
+        self.dropped = 0
+
+    def write_status(
+        self, kind: str, namespace: str | None, name: str, status: Mapping[str, Any]
+    ) -> None:
+        if self.leader.leading:
+            self.writer.write_status(kind, namespace, name, status)
+        else:
+            self.dropped += 1
+
+
+__all__ = ["IN_CLUSTER", "ClusterControlPlane", "LeaderWriter"]

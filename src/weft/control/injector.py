@@ -9,21 +9,31 @@ it cannot read) is allowed unchanged, with the reason as an admission warning, a
 configuration's ``failurePolicy: Ignore`` lets pods be created while it is down. A body that is
 not an AdmissionReview is a 400 saying what is missing; the HTTP server bounds its size.
 
-Not for: what injection adds (:mod:`weft.install.inject`), nor serving TLS (the listener).
+:func:`serve` is ``weft injector``: the webhook over TLS (its certificate files are read again
+when they change, as the kubelet updates a mounted Secret), ``GET /ready`` once the namespaces are
+listed, ``GET /live``; namespaces come from an informer (a pod's admission costs no API call).
+
+Not for: what injection adds (:mod:`weft.install.inject`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import copy
 import json
 import logging
+import os
+import signal
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jsonpatch
 
-from weft.control.httpserver import HttpError, Request, Response
+from weft.control.httpserver import HttpError, HttpServer, Request, Response
 from weft.install.inject import INJECT, InjectConfig, inject_template
 
 log = logging.getLogger("weft.injector")
@@ -47,9 +57,15 @@ def _review(body: Any) -> tuple[str, Mapping[str, Any]]:
 class Injector:
     """See the module docstring."""
 
-    def __init__(self, config: InjectConfig, namespaces: NamespaceAnnotations) -> None:
+    def __init__(
+        self,
+        config: InjectConfig,
+        namespaces: NamespaceAnnotations,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.config = config
         self.namespaces = namespaces
+        self.ready = ready
         self.injected = 0
         self.skipped = 0
 
@@ -57,6 +73,12 @@ class Injector:
         return f"<Injector injected={self.injected} skipped={self.skipped}>"
 
     async def handle(self, request: Request) -> Response:
+        if request.method == "GET" and request.path == "/live":
+            return Response.json(200, {"live": True})
+        if request.method == "GET" and request.path == "/ready":
+            if not self.ready():
+                raise HttpError(503, "the namespaces are not listed yet")
+            return Response.json(200, {"ready": True})
         if request.path != PATH:
             raise HttpError(404, f"not found: {request.path} (the injector serves {PATH})")
         if request.method != "POST":
@@ -108,4 +130,94 @@ class Injector:
         return patch, warnings
 
 
-__all__ = ["PATH", "Injector", "NamespaceAnnotations"]
+class CertReloader:
+    """A server TLS context whose certificate and key are loaded again when their files change."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.cert = cert
+        self.key = key
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp: tuple[float, float] | None = None
+        self.reload()
+
+    def _mtimes(self) -> tuple[float, float]:
+        return os.stat(self.cert).st_mtime, os.stat(self.key).st_mtime
+
+    def reload(self) -> bool:
+        """Load the files when they changed since the last load (OSError, ssl.SSLError when
+        they cannot be read or do not match: the previous certificate stays)."""
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return False
+        self.context.load_cert_chain(self.cert, self.key)
+        self._stamp = stamp
+        return True
+
+
+@dataclass(frozen=True)
+class InjectorSettings:
+    """What ``weft injector`` runs with."""
+
+    inject: InjectConfig
+    kubeconfig: str | None  # None: in-cluster
+    context: str | None
+    listen: tuple[str, int]
+    tls_cert: str
+    tls_key: str
+    reload_s: float = 30.0
+
+
+async def serve(settings: InjectorSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the webhook until ``stop`` is set (or SIGTERM/SIGINT when None)."""
+    from weft.control.kube.client import connect
+    from weft.control.kube.state import KubeState
+
+    tls = CertReloader(settings.tls_cert, settings.tls_key)  # fails here, before serving
+    client = connect(settings.kubeconfig, context=settings.context)
+    state = KubeState(client, ("Namespace",))
+
+    async def namespace(name: str) -> Mapping[str, str] | None:
+        if not state.informers["Namespace"].synced.is_set():
+            raise RuntimeError("the namespaces are not listed yet")
+        obj = state.get("Namespace", None, name)
+        if obj is None:
+            return None
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        return {str(k): str(v) for k, v in annotations.items()}
+
+    injector = Injector(
+        settings.inject, namespace, ready=state.informers["Namespace"].synced.is_set
+    )
+    http = HttpServer(injector.handle)
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    state.start()
+    host, port = settings.listen
+    bound = await http.listen_tcp(host, port, tls=tls.context)
+    log.info("proxy injector on %s:%d", *bound)
+
+    async def reload() -> None:
+        while True:
+            await asyncio.sleep(settings.reload_s)
+            try:
+                if tls.reload():
+                    log.info("injector certificate reloaded from %s", settings.tls_cert)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("injector certificate not reloaded: %s", exc)
+
+    reloader = loop.create_task(reload(), name="injector cert reload")
+    try:
+        await stop.wait()
+    finally:
+        reloader.cancel()
+        await http.close(5.0)
+        await state.stop()
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+__all__ = ["PATH", "CertReloader", "Injector", "InjectorSettings", "NamespaceAnnotations", "serve"]

@@ -77,6 +77,8 @@ class ControlConfig:
     # weft.control.incluster.ClusterControlPlane
     kubeconfig: str | None = None
     kube_context: str | None = None
+    # on a cluster: only the replica holding the Lease writes statuses (weft.control.kube.leader)
+    leader_elect: bool = False
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     # inbound policy: the mesh-wide default, and the networks cluster-* policies trust (the
     # pod network when empty)
@@ -100,6 +102,8 @@ class ControlConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
         if not self.state_dir:
             raise ValueError("state-dir must not be empty")
+        if self.leader_elect and not self.kubeconfig:
+            raise ValueError("leader-elect is for replicas on a cluster: give --kubeconfig")
         if self.default_inbound_policy not in DEFAULT_POLICIES:
             raise ValueError(
                 f"default-inbound-policy must be one of {', '.join(DEFAULT_POLICIES)}, "

@@ -75,6 +75,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "'in-cluster' (the pod's service account); resources are then managed with kubectl",
     )
     p.add_argument("--context", default=None, help="the kubeconfig's context (its current one)")
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="with --kubeconfig: run as one of several replicas; only the one holding the "
+        "Lease weft-control (in $WEFT_POD_NAMESPACE) writes statuses",
+    )
     p.add_argument("--log-level", default=os.environ.get("WEFT_LOG", "info"))
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     p.set_defaults(func=run)
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             kubeconfig=args.kubeconfig,
             kube_context=args.context,
+            leader_elect=args.leader_elect,
         )
     except ValueError as exc:
         print(f"weft control: {exc}", file=sys.stderr)

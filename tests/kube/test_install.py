@@ -1,0 +1,183 @@
+"""``weft install``, ``weft upgrade`` and ``weft uninstall`` against the real API server, and the
+control plane's leader election over a real Lease.
+
+Install: every object of ``weft install --crds`` and ``weft install`` is accepted by
+``kubectl apply``; the real kube-controller-manager makes the control plane's pods from its
+Deployments (the rig has no scheduler or kubelet, so they stay Pending: what runs them is the
+node agent's part). Upgrade: read back from the cluster, the same version prints the same
+bytes; a value given to an upgrade is kept by the next one. Uninstall: everything goes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.kube.conftest import Kube, KubeRig
+from weft.control.kube.client import connect
+from weft.control.kube.leader import LeaderElector
+
+
+def weft(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def apply(rig: KubeRig, text: str) -> list[str]:
+    out = rig.kubectl_run("apply", "-f", "-", input=text)
+    return [line for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def installed(kube_rig: KubeRig) -> Iterator[str]:
+    """Weft installed (CRDs, then the control plane); uninstalled after the module."""
+    apply(kube_rig, weft("install", "--crds"))
+    text = weft("install")
+    try:
+        lines = apply(kube_rig, text)
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        assert len(lines) == len(docs), lines  # every object accepted
+        assert all(line.endswith(("created", "configured", "unchanged")) for line in lines)
+        yield text
+    finally:
+        subprocess.run(
+            [str(kube_rig.kubectl), "--kubeconfig", str(kube_rig.kubeconfig), "delete", "-f", "-",
+             "--ignore-not-found", "--wait=false"],
+            input=weft("uninstall", "--keep-crds"), capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+
+
+def test_upgrade_says_when_weft_is_not_installed(kube: Kube) -> None:
+    # first in the module: the control plane is installed by the tests after it
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "upgrade", "--kubeconfig", str(kube.kubeconfig)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "not installed" in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+async def test_the_control_plane_is_accepted_and_its_pods_are_made(
+    kube_rig: KubeRig, installed: str
+) -> None:
+    for _ in range(300):
+        out = kube_rig.kubectl_run("get", "pods", "-n", "weft-system", "-o", "json")
+        pods = json.loads(out)["items"]
+        components = {p["metadata"]["labels"].get("weft.io/control-plane-component") for p in pods}
+        if components >= {"control", "injector"}:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError(f"the controller manager made no control plane pods: {pods}")
+    control = next(p for p in pods if p["metadata"]["labels"]["weft.io/control-plane-component"]
+                   == "control")  # fmt: skip
+    assert control["spec"]["serviceAccountName"] == "weft-control"
+    # not injected: its namespace and the webhook's object selector both exclude it
+    assert [c["name"] for c in control["spec"]["containers"]] == ["control"]
+    out = kube_rig.kubectl_run(
+        "get", "mutatingwebhookconfiguration", "weft-proxy-injector", "-o", "json"
+    )
+    hook = json.loads(out)
+    assert hook["webhooks"][0]["failurePolicy"] == "Ignore"
+    # least privilege, as the API server decides it
+    can = kube_rig.kubectl_run(
+        "auth", "can-i", "--list", "--as=system:serviceaccount:weft-system:weft-injector"
+    )
+    assert "namespaces" in can and "secrets" not in can
+    denied = kube_rig.kubectl_run(
+        "auth", "can-i", "get", "secrets", "-n", "weft-system",
+        "--as=system:serviceaccount:weft-system:weft-control", check=False,
+    )  # fmt: skip
+    assert denied.strip() == "no"
+
+
+def test_upgrade_reads_the_installation_back_and_keeps_what_was_given(
+    kube_rig: KubeRig, installed: str
+) -> None:
+    kubeconfig = str(kube_rig.kubeconfig)
+    again = weft("upgrade", "--kubeconfig", kubeconfig)
+    assert again == installed  # the same version and cluster: the same bytes
+    changed = weft("upgrade", "--kubeconfig", kubeconfig, "--proxy-log-level", "debug")
+    assert changed != installed
+    apply(kube_rig, changed)
+    kept = weft("upgrade", "--kubeconfig", kubeconfig)
+    assert kept == changed
+    config = json.loads(
+        kube_rig.kubectl_run("get", "configmap", "weft-config", "-n", "weft-system", "-o", "json")
+    )
+    assert yaml.safe_load(config["data"]["values.yaml"]) == {"proxy-log-level": "debug"}
+
+
+async def test_one_replica_leads_and_another_takes_over(kube: Kube) -> None:
+    name = f"lease-{uuid.uuid4().hex[:6]}"
+    changes: list[tuple[str, bool]] = []
+
+    def record(ident: str, leading: bool) -> None:
+        changes.append((ident, leading))
+
+    clients = [connect(kube.kubeconfig) for _ in range(2)]
+    electors = [
+        LeaderElector(
+            client,
+            namespace=kube.namespace,
+            name=name,
+            identity=ident,
+            lease_duration=3.0,
+            renew_deadline=2.0,
+            retry=0.3,
+            on_change=functools.partial(record, ident),
+        )
+        for client, ident in zip(clients, ("a", "b"), strict=True)
+    ]
+    try:
+        a, b = electors
+        a.start()
+        for _ in range(100):
+            if a.leading:
+                break
+            await asyncio.sleep(0.1)
+        assert a.leading
+        b.start()
+        await asyncio.sleep(1.5)
+        assert a.leading and not b.leading  # never two leaders
+        await a.stop()  # a clean stop releases the Lease: b takes it at its next try
+        for _ in range(30):
+            if b.leading:
+                break
+            await asyncio.sleep(0.1)
+        assert b.leading, b.last_error
+        assert changes == [("a", True), ("a", False), ("b", True)]
+        lease = json.loads(kube.kubectl("get", "lease", name, "-n", kube.namespace, "-o", "json"))
+        assert lease["spec"]["holderIdentity"] == "b"
+        assert lease["spec"]["leaseTransitions"] >= 1
+        # b dies without releasing: a waits out the lease duration, then takes it
+        assert b._task is not None
+        b._task.cancel()
+        a.start()
+        await asyncio.sleep(1.0)
+        assert not a.leading
+        for _ in range(60):
+            if a.leading:
+                break
+            await asyncio.sleep(0.1)
+        assert a.leading
+    finally:
+        for e in electors:
+            await e.stop()
+        for c in clients:
+            await c.close()
