@@ -72,6 +72,54 @@ def test_upgrade_says_when_weft_is_not_installed(kube: Kube) -> None:
     assert done.stdout == ""
 
 
+def check(kube_rig: KubeRig, *args: str) -> tuple[int, dict[str, dict[str, dict[str, str]]]]:
+    """``weft check --kubeconfig RIG -o json``: the exit code, and category -> check -> check."""
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "check", "--kubeconfig", str(kube_rig.kubeconfig),
+         "-o", "json", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["success"] == (done.returncode == 0)
+    return done.returncode, {
+        cat["categoryName"]: {c["description"]: c for c in cat["checks"]}
+        for cat in report["categories"]
+    }
+
+
+def test_check_pre_passes_before_install(kube_rig: KubeRig) -> None:
+    # before the module's install (the tests after this one install Weft)
+    code, report = check(kube_rig, "--pre")
+    assert code == 0, report
+    assert report["kubernetes-version"]["is running a supported Kubernetes version"]["detail"] == (
+        "1.37"
+    )
+    assert report["pre-install"]["can create mutatingwebhookconfigurations"]["result"] == "success"
+
+
+def test_check_says_what_is_wrong_with_an_installation_that_cannot_run(
+    kube: Kube, kube_rig: KubeRig, installed: str
+) -> None:
+    # the rig has no kubelet: the control plane's pods never run, so the injector is down; a
+    # pod made meanwhile in an injected namespace is created unmeshed (failurePolicy Ignore)
+    kube.kubectl("annotate", "namespace", kube.namespace, "weft.io/inject=enabled")
+    kube.kubectl("run", "web", "-n", kube.namespace, "--image=registry.invalid/web:1")
+    code, report = check(kube_rig)
+    assert code == 1
+    existence = report["weft-existence"]
+    assert existence["Weft's CRDs are installed"]["result"] == "success"
+    assert existence["Weft's CRDs are current"]["result"] == "success"
+    control = existence["deployment weft-control is ready"]
+    assert control["result"] == "error" and control["detail"].startswith("0/")
+    webhook = report["weft-webhook"]
+    assert webhook["the webhook trusts the injector's certificate"]["result"] == "success"
+    assert webhook["the injector answers through the API server"]["result"] == "error"
+    assert report["weft-identity"]["issuer is valid"]["result"] == "success"
+    unmeshed = report["weft-data-plane"]["pods meant to be meshed have a proxy"]
+    assert unmeshed["result"] == "error" and f"{kube.namespace}/web" in unmeshed["detail"]
+    assert "injector was down" in unmeshed["hint"]
+
+
 async def test_the_control_plane_is_accepted_and_its_pods_are_made(
     kube_rig: KubeRig, installed: str
 ) -> None:

@@ -9,12 +9,17 @@ are valid (a warning when one expires within 60 days: an expired CA stops every 
 connection), and a warning listing the pods that run containers as root (``runAsUser: 0`` or
 ``privileged: true``: on the local runtime they can administer the mesh and read its secrets).
 One line per check, ✔ or ✘ with a hint, ⚠ for a warning; exit status 1 when any check fails
-(warnings do not fail).
+(warnings do not fail). ``-o json`` prints the same as one JSON document.
+
+With ``--kubeconfig`` or ``--context``: Weft on that Kubernetes cluster instead (API and version,
+``--pre`` before ``weft install``, CRDs, control plane, webhook, certificates, data plane:
+:mod:`weft.install.checks`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,7 +42,14 @@ ROTATE_HINT = {
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("check", help="check the host and the running mesh", description=__doc__)
     add_state_arg(p)
-    p.add_argument("--pre", action="store_true", help="only the host checks (before weft up)")
+    p.add_argument(
+        "--pre", action="store_true", help="only what must hold before weft up (or install)"
+    )
+    p.add_argument(
+        "--kubeconfig", default=None, help="check Weft on this cluster (weft.install.checks)"
+    )
+    p.add_argument("--context", default=None, help="the kubeconfig's context (a cluster too)")
+    p.add_argument("-o", "--output", default="text", choices=["text", "json"])
     p.set_defaults(func=run)
 
 
@@ -61,16 +73,71 @@ def show(console: Console, title: str, checks: list[Check]) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kubeconfig or args.context:
+        categories = cluster_categories(args)
+    else:
+        mesh = mesh_for(args)
+        categories = [("host", mesh.host_checks())]
+        if not args.pre:
+            checks = mesh.mesh_checks()
+            checks += identity_checks(mesh.control_endpoint)
+            checks += privileged_checks(mesh.control_endpoint)
+            categories.append((f"mesh ({mesh.location})", checks))
+    ok = all(c.ok for _, checks in categories for c in checks)
+    if args.output == "json":
+        print(json.dumps(as_json(categories, ok), indent=2))
+        return 0 if ok else 1
     console = Console(highlight=False, soft_wrap=True)
-    mesh = mesh_for(args)
-    ok = show(console, "host", mesh.host_checks())
-    if not args.pre:
-        checks = mesh.mesh_checks()
-        checks += identity_checks(mesh.control_endpoint)
-        checks += privileged_checks(mesh.control_endpoint)
-        ok = show(console, f"mesh ({mesh.location})", checks) and ok
+    for title, checks in categories:
+        show(console, title, checks)
     console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
     return 0 if ok else 1
+
+
+def cluster_categories(args: argparse.Namespace) -> list[tuple[str, list[Check]]]:
+    """The checks of Weft on the cluster of ``--kubeconfig``/``--context``."""
+    import asyncio
+
+    from lightkube import ConfigError
+
+    from weft.control.kube.client import connect
+    from weft.install.checks import run_checks
+
+    try:
+        client = connect(args.kubeconfig, context=args.context)
+    except (ConfigError, OSError, ValueError) as exc:
+        hint = "give a readable kubeconfig (--kubeconfig) and an existing --context"
+        return [("kubernetes-api", [Check("can initialize the client", False, str(exc), hint)])]
+
+    async def go() -> list[tuple[str, list[Check]]]:
+        try:
+            return await run_checks(client, pre=args.pre)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def as_json(categories: list[tuple[str, list[Check]]], ok: bool) -> dict[str, Any]:
+    return {
+        "success": ok,
+        "categories": [
+            {
+                "categoryName": title,
+                "checks": [
+                    {
+                        "description": c.name,
+                        "result": "warning" if isinstance(c, CheckWarning)
+                        else "success" if c.ok else "error",
+                        "detail": c.detail,
+                        "hint": c.hint,
+                    }
+                    for c in checks
+                ],
+            }
+            for title, checks in categories
+        ],
+    }  # fmt: skip
 
 
 def identity_checks(endpoint: str) -> list[Check]:

@@ -124,6 +124,16 @@ async def merge_patch(
     return _decode(response.content)
 
 
+async def get_path(client: AsyncClient, path: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
+    """``GET path`` on the API server (``/version``, a service proxy path ...): the status
+    code and body, whatever the code. Raises ``httpx2.HTTPError`` when there is no answer."""
+    inner: Any = client._client
+    request = inner._client.build_request("GET", path, timeout=timeout)
+    response = await inner.send(request)
+    await response.aread()
+    return int(response.status_code), bytes(response.content)
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a list: its items (with ``apiVersion`` and ``kind`` filled in, which a list's
