@@ -37,7 +37,8 @@ from weft.control.kubeapi.server import KubeApi
 from weft.control.store import Expired, NotFound, Store
 from weft.discovery import Destination
 from weft.resources.errors import InvalidResources
-from weft.resources.models import DEFAULT_NAMESPACE, KINDS, resolve_kind
+from weft.resources.meta import DEFAULT_NAMESPACE
+from weft.resources.models import KINDS, resolve_kind
 
 HEARTBEAT = 5.0
 

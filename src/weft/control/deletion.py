@@ -28,7 +28,8 @@ from weft.control.objects import (
     rfc3339,
 )
 from weft.resources.errors import FieldError, InvalidResources
-from weft.resources.models import DEFAULT_GRACE_PERIOD, DEFAULT_NAMESPACE, KINDS
+from weft.resources.meta import DEFAULT_GRACE_PERIOD, DEFAULT_NAMESPACE
+from weft.resources.models import KINDS
 from weft.resources.validate import show
 
 

@@ -44,7 +44,7 @@ from weft.discovery import Destination, Endpoint
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity
 from weft.resources import endpointslice as slices
 from weft.resources import pods
-from weft.resources.models import DEFAULT_NAMESPACE
+from weft.resources.meta import DEFAULT_NAMESPACE
 
 Listener = Callable[[Destination | None], None]
 # Where a meshed pod's proxy takes connections from other proxies (mutual TLS and a transport

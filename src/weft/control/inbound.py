@@ -64,14 +64,9 @@ from weft.inbound import (
 )
 from weft.resources.errors import InvalidResources
 from weft.resources.httproute import HTTPRoute
-from weft.resources.models import (
-    ANNOTATION_DEFAULT_INBOUND_POLICY,
-    KINDS,
-    Namespace,
-    Pod,
-    PodSpec,
-    Resource,
-)
+from weft.resources.meta import ANNOTATION_DEFAULT_INBOUND_POLICY
+from weft.resources.models import KINDS, Namespace, Pod, Resource
+from weft.resources.podspec import PodSpec
 from weft.resources.policy import (
     AuthorizationPolicy,
     HTTPLocalRateLimitPolicy,

@@ -72,11 +72,8 @@ from weft.addr import parse_hostport
 from weft.control.store import Store
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity
 from weft.resources import pods as podread
-from weft.resources.models import (
-    ANNOTATION_PROXY_ADMIN,
-    DEFAULT_SERVICE_ACCOUNT,
-    selector_matches,
-)
+from weft.resources.meta import ANNOTATION_PROXY_ADMIN, DEFAULT_SERVICE_ACCOUNT
+from weft.resources.models import selector_matches
 
 log = logging.getLogger("weft.control.metrics")
 

@@ -55,12 +55,8 @@ from weft.control.objects import (
     size_of,
 )
 from weft.resources.errors import FieldError, InvalidResources
-from weft.resources.models import (
-    DEFAULT_NAMESPACE,
-    KINDS,
-    parse_resource,
-    parse_status,
-)
+from weft.resources.meta import DEFAULT_NAMESPACE
+from weft.resources.models import KINDS, parse_resource, parse_status
 from weft.resources.validate import show
 
 SNAPSHOT_VERSION = 1

@@ -17,12 +17,14 @@ from weft.resources.annotations import PolicyAnnotations, parse_policy_annotatio
 from weft.resources.errors import FieldError, InvalidResources
 from weft.resources.httproute import HTTPRoute
 from weft.resources.loader import Document, load_paths, load_text
-from weft.resources.models import (
+from weft.resources.meta import (
     ANNOTATION_DEPLOYMENT,
     ANNOTATION_PROXY_ADMIN,
     DEFAULT_NAMESPACE,
-    KINDS,
     LABEL_POD_TEMPLATE_HASH,
+)
+from weft.resources.models import (
+    KINDS,
     Deployment,
     KindInfo,
     Namespace,

@@ -41,7 +41,8 @@ from typing import Any, ClassVar
 import weft.resources.httproute as _http
 from weft.policy import HeaderModifier, PathMatch, RouteMatch, ValueMatch
 from weft.resources.annotations import parse_policy_annotations
-from weft.resources.models import KindInfo, ObjectMeta, _finish, _frozen, _parse_meta, _top
+from weft.resources.meta import ObjectMeta, _frozen, _parse_meta
+from weft.resources.models import KindInfo, _finish, _top
 from weft.resources.models import register_kind as _register_kind
 from weft.resources.validate import EMPTY, Checker, index, join, show
 

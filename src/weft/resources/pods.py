@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from weft.resources.models import (
+from weft.resources.meta import (
     ANNOTATION_DEPLOYMENT,
     ANNOTATION_PROXY_ADMIN,
     DEFAULT_SERVICE_ACCOUNT,

@@ -18,19 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from weft.resources.models import (
-    KindInfo,
-    ObjectMeta,
-    PodTemplate,
-    _deployment_status,
-    _empty,
-    _finish,
-    _frozen,
-    _parse_meta,
-    _parse_template,
-    _top,
-    register_kind,
-)
+from weft.resources.meta import ObjectMeta, _empty, _frozen, _parse_meta
+from weft.resources.models import KindInfo, _deployment_status, _finish, _top, register_kind
+from weft.resources.podspec import PodTemplate, _parse_template
 from weft.resources.validate import Checker
 
 

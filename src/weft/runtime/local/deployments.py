@@ -35,7 +35,8 @@ from typing import Any, Protocol
 from weft.control.state import OWNER_INDEX, ClusterState, StateEvent
 from weft.core.worklist import Schedule, WorkList
 from weft.resources.errors import InvalidResources
-from weft.resources.models import LABEL_POD_TEMPLATE_HASH, Deployment, RollingUpdate
+from weft.resources.meta import LABEL_POD_TEMPLATE_HASH
+from weft.resources.models import Deployment, RollingUpdate
 from weft.resources.replicaset import controller_of, owner_ref
 from weft.runtime.local.replicasets import NAME_ALPHABET
 

@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from weft.core.backoff import ExponentialBackoff
-from weft.resources.models import ContainerStatus, Pod, PodStatus
+from weft.resources.models import Pod
+from weft.resources.podspec import ContainerStatus, PodStatus
 from weft.runtime.base import PROXY_CONTAINER
 from weft.runtime.local import net, users
 from weft.runtime.local.procs import MESH_ENV

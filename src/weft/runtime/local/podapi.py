@@ -32,7 +32,7 @@ from lightkube.resources.core_v1 import ServiceAccountToken
 from weft.control.kube.client import merge_patch
 from weft.control.tokenreview import AUDIENCE
 from weft.core.backoff import ExponentialBackoff
-from weft.resources.models import ANNOTATION_PROXY_ADMIN
+from weft.resources.meta import ANNOTATION_PROXY_ADMIN
 
 log = logging.getLogger("weft.node")
 
