@@ -9,7 +9,7 @@ COMPILED := .venv-compiled
 CBIN := $(COMPILED)/bin
 COMPILED_STAMP := $(COMPILED)/.installed
 
-.PHONY: demo test bench bench-pure lint sysdeps clean compiled test-compiled
+.PHONY: demo test bench bench-pure lint sysdeps clean compiled test-compiled images
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,12 @@ $(COMPILED_STAMP): pyproject.toml setup.py $(shell find src/weft -type f -not -p
 
 compiled: $(COMPILED_STAMP)
 
+# OCI images (proxy, control, proxy-init) in images/oci, without a Docker daemon: a Debian base
+# from debootstrap (cached in .images-work), weft as the compiled build, packed by umoci
+# (scripts/build-images; docs/kubernetes.md, "Images"). Needs root.
+images: $(COMPILED_STAMP) sysdeps
+	scripts/build-images images/oci
+
 # Debian packages: iptables and iproute2 for the local runtime, curl for tests, nginx, wrk and
 # h2load for the benchmark's anchors.
 sysdeps:
@@ -46,8 +52,9 @@ demo: $(STAMP) sysdeps
 
 # The whole suite on the pure-Python build (tests/kube against the real upstream API server
 # that k8s-rig builds from Go modules, about 11 minutes the first time), then the sans-I/O and
-# proxy tests again on the compiled build (the one that is benchmarked and shipped).
-test: $(STAMP) sysdeps k8s-rig
+# proxy tests again on the compiled build (the one that is benchmarked and shipped). The images
+# are built first: tests/e2e/test_images.py runs them.
+test: $(STAMP) sysdeps k8s-rig images
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	$(MAKE) --no-print-directory test-compiled
 
@@ -69,7 +76,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(COMPILED) build src/*.egg-info
+	rm -rf $(VENV) $(COMPILED) build src/*.egg-info images .images-work
 
 # Real upstream Kubernetes for tests (docs/kubernetes-rig.md): builds kube-apiserver,
 # kube-controller-manager, kubectl and etcd from their Go modules into .k8s-rig/ (once).
