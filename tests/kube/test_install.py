@@ -1,5 +1,6 @@
 """``weft install``, ``weft upgrade`` and ``weft uninstall`` against the real API server, and the
-control plane's leader election over a real Lease.
+control plane's leader election over a real Lease (two electors, and two control planes of which
+only the leader writes route statuses).
 
 Install: every object of ``weft install --crds`` and ``weft install`` is accepted by
 ``kubectl apply``; the real kube-controller-manager makes the control plane's pods from its
@@ -10,19 +11,25 @@ bytes; a value given to an upgrade is kept by the next one. Uninstall: everythin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.kube.conftest import Kube, KubeRig
+from weft.control.incluster import ClusterControlPlane, LeaderWriter
 from weft.control.kube.client import connect
 from weft.control.kube.leader import LeaderElector
+from weft.control.server import ControlConfig
+from weft.testing import wait_until
 
 
 def weft(*args: str) -> str:
@@ -229,3 +236,78 @@ async def test_one_replica_leads_and_another_takes_over(kube: Kube) -> None:
             await e.stop()
         for c in clients:
             await c.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_api(kube_rig: KubeRig) -> Iterator[None]:
+    """Gateway API's CRDs as ``weft install --crds --gateway-api`` prints them (Weft's own
+    included), for the module; the Gateway API ones deleted after."""
+    text = weft("install", "--crds", "--gateway-api")
+    apply(kube_rig, text)
+    names = ["crd/httproutes.gateway.networking.k8s.io", "crd/grpcroutes.gateway.networking.k8s.io"]
+    kube_rig.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", *names)
+    try:
+        yield
+    finally:
+        subprocess.run(
+            [str(kube_rig.kubectl), "--kubeconfig", str(kube_rig.kubeconfig), "delete",
+             "--wait=false", "--ignore-not-found", *names],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+
+async def test_replicas_elect_one_writer_of_route_statuses(
+    kube: Kube, gateway_api: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two control planes with --leader-elect on the real API server: both ready and serving,
+    one writes the route's status; when it stops, the other takes over and writes the next."""
+    ns = kube.namespace
+    monkeypatch.setenv("WEFT_POD_NAMESPACE", ns)  # the Lease lives in the test's namespace
+    planes: list[ClusterControlPlane] = []
+    for name in ("control-a", "control-b"):
+        monkeypatch.setenv("WEFT_POD_NAME", name)
+        config = ControlConfig(state_dir=str(tmp_path / name), kubeconfig=str(kube.kubeconfig),
+                               leader_elect=True)  # fmt: skip
+        planes.append(ClusterControlPlane(config))
+    a, b = planes
+    try:
+        await a.start()
+        await wait_until(lambda: a.leader is not None and a.leader.leading, within=10)
+        await b.start()
+        assert a.api.not_ready() is None and b.api.not_ready() is None  # both serve the proxies
+        route: dict[str, Any] = {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        }  # fmt: skip
+        service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web",
+                   "namespace": ns}, "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+        kube.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                         "items": [service, route]}))  # fmt: skip
+
+        def status() -> dict[str, Any]:
+            out = kube.kubectl("get", "httproute", "web", "-n", ns, "-o", "json")
+            return dict(json.loads(out).get("status") or {})
+
+        def accepted(generation: int) -> bool:
+            for parent in status().get("parents") or []:
+                for cond in parent.get("conditions") or []:
+                    if cond["type"] == "Accepted" and cond.get("observedGeneration") == generation:
+                        return bool(cond["status"] == "True")
+            return False
+
+        await wait_until(lambda: accepted(1), within=20)
+        writer = b.route_status._writer
+        assert isinstance(writer, LeaderWriter)
+        await wait_until(lambda: writer.dropped >= 1, within=10)  # b computed it, did not write
+        assert b.leader is not None and not b.leader.leading
+        await a.stop(grace=0.5)  # releases the Lease
+        await wait_until(lambda: b.leader is not None and b.leader.leading, within=10)
+        route["spec"]["rules"][0]["matches"] = [{"path": {"type": "PathPrefix", "value": "/v2"}}]
+        kube.kubectl("apply", "-f", "-", input=json.dumps(route))
+        await wait_until(lambda: accepted(2), within=20)  # written by b, the new leader
+    finally:
+        for p in planes:
+            with contextlib.suppress(Exception):
+                await p.stop(grace=0.5)

@@ -93,8 +93,11 @@ class Api:
         heartbeat: float = HEARTBEAT,
         handlers: Mapping[str, SubHandler] | None = None,
         kube: KubeApi | None = None,
+        ready: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
+        # why this control plane should get no traffic yet (None: it is ready); /ready says it
+        self.not_ready = ready
         # the Kubernetes REST API over the same store, on the same listeners
         self.kube = kube
         # further API groups (``/api/v1/<group>/...``) served by other modules
@@ -117,6 +120,9 @@ class Api:
             return await self.kube.handle(request)
         if path in ("/healthz", "/ready", "/live"):
             self._method(method, "GET")
+            why = self.not_ready() if path == "/ready" else None
+            if why is not None:
+                raise HttpError(503, f"not ready: {why}")
             body: dict[str, Any] = {"status": "ok"}
             if self.store is not None:
                 body["resourceVersion"] = self.store.resource_version

@@ -150,6 +150,11 @@ class IdentityService:
     # -- material ----------------------------------------------------------------------------
 
     @property
+    def loaded(self) -> bool:
+        """Whether the CA material is loaded (certificates can be issued)."""
+        return self._material is not None
+
+    @property
     def material(self) -> Material:
         if self._material is None:
             raise HttpError(503, "the identity service has not loaded its CA yet")

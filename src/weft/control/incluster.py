@@ -31,7 +31,7 @@ from weft.control.identity import IdentityService
 from weft.control.inbound import InboundPolicies
 from weft.control.kube.client import connect
 from weft.control.kube.leader import LeaderElector
-from weft.control.kube.state import KubeState
+from weft.control.kube.state import CORE_KINDS, KubeState
 from weft.control.routestatus import RouteStatusController
 from weft.control.server import ControlConfig
 from weft.control.state import StatusWriter
@@ -97,6 +97,7 @@ class ClusterControlPlane:
             None,
             heartbeat=config.heartbeat,
             handlers={"identity": self.identity.handle, "inbound": self.inbound.handle},
+            ready=self._not_ready,
         )
         self.http = HttpServer(self.api.handle)
         self.tcp_address: tuple[str, int] | None = None
@@ -136,6 +137,19 @@ class ClusterControlPlane:
         if self.leader is not None:
             self.leader.start()
         log.info("control plane on the cluster's API, listening on %s", self.config.socket_path)
+
+    def _not_ready(self) -> str | None:
+        """Ready once the core kinds were listed (it then keeps serving its last state through
+        an API server outage, as the proxies do) and the CA is loaded."""
+        waiting = [
+            k for k in CORE_KINDS
+            if k in self.state.informers and not self.state.informers[k].synced.is_set()
+        ]  # fmt: skip
+        if waiting:
+            return f"the cluster's {', '.join(waiting)} are not listed yet"
+        if not self.identity.loaded:
+            return "the identity service has not loaded its CA yet"
+        return None
 
     def _leading(self, leading: bool) -> None:
         if leading:
