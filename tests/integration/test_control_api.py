@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable, ControlUnreachable
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.config import ControlConfig
+from weft.control.server import ControlPlane
 from weft.discovery import Destination
 
 WAIT = 5.0  # generous bound for "arrives"; never asserted as a latency

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from weft.control.client import ControlClient
+from weft.control.config import ControlConfig
 from weft.control.persist import StateDb
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 
 APP = """\
 apiVersion: v1

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from weft.control.client import ControlClient
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.config import ControlConfig
+from weft.control.server import ControlPlane
 from weft.core.backoff import ExponentialBackoff
 from weft.discovery import Destination
 from weft.proxy.control_discovery import ControlDiscovery

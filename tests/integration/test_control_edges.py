@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from weft.control.client import ApiError, ControlClient
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.config import ControlConfig
+from weft.control.server import ControlPlane
 from weft.proxy.server import ProxyServer
 from weft.proxy.static_discovery import StaticDiscovery
 from weft.testing.clock import FakeClock

@@ -17,8 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from weft.control.client import ApiError, ControlClient, ControlUnavailable
+from weft.control.config import ControlConfig
 from weft.control.follow import ControlStreams, Follower, default_backoff
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 from weft.core.backoff import ExponentialBackoff
 from weft.discovery import Destination
 from weft.proxy.control_discovery import ControlDiscovery

@@ -27,9 +27,10 @@ from rich.console import Console
 from weft.cli.commands.check import CheckWarning, ca_checks
 from weft.cli.commands.identity import pod_lines, status_lines
 from weft.control.client import ApiError, ControlClient
+from weft.control.config import ControlConfig
 from weft.control.httpserver import HttpError
 from weft.control.identity import IdentityService, IdentitySettings
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 from weft.control.store import Store
 from weft.identity import ca
 from weft.identity.ca import Authority, CaError, Material

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from weft.control.client import ApiError, ControlClient
+from weft.control.config import ControlConfig
 from weft.control.inbound import InboundPolicies
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 from weft.inbound import Authorization, PodInboundPolicy
 
 WAIT = 5.0  # generous bound for "arrives"

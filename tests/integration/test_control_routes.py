@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 from weft.control.client import ApiError, ControlClient
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.config import ControlConfig
+from weft.control.server import ControlPlane
 from weft.discovery import Destination
 from weft.testing.clock import FakeClock
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from weft.control.client import ControlClient
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.config import ControlConfig
+from weft.control.server import ControlPlane
 from weft.testing.clock import FakeClock
 
 T0 = 1_700_000_000.0

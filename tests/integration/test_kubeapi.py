@@ -22,9 +22,10 @@ from lightkube.config.kubeconfig import KubeConfig
 from lightkube.resources.core_v1 import Service
 from lightkube.types import PatchType
 
+from weft.control.config import ControlConfig
 from weft.control.kube.informer import Informer
 from weft.control.kubeapi.server import MAX_OBJECT_BYTES
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 from weft.runtime.local import kubepki
 from weft.runtime.local.kubeport import KubePort
 from weft.testing import wait_until

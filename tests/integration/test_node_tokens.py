@@ -19,8 +19,9 @@ import pytest
 from lightkube import ApiError
 
 from weft.control.client import ControlClient
+from weft.control.config import ControlConfig
 from weft.control.kube.client import connect_endpoint
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 from weft.control.tokenreview import ROTATE_AFTER, KubeTokenReviewer, ReviewedToken
 from weft.identity.tokens import InvalidToken
 from weft.runtime.local import net

@@ -19,9 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from weft.control.client import ControlClient
+from weft.control.config import ControlConfig
 from weft.control.httpserver import Request, Response, Streaming, StreamWriter
 from weft.control.inbound import InboundPolicies
-from weft.control.server import ControlConfig, ControlPlane
+from weft.control.server import ControlPlane
 from weft.core.backoff import ExponentialBackoff
 from weft.inbound import (
     Authorization,

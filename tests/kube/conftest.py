@@ -132,7 +132,8 @@ class Embedded:
         return done.stdout
 
     async def start(self) -> None:
-        from weft.control.server import ControlConfig, ControlPlane
+        from weft.control.config import ControlConfig
+        from weft.control.server import ControlPlane
 
         config = ControlConfig(
             state_dir=self.state_dir,

@@ -19,8 +19,8 @@ import pytest
 
 from tests.kube.conftest import Kube
 from weft.control.client import ApiError, ControlClient
+from weft.control.config import ControlConfig
 from weft.control.incluster import ClusterControlPlane
-from weft.control.server import ControlConfig
 from weft.identity import ca
 from weft.identity.names import dns_identity, spiffe_id
 from weft.testing import wait_until

@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from tests.kube.conftest import Kube, KubeRig
+from weft.control.config import ControlConfig
 from weft.control.incluster import ClusterControlPlane, LeaderWriter
 from weft.control.kube.client import connect
 from weft.control.kube.leader import LeaderElector
-from weft.control.server import ControlConfig
 from weft.testing import wait_until
 
 

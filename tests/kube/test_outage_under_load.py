@@ -27,9 +27,9 @@ import pytest
 
 from tests.integration.test_control_chaos import Load, endpoint_ips
 from tests.kube.conftest import Kube
+from weft.control.config import ControlConfig
 from weft.control.follow import ControlStreams
 from weft.control.incluster import ClusterControlPlane
-from weft.control.server import ControlConfig
 from weft.metrics import ProxyMetrics
 from weft.proxy.config import ProxyConfig
 from weft.proxy.control_discovery import ControlDiscovery

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from weft.control.api import Api
+from weft.control.config import ControlConfig
 from weft.control.destinations import DestinationService
 from weft.control.httpserver import HttpServer
 from weft.control.identity import IdentityService
@@ -33,7 +34,6 @@ from weft.control.kube.client import connect
 from weft.control.kube.leader import LeaderElector
 from weft.control.kube.state import CORE_KINDS, KubeState
 from weft.control.routestatus import RouteStatusController
-from weft.control.server import ControlConfig
 from weft.control.state import StatusWriter
 from weft.control.tokenreview import KubeTokenReviewer
 

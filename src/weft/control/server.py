@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weft.addr import Address
 from weft.control.api import Api
-from weft.control.client import DEFAULT_STATE_DIR, KUBE_SOCKET, SOCKET_NAME
+from weft.control.client import KUBE_SOCKET
+from weft.control.config import ControlConfig
 from weft.control.destinations import DestinationService
 from weft.control.edges import EdgesApi
 from weft.control.httpserver import HttpServer, Request, Response, Streaming
-from weft.control.identity import IdentityService, IdentitySettings
+from weft.control.identity import IdentityService
 from weft.control.inbound import InboundPolicies
 from weft.control.kubeapi.authn import LocalAuthn
 from weft.control.kubeapi.server import KubeApi
@@ -45,7 +44,6 @@ from weft.control.store import Store
 
 if TYPE_CHECKING:
     from weft.control.incluster import ClusterControlPlane
-from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.runtime.local.deployments import DeploymentController
 from weft.runtime.local.endpointslices import EndpointSliceController
 from weft.runtime.local.namespaces import NamespaceController
@@ -55,73 +53,7 @@ from weft.runtime.local.replicasets import ReplicaSetController
 LOCAL_KINDS = ("Deployment", "ReplicaSet")
 log = logging.getLogger("weft.control")
 
-STATE_FILE = "store.db"
 OLD_STATE_FILE = "store.json"  # before the SQLite store: migrated once
-
-
-@dataclass(frozen=True, slots=True)
-class ControlConfig:
-    """Everything ``weft control`` needs; validated on construction."""
-
-    state_dir: str = DEFAULT_STATE_DIR
-    service_cidr: str = "10.96.0.0/16"
-    pod_cidr: str = "10.244.0.0/16"
-    scrape_interval: float = 2.0
-    scrape_timeout: float = 1.5
-    retention: float = 3900.0
-    http_listen: Address | None = None
-    heartbeat: float = 5.0
-    # how often a quiet Kubernetes API watch gets a bookmark (the API server: about a minute)
-    watch_bookmark_s: float = 60.0
-    # a cluster to read instead of a store of its own (a kubeconfig file, or "in-cluster"):
-    # weft.control.incluster.ClusterControlPlane
-    kubeconfig: str | None = None
-    kube_context: str | None = None
-    # on a cluster: only the replica holding the Lease writes statuses (weft.control.kube.leader)
-    leader_elect: bool = False
-    identity: IdentitySettings = field(default_factory=IdentitySettings)
-    # inbound policy: the mesh-wide default, and the networks cluster-* policies trust (the
-    # pod network when empty)
-    default_inbound_policy: str = DEFAULT_POLICY
-    cluster_networks: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("service_cidr", "pod_cidr"):
-            value = getattr(self, name)
-            try:
-                net = ipaddress.ip_network(value, strict=True)
-            except ValueError as exc:
-                raise ValueError(
-                    f"{name.replace('_', '-')} {value!r} is not a network: {exc}"
-                ) from None
-            if net.num_addresses < 4:
-                raise ValueError(f"{name.replace('_', '-')} {value!r} is too small")
-        for name in ("scrape_interval", "scrape_timeout", "retention", "heartbeat"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
-        if not self.state_dir:
-            raise ValueError("state-dir must not be empty")
-        if self.leader_elect and not self.kubeconfig:
-            raise ValueError("leader-elect is for replicas on a cluster: give --kubeconfig")
-        if self.default_inbound_policy not in DEFAULT_POLICIES:
-            raise ValueError(
-                f"default-inbound-policy must be one of {', '.join(DEFAULT_POLICIES)}, "
-                f"got {self.default_inbound_policy!r}"
-            )
-        for cidr in self.cluster_networks:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"cluster-networks: {cidr!r} is not a network") from None
-
-    @property
-    def socket_path(self) -> str:
-        return os.path.join(self.state_dir, SOCKET_NAME)
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.state_dir, STATE_FILE)
 
 
 class ControlPlane:

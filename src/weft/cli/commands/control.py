@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weft import logs
-    from weft.control.server import ControlConfig, serve
+    from weft.control.config import ControlConfig
+    from weft.control.server import serve
 
     try:
         logs.configure(args.log_level, args.log_format)
