@@ -18,7 +18,7 @@ from weft.proxy.protocol.http2.grpc import grpc_timeout_value, parse_grpc_timeou
 from weft.resources.annotations import PolicyAnnotations
 from weft.resources.errors import InvalidResources
 from weft.resources.grpcroute import GRPCRoute
-from weft.resources.models import parse_resource
+from weft.resources.registry import parse_resource
 from weft.testing.cluster import cluster_of
 
 

@@ -38,7 +38,7 @@ from weft.control.store import Expired, NotFound, Store
 from weft.discovery import Destination
 from weft.resources.errors import InvalidResources
 from weft.resources.meta import DEFAULT_NAMESPACE
-from weft.resources.models import KINDS, resolve_kind
+from weft.resources.registry import KINDS, resolve_kind
 
 HEARTBEAT = 5.0
 

@@ -29,7 +29,7 @@ from weft.control.objects import (
 )
 from weft.resources.errors import FieldError, InvalidResources
 from weft.resources.meta import DEFAULT_GRACE_PERIOD, DEFAULT_NAMESPACE
-from weft.resources.models import KINDS
+from weft.resources.registry import KINDS
 from weft.resources.validate import show
 
 

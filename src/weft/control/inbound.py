@@ -65,7 +65,7 @@ from weft.inbound import (
 from weft.resources.errors import InvalidResources
 from weft.resources.httproute import HTTPRoute
 from weft.resources.meta import ANNOTATION_DEFAULT_INBOUND_POLICY
-from weft.resources.models import KINDS, Namespace, Pod, Resource
+from weft.resources.models import Namespace, Pod
 from weft.resources.podspec import PodSpec
 from weft.resources.policy import (
     AuthorizationPolicy,
@@ -75,6 +75,7 @@ from weft.resources.policy import (
     Server,
     identity_name,
 )
+from weft.resources.registry import KINDS, Resource
 from weft.resources.validate import Checker
 
 log = logging.getLogger("weft.control.inbound")

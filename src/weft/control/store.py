@@ -56,7 +56,7 @@ from weft.control.objects import (
 )
 from weft.resources.errors import FieldError, InvalidResources
 from weft.resources.meta import DEFAULT_NAMESPACE
-from weft.resources.models import KINDS, parse_resource, parse_status
+from weft.resources.registry import KINDS, parse_resource, parse_status
 from weft.resources.validate import show
 
 SNAPSHOT_VERSION = 1

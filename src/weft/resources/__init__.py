@@ -1,7 +1,8 @@
 """Kubernetes-shaped resources: models, validation, and loading from files.
 
-- :mod:`~weft.resources.models`: frozen, validated models of Namespace, Service, Deployment and Pod,
-  the kind registry, and :func:`parse_resource`.
+- :mod:`~weft.resources.models`: frozen, validated models of Namespace, Service, Deployment and Pod
+  (their metadata in :mod:`~weft.resources.meta`, pod specs in :mod:`~weft.resources.podspec`).
+- :mod:`~weft.resources.registry`: the kind registry and :func:`parse_resource`.
 - :mod:`~weft.resources.httproute`: the Gateway API HTTPRoute (mesh mode: parents are Services),
   with what Weft does not support refused by name.
 - :mod:`~weft.resources.annotations`: the ``retry.weft.io/*``, ``timeout.weft.io/*`` and
@@ -10,9 +11,17 @@
 - :mod:`~weft.resources.errors`: :class:`FieldError` (file, document, field path, message) and
   :class:`InvalidResources`.
 
+Every kind's module is imported here, so each has registered itself
+(:mod:`~weft.resources.registry`) before any part of the package is used.
+
 Not for: storing, watching or serving resources (that is :mod:`weft.control`).
 """
 
+# the kinds that only register themselves
+from weft.resources import endpointslice as _endpointslice  # noqa: F401
+from weft.resources import grpcroute as _grpcroute  # noqa: F401
+from weft.resources import policy as _policy  # noqa: F401
+from weft.resources import replicaset as _replicaset  # noqa: F401
 from weft.resources.annotations import PolicyAnnotations, parse_policy_annotations
 from weft.resources.errors import FieldError, InvalidResources
 from weft.resources.httproute import HTTPRoute
@@ -23,19 +32,15 @@ from weft.resources.meta import (
     DEFAULT_NAMESPACE,
     LABEL_POD_TEMPLATE_HASH,
 )
-from weft.resources.models import (
+from weft.resources.models import Deployment, Namespace, Pod, Service, selector_matches
+from weft.resources.registry import (
     KINDS,
-    Deployment,
     KindInfo,
-    Namespace,
-    Pod,
     Resource,
-    Service,
     parse_resource,
     parse_status,
     register_kind,
     resolve_kind,
-    selector_matches,
 )
 
 __all__ = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from weft.resources.meta import ObjectMeta, _frozen, _parse_meta
-from weft.resources.models import KindInfo, _finish, _generic_status, register_kind
+from weft.resources.registry import KindInfo, _finish, _generic_status, register_kind
 from weft.resources.validate import Checker, index, join
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -42,8 +42,8 @@ import weft.resources.httproute as _http
 from weft.policy import HeaderModifier, PathMatch, RouteMatch, ValueMatch
 from weft.resources.annotations import parse_policy_annotations
 from weft.resources.meta import ObjectMeta, _frozen, _parse_meta
-from weft.resources.models import KindInfo, _finish, _top
-from weft.resources.models import register_kind as _register_kind
+from weft.resources.registry import KindInfo, _finish, _top
+from weft.resources.registry import register_kind as _register_kind
 from weft.resources.validate import EMPTY, Checker, index, join, show
 
 KIND = "GRPCRoute"

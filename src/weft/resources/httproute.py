@@ -43,7 +43,7 @@ from weft.policy import HeaderModifier, PathMatch, Redirect, RouteMatch, Timeout
 from weft.resources.annotations import PREFIXES, parse_policy_annotations
 from weft.resources.errors import InvalidResources
 from weft.resources.meta import ObjectMeta, _frozen, _parse_meta
-from weft.resources.models import KindInfo, _finish, _top, register_kind
+from weft.resources.registry import KindInfo, _finish, _top, register_kind
 from weft.resources.validate import EMPTY, Checker, index, join, show
 
 GROUP = "gateway.networking.k8s.io"

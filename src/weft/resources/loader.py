@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from weft.resources.errors import FieldError, InvalidResources
-from weft.resources.models import Resource, parse_resource
+from weft.resources.registry import Resource, parse_resource
 
 SUFFIXES = (".yaml", ".yml", ".json")
 MAX_FILE_BYTES = 16 * 1024 * 1024

@@ -21,8 +21,8 @@ rejected, which catches typos. A Service's ``retry.weft.io/*``, ``timeout.weft.i
 Namespace or a Deployment's pod template (Pods, written by the runtime, are not refused for it:
 the control plane falls back to the mesh default and warns).
 
-:func:`parse_resource` dispatches on ``kind``; :data:`KINDS` is the registry later kinds (routes,
-policy) join with :func:`register_kind`.
+These four kinds register themselves in :mod:`weft.resources.registry`, whose
+:func:`~weft.resources.registry.parse_resource` dispatches on ``kind``.
 
 Not for: loading files (:mod:`weft.resources.loader`), cross-document checks such as "the namespace
 exists" or cluster IP allocation (the control plane's store does those).
@@ -30,16 +30,14 @@ exists" or cluster IP allocation (the control plane's store does those).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from weft.resources.annotations import parse_policy_annotations
-from weft.resources.errors import InvalidResources
 from weft.resources.meta import (
     ANNOTATION_DEPLOYMENT,
     ANNOTATION_PROXY_ADMIN,
-    TOP_KNOWN,
     ObjectMeta,
     _check_inbound_annotation,
     _empty,
@@ -54,34 +52,17 @@ from weft.resources.podspec import (
     _parse_pod_status,
     _parse_template,
 )
+from weft.resources.registry import (
+    KindInfo,
+    _finish,
+    _generic_status,
+    _top,
+    register_kind,
+)
 from weft.resources.validate import Checker, index, join, show
 
 # --------------------------------------------------------------------------------------------
 # kinds
-
-
-class Resource(Protocol):
-    """What every kind's model offers."""
-
-    API_VERSION: ClassVar[str]
-    KIND: ClassVar[str]
-    NAMESPACED: ClassVar[bool]
-
-    @property
-    def metadata(self) -> ObjectMeta: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-def _top(c: Checker, doc: Mapping[str, Any], spec_required: bool = True) -> None:
-    c.known_fields(doc, "", TOP_KNOWN)
-    if spec_required and doc.get("spec") is None:
-        c.error("spec", "required field is missing")
-
-
-def _finish(c: Checker) -> None:
-    if c.errors:
-        raise InvalidResources(c.errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,33 +447,6 @@ class Pod:
 # registry
 
 
-@dataclass(frozen=True, slots=True)
-class KindInfo:
-    """How the store and the CLI handle one kind. Documents may also carry one of
-    ``other_api_versions`` (another project's group for the same kind, e.g. Linkerd's); the
-    store keeps every object under ``api_version``."""
-
-    kind: str
-    api_version: str
-    namespaced: bool
-    plural: str
-    aliases: tuple[str, ...]
-    parse: Callable[[Mapping[str, Any]], Resource]
-    parse_status: Callable[[Mapping[str, Any]], dict[str, Any]]
-    other_api_versions: tuple[str, ...] = ()
-
-    @property
-    def api_versions(self) -> tuple[str, ...]:
-        return (self.api_version, *self.other_api_versions)
-
-
-def _generic_status(status: Mapping[str, Any]) -> dict[str, Any]:
-    c = Checker()
-    c.json_value(dict(status), "status")
-    _finish(c)
-    return dict(status)
-
-
 def _pod_status(status: Mapping[str, Any]) -> dict[str, Any]:
     c = Checker()
     parsed = _parse_pod_status(c, status, "status")
@@ -509,17 +463,6 @@ def _deployment_status(status: Mapping[str, Any]) -> dict[str, Any]:
     c.json_value(dict(status), "status")
     _finish(c)
     return dict(status)
-
-
-KINDS: dict[str, KindInfo] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register_kind(info: KindInfo) -> None:
-    """Add a kind (later issues: routes, policy) so the store, loader and CLI accept it."""
-    KINDS[info.kind] = info
-    for name in (info.kind, info.kind.lower(), info.plural, *info.aliases):
-        _ALIASES[name.lower()] = info.kind
 
 
 register_kind(
@@ -542,57 +485,9 @@ register_kind(
 register_kind(KindInfo("Pod", "v1", True, "pods", ("po",), Pod.from_dict, _pod_status))
 
 
-def resolve_kind(name: str) -> KindInfo:
-    """``pods``, ``po``, ``Pod`` -> the Pod kind. Raises ValueError naming the known kinds."""
-    kind = _ALIASES.get(name.lower())
-    if kind is None:
-        known = ", ".join(sorted(KINDS))
-        raise ValueError(f"unknown kind {name!r}; known kinds: {known}")
-    return KINDS[kind]
-
-
-def parse_resource(doc: Any) -> Resource:
-    """Validate one document and return its model; raises InvalidResources naming every field."""
-    c = Checker()
-    if not isinstance(doc, Mapping):
-        c.error("", f"a document must be a mapping, got {type(doc).__name__} {show(doc)}")
-        raise InvalidResources(c.errors)
-    kind = doc.get("kind")
-    api_version = doc.get("apiVersion")
-    if kind is None:
-        c.error("kind", "required field is missing")
-    elif not isinstance(kind, str) or kind not in KINDS:
-        c.error("kind", f"unknown kind {show(kind)}; known kinds: {', '.join(sorted(KINDS))}")
-    if api_version is None:
-        c.error("apiVersion", "required field is missing")
-    elif isinstance(kind, str) and kind in KINDS and api_version not in KINDS[kind].api_versions:
-        accepted = " or ".join(show(v) for v in KINDS[kind].api_versions)
-        c.error("apiVersion", f"must be {accepted} for kind {kind}, got {show(api_version)}")
-    if c.errors:
-        raise InvalidResources(c.errors)
-    assert isinstance(kind, str)
-    return KINDS[kind].parse(doc)
-
-
-def parse_status(kind: str, status: Any) -> dict[str, Any]:
-    """Validate a ``status`` for ``kind`` and return it normalized; raises InvalidResources."""
-    if not isinstance(status, Mapping):
-        c = Checker()
-        c.error("status", f"must be a mapping, got {show(status)}")
-        raise InvalidResources(c.errors)
-    return KINDS[kind].parse_status(status)
-
-
 def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
     """Equality-based label selection; a missing or empty selector selects nothing (as a
     Service's does)."""
     if not selector:
         return False
     return all(labels.get(k) == v for k, v in selector.items())
-
-
-# the policy and route kinds register themselves; imported last, as they build on this module
-from weft.resources import endpointslice as _endpointslice  # noqa: E402, F401
-from weft.resources import grpcroute as _grpcroute  # noqa: E402, F401
-from weft.resources import policy as _policy  # noqa: E402, F401
-from weft.resources import replicaset as _replicaset  # noqa: E402, F401

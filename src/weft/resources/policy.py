@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 from weft.inbound import DEFAULT_POLICIES, Network
 from weft.resources.meta import ObjectMeta, _empty, _frozen, _parse_meta
-from weft.resources.models import KindInfo, _finish, _generic_status, _top, register_kind
+from weft.resources.registry import KindInfo, _finish, _generic_status, _top, register_kind
 from weft.resources.validate import EMPTY, Checker, index, join, show
 
 GROUP = "policy.weft.io"

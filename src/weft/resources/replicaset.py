@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from weft.resources.meta import ObjectMeta, _empty, _frozen, _parse_meta
-from weft.resources.models import KindInfo, _deployment_status, _finish, _top, register_kind
+from weft.resources.models import _deployment_status
 from weft.resources.podspec import PodTemplate, _parse_template
+from weft.resources.registry import KindInfo, _finish, _top, register_kind
 from weft.resources.validate import Checker
 
 

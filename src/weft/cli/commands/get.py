@@ -39,7 +39,7 @@ from weft.control.client import (
 from weft.control.routestatus import summarize
 from weft.core.durations import human_duration
 from weft.resources import pods as podread
-from weft.resources.models import KINDS, KindInfo, resolve_kind
+from weft.resources.registry import KINDS, KindInfo, resolve_kind
 from weft.resources.security import root_containers_of
 
 T = TypeVar("T")

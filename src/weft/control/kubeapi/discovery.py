@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from weft.resources.models import KINDS, KindInfo
+from weft.resources.registry import KINDS, KindInfo
 
 # the Kubernetes minor this API follows (the rig's, and lightkube-models')
 VERSION = {

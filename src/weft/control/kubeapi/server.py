@@ -40,7 +40,7 @@ from weft.control.kubeapi.selectors import SelectorError, matcher
 from weft.control.kubeapi.status import KubeError, invalid, not_found
 from weft.control.store import PROPAGATIONS, AlreadyExists, Conflict, NotFound, Store
 from weft.resources.errors import InvalidResources
-from weft.resources.models import KindInfo
+from weft.resources.registry import KindInfo
 
 MAX_OBJECT_BYTES = 3 * 1024 * 1024  # the API server's request limit for one object
 MAX_LIST_LIMIT = 5000
