@@ -6,8 +6,8 @@
 (HTTPRoute lives in :mod:`weft.resources.httproute`, GRPCRoute in
 :mod:`weft.resources.grpcroute`, the inbound policy kinds — Server,
 AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy — in
-:mod:`weft.resources.policy`; each joins the registry from there. The policy module is imported at
-the end of this one, so that every user of the registry sees its kinds.)
+:mod:`weft.resources.policy`; each joins the registry (:mod:`weft.resources.registry`) from there,
+and the package imports every one of them.)
 
 Each kind is a frozen dataclass built from a document (a plain mapping as YAML or JSON gives it) by
 ``from_dict``, which validates every field and raises
