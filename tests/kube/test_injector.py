@@ -179,6 +179,64 @@ async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
         kube.kubectl("delete", "namespace", plain, "--wait=false", check=False)
 
 
+async def _post(served: Served, ca: bytes, body: bytes) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cadata=ca.decode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port, ssl=context,
+                                                   server_hostname="127.0.0.1")  # fmt: skip
+    head = f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+    writer.write(b"POST /inject HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" + head)
+    try:
+        writer.write(body)
+        await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass  # refused before the body was all sent: the answer is already there
+    data = await reader.read()
+    writer.close()
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1]
+
+
+def _review(pod: dict[str, object], uid: str = "u1") -> bytes:
+    return json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "namespace": "shop", "operation": "CREATE", "object": pod},
+    }).encode()  # fmt: skip
+
+
+def _pod(annotations: dict[str, str], **spec: object) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop",
+                         "annotations": {"weft.io/inject": "enabled", **annotations}},
+            "spec": {"containers": [{"name": "web", "image": "web:1"}], **spec}}  # fmt: skip
+
+
+async def test_odd_pods_get_a_clear_answer(injector: tuple[Served, bytes]) -> None:
+    """Invalid annotations: meshed with warnings naming them. A hostNetwork pod: allowed as it
+    is, saying why. An enormous pod (3 MB of annotations, the API server's bound for an
+    object): meshed. A body past the injector's bound: 413, and the injector keeps serving."""
+    served, ca = injector
+    code, body = await _post(served, ca, _review(_pod({
+        "config.weft.io/proxy-log-level": "loud", "config.weft.io/proxy-cpu-limit": "lots",
+        "config.weft.io/skip-outbound-ports": "http"})))  # fmt: skip
+    answer = json.loads(body)["response"]
+    assert code == 200 and answer["allowed"] and answer["patchType"] == "JSONPatch"
+    warnings = " ".join(answer["warnings"])
+    for key in ("proxy-log-level", "proxy-cpu-limit", "skip-outbound-ports"):
+        assert key in warnings, warnings
+    code, body = await _post(served, ca, _review(_pod({}, hostNetwork=True)))
+    answer = json.loads(body)["response"]
+    assert code == 200 and answer["allowed"] and "patch" not in answer
+    assert "hostNetwork" in " ".join(answer["warnings"])
+    big = {f"example.com/note-{i}": "x" * 1000 for i in range(3000)}
+    code, body = await _post(served, ca, _review(_pod(big)))
+    answer = json.loads(body)["response"]
+    assert code == 200 and answer["allowed"] and answer["patchType"] == "JSONPatch"
+    code, body = await _post(served, ca, b"{" + b" " * (17 * 1024 * 1024) + b"}")
+    assert code == 413, body[:200]
+    code, body = await _post(served, ca, _review(_pod({}), uid="after"))
+    assert code == 200 and json.loads(body)["response"]["uid"] == "after"
+
+
 async def test_bad_reviews_get_a_clear_400(injector: tuple[Served, bytes]) -> None:
     served, ca = injector
     context = ssl.create_default_context(cadata=ca.decode())
