@@ -311,3 +311,72 @@ async def test_replicas_elect_one_writer_of_route_statuses(
         for p in planes:
             with contextlib.suppress(Exception):
                 await p.stop(grace=0.5)
+
+
+def test_check_answers_for_a_user_who_may_read_nothing_and_an_api_that_is_away(
+    kube: Kube, kube_rig: KubeRig, tmp_path: Path
+) -> None:
+    kube.kubectl("create", "serviceaccount", "nobody", "-n", kube.namespace)
+    token = kube.kubectl("create", "token", "nobody", "-n", kube.namespace).strip()
+    config = yaml.safe_load(kube_rig.kubeconfig.read_text())
+    config["users"] = [{"name": "nobody", "user": {"token": token}}]
+    for ctx in config["contexts"]:
+        ctx["context"]["user"] = "nobody"
+    nobody = tmp_path / "nobody.kubeconfig"
+    nobody.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "check", "--kubeconfig", str(nobody)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "✘" in done.stdout and "forbidden" in done.stdout.lower(), done.stdout
+    # the API server away: one clear failure
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = "https://127.0.0.1:9"
+    away = tmp_path / "away.kubeconfig"
+    away.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "check", "--kubeconfig", str(away), "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    (category,) = json.loads(done.stdout)["categories"]
+    assert category["categoryName"] == "kubernetes-api"
+    assert category["checks"][0]["result"] == "error"
+
+
+def test_check_reports_a_category_it_may_not_read_and_goes_on(
+    kube: Kube, kube_rig: KubeRig, installed: str, tmp_path: Path
+) -> None:
+    """A user who may read Weft's installation but not list pods: the data-plane category says
+    so as one failed check; the categories before it are checked as usual."""
+    ns, sa = kube.namespace, "reader"
+    kube.kubectl("create", "serviceaccount", sa, "-n", ns)
+    who = f"system:serviceaccount:{ns}:{sa}"
+    role = f"weft-reader-{ns}"
+    kube_rig.kubectl_run("create", "clusterrole", role, "--verb=get,list",
+                         "--resource=namespaces,customresourcedefinitions.apiextensions.k8s.io,"
+                         "mutatingwebhookconfigurations.admissionregistration.k8s.io,"
+                         "deployments.apps,configmaps,secrets")  # fmt: skip
+    try:
+        kube_rig.kubectl_run("create", "clusterrolebinding", role, f"--clusterrole={role}",
+                             f"--user={who}")  # fmt: skip
+        token = kube.kubectl("create", "token", sa, "-n", ns).strip()
+        config = yaml.safe_load(kube_rig.kubeconfig.read_text())
+        config["users"] = [{"name": sa, "user": {"token": token}}]
+        for ctx in config["contexts"]:
+            ctx["context"]["user"] = sa
+        reader = tmp_path / "reader.kubeconfig"
+        reader.write_text(yaml.safe_dump(config))
+        done = subprocess.run(
+            [sys.executable, "-m", "weft", "check", "--kubeconfig", str(reader), "-o", "json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "Traceback" not in done.stderr, done.stderr
+        report = {c["categoryName"]: c["checks"] for c in json.loads(done.stdout)["categories"]}
+        assert report["weft-existence"][0]["result"] == "success"  # the namespace
+        (data_plane,) = report["weft-data-plane"]
+        assert data_plane["result"] == "error" and "403" in data_plane["detail"], data_plane
+    finally:
+        kube_rig.kubectl_run("delete", "clusterrolebinding", role, "--ignore-not-found")
+        kube_rig.kubectl_run("delete", "clusterrole", role, "--ignore-not-found")

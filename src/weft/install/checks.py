@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -41,7 +41,7 @@ from weft.control.kube.client import get_path
 from weft.core.durations import human_duration
 from weft.identity.ca import load_certs_pem, not_after
 from weft.install import installed
-from weft.install.controlplane import CONFIG, CONTROL, INJECTOR, WEBHOOK
+from weft.install.controlplane import COMPONENT, CONFIG, CONTROL, INJECTOR, WEBHOOK
 from weft.install.crds import crds
 from weft.install.inject import INJECT, VERSION, is_injected
 from weft.install.values import NAMESPACE
@@ -173,7 +173,7 @@ async def existence_checks(client: AsyncClient) -> tuple[list[Category], dict[st
         checks.append(Check("Weft's CRDs are current", not stale,
                             f"outdated: {', '.join(stale)}" if stale else "",
                             crd_hint if stale else ""))  # fmt: skip
-    for name in (CONTROL, INJECTOR):
+    for name, component in ((CONTROL, "control"), (INJECTOR, "injector")):
         what = f"deployment {name} is ready"
         try:
             deploy = await client.get(Deployment, name, namespace=NAMESPACE)
@@ -184,9 +184,8 @@ async def existence_checks(client: AsyncClient) -> tuple[list[Category], dict[st
                   else 1)  # fmt: skip
         ready = (deploy.status.readyReplicas or 0) if deploy.status else 0
         ok = ready >= want_n
-        hint = (
-            "" if ok else f"kubectl -n {NAMESPACE} describe pods -l weft.io/control-plane-component"
-        )
+        selector = f"{COMPONENT}={component}"
+        hint = "" if ok else f"kubectl -n {NAMESPACE} describe pods -l {selector}"
         checks.append(Check(what, ok, f"{ready}/{want_n} ready", hint))
     return [("weft-existence", checks)], config
 
@@ -240,13 +239,24 @@ async def webhook_checks(
     try:
         code, body = await get_path(client, path, timeout=5.0)
         ok = code == 200
-        detail = "" if ok else f"HTTP {code}: {body[:200].decode(errors='replace')}"
+        detail = "" if ok else f"HTTP {code}: {_message(body)}"
     except Exception as exc:
         ok, detail = False, str(exc)
     checks.append(Check("the injector answers through the API server", ok, detail,
                         "" if ok else "pods are created unmeshed meanwhile (failurePolicy "
                         f"Ignore): kubectl -n {NAMESPACE} get pods"))  # fmt: skip
     return [("weft-webhook", checks)]
+
+
+def _message(body: bytes) -> str:
+    """A Kubernetes Status's message, or the body's start."""
+    try:
+        status = json.loads(body)
+        if isinstance(status, dict) and isinstance(status.get("message"), str):
+            return str(status["message"])
+    except ValueError:
+        pass
+    return body[:200].decode(errors="replace").strip()
 
 
 def identity_checks(certs: installed.Installed, now: float) -> list[Category]:
@@ -320,15 +330,34 @@ async def data_plane_checks(client: AsyncClient, version: str) -> list[Category]
     return [("weft-data-plane", checks)]
 
 
+async def _guarded(name: str, checks: Awaitable[list[Category]]) -> list[Category]:
+    """A category's checks, or one failed check saying why they could not run (the API refused
+    a read, say): ``weft check`` reports, it never crashes."""
+    try:
+        return await checks
+    except ApiError as exc:
+        detail = f"{exc.status.code} {exc.status.reason}: {exc.status.message}"
+    except Exception as exc:  # a failure of the API or the connection, whatever its type
+        detail = f"{type(exc).__name__}: {exc}"
+    hint = "the kubeconfig's user needs read access to Weft's objects (kubectl auth can-i)"
+    return [(name, [Check(f"{name} checks could run", False, detail, hint)])]
+
+
 async def run_checks(client: AsyncClient, *, pre: bool) -> list[Category]:
     """Every category, in order (see the module docstring)."""
     out, reachable = await api_checks(client)
     if not reachable:
         return out
     if pre:
-        return out + await pre_checks(client)
-    existence, config = await existence_checks(client)
-    out += existence
+        return out + await _guarded("pre-install", pre_checks(client))
+    config: dict[str, Any] | None = None
+
+    async def existence() -> list[Category]:
+        nonlocal config
+        categories, config = await existence_checks(client)
+        return categories
+
+    out += await _guarded("weft-existence", existence())
     if config is None:
         return out
     now = time.time()
@@ -338,10 +367,14 @@ async def run_checks(client: AsyncClient, *, pre: bool) -> list[Category]:
     except (installed.NotInstalled, ApiError, ValueError) as exc:
         out.append(("weft-identity", [Check("the installation's certificates can be read",
                                             False, str(exc), INSTALL_HINT)]))  # fmt: skip
-    out += await webhook_checks(client, current, now)
+    except Exception as exc:  # the connection failed
+        out.append(("weft-identity", [Check("the installation's certificates can be read",
+                                            False, f"{type(exc).__name__}: {exc}")]))  # fmt: skip
+    out += await _guarded("weft-webhook", webhook_checks(client, current, now))
     if current is not None:
         out += identity_checks(current, now)
-    out += await data_plane_checks(client, str(config.get("version", "")))
+    version = str(config.get("version", ""))
+    out += await _guarded("weft-data-plane", data_plane_checks(client, version))
     return out
 
 
