@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from weft.policy import HeaderModifier, PathMatch, Redirect, RouteMatch, ValueMatch
 from weft.resources import HTTPRoute, InvalidResources, parse_resource, resolve_kind
-from weft.resources.httproute import gateway_duration, parse_route_status
+from weft.resources.httproute import gateway_duration
+from weft.resources.routestatus import parse_route_status
 
 SUPPORTED = "RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect"
 

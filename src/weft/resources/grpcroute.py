@@ -38,12 +38,14 @@ from typing import Any, ClassVar
 
 # httproute is still initializing when models.py imports this module (to register the kind):
 # its names are looked up when used, not at import time
+import weft.resources.httpmatch as _match
 import weft.resources.httproute as _http
 from weft.policy import HeaderModifier, PathMatch, RouteMatch, ValueMatch
 from weft.resources.annotations import parse_policy_annotations
 from weft.resources.meta import ObjectMeta, _frozen, _parse_meta
 from weft.resources.registry import KindInfo, _finish, _top
 from weft.resources.registry import register_kind as _register_kind
+from weft.resources.routestatus import parse_route_status
 from weft.resources.validate import EMPTY, Checker, index, join, show
 
 KIND = "GRPCRoute"
@@ -160,7 +162,7 @@ class GRPCRouteRule:
                 self.request_headers if ftype == "RequestHeaderModifier" else self.response_headers
             )
             if mod is not None:
-                filters.append({"type": ftype, _FILTER_FIELDS[ftype]: _http._modifier_dict(mod)})
+                filters.append({"type": ftype, _FILTER_FIELDS[ftype]: _match.modifier_dict(mod)})
         if filters:
             out["filters"] = filters
         if self.backend_refs:
@@ -245,7 +247,7 @@ def _parse_spec(c: Checker, value: Any, namespace: str) -> GRPCRouteSpec:
     for i, item in enumerate(raw_parents):
         path = index("spec.parentRefs", i)
         if isinstance(item, Mapping) and item.get("kind") == "Server":
-            c.error(join(path, "kind"), _http.unsupported(f"Server on a {KIND}", _SERVICE_PARENT))
+            c.error(join(path, "kind"), _match.unsupported(f"Server on a {KIND}", _SERVICE_PARENT))
             continue
         ref = _http._parse_parent(c, item, path, namespace)
         if ref is None:
@@ -293,7 +295,7 @@ def _parse_hostnames(c: Checker, value: Any) -> tuple[str, ...]:
         text = c.string(item, path, required=True, max_len=253)
         if text is None:
             continue
-        if not _http._HOSTNAME.match(text):
+        if not _match._HOSTNAME.match(text):
             c.error(
                 path,
                 f"invalid hostname {show(text)}: lower case DNS name, optionally starting "
@@ -352,7 +354,7 @@ def _parse_match(c: Checker, value: Any, path: str) -> GRPCRouteMatch | None:
     before = len(c.errors)
     method = _parse_method(c, m.get("method"), join(path, "method")) if "method" in m else None
     hpath = join(path, "headers")
-    headers = _http._parse_value_matches(c, m.get("headers"), hpath, "header")
+    headers = _match.parse_value_matches(c, m.get("headers"), hpath, "header")
     if len(c.errors) > before:
         return None
     return GRPCRouteMatch(method=method, headers=headers)
@@ -414,7 +416,7 @@ def _parse_filters(
             continue
         if ftype not in SUPPORTED_FILTERS:
             what = ftype if ftype in _FILTER_FIELDS else f"{ftype} (not a GRPCRoute filter)"
-            c.error(join(ipath, "type"), _http.unsupported(what, supported))
+            c.error(join(ipath, "type"), _match.unsupported(what, supported))
             continue
         config_field = _FILTER_FIELDS[ftype]
         for other in _FILTER_FIELDS.values():
@@ -424,7 +426,7 @@ def _parse_filters(
             c.error(join(ipath, "type"), f"{ftype} may appear only once in a rule's filters")
             continue
         order.append(ftype)
-        mods[ftype] = _http._parse_modifier(c, m.get(config_field), join(ipath, config_field))
+        mods[ftype] = _match.parse_modifier(c, m.get(config_field), join(ipath, config_field))
     return (
         tuple(order),
         mods.get("RequestHeaderModifier"),
@@ -441,7 +443,7 @@ def _register() -> None:
             "grpcroutes",
             (),
             GRPCRoute.from_dict,
-            lambda status: _http.parse_route_status(status),
+            parse_route_status,
         )
     )
 
