@@ -13,12 +13,10 @@ from hypothesis import strategies as st
 
 from weft.inbound import Network
 from weft.resources import HTTPRoute, InvalidResources, load_text, parse_resource, resolve_kind
+from weft.resources.authn import MeshTLSAuthentication, NetworkAuthentication
 from weft.resources.policy import (
     AuthorizationPolicy,
-    HTTPLocalRateLimitPolicy,
     LabelSelector,
-    MeshTLSAuthentication,
-    NetworkAuthentication,
     Ref,
     SelectorRequirement,
     Server,
@@ -27,6 +25,7 @@ from weft.resources.policy import (
     namespace_identities,
     spiffe_identity,
 )
+from weft.resources.ratelimitpolicy import HTTPLocalRateLimitPolicy
 
 API = "policy.weft.io/v1beta1"
 

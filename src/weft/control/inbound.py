@@ -62,19 +62,14 @@ from weft.inbound import (
     RateLimitOverride,
     default_authorizations,
 )
+from weft.resources.authn import MeshTLSAuthentication, NetworkAuthentication
 from weft.resources.errors import InvalidResources
 from weft.resources.httproute import HTTPRoute
 from weft.resources.meta import ANNOTATION_DEFAULT_INBOUND_POLICY
 from weft.resources.models import Namespace, Pod
 from weft.resources.podspec import PodSpec
-from weft.resources.policy import (
-    AuthorizationPolicy,
-    HTTPLocalRateLimitPolicy,
-    MeshTLSAuthentication,
-    NetworkAuthentication,
-    Server,
-    identity_name,
-)
+from weft.resources.policy import AuthorizationPolicy, Server, identity_name
+from weft.resources.ratelimitpolicy import HTTPLocalRateLimitPolicy
 from weft.resources.registry import KINDS, Resource
 from weft.resources.validate import Checker
 

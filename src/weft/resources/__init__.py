@@ -18,9 +18,11 @@ Not for: storing, watching or serving resources (that is :mod:`weft.control`).
 """
 
 # the kinds that only register themselves
+from weft.resources import authn as _authn  # noqa: F401
 from weft.resources import endpointslice as _endpointslice  # noqa: F401
 from weft.resources import grpcroute as _grpcroute  # noqa: F401
 from weft.resources import policy as _policy  # noqa: F401
+from weft.resources import ratelimitpolicy as _ratelimitpolicy  # noqa: F401
 from weft.resources import replicaset as _replicaset  # noqa: F401
 from weft.resources.annotations import PolicyAnnotations, parse_policy_annotations
 from weft.resources.errors import FieldError, InvalidResources

@@ -22,6 +22,10 @@ under Weft's apiVersion:
 - ``HTTPLocalRateLimitPolicy``: request rates for a Server: ``total``, per client ``identity``,
   and ``overrides`` for named service accounts.
 
+Server and AuthorizationPolicy are here, with what every policy kind shares (references, label
+selectors, identities, :func:`register`); the authentication kinds are in
+:mod:`weft.resources.authn`, the rate limit in :mod:`weft.resources.ratelimitpolicy`.
+
 Each model validates its document (every problem named by its field path, as the other kinds do)
 and writes it back in the Kubernetes shape with defaults filled in. Identities are DNS-form
 (``<sa>.<ns>.serviceaccount.identity.<trust-domain>``): :func:`identity_name` and
@@ -34,13 +38,12 @@ enforcing it (the inbound proxy).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from weft.inbound import DEFAULT_POLICIES, Network
+from weft.inbound import DEFAULT_POLICIES
 from weft.resources.meta import ObjectMeta, _empty, _frozen, _parse_meta
 from weft.resources.registry import KindInfo, _finish, _generic_status, _top, register_kind
 from weft.resources.validate import EMPTY, Checker, index, join, show
@@ -511,306 +514,10 @@ class AuthorizationPolicy:
 
 
 # --------------------------------------------------------------------------------------------
-# MeshTLSAuthentication
-
-
-_IDENTITY_REF_KINDS: Mapping[str, tuple[str, ...]] = {
-    "ServiceAccount": CORE_GROUPS,
-    "Namespace": CORE_GROUPS,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class MeshTLSAuthenticationSpec:
-    """``identities`` as written, or ``identity_refs`` (exactly one of the two is set)."""
-
-    identities: tuple[str, ...] = ()
-    identity_refs: tuple[Ref, ...] = ()
-
-    def patterns(self, namespace: str, trust_domain: str) -> tuple[str, ...]:
-        """The DNS-form identity patterns this allows (``namespace``: the resource's own, for
-        refs that name none)."""
-        if self.identities:
-            return tuple(identity_pattern(text) for text in self.identities)
-        out: list[str] = []
-        for ref in self.identity_refs:
-            if ref.kind == "Namespace":
-                out.append(namespace_identities(str(ref.name), trust_domain))
-            elif ref.name is None:
-                out.append(namespace_identities(ref.namespace or namespace, trust_domain))
-            else:
-                out.append(identity_name(ref.name, ref.namespace or namespace, trust_domain))
-        return tuple(out)
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.identities:
-            return {"identities": list(self.identities)}
-        return {"identityRefs": [r.to_dict() for r in self.identity_refs]}
-
-
-@dataclass(frozen=True, slots=True)
-class MeshTLSAuthentication:
-    """Clients that presented one of these mesh TLS identities (see the module docstring)."""
-
-    API_VERSION: ClassVar[str] = API_VERSION
-    KIND: ClassVar[str] = "MeshTLSAuthentication"
-    NAMESPACED: ClassVar[bool] = True
-
-    metadata: ObjectMeta
-    spec: MeshTLSAuthenticationSpec
-    status: Mapping[str, Any] = field(default_factory=_empty)
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> MeshTLSAuthentication:
-        c = Checker()
-        top = _policy_top(c, doc, frozenset({"identities", "identityRefs"}))
-        m = top.spec
-        has_ids, has_refs = m.get("identities") is not None, m.get("identityRefs") is not None
-        if has_ids and has_refs:
-            c.error("spec", "set exactly one of identities and identityRefs, not both")
-        elif top.present and not has_ids and not has_refs:
-            c.error("spec.identities", "required field is missing: set identities or identityRefs")
-        identities: list[str] = []
-        for i, item in enumerate(c.items(m.get("identities"), "spec.identities")):
-            path = index("spec.identities", i)
-            text = c.string(item, path, required=True)
-            if text is None:
-                continue
-            try:
-                identity_pattern(text)
-            except ValueError as exc:
-                c.error(path, str(exc))
-                continue
-            identities.append(text)
-        refs: list[Ref] = []
-        for i, item in enumerate(c.items(m.get("identityRefs"), "spec.identityRefs")):
-            ref = _parse_ref(
-                c,
-                item,
-                index("spec.identityRefs", i),
-                _IDENTITY_REF_KINDS,
-                namespace=True,
-                optional_name=frozenset({"ServiceAccount"}),
-            )
-            if ref is not None:
-                refs.append(ref)
-        for key in ("identities", "identityRefs"):
-            if m.get(key) == []:
-                c.error(join("spec", key), "must list at least one entry")
-        _finish(c)
-        return cls(top.meta, MeshTLSAuthenticationSpec(tuple(identities), tuple(refs)), top.status)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _document(self.KIND, self.metadata, self.spec.to_dict(), self.status)
-
-
-# --------------------------------------------------------------------------------------------
-# NetworkAuthentication
-
-
-def _network(
-    c: Checker, value: Any, path: str
-) -> ipaddress.IPv4Network | ipaddress.IPv6Network | (None):
-    text = c.string(value, path, required=True)
-    if text is None:
-        return None
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        c.error(path, f"must be a CIDR such as 10.0.0.0/8 or fd00::/8, got {show(text)}: {exc}")
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkAuthenticationSpec:
-    networks: tuple[Network, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: list[dict[str, Any]] = []
-        for n in self.networks:
-            entry: dict[str, Any] = {"cidr": n.cidr}
-            if n.exceptions:
-                entry["except"] = list(n.exceptions)
-            out.append(entry)
-        return {"networks": out}
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkAuthentication:
-    """Clients whose source address is in one of these networks (see the module docstring)."""
-
-    API_VERSION: ClassVar[str] = API_VERSION
-    KIND: ClassVar[str] = "NetworkAuthentication"
-    NAMESPACED: ClassVar[bool] = True
-
-    metadata: ObjectMeta
-    spec: NetworkAuthenticationSpec
-    status: Mapping[str, Any] = field(default_factory=_empty)
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> NetworkAuthentication:
-        c = Checker()
-        top = _policy_top(c, doc, frozenset({"networks"}))
-        m = top.spec
-        raw = c.items(m.get("networks"), "spec.networks", required=top.present)
-        if isinstance(m.get("networks"), list) and not raw:
-            c.error("spec.networks", "must list at least one network")
-        networks: list[Network] = []
-        for i, item in enumerate(raw):
-            path = index("spec.networks", i)
-            nm = c.mapping(item, path, required=True)
-            if nm is EMPTY:
-                continue
-            c.known_fields(nm, path, frozenset({"cidr", "except"}))
-            net = _network(c, nm.get("cidr"), join(path, "cidr"))
-            carved: list[str] = []
-            epath = join(path, "except")
-            for j, raw_except in enumerate(c.items(nm.get("except"), epath)):
-                sub = _network(c, raw_except, index(epath, j))
-                if sub is None or net is None:
-                    continue
-                if sub.version != net.version or not sub.subnet_of(net):  # type: ignore[arg-type]
-                    c.error(index(epath, j), f"{sub} must lie within the cidr {net}")
-                    continue
-                carved.append(str(sub))
-            if net is not None:
-                networks.append(Network(str(net), tuple(carved)))
-        _finish(c)
-        return cls(top.meta, NetworkAuthenticationSpec(tuple(networks)), top.status)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _document(self.KIND, self.metadata, self.spec.to_dict(), self.status)
-
-
-# --------------------------------------------------------------------------------------------
-# HTTPLocalRateLimitPolicy
-
-
-_RATELIMIT_TARGETS: Mapping[str, tuple[str, ...]] = {"Server": POLICY_GROUPS}
-_CLIENT_KINDS: Mapping[str, tuple[str, ...]] = {"ServiceAccount": CORE_GROUPS}
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitOverrideSpec:
-    requests_per_second: float
-    client_refs: tuple[Ref, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requestsPerSecond": self.requests_per_second,
-            "clientRefs": [r.to_dict() for r in self.client_refs],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class HTTPLocalRateLimitPolicySpec:
-    target_ref: Ref
-    total: float | None = None
-    identity: float | None = None
-    overrides: tuple[RateLimitOverrideSpec, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"targetRef": self.target_ref.to_dict()}
-        if self.total is not None:
-            out["total"] = {"requestsPerSecond": self.total}
-        if self.identity is not None:
-            out["identity"] = {"requestsPerSecond": self.identity}
-        if self.overrides:
-            out["overrides"] = [o.to_dict() for o in self.overrides]
-        return out
-
-
-def _limit(c: Checker, value: Any, path: str) -> float | None:
-    m = c.mapping(value, path)
-    if m is EMPTY:  # absent, or not a mapping (reported)
-        return None
-    c.known_fields(m, path, frozenset({"requestsPerSecond"}))
-    rpath = join(path, "requestsPerSecond")
-    return c.positive_number(m.get("requestsPerSecond"), rpath, required=True)
-
-
-@dataclass(frozen=True, slots=True)
-class HTTPLocalRateLimitPolicy:
-    """Request rates a Server accepts (see the module docstring)."""
-
-    API_VERSION: ClassVar[str] = API_VERSION
-    KIND: ClassVar[str] = "HTTPLocalRateLimitPolicy"
-    NAMESPACED: ClassVar[bool] = True
-
-    metadata: ObjectMeta
-    spec: HTTPLocalRateLimitPolicySpec
-    status: Mapping[str, Any] = field(default_factory=_empty)
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> HTTPLocalRateLimitPolicy:
-        c = Checker()
-        top = _policy_top(c, doc, frozenset({"targetRef", "total", "identity", "overrides"}))
-        m, ns = top.spec, top.namespace
-        target = None
-        if top.present:
-            target = _parse_target(c, m.get("targetRef"), "spec.targetRef", _RATELIMIT_TARGETS, ns)
-        total = _limit(c, m.get("total"), "spec.total")
-        identity = _limit(c, m.get("identity"), "spec.identity")
-        if total is not None and identity is not None and identity > total:
-            c.error(
-                "spec.identity.requestsPerSecond",
-                f"must not be greater than spec.total.requestsPerSecond ({show(total)}), "
-                f"got {show(identity)}",
-            )
-        overrides: list[RateLimitOverrideSpec] = []
-        seen: dict[tuple[str, str], str] = {}
-        opath = "spec.overrides"
-        for i, item in enumerate(c.items(m.get("overrides"), opath)):
-            ipath = index(opath, i)
-            om = c.mapping(item, ipath, required=True)
-            if om is EMPTY:
-                continue
-            c.known_fields(om, ipath, frozenset({"requestsPerSecond", "clientRefs"}))
-            rpath = join(ipath, "requestsPerSecond")
-            rate = c.positive_number(om.get("requestsPerSecond"), rpath, required=True)
-            if rate is not None and total is not None and rate > total:
-                c.error(
-                    rpath,
-                    f"must not be greater than spec.total.requestsPerSecond ({show(total)}), "
-                    f"got {show(rate)}",
-                )
-            cpath = join(ipath, "clientRefs")
-            raw_refs = c.items(om.get("clientRefs"), cpath, required=True)
-            if isinstance(om.get("clientRefs"), list) and not raw_refs:
-                c.error(cpath, "must list at least one client")
-            refs: list[Ref] = []
-            for j, raw in enumerate(raw_refs):
-                ref = _parse_ref(c, raw, index(cpath, j), _CLIENT_KINDS, namespace=True)
-                if ref is None:
-                    continue
-                client = (ref.namespace or ns, str(ref.name))
-                if client in seen:
-                    c.error(
-                        index(cpath, j),
-                        f"ServiceAccount {client[0]}/{client[1]} already has an override "
-                        f"({seen[client]})",
-                    )
-                    continue
-                seen[client] = index(cpath, j)
-                refs.append(ref)
-            if rate is not None:
-                overrides.append(RateLimitOverrideSpec(rate, tuple(refs)))
-        if top.present and all(m.get(k) is None for k in ("total", "identity", "overrides")):
-            c.error("spec", "set at least one limit: total, identity or overrides")
-        _finish(c)
-        assert target is not None  # else an error was reported
-        spec = HTTPLocalRateLimitPolicySpec(target, total, identity, tuple(overrides))
-        return cls(top.meta, spec, top.status)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _document(self.KIND, self.metadata, self.spec.to_dict(), self.status)
-
-
-# --------------------------------------------------------------------------------------------
 # registry
 
 
-def _register(cls: Any, plural: str, aliases: tuple[str, ...], linkerd: str) -> None:
+def register(cls: Any, plural: str, aliases: tuple[str, ...], linkerd: str) -> None:
     register_kind(
         KindInfo(
             cls.KIND, API_VERSION, True, plural, aliases, cls.from_dict, _generic_status, (linkerd,)
@@ -818,19 +525,5 @@ def _register(cls: Any, plural: str, aliases: tuple[str, ...], linkerd: str) -> 
     )
 
 
-_register(Server, "servers", ("srv",), LINKERD_SERVER_API_VERSION)
-_register(
-    AuthorizationPolicy, "authorizationpolicies", ("authzpolicy",), LINKERD_POLICY_API_VERSION
-)
-_register(
-    MeshTLSAuthentication, "meshtlsauthentications", ("meshtlsauthn",), LINKERD_POLICY_API_VERSION
-)
-_register(
-    NetworkAuthentication, "networkauthentications", ("netauthn",), LINKERD_POLICY_API_VERSION
-)
-_register(
-    HTTPLocalRateLimitPolicy,
-    "httplocalratelimitpolicies",
-    ("ratelimit",),
-    LINKERD_POLICY_API_VERSION,
-)
+register(Server, "servers", ("srv",), LINKERD_SERVER_API_VERSION)
+register(AuthorizationPolicy, "authorizationpolicies", ("authzpolicy",), LINKERD_POLICY_API_VERSION)
