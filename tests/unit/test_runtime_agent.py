@@ -11,10 +11,7 @@ import pytest
 from weft.cli.main import main
 from weft.runtime.local.agent import NodeAgent, NodeConfig
 from weft.runtime.local.net import MeshNetwork
-from weft.runtime.local.pod import (
-    token_path,
-    write_token,
-)
+from weft.runtime.local.podplan import token_path, write_token
 from weft.runtime.local.state import MeshRecord, StateDir
 
 TEMPLATE = {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "w"}]}}

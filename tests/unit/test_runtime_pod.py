@@ -20,20 +20,13 @@ from weft.core.backoff import ExponentialBackoff
 from weft.resources.models import Pod
 from weft.runtime.base import PROXY_CONTAINER
 from weft.runtime.local import net
-from weft.runtime.local.pod import (
-    AfterExit,
+from weft.runtime.local.lifecycle import AfterExit, CrashLoop, Readiness, after_exit, exit_code_of
+from weft.runtime.local.pod import NetnsLauncher, NetnsProbes, PodRunner, base_env
+from weft.runtime.local.podplan import (
     ContainerSpec,
-    CrashLoop,
-    NetnsLauncher,
-    NetnsProbes,
-    PodRunner,
     PodSpec,
     PodSpecError,
     Probe,
-    Readiness,
-    after_exit,
-    base_env,
-    exit_code_of,
     expand,
     pod_spec,
     proxy_argv,

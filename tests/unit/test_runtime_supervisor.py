@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from weft.core.backoff import ExponentialBackoff
 from weft.runtime.base import CheckWarning
 from weft.runtime.local import procs
+from weft.runtime.local.lifecycle import BACKOFF_RESET_AFTER, CrashLoop, restart_backoff
 from weft.runtime.local.mesh import LocalMesh
-from weft.runtime.local.pod import BACKOFF_RESET_AFTER, CrashLoop, restart_backoff
 from weft.runtime.local.state import MeshRecord, StateDir
 from weft.runtime.local.supervisor import (
     ControlStatus,

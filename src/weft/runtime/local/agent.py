@@ -61,18 +61,11 @@ from weft.resources.errors import InvalidResources
 from weft.resources.models import Pod, Service
 from weft.runtime.local import net
 from weft.runtime.local.kubeport import DEFAULT_LISTEN, KubePort
-from weft.runtime.local.pod import (
-    NetnsLauncher,
-    NetnsProbes,
-    PodRunner,
-    PodSpecError,
-    base_env,
-    pod_spec,
-    proxy_argv,
-)
-from weft.runtime.local.pod import PodSpec as RunSpec
+from weft.runtime.local.pod import NetnsLauncher, NetnsProbes, PodRunner, base_env
 from weft.runtime.local.podapi import PodApi
 from weft.runtime.local.podexec import ExecServer
+from weft.runtime.local.podplan import PodSpec as RunSpec
+from weft.runtime.local.podplan import PodSpecError, pod_spec, proxy_argv
 from weft.runtime.local.podtokens import PodTokens
 from weft.runtime.local.state import StateDir
 

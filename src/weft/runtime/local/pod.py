@@ -22,13 +22,12 @@ job completion, draining, log files.
 Each start of a container appends to ``<state>/pods/<ns>/<pod>/<container>.log``. Every process
 gets ``PR_SET_PDEATHSIG`` (via ``setpriv``) so pods never outlive a killed agent.
 
-A meshed pod's identity token (the local stand-in for a Kubernetes service-account token, issued
-by the agent) lives in ``<state>/pods/<ns>/<pod>/identity/token``: :func:`write_token` puts it
-there for the proxy's uid only, :func:`remove_token` takes it away with the pod, and
-:func:`proxy_argv` points the sidecar at it.
+What to run (the pod's containers, the sidecar's command line, the identity token's file) is
+:mod:`weft.runtime.local.podplan`'s.
 
-The decisions (what to do after an exit, when a probe result flips readiness) are pure functions
-and small classes tested without processes; :class:`PodRunner` is the asyncio shell around them.
+The decisions (what to do after an exit, when a probe result flips readiness) are
+:mod:`weft.runtime.local.lifecycle`'s, tested without processes; :class:`PodRunner` is the asyncio
+shell around them.
 
 Not for: networks, names, or which pods should exist (see :mod:`weft.runtime.local.agent`).
 """
@@ -37,456 +36,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
-import random
-import re
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from weft.core.backoff import ExponentialBackoff
-from weft.resources.models import Pod
 from weft.resources.podspec import ContainerStatus, PodStatus
 from weft.runtime.base import PROXY_CONTAINER
 from weft.runtime.local import net, users
+from weft.runtime.local.lifecycle import (
+    AfterExit,
+    CrashLoop,
+    Readiness,
+    after_exit,
+    exit_code_of,
+    iso,
+    restart_backoff,
+)
+from weft.runtime.local.podplan import (
+    PodSpec,
+    Probe,
+)
 from weft.runtime.local.procs import MESH_ENV
 from weft.runtime.local.users import RunAs
 
 log = logging.getLogger("weft.node.pod")
 
-ANNOTATION_INJECT = "weft.io/inject"
-RESTART_POLICIES = ("Always", "OnFailure", "Never")
-# A container that ran this long without exiting is healthy again: its backoff starts over.
-BACKOFF_RESET_AFTER = 60.0
 LOG_ROTATE_BYTES = 16 * 1024 * 1024
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class PodSpecError(ValueError):
-    """A pod cannot run locally; the message names the field and the value."""
-
-
-# -- what to run ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """A readiness check: ``http`` GET (2xx/3xx passes) or ``tcp`` connect, on the pod's IP."""
-
-    kind: str
-    port: int
-    path: str = "/"
-    period: float = 1.0
-    initial_delay: float = 0.0
-    timeout: float = 1.0
-    failure_threshold: int = 3
-    success_threshold: int = 1
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("http", "tcp"):
-            raise ValueError(f"Probe.kind must be http or tcp, got {self.kind!r}")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"Probe.port must be 1-65535, got {self.port!r}")
-        for name in ("period", "timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Probe.{name} must be positive, got {getattr(self, name)!r}")
-        if self.initial_delay < 0:
-            raise ValueError(f"Probe.initial_delay must be >= 0, got {self.initial_delay!r}")
-        if self.failure_threshold < 1 or self.success_threshold < 1:
-            raise ValueError("Probe thresholds must be >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    """One app container as the local runtime runs it (``argv`` already expanded)."""
-
-    name: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
-    working_dir: str | None = None
-    readiness: Probe | None = None
-    user: RunAs | None = None  # None: as the agent (root); see weft.runtime.local.users
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("ContainerSpec.name must not be empty")
-        if not self.argv:
-            raise ValueError(f"container {self.name!r}: argv must not be empty")
-
-
-@dataclass(frozen=True, slots=True)
-class PodSpec:
-    """A pod as the local runtime runs it, read from a Pod resource by :func:`pod_spec`."""
-
-    namespace: str
-    name: str
-    ip: str
-    containers: tuple[ContainerSpec, ...]
-    restart_policy: str = "Always"
-    grace: float = 30.0
-    meshed: bool = True
-    deployment: str | None = None
-    service_account: str = "default"
-    skip_inbound: tuple[net.PortRange, ...] = ()
-    skip_outbound: tuple[net.PortRange, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.restart_policy not in RESTART_POLICIES:
-            raise ValueError(
-                f"restart_policy must be one of {', '.join(RESTART_POLICIES)}, "
-                f"got {self.restart_policy!r}"
-            )
-        if not self.containers:
-            raise ValueError(f"pod {self.namespace}/{self.name} has no containers")
-        if self.grace < 0:
-            raise ValueError(f"grace must be >= 0, got {self.grace!r}")
-        names = [c.name for c in self.containers]
-        if PROXY_CONTAINER in names:
-            raise ValueError(f"container name {PROXY_CONTAINER!r} is reserved for the sidecar")
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate container names in {names}")
-
-    @property
-    def netns(self) -> str:
-        return net.pod_netns_name(self.namespace, self.name)
-
-
-_VAR = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
-
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion in command and args: defined variables are replaced,
-    undefined references stay as written, ``$$`` is a literal ``$``."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        return env.get(name, m.group(0))
-
-    return _VAR.sub(sub, text)
-
-
-def _probe_from(raw: Any, path: str, ports: Mapping[str, int]) -> Probe | None:
-    """A ``readinessProbe`` mapping -> Probe; None for kinds the local runtime cannot run."""
-    if not isinstance(raw, Mapping):
-        raise PodSpecError(f"{path}: must be a mapping, got {raw!r}")
-    kind: str
-    spec: Any
-    if "httpGet" in raw:
-        kind, spec = "http", raw["httpGet"]
-    elif "tcpSocket" in raw:
-        kind, spec = "tcp", raw["tcpSocket"]
-    else:
-        return None  # exec/grpc probes: fall back to the default readiness
-    sub = f"{path}.{'httpGet' if kind == 'http' else 'tcpSocket'}"
-    if not isinstance(spec, Mapping):
-        raise PodSpecError(f"{sub}: must be a mapping, got {spec!r}")
-    port_raw = spec.get("port")
-    if isinstance(port_raw, str) and not port_raw.isdigit():
-        if port_raw not in ports:
-            raise PodSpecError(f"{sub}.port: no container port named {port_raw!r}")
-        port = ports[port_raw]
-    else:
-        try:
-            port = int(str(port_raw))
-        except (TypeError, ValueError):
-            raise PodSpecError(
-                f"{sub}.port: must be a port number or name, got {port_raw!r}"
-            ) from None
-    probe_path = str(spec.get("path") or "/") if kind == "http" else "/"
-
-    def num(key: str, default: float) -> float:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise PodSpecError(f"{path}.{key}: must be a number, got {value!r}")
-        return float(value)
-
-    try:
-        return Probe(
-            kind=kind,
-            port=port,
-            path=probe_path if probe_path.startswith("/") else "/" + probe_path,
-            period=num("periodSeconds", 1.0),
-            initial_delay=num("initialDelaySeconds", 0.0),
-            timeout=num("timeoutSeconds", 1.0),
-            failure_threshold=int(num("failureThreshold", 3)),
-            success_threshold=int(num("successThreshold", 1)),
-        )
-    except ValueError as exc:
-        raise PodSpecError(f"{path}: {exc}") from None
-
-
-def pod_spec(pod: Pod, ip: str) -> PodSpec:
-    """What to run for a Pod resource at address ``ip``. Raises PodSpecError naming the field."""
-    meta = pod.metadata
-    namespace = meta.namespace or "default"
-    annotations = meta.annotations
-    meshed = annotations.get(ANNOTATION_INJECT, "enabled").lower() != "disabled"
-    try:
-        skip_in = net.parse_ports(
-            annotations.get(net.ANNOTATION_SKIP_INBOUND, net.DEFAULT_SKIP_PORTS),
-            f"metadata.annotations[{net.ANNOTATION_SKIP_INBOUND!r}]",
-        )
-        skip_out = net.parse_ports(
-            annotations.get(net.ANNOTATION_SKIP_OUTBOUND, net.DEFAULT_SKIP_PORTS),
-            f"metadata.annotations[{net.ANNOTATION_SKIP_OUTBOUND!r}]",
-        )
-    except ValueError as exc:
-        raise PodSpecError(str(exc)) from None
-    base_env = {
-        "WEFT_POD_NAME": meta.name,
-        "WEFT_POD_NAMESPACE": namespace,
-        "WEFT_POD_IP": ip,
-        "WEFT_NODE_NAME": pod.spec.node_name or "local",
-        "WEFT_SERVICE_ACCOUNT": pod.spec.service_account_name,
-    }
-    containers: list[ContainerSpec] = []
-    for i, c in enumerate(pod.spec.containers):
-        cpath = f"spec.containers[{i}]"
-        user = users.run_as(pod.spec.security_context, c.security_context, ip)
-        env = dict(base_env)
-        if not user.root:
-            env["HOME"] = users.HOME_NON_ROOT
-        env.update((e.name, expand(e.value, env)) for e in c.env)
-        argv = tuple(expand(a, env) for a in c.argv)
-        if not argv:
-            raise PodSpecError(f"{cpath}.command: must not be empty")
-        ports = {p.name: p.container_port for p in c.ports if p.name}
-        readiness: Probe | None = None
-        raw_probe = c.extra.get("readinessProbe")
-        if raw_probe is not None:
-            readiness = _probe_from(raw_probe, f"{cpath}.readinessProbe", ports)
-        if readiness is None:
-            tcp = [p.container_port for p in c.ports if p.protocol == "TCP"]
-            if tcp:
-                readiness = Probe(kind="tcp", port=tcp[0])
-        containers.append(
-            ContainerSpec(
-                name=c.name,
-                argv=argv,
-                env=tuple(env.items()),
-                working_dir=c.working_dir,
-                readiness=readiness,
-                user=user,
-            )
-        )
-    try:
-        return PodSpec(
-            namespace=namespace,
-            name=meta.name,
-            ip=ip,
-            containers=tuple(containers),
-            restart_policy=pod.spec.restart_policy,
-            grace=float(pod.spec.termination_grace_period_seconds),
-            meshed=meshed,
-            deployment=pod.deployment,
-            service_account=pod.spec.service_account_name,
-            skip_inbound=skip_in,
-            skip_outbound=skip_out,
-        )
-    except ValueError as exc:
-        raise PodSpecError(f"spec: {exc}") from None
-
-
-def proxy_argv(
-    spec: PodSpec,
-    *,
-    python: str,
-    control_endpoint: str,
-    token_file: Path,
-    trust_domain: str,
-    log_level: str = "info",
-) -> list[str]:
-    """The sidecar's command line (the contract in docs/local-runtime.md)."""
-    argv = [
-        python, "-m", "weft", "proxy",
-        "--outbound", f"127.0.0.1:{net.PROXY_OUTBOUND_PORT}",
-        "--inbound", f"0.0.0.0:{net.PROXY_INBOUND_PORT}",
-        "--admin", f"0.0.0.0:{net.PROXY_ADMIN_PORT}",
-        "--control", control_endpoint,
-        "--identity-token-file", str(token_file),
-        "--trust-domain", trust_domain,
-        "--label", f"pod={spec.name}",
-        "--label", f"namespace={spec.namespace}",
-    ]  # fmt: skip
-    if spec.deployment:
-        argv += ["--label", f"deployment={spec.deployment}"]
-    argv += [
-        "--label", f"serviceaccount={spec.service_account}",
-        "--shutdown-grace", f"{max(spec.grace, 1.0):g}",
-        "--log-level", log_level,
-    ]  # fmt: skip
-    return argv
-
-
-# -- identity token -------------------------------------------------------------------------
-
-TOKEN_DIR = "identity"
-TOKEN_FILE = "token"
-
-
-def token_path(pod_dir: Path) -> Path:
-    """Where the token of the pod whose files live in ``pod_dir`` goes."""
-    return pod_dir / TOKEN_DIR / TOKEN_FILE
-
-
-def write_token(path: Path, token: str, *, owner: int | None) -> None:
-    """Write a pod's identity token to ``path`` so that only ``owner`` (the proxy's uid; None:
-    whoever runs this) can read it: its directory mode 0700, the file 0400, both owned by
-    ``owner``. The file is written atomically (a temporary file whose mode and owner are set
-    before the token goes in, then renamed over the earlier token): a proxy reading it at any
-    moment sees the old token or the new one, whole, and nobody else ever could read either."""
-    if not token or not token.isascii() or not token.isprintable():
-        raise ValueError("a token must be non-empty printable ASCII")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkdir's mode is filtered by the umask and an existing directory keeps its own: set both,
-    # through a descriptor so that a symlink put in its place is refused rather than followed
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if owner is not None:
-            os.fchown(dfd, owner, owner)
-        os.fchmod(dfd, 0o700)
-    finally:
-        os.close(dfd)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        try:
-            os.fchmod(fd, 0o400)
-            if owner is not None:
-                os.fchown(fd, owner, owner)
-            data = memoryview(token.encode("ascii"))
-            while data:
-                data = data[os.write(fd, data) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def remove_token(path: Path) -> None:
-    """Remove a pod's token, temporary files a crash left beside it, and its directory when
-    that is then empty. Nothing to do when they are gone already."""
-    for leftover in path.parent.glob(f".{path.name}.*"):
-        leftover.unlink(missing_ok=True)
-    path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # gone already, or something else lives there
-        path.parent.rmdir()
-
-
-# -- decisions ------------------------------------------------------------------------------
-
-
-class AfterExit(enum.Enum):
-    RESTART = "restart"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-def after_exit(policy: str, exit_code: int) -> AfterExit:
-    """What a container's exit means under the pod's ``restartPolicy`` (Kubernetes semantics)."""
-    if policy == "Always":
-        return AfterExit.RESTART
-    if policy == "OnFailure":
-        return AfterExit.SUCCEEDED if exit_code == 0 else AfterExit.RESTART
-    if policy == "Never":
-        return AfterExit.SUCCEEDED if exit_code == 0 else AfterExit.FAILED
-    raise ValueError(f"unknown restartPolicy {policy!r}")
-
-
-def exit_code_of(returncode: int) -> int:
-    """Shell convention: killed by signal N -> 128 + N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-class Readiness:
-    """Probe results -> ready, with Kubernetes' thresholds (one success makes ready by default,
-    three failures in a row make unready)."""
-
-    __slots__ = ("_failures", "_successes", "failure_threshold", "ready", "success_threshold")
-
-    def __init__(self, success_threshold: int = 1, failure_threshold: int = 3) -> None:
-        if success_threshold < 1 or failure_threshold < 1:
-            raise ValueError("thresholds must be >= 1")
-        self.success_threshold = success_threshold
-        self.failure_threshold = failure_threshold
-        self.ready = False
-        self._successes = 0
-        self._failures = 0
-
-    def observe(self, ok: bool) -> bool:
-        """Record one probe result; returns whether readiness changed."""
-        before = self.ready
-        if ok:
-            self._failures = 0
-            self._successes += 1
-            if self._successes >= self.success_threshold:
-                self.ready = True
-        else:
-            self._successes = 0
-            self._failures += 1
-            if self._failures >= self.failure_threshold:
-                self.ready = False
-        return self.ready != before
-
-    def reset(self) -> None:
-        self.ready = False
-        self._successes = 0
-        self._failures = 0
-
-    def __repr__(self) -> str:
-        return f"<Readiness ready={self.ready} ok={self._successes} fail={self._failures}>"
-
-
-def restart_backoff(rng: random.Random | None = None) -> ExponentialBackoff:
-    """The restart backoff of everything the local runtime supervises (containers, sidecars,
-    the control plane): 1 s, 2 s, 4 s ... up to 60 s, jitter 10%."""
-    return ExponentialBackoff(base=1.0, maximum=60.0, jitter=0.1, rng=rng or random.Random())
-
-
-class CrashLoop:
-    """Restart delays of one supervised process (a container, the control plane): exponential
-    backoff, forgotten after a good run."""
-
-    __slots__ = ("_attempt", "backoff", "reset_after")
-
-    def __init__(
-        self, backoff: ExponentialBackoff, reset_after: float = BACKOFF_RESET_AFTER
-    ) -> None:
-        self.backoff = backoff
-        self.reset_after = reset_after
-        self._attempt = 0
-
-    def next_delay(self, ran_for: float) -> float:
-        """Delay before the next start, given how long the last run lasted."""
-        if ran_for >= self.reset_after:
-            self._attempt = 0
-        delay = self.backoff.delay(self._attempt)
-        self._attempt += 1
-        return delay
-
-    @property
-    def failures(self) -> int:
-        """Exits since the last good run (the last one included): 2 or more is a crash loop."""
-        return self._attempt
-
-    def __repr__(self) -> str:
-        return f"<CrashLoop attempt={self._attempt}>"
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- seams of the shell ---------------------------------------------------------------------

@@ -21,8 +21,8 @@ from typing import Any
 
 from weft.control.tokenreview import ROTATE_AFTER
 from weft.runtime.local import net
-from weft.runtime.local.pod import remove_token, token_path, write_token
 from weft.runtime.local.podapi import PodApi
+from weft.runtime.local.podplan import remove_token, token_path, write_token
 from weft.runtime.local.state import StateDir
 
 log = logging.getLogger("weft.node")

@@ -36,8 +36,8 @@ from typing import Any, Protocol
 from weft.core.durations import human_duration
 from weft.runtime.base import Check, CheckWarning, RuntimeFailure
 from weft.runtime.local import procs
+from weft.runtime.local.lifecycle import BACKOFF_RESET_AFTER, CrashLoop, restart_backoff
 from weft.runtime.local.mesh import LocalMesh
-from weft.runtime.local.pod import BACKOFF_RESET_AFTER, CrashLoop, restart_backoff
 from weft.runtime.local.state import MeshRecord
 
 log = logging.getLogger("weft.node.control")
