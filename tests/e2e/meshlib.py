@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from weft.resources import pods as podread
-from weft.runtime.local import net, procs
+from weft.runtime.local import net, netrun, procs
 from weft.runtime.local.state import HOST_RECORD
 
 NAMESPACE = "e2e"
@@ -64,14 +64,14 @@ def e2e_unavailable() -> str | None:
     for tool in ("ip", "setpriv"):
         if shutil.which(tool) is None:
             return f"needs {tool}"
-    if not any(shutil.which(f"{b}-restore") for b in net.IPTABLES_CANDIDATES):
+    if not any(shutil.which(f"{b}-restore") for b in netrun.IPTABLES_CANDIDATES):
         return "needs iptables"
     probe = f"weft--e2e-probe-{os.getpid()}"
     try:
-        net.run_plan([net.Cmd(("ip", "netns", "add", probe))])
+        netrun.run_plan([net.Cmd(("ip", "netns", "add", probe))])
     except net.NetError as exc:
         return f"cannot create network namespaces: {exc}"
-    net.run_plan(net.netns_delete_plan(probe))
+    netrun.run_plan(net.netns_delete_plan(probe))
     return None
 
 
@@ -120,10 +120,10 @@ class HostSnapshot:
             line.strip() for line in _run("ip", "route", "show", "table", "all").splitlines()
         )
         etc = Path("/etc/netns")
-        weft_netns = [n for n in net.list_netns() if net.is_weft_netns(n)]
-        in_netns = {p for n in weft_netns for p in net.netns_pids(n) if procs.running(p)}
+        weft_netns = [n for n in netrun.list_netns() if net.is_weft_netns(n)]
+        in_netns = {p for n in weft_netns for p in netrun.netns_pids(n) if procs.running(p)}
         return cls(
-            netns=frozenset(net.list_netns()),
+            netns=frozenset(netrun.list_netns()),
             links=links,
             routes=routes,
             iptables=tuple(_iptables_rules()),

@@ -28,7 +28,7 @@ import pytest
 from meshlib import E2EMesh, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from weft.runtime.local import net, procs
+from weft.runtime.local import net, netrun, procs
 
 NS = "grpc"
 PORT = 50051
@@ -316,7 +316,7 @@ def call_log(mesh: E2EMesh, pod: str, request_id: str) -> dict[str, str] | None:
 
 def proxy_pid(pod: str) -> int:
     """The pid of the pod's sidecar (``python -m weft proxy`` in the pod's namespace)."""
-    for pid in net.netns_pids(net.pod_netns_name(NS, pod)):
+    for pid in netrun.netns_pids(net.pod_netns_name(NS, pod)):
         argv = procs.cmdline(pid)
         if "weft" in argv and "proxy" in argv[argv.index("weft") :]:
             return pid

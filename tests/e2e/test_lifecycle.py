@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from meshlib import ECHO, NAMESPACE, E2EMesh, wait_for
 
-from weft.runtime.local import net, procs
+from weft.runtime.local import net, netrun, procs
 
 JOB = """
 apiVersion: v1
@@ -58,7 +58,7 @@ def test_job_pod_completes_and_its_sidecar_stops(mesh: E2EMesh, echo: dict[str, 
     assert states["job"]["terminated"]["exitCode"] == 0
     assert "terminated" in states["weft-proxy"]
     # nothing of the pod runs any more: no sidecar, no namespace
-    assert not net.netns_exists(net.pod_netns_name(NAMESPACE, "fetch-once"))
+    assert not netrun.netns_exists(net.pod_netns_name(NAMESPACE, "fetch-once"))
     assert not [
         p
         for p in procs.mesh_pids(str(mesh.state_dir))

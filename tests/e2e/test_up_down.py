@@ -12,7 +12,7 @@ from pathlib import Path
 
 from meshlib import E2EMesh, HostSnapshot, wait_for
 
-from weft.runtime.local import net, procs
+from weft.runtime.local import net, netrun, procs
 
 APP = """
 apiVersion: v1
@@ -64,18 +64,18 @@ def test_up_after_a_crash_cleans_up_and_down_leaves_nothing(tmp_path: Path) -> N
 
         # crash: SIGKILL every process of the mesh at once
         victims = set(procs.mesh_pids(str(state)))
-        for name in net.list_netns():
+        for name in netrun.list_netns():
             if net.is_weft_netns(name):
-                victims.update(net.netns_pids(name))
+                victims.update(netrun.netns_pids(name))
         assert len(victims) >= 6  # control, node, 2 x (proxy, app)
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not any(procs.running(p) for p in victims), "the processes to die")
-        assert net.netns_exists(net.NODE_NETNS)  # the leftovers are there
+        assert netrun.netns_exists(net.NODE_NETNS)  # the leftovers are there
 
         up = mesh.weft("up")
         assert "removing leftovers of a previous run" in up.stderr
-        stale = [n for n in net.list_netns() if any(o in n for o in old)]
+        stale = [n for n in netrun.list_netns() if any(o in n for o in old)]
         assert not stale, f"namespaces of the crashed run survived: {stale}"
         mesh.apply(APP)  # the crash cleanup also removed the old store
         new = {p["metadata"]["name"] for p in mesh.wait_rolled_out("web", 2)}

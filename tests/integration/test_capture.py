@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weft.runtime.local import net
+from weft.runtime.local import netrun
 from weft.testing.capture import (
     Capture,
     CaptureError,
@@ -321,13 +321,13 @@ async def exchange(link: Link, message: bytes, tls: Tls | None) -> tuple[str, in
         finally:
             writer.close()
 
-    listener = net.netns_socket(link.server_ns, link.family)
+    listener = netrun.netns_socket(link.server_ns, link.family)
     listener.bind((link.server_ip, 0))
     listener.listen()
     port = listener.getsockname()[1]
     server = await asyncio.start_server(echo, sock=listener, ssl=tls.server if tls else None)
     try:
-        sock = net.netns_socket(link.client_ns, link.family)
+        sock = netrun.netns_socket(link.client_ns, link.family)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(

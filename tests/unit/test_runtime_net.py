@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weft.runtime.local import net
+from weft.runtime.local import net, netrun
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (network namespaces)")
@@ -174,17 +174,19 @@ def test_proxy_init_rules_split_long_port_lists() -> None:
 
 @needs_root
 def test_proxy_init_rules_load_into_iptables() -> None:
-    binary = net.detect_iptables()
+    binary = netrun.detect_iptables()
     name = f"weft--unit-{uuid.uuid4().hex[:8]}"
-    net.run_plan([net.Cmd(("ip", "netns", "add", name))])
+    netrun.run_plan([net.Cmd(("ip", "netns", "add", name))])
     try:
         rules = net.proxy_init_rules(skip_inbound=net.parse_ports("4567,9000-9010", "i"))
-        net.run_cmd(net.Cmd(("ip", "netns", "exec", name, f"{binary}-restore", "--noflush"), rules))
-        listing = net.run_cmd(net.Cmd(("ip", "netns", "exec", name, binary, "-t", "nat", "-S")))
+        netrun.run_cmd(
+            net.Cmd(("ip", "netns", "exec", name, f"{binary}-restore", "--noflush"), rules)
+        )
+        listing = netrun.run_cmd(net.Cmd(("ip", "netns", "exec", name, binary, "-t", "nat", "-S")))
         assert "--to-ports 4143" in listing and "--to-ports 4140" in listing
         assert "--uid-owner 2102" in listing
     finally:
-        net.run_plan(net.netns_delete_plan(name))
+        netrun.run_plan(net.netns_delete_plan(name))
 
 
 # -- hosts files ----------------------------------------------------------------------------
@@ -264,17 +266,17 @@ def test_run_cmd_reports_the_failing_command() -> None:
     with pytest.raises(
         net.NetError, match=r"`sh -c echo nope >&2; exit 3` failed \(exit 3\): nope"
     ):
-        net.run_cmd(net.Cmd(("sh", "-c", "echo nope >&2; exit 3")))
-    assert net.run_cmd(net.Cmd(("sh", "-c", "echo x >&2; exit 1"), ok_if=("x",))) == ""
-    assert net.run_cmd(net.Cmd(("sh", "-c", "exit 1"), optional=True)) == ""
+        netrun.run_cmd(net.Cmd(("sh", "-c", "echo nope >&2; exit 3")))
+    assert netrun.run_cmd(net.Cmd(("sh", "-c", "echo x >&2; exit 1"), ok_if=("x",))) == ""
+    assert netrun.run_cmd(net.Cmd(("sh", "-c", "exit 1"), optional=True)) == ""
     with pytest.raises(net.NetError, match="not installed"):
-        net.run_cmd(net.Cmd(("weft-no-such-binary",)))
+        netrun.run_cmd(net.Cmd(("weft-no-such-binary",)))
 
 
 async def test_run_cmd_async_feeds_stdin() -> None:
-    assert await net.run_cmd_async(net.Cmd(("cat",), stdin="hello")) == "hello"
+    assert await netrun.run_cmd_async(net.Cmd(("cat",), stdin="hello")) == "hello"
     with pytest.raises(net.NetError, match="exit 4"):
-        await net.run_cmd_async(net.Cmd(("sh", "-c", "exit 4")))
+        await netrun.run_cmd_async(net.Cmd(("sh", "-c", "exit 4")))
 
 
 # -- sockets in namespaces ------------------------------------------------------------------
@@ -283,7 +285,7 @@ async def test_run_cmd_async_feeds_stdin() -> None:
 @needs_root
 async def test_netns_socket_lives_in_its_namespace() -> None:
     name = f"weft--unit-{uuid.uuid4().hex[:8]}"
-    net.run_plan(
+    netrun.run_plan(
         [
             net.Cmd(("ip", "netns", "add", name)),
             net.Cmd(("ip", "-n", name, "link", "set", "lo", "up")),
@@ -293,24 +295,24 @@ async def test_netns_socket_lives_in_its_namespace() -> None:
     own = os.readlink("/proc/thread-self/ns/net")
     try:
         # the address exists only inside the namespace: binding proves where the socket is
-        sock = net.netns_socket(name)
+        sock = netrun.netns_socket(name)
         sock.bind(("10.123.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
         with pytest.raises(OSError):
             socket.socket().bind(("10.123.0.1", 0))
-        assert await net.tcp_probe(name, "10.123.0.1", port)
-        assert not await net.tcp_probe(None, "127.0.0.1", _closed_port())
+        assert await netrun.tcp_probe(name, "10.123.0.1", port)
+        assert not await netrun.tcp_probe(None, "127.0.0.1", _closed_port())
         sock.close()
         # the calling thread never moved
         assert os.readlink("/proc/thread-self/ns/net") == own
     finally:
-        net.run_plan(net.netns_delete_plan(name))
+        netrun.run_plan(net.netns_delete_plan(name))
 
 
 def test_netns_socket_missing_namespace() -> None:
     with pytest.raises(OSError, match="does not exist"):
-        net.netns_socket("weft--no-such-namespace")
+        netrun.netns_socket("weft--no-such-namespace")
 
 
 async def test_http_probe_status_classes() -> None:
@@ -326,9 +328,9 @@ async def test_http_probe_status_classes() -> None:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        assert await net.http_probe(None, "127.0.0.1", port, "/ok")
-        assert not await net.http_probe(None, "127.0.0.1", port, "/bad")
-        assert not await net.http_probe(None, "127.0.0.1", _closed_port(), "/ok")
+        assert await netrun.http_probe(None, "127.0.0.1", port, "/ok")
+        assert not await netrun.http_probe(None, "127.0.0.1", port, "/bad")
+        assert not await netrun.http_probe(None, "127.0.0.1", _closed_port(), "/ok")
     finally:
         server.close()
         await server.wait_closed()
@@ -344,9 +346,9 @@ def _closed_port() -> int:
 
 @needs_root
 def test_detect_iptables_names_a_working_binary() -> None:
-    binary = net.detect_iptables()
-    assert binary in net.IPTABLES_CANDIDATES
-    assert not any(n.startswith("weft--probe") for n in net.list_netns())
+    binary = netrun.detect_iptables()
+    assert binary in netrun.IPTABLES_CANDIDATES
+    assert not any(n.startswith("weft--probe") for n in netrun.list_netns())
     subprocess.run([binary, "--version"], check=True, capture_output=True)
 
 

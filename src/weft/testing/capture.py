@@ -4,7 +4,7 @@
 captures while its body runs) read every frame of one interface, in a network namespace or in
 this process's, through a raw ``AF_PACKET`` socket (so no tcpdump and no new dependency; it needs
 root, or ``CAP_NET_RAW``). The socket is made inside the namespace by
-:func:`weft.runtime.local.net.netns_socket`, so the calling thread never changes namespace.
+:func:`weft.runtime.local.netrun.netns_socket`, so the calling thread never changes namespace.
 
 Frames are parsed down to TCP (Ethernet with an optional VLAN tag, or raw IP; IPv4 without
 fragments, IPv6 without extension headers) into :class:`Segment` values; everything else is
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from weft.runtime.local import net
+from weft.runtime.local import netrun
 
 ETH_P_ALL = 0x0003
 _ETH_P_IP = 0x0800
@@ -220,7 +220,7 @@ class _Sniffer:
             raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
         where = f"network namespace {netns!r}" if netns else "this network namespace"
         try:
-            sock = net.netns_socket(netns, socket.AF_PACKET, socket.SOCK_RAW)
+            sock = netrun.netns_socket(netns, socket.AF_PACKET, socket.SOCK_RAW)
         except PermissionError:
             raise CaptureError("packet capture needs root (CAP_NET_RAW)") from None
         except OSError as exc:

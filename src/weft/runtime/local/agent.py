@@ -59,7 +59,7 @@ from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.resources import pods
 from weft.resources.errors import InvalidResources
 from weft.resources.models import Pod, Service
-from weft.runtime.local import net
+from weft.runtime.local import net, netrun
 from weft.runtime.local.kubeport import DEFAULT_LISTEN, KubePort
 from weft.runtime.local.pod import NetnsLauncher, NetnsProbes, PodRunner, base_env
 from weft.runtime.local.podapi import PodApi
@@ -500,7 +500,7 @@ class NodeAgent:
         return self.tokens.rotate(runs, now)
 
     async def _setup_network(self, pod: _Pod, spec: RunSpec) -> None:
-        if net.netns_exists(pod.netns):
+        if netrun.netns_exists(pod.netns):
             await self._teardown_netns(pod.netns)
         podnet = net.PodNet(
             netns=pod.netns,
@@ -511,7 +511,7 @@ class NodeAgent:
             skip_outbound=spec.skip_outbound,
         )
         try:
-            await net.run_plan_async(
+            await netrun.run_plan_async(
                 net.pod_up_plan(podnet, self.config.network, iptables=self.config.iptables)
             )
             self._write_hosts(pod)
@@ -520,9 +520,9 @@ class NodeAgent:
             raise
 
     async def _teardown_netns(self, netns: str) -> None:
-        if net.netns_exists(netns):
+        if netrun.netns_exists(netns):
             try:
-                out = await net.run_cmd_async(net.Cmd(("ip", "netns", "pids", netns)))
+                out = await netrun.run_cmd_async(net.Cmd(("ip", "netns", "pids", netns)))
             except net.NetError:
                 out = ""
             for tok in out.split():
@@ -530,7 +530,7 @@ class NodeAgent:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(int(tok), signal.SIGKILL)
             try:
-                await net.run_plan_async(net.netns_delete_plan(netns))
+                await netrun.run_plan_async(net.netns_delete_plan(netns))
             except net.NetError as exc:
                 log.warning("cannot delete namespace %s: %s", netns, exc)
         with contextlib.suppress(ValueError):
@@ -539,7 +539,7 @@ class NodeAgent:
     async def remove_stale_namespaces(self) -> list[str]:
         """Pod namespaces left by an earlier agent (their processes died with it): remove them."""
         removed = []
-        for name in net.list_netns():
+        for name in netrun.list_netns():
             if not net.is_weft_pod_netns(name):
                 continue
             if any(p.netns == name for p in self._pods.values()):

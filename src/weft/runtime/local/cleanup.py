@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from weft.runtime.local import net, procs
+from weft.runtime.local import net, netrun, procs
 from weft.runtime.local.state import (
     COMPONENTS,
     HOST_RECORD,
@@ -93,10 +93,10 @@ def find_leftovers(
     record = read_host_record(host_record)
     if record is not None:
         dirs.add(Path(record.state_dir))
-    namespaces = [n for n in net.list_netns() if net.is_weft_netns(n)]
+    namespaces = [n for n in netrun.list_netns() if net.is_weft_netns(n)]
     pids: set[int] = set()
     for name in namespaces:
-        pids.update(p for p in net.netns_pids(name) if procs.running(p))
+        pids.update(p for p in netrun.netns_pids(name) if procs.running(p))
     for pid, owner in procs.mesh_pids().items():
         owner_dir = StateDir(Path(owner)) if owner.startswith("/") else None
         if Path(owner) in dirs or owner_dir is None or not owner_dir.is_weft():
@@ -111,7 +111,7 @@ def find_leftovers(
         processes=tuple(sorted(pids)),
         netns=tuple(sorted(namespaces, key=lambda n: (n == net.NODE_NETNS, n))),
         etc_netns=tuple(_etc_netns(etc_netns)),
-        routes=tuple(net.weft_host_routes()),
+        routes=tuple(netrun.weft_host_routes()),
         state_dirs=tuple(sorted(d for d in dirs if StateDir(d).is_weft())),
         host_record=host_record.exists(),
     )
@@ -136,11 +136,11 @@ def remove(
         removed.append(f"{len(leftovers.processes)} processes")
     for name in leftovers.netns:
         # processes that appeared since (a pod being started) must not keep a namespace alive
-        stragglers = [p for p in net.netns_pids(name) if procs.running(p)]
+        stragglers = [p for p in netrun.netns_pids(name) if procs.running(p)]
         if stragglers:
             procs.terminate(stragglers, timeout=0.0, sig=signal.SIGKILL)
         try:
-            net.run_plan(net.netns_delete_plan(name))
+            netrun.run_plan(net.netns_delete_plan(name))
             removed.append(f"netns {name}")
         except net.NetError as exc:
             errors.append(str(exc))
@@ -154,7 +154,7 @@ def remove(
             removed.append(str(etc_netns))
     if leftovers.routes:
         try:
-            net.run_plan(net.host_routes_delete_plan(leftovers.routes))
+            netrun.run_plan(net.host_routes_delete_plan(leftovers.routes))
             removed += [f"route blackhole {r}" for r in leftovers.routes]
         except net.NetError as exc:
             errors.append(str(exc))

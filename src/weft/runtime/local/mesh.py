@@ -47,7 +47,7 @@ from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.resources import pods as podread
 from weft.runtime.base import CONTAINER_ALIASES, PROXY_CONTAINER, Check, PodRef, RuntimeFailure
-from weft.runtime.local import cleanup, net, procs
+from weft.runtime.local import cleanup, net, netrun, procs
 from weft.runtime.local.podexec import ExecError, exec_command
 from weft.runtime.local.state import (
     MeshRecord,
@@ -256,8 +256,8 @@ class LocalMesh:
             return checks
         probe = f"{net.NETNS_PREFIX}-check-{os.getpid()}"
         try:
-            net.run_plan([net.Cmd(("ip", "netns", "add", probe))])
-            net.run_plan([net.Cmd(("ip", "-n", probe, "link", "set", "lo", "up"))])
+            netrun.run_plan([net.Cmd(("ip", "netns", "add", probe))])
+            netrun.run_plan([net.Cmd(("ip", "-n", probe, "link", "set", "lo", "up"))])
             checks.append(Check("network namespaces work", True, "ip netns add/exec/del"))
         except net.NetError as exc:
             checks.append(
@@ -272,9 +272,9 @@ class LocalMesh:
             return checks
         finally:
             with contextlib.suppress(net.NetError):
-                net.run_plan(net.netns_delete_plan(probe))
+                netrun.run_plan(net.netns_delete_plan(probe))
         try:
-            self._iptables = net.detect_iptables(probe)
+            self._iptables = netrun.detect_iptables(probe)
             checks.append(Check("iptables nat table usable in a namespace", True, self._iptables))
         except net.NetError as exc:
             checks.append(
@@ -353,7 +353,7 @@ class LocalMesh:
                 cleanup.remove(leftovers)
             except cleanup.CleanupError as exc:
                 raise RuntimeFailure(str(exc)) from None
-        conflicts = net.host_route_conflicts(self.network)
+        conflicts = netrun.host_route_conflicts(self.network)
         if conflicts:
             raise RuntimeFailure(
                 "the mesh's address ranges overlap routes of this host:\n  "
@@ -374,8 +374,8 @@ class LocalMesh:
         write_host_record(record)
         self.write_identity()
         try:
-            net.run_plan(net.node_up_plan(self.network))
-            net.run_plan(net.host_routes_plan(self.network))
+            netrun.run_plan(net.node_up_plan(self.network))
+            netrun.run_plan(net.host_routes_plan(self.network))
             self._start_control(record)
             try:
                 self._wait_control(timeout)
@@ -688,7 +688,7 @@ class LocalMesh:
         if not argv:
             raise RuntimeFailure("nothing to run: weft exec POD -- COMMAND [ARGS...]")
         netns = net.pod_netns_name(pod.namespace, pod.name)
-        if not net.netns_exists(netns):
+        if not netrun.netns_exists(netns):
             raise RuntimeFailure(f"pod {pod} is not running here (no namespace {netns})")
         obj: dict[str, Any] | None = None
         with contextlib.suppress(ControlUnavailable, ApiError, OSError):
@@ -755,7 +755,7 @@ async def _probe_proxies(pods: list[dict[str, Any]]) -> list[tuple[dict[str, Any
         host, _, port = admin.rpartition(":")
         if not host or not port.isdigit():
             return pod, False, f"bad proxy-admin annotation {admin!r}"
-        ok = await net.http_probe(net.NODE_NETNS, host, int(port), "/ready", time_limit=2.0)
+        ok = await netrun.http_probe(net.NODE_NETNS, host, int(port), "/ready", time_limit=2.0)
         return pod, ok, f"http://{admin}/ready" + ("" if ok else " does not answer 200")
 
     candidates = [

@@ -49,7 +49,7 @@ from typing import Any, BinaryIO, Protocol
 from weft.core.backoff import ExponentialBackoff
 from weft.resources.podspec import ContainerStatus, PodStatus
 from weft.runtime.base import PROXY_CONTAINER
-from weft.runtime.local import net, users
+from weft.runtime.local import net, netrun, users
 from weft.runtime.local.lifecycle import (
     AfterExit,
     CrashLoop,
@@ -136,14 +136,14 @@ class NetnsProbes:
     admin_port: int = net.PROXY_ADMIN_PORT
 
     async def proxy_ready(self) -> bool:
-        return await net.http_probe(self.probe_netns, self.ip, self.admin_port, "/ready")
+        return await netrun.http_probe(self.probe_netns, self.ip, self.admin_port, "/ready")
 
     async def check(self, probe: Probe) -> bool:
         if probe.kind == "http":
-            return await net.http_probe(
+            return await netrun.http_probe(
                 self.pod_netns, self.ip, probe.port, probe.path, time_limit=probe.timeout
             )
-        return await net.tcp_probe(self.pod_netns, self.ip, probe.port, time_limit=probe.timeout)
+        return await netrun.tcp_probe(self.pod_netns, self.ip, probe.port, time_limit=probe.timeout)
 
 
 # -- the shell ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from wsproto.events import (
     Request,
 )
 
-from weft.runtime.local import net, users
+from weft.runtime.local import net, netrun, users
 from weft.runtime.local.pod import base_env
 
 log = logging.getLogger("weft.node")
@@ -69,7 +69,7 @@ def exec_command(
     meta = obj.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
     netns = net.pod_netns_name(namespace, name)
-    if not net.netns_exists(netns):
+    if not netrun.netns_exists(netns):
         raise ExecError(f"pod {namespace}/{name} is not running here (no namespace {netns})")
     try:
         user = users.exec_user(obj)
