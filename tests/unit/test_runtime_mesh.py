@@ -15,7 +15,8 @@ import pytest
 from weft.cli.main import main
 from weft.runtime.base import PROXY_CONTAINER, PodRef, RuntimeFailure
 from weft.runtime.local import mesh as mesh_mod
-from weft.runtime.local.mesh import IssuerFiles, LocalMesh, MeshIdentity, follow_file
+from weft.runtime.local.mesh import LocalMesh, follow_file
+from weft.runtime.local.meshidentity import IssuerFiles, MeshIdentity
 from weft.runtime.local.net import MeshNetwork
 from weft.runtime.local.state import MeshRecord
 

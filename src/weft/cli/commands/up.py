@@ -25,7 +25,8 @@ from pathlib import Path
 from weft.identity.names import DEFAULT_TRUST_DOMAIN
 from weft.inbound import DEFAULT_POLICIES, DEFAULT_POLICY
 from weft.runtime.base import Runtime, RuntimeFailure
-from weft.runtime.local.mesh import CONTROL_START_TIMEOUT, IssuerFiles, LocalMesh, MeshIdentity
+from weft.runtime.local.mesh import CONTROL_START_TIMEOUT, LocalMesh
+from weft.runtime.local.meshidentity import IssuerFiles, MeshIdentity
 from weft.runtime.local.net import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, MeshNetwork
 from weft.runtime.local.state import (
     STATE_DIR_ENV,
