@@ -14,7 +14,7 @@ import pytest
 
 from weft.cli.main import main
 from weft.runtime.base import PROXY_CONTAINER, PodRef, RuntimeFailure
-from weft.runtime.local import mesh as mesh_mod
+from weft.runtime.local import hostchecks
 from weft.runtime.local.mesh import LocalMesh, follow_file
 from weft.runtime.local.meshidentity import IssuerFiles, MeshIdentity
 from weft.runtime.local.net import MeshNetwork
@@ -35,7 +35,8 @@ def test_up_without_root_fails_at_once_naming_it(
 
 
 def test_up_names_missing_tools(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(mesh_mod.shutil, "which", lambda tool: None if tool == "setpriv" else "/x")
+    which = lambda tool: None if tool == "setpriv" else "/x"  # noqa: E731
+    monkeypatch.setattr(hostchecks.shutil, "which", which)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     checks = {c.name: c for c in LocalMesh(tmp_path).host_checks()}
     tools = checks["tools: ip (iproute2), setpriv (util-linux)"]
