@@ -2,7 +2,7 @@
 
 ``/version``, ``/api`` (the core group's versions), ``/apis`` (every other group),
 ``/apis/<group>`` and the resource lists of ``/api/v1`` and ``/apis/<group>/<version>``, built
-from the kinds the store knows (:data:`weft.resources.models.KINDS`): plural, singular, kind,
+from the kinds the store knows (:data:`weft.resources.registry.KINDS`): plural, singular, kind,
 namespaced, verbs, short names, and the ``status`` (and for Pods ``log``) subresources. Served
 as plain JSON (the legacy form); a client that asks for aggregated discovery first falls back to
 it, as it does with any server that lacks it.

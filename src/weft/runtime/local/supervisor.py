@@ -3,8 +3,8 @@
 ``weft control`` runs detached (``weft up`` starts it). The node agent watches its process
 record (``<state>/control.pid``) and, when the process is gone (it exited, or was killed),
 starts it again as a container is restarted: with the same backoff (1 s, 2 s, 4 s ... 60 s,
-jitter 10%; :func:`~weft.runtime.local.pod.restart_backoff`) forgotten after a minute of good
-running (:class:`~weft.runtime.local.pod.CrashLoop`: one copy of that logic for both). Every
+jitter 10%; :func:`~weft.runtime.local.lifecycle.restart_backoff`) forgotten after a minute of good
+running (:class:`~weft.runtime.local.lifecycle.CrashLoop`: one copy of that logic for both). Every
 restart is counted in ``<state>/control-status.json`` (:class:`ControlStatus`), which survives
 the agent, so that ``weft check`` shows the restarts, warns about a crash loop
 (:meth:`ControlStatus.crash_looping`) and says when nothing supervises the control plane (the
