@@ -202,7 +202,9 @@ async def test_deadline_is_seen_and_ends_an_unbounded_watch() -> None:
         (entry,) = await wait_logged(s, 1)
     assert entry["status"] == "DEADLINE_EXCEEDED"
     assert entry["request_id"] == "w_1"
-    assert 0 < int(entry["deadline_ms"]) <= 500
+    # the 0.5 s deadline as the server saw it: gRPC rounds the grpc-timeout header up to its
+    # unit, so it may read a millisecond or so more than was set
+    assert 0 < int(entry["deadline_ms"]) <= 550
     assert got >= 2 and int(entry["out"]) >= got
 
 
