@@ -22,37 +22,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from weft.core.proxyinit import (
-    ANNOTATION_SKIP_INBOUND as ANNOTATION_SKIP_INBOUND,
-)
-from weft.core.proxyinit import (
-    ANNOTATION_SKIP_OUTBOUND as ANNOTATION_SKIP_OUTBOUND,
-)
-from weft.core.proxyinit import (
-    CHAIN_INBOUND as CHAIN_INBOUND,
-)
-from weft.core.proxyinit import (
-    CHAIN_OUTBOUND as CHAIN_OUTBOUND,
-)
-from weft.core.proxyinit import (
-    DEFAULT_SKIP_PORTS as DEFAULT_SKIP_PORTS,
-)
-from weft.core.proxyinit import (
-    PROXY_ADMIN_PORT as PROXY_ADMIN_PORT,
-)
-from weft.core.proxyinit import (
-    PROXY_CONTROL_PORT as PROXY_CONTROL_PORT,
-)
-from weft.core.proxyinit import (
-    PROXY_INBOUND_PORT as PROXY_INBOUND_PORT,
-)
-from weft.core.proxyinit import (
-    PROXY_OUTBOUND_PORT as PROXY_OUTBOUND_PORT,
-)
-from weft.core.proxyinit import PROXY_UID as PROXY_UID
-from weft.core.proxyinit import PortRange as PortRange
-from weft.core.proxyinit import parse_ports as parse_ports
-from weft.core.proxyinit import proxy_init_rules as proxy_init_rules
+from weft.core.proxyinit import PortRange, proxy_init_rules
 from weft.runtime.local.net import (
     NETNS_DIR,
     NETNS_PREFIX,
