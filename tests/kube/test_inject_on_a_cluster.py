@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from tests.kube.conftest import Kube
+from weft.identity.ca import Authority, cert_pem
 from weft.install.inject import INIT_CONTAINER
 
 APP = """
@@ -46,10 +49,13 @@ def pods(kube: Kube) -> list[dict[str, object]]:
     return list(json.loads(out)["items"])
 
 
-def test_injected_pods_are_created_as_injected(kube: Kube) -> None:
+def test_injected_pods_are_created_as_injected(kube: Kube, tmp_path: Path) -> None:
     ns = kube.namespace
     kube.kubectl("create", "serviceaccount", "default", "-n", ns, check=False)
-    manifest = weft("inject", "-f", "-", input=APP.format(ns=ns))
+    anchors = tmp_path / "anchors.pem"  # offline: Weft is not installed on this cluster
+    anchors.write_bytes(cert_pem(Authority.new_anchor("cluster.local", now=time.time()).cert))
+    manifest = weft("inject", "-f", "-", "--trust-anchors-file", str(anchors),
+                    input=APP.format(ns=ns))  # fmt: skip
     kube.kubectl("apply", "-f", "-", input=manifest)
     kube.kubectl("wait", "--for=jsonpath={.status.replicas}=2", "deployment/web", "-n", ns,
                  "--timeout=60s")  # fmt: skip

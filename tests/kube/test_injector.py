@@ -13,16 +13,20 @@ import contextlib
 import json
 import socket
 import ssl
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.kube.conftest import Kube
-from weft.install.inject import INIT_CONTAINER, InjectConfig
+from weft.identity.ca import Authority, cert_pem
+from weft.install.inject import CONTROL_ANCHORS_ENV, INIT_CONTAINER, InjectConfig
 from weft.runtime.local import kubepki
 
 DEPLOYMENT = """
@@ -67,8 +71,8 @@ def webhook(name: str, port: int, ca: bytes) -> dict[str, object]:
 class Served:
     """``weft injector``, the deployed component, as a process on a loopback port."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc, self.port = proc, port
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, anchors: Path) -> None:
+        self.proc, self.port, self.anchors = proc, port, anchors
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -97,20 +101,32 @@ async def _get(port: int, ca: bytes, path: str) -> int:
     return int(data.split(b" ", 2)[1])
 
 
+def _anchor() -> bytes:
+    return cert_pem(Authority.new_anchor("cluster.local", now=time.time()).cert)
+
+
+def _proxy_anchors(pod: Mapping[str, Any]) -> str:
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "weft-proxy")
+    return str(next(e["value"] for e in proxy["env"] if e["name"] == CONTROL_ANCHORS_ENV))
+
+
 @pytest.fixture
 async def injector(kube: Kube, tmp_path: Path) -> AsyncIterator[tuple[Served, bytes]]:
     pki = kubepki.ensure(tmp_path / "pki")
     ca = pki.ca.read_bytes()
     port = _free_port()
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(_anchor())
     log = tmp_path / "injector.log"
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "weft", "injector", "--kubeconfig", str(kube.kubeconfig),
             "--listen", f"127.0.0.1:{port}", "--tls-cert", str(pki.server_cert),
-            "--tls-key", str(pki.server_key),
+            "--tls-key", str(pki.server_key), "--control-trust-anchors-file", str(anchors),
+            "--reload-interval", "0.2",
             stdout=asyncio.subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
-    served = Served(proc, port)
+    served = Served(proc, port, anchors)
     try:
         for _ in range(200):  # ready once it listed the namespaces
             if proc.returncode is not None:
@@ -161,8 +177,23 @@ async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
         assert names(pod, "containers") == ["web"]
         annotations = pod["metadata"]["annotations"]  # type: ignore[index]
         assert annotations["weft.io/proxy-version"] == InjectConfig().version
+        # the proxy verifies the control plane with the anchors of the mounted file ...
+        assert _proxy_anchors(pod) == served.anchors.read_text()
         other = await pod_of(kube, plain)
         assert names(other, "initContainers") == [] and names(other, "containers") == ["web"]
+        # ... read again when the file changes (an anchor rotation updates the ConfigMap)
+        rotated = served.anchors.read_bytes() + _anchor()
+        served.anchors.write_bytes(rotated)
+        await asyncio.sleep(1.0)  # the injector checks every 0.2 s
+        kube.kubectl("delete", "pods", "--all", "-n", meshed, "--wait=false")
+        for _ in range(300):
+            out = kube.kubectl("get", "pods", "-n", meshed, "-o", "json")
+            fresh = [p for p in json.loads(out)["items"]
+                     if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+            if fresh:
+                break
+            await asyncio.sleep(0.1)
+        assert fresh and _proxy_anchors(fresh[0]) == rotated.decode()
         # the injector down: pods are still created (failurePolicy Ignore), unmeshed
         await served.stop()
         kube.kubectl("delete", "pods", "--all", "-n", meshed, "--wait=false")
@@ -177,6 +208,27 @@ async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
     finally:
         kube.kubectl("delete", "mutatingwebhookconfiguration", config_name, check=False)
         kube.kubectl("delete", "namespace", plain, "--wait=false", check=False)
+
+
+def test_the_injector_refuses_to_start_with_nothing_to_verify_the_control_plane_with(
+    tmp_path: Path,
+) -> None:
+    pki = kubepki.ensure(tmp_path / "pki")
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "injector", "--kubeconfig", str(tmp_path / "none"),
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "--control-trust-anchors-file" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "bad.pem").write_text("nothing\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "injector", "--kubeconfig", str(tmp_path / "none"),
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+         "--control-trust-anchors-file", str(tmp_path / "bad.pem")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1 and "no PEM certificate" in done.stderr
 
 
 async def _post(served: Served, ca: bytes, body: bytes) -> tuple[int, bytes]:

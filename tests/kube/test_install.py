@@ -161,6 +161,37 @@ async def test_the_control_plane_is_accepted_and_its_pods_are_made(
     assert denied.strip() == "no"
 
 
+def test_inject_reads_the_installation_as_linkerd_inject_does(
+    kube_rig: KubeRig, installed: str
+) -> None:
+    app = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+           "spec": {"containers": [{"name": "web", "image": "web:1"}]}}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "weft", "inject", "-f", "-", "--kubeconfig",
+         str(kube_rig.kubeconfig)],
+        input=json.dumps(app), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    pod = yaml.safe_load(done.stdout)
+    proxy = next(c for c in pod["spec"]["initContainers"] if c["name"] == "weft-proxy")
+    roots = json.loads(kube_rig.kubectl_run(
+        "get", "configmap", "weft-identity-trust-roots", "-n", "weft-system", "-o", "json"
+    ))  # fmt: skip
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["WEFT_PROXY_CONTROL_TRUST_ANCHORS"] == roots["data"]["ca-bundle.crt"]
+    args = proxy["args"]
+    assert args[args.index("--control") + 1] == (
+        "https://weft-control.weft-system.svc.cluster.local:8086"
+    )
+    # the installed control plane serves what those proxies expect: HTTPS as its identity
+    deployment = json.loads(kube_rig.kubectl_run(
+        "get", "deployment", "weft-control", "-n", "weft-system", "-o", "json"
+    ))  # fmt: skip
+    control = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--http-tls" in control["args"]
+    assert control["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
 def test_upgrade_reads_the_installation_back_and_keeps_what_was_given(
     kube_rig: KubeRig, installed: str
 ) -> None:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weft.core.proxyinit import PROXY_UID
+from weft.identity.ca import Authority, cert_pem
 from weft.install.inject import (
     INIT_CONTAINER,
     InjectConfig,
@@ -26,7 +27,8 @@ from weft.install.inject import (
 from weft.resources import pods
 
 SUPPORTED = ("1.29.0", "1.33.0", "1.37.0")  # native sidecars are on by default from 1.29
-CONFIG = InjectConfig()
+ANCHORS = cert_pem(Authority.new_anchor("cluster.local", now=1.8e9).cert).decode()
+CONFIG = InjectConfig(trust_anchors=ANCHORS)
 
 APPS = """
 apiVersion: v1
@@ -135,6 +137,15 @@ def test_real_world_manifests_are_injected_and_valid_for_every_supported_version
     assert proxy["restartPolicy"] == "Always"
     assert [c["name"] for c in spec["containers"]] == ["postgres", "exporter"]
     assert "--shutdown-grace" in proxy["args"] and "60" in proxy["args"]
+    # it verifies the control plane's HTTPS API as its service account's identity, with the
+    # anchors the injection gives it
+    args = proxy["args"]
+    assert args[args.index("--control") + 1].startswith("https://weft-control.weft-system.svc")
+    assert args[args.index("--control-identity") + 1] == (
+        "weft-control.weft-system.serviceaccount.identity.cluster.local"
+    )
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["WEFT_PROXY_CONTROL_TRUST_ANCHORS"] == ANCHORS
     assert proxy["securityContext"]["runAsUser"] == PROXY_UID
     assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
     init = by_name(spec["initContainers"], INIT_CONTAINER)
@@ -252,10 +263,36 @@ def test_any_template_round_trips(
     assert doc == original
 
 
+def test_without_trust_anchors_nothing_is_injected_that_could_not_verify_the_control_plane(
+    tmp_path: Any,
+) -> None:
+    doc = docs()[1]
+    outcome = transform(doc, InjectConfig())
+    assert not outcome.changed and "trust anchors" in outcome.reason
+    # the CLI: no cluster to read them from and no file: an error saying how, nothing printed
+    f = tmp_path / "apps.yaml"
+    f.write_text(APPS)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+    done = subprocess.run([sys.executable, "-m", "weft", "inject", "-f", str(f)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert (
+        "--trust-anchors-file" in done.stderr and "cannot read Weft's installation" in done.stderr
+    )
+    (tmp_path / "empty.pem").write_text("not a certificate\n")
+    done = subprocess.run([sys.executable, "-m", "weft", "inject", "-f", str(f),
+                           "--trust-anchors-file", str(tmp_path / "empty.pem")],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1 and "no PEM certificate" in done.stderr and done.stdout == ""
+
+
 def test_the_cli_reads_files_and_stdin_and_refuses_bad_yaml(tmp_path: Any) -> None:
     f = tmp_path / "apps.yaml"
     f.write_text(APPS)
-    done = subprocess.run([sys.executable, "-m", "weft", "inject", "-f", str(f)],
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_text(ANCHORS)
+    done = subprocess.run([sys.executable, "-m", "weft", "inject", "-f", str(f),
+                           "--trust-anchors-file", str(anchors)],
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert 'statefulset "db" injected' in done.stderr and 'service "db" skipped' in done.stderr
@@ -267,7 +304,8 @@ def test_the_cli_reads_files_and_stdin_and_refuses_bad_yaml(tmp_path: Any) -> No
     assert [d for d in yaml.safe_load_all(back.stdout) if d] == docs()
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Pod\n  spec: [\n")
-    done = subprocess.run([sys.executable, "-m", "weft", "inject", "-f", str(bad)],
+    done = subprocess.run([sys.executable, "-m", "weft", "inject", "-f", str(bad),
+                           "--trust-anchors-file", str(anchors)],
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 1 and "not valid YAML" in done.stderr and done.stdout == ""
 

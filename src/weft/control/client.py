@@ -1,6 +1,8 @@
 """The control plane's Python client: asyncio, HTTP/1.1 over a unix socket or TCP, no HTTP library.
 
-``ControlClient("unix:/run/weft/control.sock")`` (or ``"http://127.0.0.1:8086"``) speaks the API in
+``ControlClient("unix:/run/weft/control.sock")`` (or ``"http://127.0.0.1:8086"``, or
+``"https://weft-control.weft-system.svc.cluster.local:8086"`` with a :class:`ControlTLS`: the
+trust anchors and the identity the control plane must present) speaks the API in
 docs/control-plane-api.md. Each call opens one connection (cheap over a unix socket), sends one
 request and parses the response with httptools. Watches and destination streams are async
 iterators over the NDJSON body; they raise :class:`ControlUnavailable` when the connection ends or
@@ -20,6 +22,7 @@ import builtins
 import contextlib
 import json
 import os
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,11 +73,52 @@ class ApiError(Exception):
         return f"ApiError({self.status}, {self.message!r}, details={len(self.details)})"
 
 
+class ControlTLS:
+    """How a client verifies the control plane's HTTPS API: the mesh's trust anchors (TLS 1.3,
+    strict X.509 checks) and the identity the control plane's certificate must name
+    (``weft-control.weft-system.serviceaccount.identity.cluster.local``), as a proxy checks
+    a peer proxy. :meth:`set_anchors` swaps in a new context (a rotation's bundle, received on
+    the verified channel); connections already open keep theirs."""
+
+    def __init__(self, anchors_pem: bytes, server_name: str) -> None:
+        if not server_name:
+            raise ValueError("the control plane's identity is required to verify it")
+        self.server_name = server_name
+        self.context = self._context(anchors_pem)
+        self.anchors_pem = anchors_pem
+
+    def __repr__(self) -> str:
+        return f"<ControlTLS {self.server_name}>"
+
+    @staticmethod
+    def _context(anchors_pem: bytes) -> ssl.SSLContext:
+        text = anchors_pem.decode("ascii", errors="replace")
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError("the control plane's trust anchors hold no PEM certificate")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        try:
+            ctx.load_verify_locations(cadata=text)
+        except ssl.SSLError as exc:
+            raise ValueError(f"the control plane's trust anchors are not valid: {exc}") from None
+        return ctx
+
+    def set_anchors(self, anchors_pem: bytes) -> bool:
+        """Trust ``anchors_pem`` from now on; False (and the old ones kept) when unchanged."""
+        if anchors_pem == self.anchors_pem:
+            return False
+        self.context = self._context(anchors_pem)
+        self.anchors_pem = anchors_pem
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     unix_path: str | None
     host: str
     port: int
+    https: bool = False
 
     @classmethod
     def parse(cls, endpoint: str) -> _Target:
@@ -88,11 +132,13 @@ class _Target:
         if endpoint.startswith("/"):
             return cls(endpoint, "localhost", 0)
         parts = urlsplit(endpoint)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
-                f"invalid control endpoint {endpoint!r}: expected unix:PATH or http://HOST:PORT"
+                f"invalid control endpoint {endpoint!r}: expected unix:PATH, http://HOST:PORT "
+                "or https://HOST:PORT"
             )
-        return cls(None, parts.hostname, parts.port or 80)
+        https = parts.scheme == "https"
+        return cls(None, parts.hostname, parts.port or (443 if https else 80), https)
 
 
 class _Response:
@@ -183,10 +229,17 @@ def _raise_for(status: int, body: bytes) -> None:
 class ControlClient:
     """Client of the control-plane API (see the module docstring)."""
 
-    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: str, *, timeout: float = 10.0, tls: ControlTLS | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self._target = _Target.parse(endpoint)
+        if tls is not None and not self._target.https:
+            raise ValueError(f"trust anchors given for {endpoint!r}, which is not https://")
+        # https without ControlTLS: the system's CAs and the URL's host (a control plane behind
+        # a public certificate); the proxies always verify the mesh identity instead
+        self.tls = tls
 
     def __repr__(self) -> str:
         return f"<ControlClient {self.endpoint}>"
@@ -198,16 +251,37 @@ class ControlClient:
         try:
             if t.unix_path is not None:
                 conn = asyncio.open_unix_connection(t.unix_path, limit=MAX_LINE_BYTES)
+            elif t.https:
+                ctx, name = (
+                    (self.tls.context, self.tls.server_name)
+                    if self.tls is not None
+                    else (ssl.create_default_context(), t.host)
+                )
+                conn = asyncio.open_connection(
+                    t.host,
+                    t.port,
+                    limit=MAX_LINE_BYTES,
+                    ssl=ctx,
+                    server_hostname=name,
+                    ssl_handshake_timeout=self.timeout,
+                )
             else:
                 conn = asyncio.open_connection(t.host, t.port, limit=MAX_LINE_BYTES)
             reader, writer = await asyncio.wait_for(conn, self.timeout)
+        except ssl.SSLError as exc:
+            name = self.tls.server_name if self.tls is not None else t.host
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise ControlUnreachable(
+                f"cannot verify the control plane at {t.host}:{t.port} as {name}: {reason}"
+            ) from None
         except (OSError, TimeoutError) as exc:
             where = t.unix_path or f"{t.host}:{t.port}"
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ControlUnreachable(
                 f"cannot reach the control plane at {where}: {reason or type(exc).__name__}"
             ) from None
-        host = t.host if t.port in (0, 80) else f"{t.host}:{t.port}"
+        default_port = (0, 443) if t.https else (0, 80)
+        host = t.host if t.port in default_port else f"{t.host}:{t.port}"
         head = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
         payload = body or b""
         if body is not None:

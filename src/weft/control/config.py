@@ -40,6 +40,11 @@ class ControlConfig:
     kube_context: str | None = None
     # on a cluster: only the replica holding the Lease writes statuses (weft.control.kube.leader)
     leader_elect: bool = False
+    # on a cluster: serve http_listen over TLS as the mesh identity of this service account
+    # (weft.control.servingcert), which the proxies verify against their trust anchors
+    http_tls: bool = False
+    tls_namespace: str = "weft-system"
+    tls_service_account: str = "weft-control"
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     # inbound policy: the mesh-wide default, and the networks cluster-* policies trust (the
     # pod network when empty)
@@ -65,6 +70,10 @@ class ControlConfig:
             raise ValueError("state-dir must not be empty")
         if self.leader_elect and not self.kubeconfig:
             raise ValueError("leader-elect is for replicas on a cluster: give --kubeconfig")
+        if self.http_tls and not (self.kubeconfig and self.http_listen):
+            raise ValueError(
+                "http-tls serves a cluster's proxies: give --kubeconfig and --http-listen"
+            )
         if self.default_inbound_policy not in DEFAULT_POLICIES:
             raise ValueError(
                 f"default-inbound-policy must be one of {', '.join(DEFAULT_POLICIES)}, "

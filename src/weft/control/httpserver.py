@@ -160,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
         self._keep_alive = True
         self._eof = False
+        self._tls = False
         self._stream: StreamWriter | None = None
         self.writable = asyncio.Event()
         self.writable.set()
@@ -174,6 +175,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         self._privileged = _privileged_peer(transport.get_extra_info("socket"))
+        self._tls = transport.get_extra_info("sslcontext") is not None
         self._server._connections.add(self)
         self._arm_idle()
 
@@ -200,7 +202,9 @@ class _Connection(asyncio.Protocol):
         self._eof = True
         if self._worker is None and not self._pending:
             self.abort()
-        return True  # keep the transport open to answer what was already received
+        # keep the transport open to answer what was already received (TLS cannot half-close:
+        # asyncio then ignores the answer, and warns when it is True)
+        return None if self._tls else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -4,7 +4,8 @@
 pod's service account) runs: :class:`~weft.control.kube.state.KubeState` (one informer per kind)
 as the controllers' cluster state, route statuses written through the status subresource, proxy
 identity through TokenReview (:class:`~weft.control.tokenreview.KubeTokenReviewer`), and the
-same API for the proxies (destinations, inbound policy, identity) on the same socket. It keeps
+same API for the proxies (destinations, inbound policy, identity) on the same socket, and on TCP
+(with ``--http-tls``: HTTPS as its own mesh identity, :mod:`weft.control.servingcert`). It keeps
 no store of its own: resources are managed with kubectl (Weft's resource endpoints answer 404
 saying so), and nothing is aggregated here (``stat`` is 503). While the API server is out of
 reach the informers keep their caches and retry, so the proxies keep getting the last state.
@@ -34,6 +35,7 @@ from weft.control.kube.client import connect
 from weft.control.kube.leader import LeaderElector
 from weft.control.kube.state import CORE_KINDS, KubeState
 from weft.control.routestatus import RouteStatusController
+from weft.control.servingcert import ServingCert
 from weft.control.state import StatusWriter
 from weft.control.tokenreview import KubeTokenReviewer
 
@@ -101,6 +103,11 @@ class ClusterControlPlane:
         )
         self.http = HttpServer(self.api.handle)
         self.tcp_address: tuple[str, int] | None = None
+        self.serving_cert = (
+            ServingCert(self.identity, config.tls_namespace, config.tls_service_account)
+            if config.http_tls
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<ClusterControlPlane {self.config.socket_path} {self.state!r}>"
@@ -129,8 +136,13 @@ class ClusterControlPlane:
         await self.http.listen_unix(self.config.socket_path)
         if self.config.http_listen is not None:
             host, port = self.config.http_listen
+            tls = None
+            if self.serving_cert is not None:
+                self.serving_cert.refresh()  # the CA is loaded: an error here stops the start
+                self.serving_cert.start()
+                tls = self.serving_cert.context
             try:
-                self.tcp_address = await self.http.listen_tcp(host, port)
+                self.tcp_address = await self.http.listen_tcp(host, port, tls=tls)
             except OSError as exc:
                 log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
         self.route_status.resync()
@@ -159,6 +171,8 @@ class ClusterControlPlane:
         if self.leader is not None:
             await self.leader.stop()
         await self.http.close(grace)
+        if self.serving_cert is not None:
+            await self.serving_cert.stop()
         self.route_status.close()
         self.inbound.close()
         self.destinations.close()

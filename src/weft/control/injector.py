@@ -12,6 +12,8 @@ not an AdmissionReview is a 400 saying what is missing; the HTTP server bounds i
 :func:`serve` is ``weft injector``: the webhook over TLS (its certificate files are read again
 when they change, as the kubelet updates a mounted Secret), ``GET /ready`` once the namespaces are
 listed, ``GET /live``; namespaces come from an informer (a pod's admission costs no API call).
+The mesh's trust anchors, which every injected proxy verifies the control plane's HTTPS API with,
+come from a file (the ConfigMap ``weft-identity-trust-roots`` mounted), read again on change.
 
 Not for: what injection adds (:mod:`weft.install.inject`).
 """
@@ -22,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -165,7 +168,32 @@ class InjectorSettings:
     listen: tuple[str, int]
     tls_cert: str
     tls_key: str
+    trust_anchors_file: str | None = None  # required for an https:// control plane
     reload_s: float = 30.0
+
+
+class AnchorsFile:
+    """The mesh's trust anchors for the proxies' ``--control-trust-anchors``, read again when the
+    file changes (a mounted ConfigMap is swapped in place during an anchor rotation)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pem = ""
+        self._stamp: float | None = None
+        self.reload()
+
+    def reload(self) -> bool:
+        """Read the file when it changed; OSError or ValueError (no certificate) otherwise,
+        and the anchors read before stay."""
+        stamp = os.stat(self.path).st_mtime
+        if stamp == self._stamp:
+            return False
+        with open(self.path, encoding="ascii", errors="replace") as f:
+            text = f.read()
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{self.path} holds no PEM certificate")
+        self.pem, self._stamp = text, stamp
+        return True
 
 
 async def serve(settings: InjectorSettings, *, stop: asyncio.Event | None = None) -> None:
@@ -174,6 +202,14 @@ async def serve(settings: InjectorSettings, *, stop: asyncio.Event | None = None
     from weft.control.kube.state import KubeState
 
     tls = CertReloader(settings.tls_cert, settings.tls_key)  # fails here, before serving
+    anchors: AnchorsFile | None = None
+    if settings.trust_anchors_file:
+        anchors = AnchorsFile(settings.trust_anchors_file)
+    elif settings.inject.verifies_control:
+        raise ValueError(
+            f"the control plane {settings.inject.control} is verified by the proxies: "
+            "give --control-trust-anchors-file"
+        )
     client = connect(settings.kubeconfig, context=settings.context)
     state = KubeState(client, ("Namespace",))
 
@@ -186,9 +222,10 @@ async def serve(settings: InjectorSettings, *, stop: asyncio.Event | None = None
         annotations = obj.get("metadata", {}).get("annotations") or {}
         return {str(k): str(v) for k, v in annotations.items()}
 
-    injector = Injector(
-        settings.inject, namespace, ready=state.informers["Namespace"].synced.is_set
-    )
+    config = settings.inject
+    if anchors is not None:
+        config = dataclasses.replace(config, trust_anchors=anchors.pem)
+    injector = Injector(config, namespace, ready=state.informers["Namespace"].synced.is_set)
     http = HttpServer(injector.handle)
     loop = asyncio.get_running_loop()
     if stop is None:
@@ -208,6 +245,16 @@ async def serve(settings: InjectorSettings, *, stop: asyncio.Event | None = None
                     log.info("injector certificate reloaded from %s", settings.tls_cert)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("injector certificate not reloaded: %s", exc)
+            if anchors is None:
+                continue
+            try:
+                if anchors.reload():
+                    injector.config = dataclasses.replace(
+                        injector.config, trust_anchors=anchors.pem
+                    )
+                    log.info("trust anchors for the proxies reloaded from %s", anchors.path)
+            except (OSError, ValueError) as exc:
+                log.warning("trust anchors not reloaded: %s", exc)
 
     reloader = loop.create_task(reload(), name="injector cert reload")
     try:
@@ -220,4 +267,12 @@ async def serve(settings: InjectorSettings, *, stop: asyncio.Event | None = None
             await client.close()
 
 
-__all__ = ["PATH", "CertReloader", "Injector", "InjectorSettings", "NamespaceAnnotations", "serve"]
+__all__ = [
+    "PATH",
+    "AnchorsFile",
+    "CertReloader",
+    "Injector",
+    "InjectorSettings",
+    "NamespaceAnnotations",
+    "serve",
+]

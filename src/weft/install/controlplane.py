@@ -56,7 +56,7 @@ def inject_config(values: Values) -> InjectConfig:
     return InjectConfig(
         proxy_image=values.image("proxy"),
         init_image=values.image("proxy-init"),
-        control=f"http://{CONTROL}.{NAMESPACE}.svc.cluster.local:{API_PORT}",
+        control=f"https://{CONTROL}.{NAMESPACE}.svc.cluster.local:{API_PORT}",
         control_namespace=NAMESPACE,
         trust_domain=values.trust_domain,
         created_by=f"weft/injector {values.image_tag}",
@@ -265,6 +265,7 @@ def control(values: Values, certs: Certs) -> dict[str, Any]:
             "--leader-elect",
             "--state-dir", f"{RUN_DIR}/state",
             "--http-listen", f"0.0.0.0:{API_PORT}",
+            "--http-tls",
             "--trust-domain", values.trust_domain,
             "--trust-anchors", f"{identity}/trust-roots/ca-bundle.crt",
             "--issuer-cert", f"{identity}/issuer/tls.crt",
@@ -276,11 +277,12 @@ def control(values: Values, certs: Certs) -> dict[str, Any]:
             "--log-format", "json",
         ],
         "env": _env(("WEFT_POD_NAME", "metadata.name"),
-                    ("WEFT_POD_NAMESPACE", "metadata.namespace")),
+                    ("WEFT_POD_NAMESPACE", "metadata.namespace"),
+                    ("WEFT_POD_SERVICE_ACCOUNT", "spec.serviceAccountName")),
         "ports": [{"name": "api", "containerPort": API_PORT}],
-        "startupProbe": _probe("/ready", "api", "HTTP", periodSeconds=2, failureThreshold=60),
-        "readinessProbe": _probe("/ready", "api", "HTTP", periodSeconds=5, failureThreshold=3),
-        "livenessProbe": _probe("/live", "api", "HTTP", periodSeconds=10, failureThreshold=3),
+        "startupProbe": _probe("/ready", "api", "HTTPS", periodSeconds=2, failureThreshold=60),
+        "readinessProbe": _probe("/ready", "api", "HTTPS", periodSeconds=5, failureThreshold=3),
+        "livenessProbe": _probe("/live", "api", "HTTPS", periodSeconds=10, failureThreshold=3),
         "resources": {
             "requests": {"cpu": values.controller_cpu_request,
                          "memory": values.controller_memory_request},
@@ -316,6 +318,7 @@ def injector(values: Values, certs: Certs) -> dict[str, Any]:
             "--listen", f"0.0.0.0:{WEBHOOK_PORT}",
             "--tls-cert", f"{tls_dir}/tls.crt",
             "--tls-key", f"{tls_dir}/tls.key",
+            "--control-trust-anchors-file", f"{RUN_DIR}/trust-roots/ca-bundle.crt",
             "--proxy-image", cfg.proxy_image,
             "--init-image", cfg.init_image,
             "--image-pull-policy", cfg.image_pull_policy,
@@ -331,9 +334,15 @@ def injector(values: Values, certs: Certs) -> dict[str, Any]:
         "livenessProbe": _probe("/live", "webhook", "HTTPS", periodSeconds=10, failureThreshold=3),
         "resources": {"requests": {"cpu": "50m", "memory": "48Mi"}, "limits": {"memory": "192Mi"}},
         "securityContext": _CONTAINER_SECURITY,
-        "volumeMounts": [{"name": "tls", "mountPath": tls_dir, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "tls", "mountPath": tls_dir, "readOnly": True},
+            {"name": "trust-roots", "mountPath": f"{RUN_DIR}/trust-roots", "readOnly": True},
+        ],
     }  # fmt: skip
-    volumes = [{"name": "tls", "secret": {"secretName": INJECTOR_SECRET, "defaultMode": 0o400}}]
+    volumes = [
+        {"name": "tls", "secret": {"secretName": INJECTOR_SECRET, "defaultMode": 0o400}},
+        {"name": "trust-roots", "configMap": {"name": TRUST_ROOTS}},
+    ]
     checksum = _checksum(dump(values), certs.injector_cert, certs.injector_key)
     return _deployment(values, "injector", values.injector_replicas, container, volumes, checksum)
 

@@ -47,6 +47,7 @@ from weft.core.proxyinit import (
     PROXY_UID,
     parse_ports,
 )
+from weft.identity.names import dns_identity
 from weft.resources.pods import ADMIN_PORT_NAME, PROXY_CONTAINER
 
 INJECT = "weft.io/inject"
@@ -69,6 +70,10 @@ RUN_VOLUME = "weft-init-run"
 TOKEN_DIR = "/var/run/secrets/weft.io/identity"
 AUDIENCE = "identity.weft.io"  # the identity service's (weft.control.tokenreview.AUDIENCE)
 TOKEN_SECONDS = 86400
+CONTROL_SERVICE_ACCOUNT = "weft-control"
+# the anchors a proxy verifies the control plane with (as Linkerd's
+# LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS): weft proxy --control-trust-anchors
+CONTROL_ANCHORS_ENV = "WEFT_PROXY_CONTROL_TRUST_ANCHORS"
 # what each kind's pod template is under
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Deployment": ("spec", "template"),
@@ -87,13 +92,25 @@ class InjectConfig:
 
     proxy_image: str = f"weft/proxy:{__version__}"
     init_image: str = f"weft/proxy-init:{__version__}"
-    control: str = "http://weft-control.weft-system.svc.cluster.local:8086"
+    control: str = "https://weft-control.weft-system.svc.cluster.local:8086"
     control_namespace: str = "weft-system"
     trust_domain: str = "cluster.local"
+    # the mesh's trust anchors (PEM): an https control plane is verified with them, as the
+    # identity of its service account (weft-control in control_namespace)
+    trust_anchors: str = ""
     created_by: str = f"weft/cli {__version__}"
     version: str = __version__
     log_level: str = "info"  # when the pod's annotation sets none
     image_pull_policy: str = "IfNotPresent"
+
+    @property
+    def control_identity(self) -> str:
+        """The identity the control plane's API presents (its service account's)."""
+        return dns_identity(self.control_namespace, CONTROL_SERVICE_ACCOUNT, self.trust_domain)
+
+    @property
+    def verifies_control(self) -> bool:
+        return self.control.startswith("https://")
 
 
 @dataclass(slots=True)
@@ -164,6 +181,7 @@ def proxy_container(
         "--inbound", f"0.0.0.0:{PROXY_INBOUND_PORT}",
         "--admin", f"0.0.0.0:{PROXY_ADMIN_PORT}",
         "--control", config.control,
+        *(["--control-identity", config.control_identity] if config.verifies_control else []),
         "--identity-token-file", f"{TOKEN_DIR}/token",
         "--trust-domain", config.trust_domain,
         "--label", "pod=$(WEFT_POD_NAME)",
@@ -187,6 +205,11 @@ def proxy_container(
             field_env("WEFT_POD_NAMESPACE", "metadata.namespace"),
             field_env("WEFT_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
             field_env("WEFT_POD_IPS", "status.podIPs"),
+            *(
+                [{"name": CONTROL_ANCHORS_ENV, "value": config.trust_anchors}]
+                if config.verifies_control
+                else []
+            ),
         ],
         "ports": [
             {"name": "weft-inbound", "containerPort": PROXY_INBOUND_PORT},
@@ -258,6 +281,8 @@ def inject_template(
         return Outcome(False, "already injected")
     if namespace is not None and namespace == config.control_namespace:
         return Outcome(False, "the control plane's own pods are not meshed")
+    if config.verifies_control and "-----BEGIN CERTIFICATE-----" not in config.trust_anchors:
+        return Outcome(False, "no trust anchors to verify the control plane with")
     warnings: list[str] = []
     native = str(annotations.get(NATIVE_SIDECAR, "true")).lower()
     if native not in ("true", "false"):

@@ -54,6 +54,10 @@ class ProxyConfig:
     identity_cert: str | None = None
     identity_key: str | None = None
     trust_anchors: str | None = None
+    # an https:// control plane: the identity its certificate must name, and the anchors to
+    # verify it with (PEM text, as the injector puts it in the environment, or a file)
+    control_identity: str | None = None
+    control_trust_anchors: str | None = None
     # inbound policy before the control plane's first answer, or without a control plane
     default_inbound_policy: str = "all-unauthenticated"
     cluster_networks: tuple[str, ...] = ()
@@ -82,6 +86,13 @@ class ProxyConfig:
             raise ValueError("discovery_file and control are exclusive: choose one source")
         if self.identity_token_file and not self.control:
             raise ValueError("identity_token_file needs a control plane (--control)")
+        if self.control and self.control.startswith("https://"):
+            if not (self.control_identity and self.control_trust_anchors):
+                raise ValueError("an https:// control plane is verified: give --control-identity "
+                                 "and --control-trust-anchors")  # fmt: skip
+        elif self.control_identity or self.control_trust_anchors:
+            raise ValueError("--control-identity and --control-trust-anchors are for an "
+                             "https:// control plane")  # fmt: skip
         files = (self.identity_cert, self.identity_key, self.trust_anchors)
         if any(files) and not all(files):
             raise ValueError("identity files: give --identity-cert, --identity-key and "

@@ -84,7 +84,7 @@ class ControlDiscovery:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | ControlClient,
         *,
         clock: Callable[[], float] = time.monotonic,
         first_answer_timeout: float = 1.0,
@@ -97,7 +97,7 @@ class ControlDiscovery:
             raise ValueError(f"first_answer_timeout must be >= 0, got {first_answer_timeout!r}")
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
-        self.client = ControlClient(endpoint)
+        self.client = endpoint if isinstance(endpoint, ControlClient) else ControlClient(endpoint)
         self.clock = clock
         self.first_answer_timeout = first_answer_timeout
         self.idle_timeout = idle_timeout

@@ -243,7 +243,7 @@ class ProxyIdentity:
 
     def __init__(
         self,
-        control: str,
+        control: str | ControlClient,
         *,
         namespace: str,
         service_account: str,
@@ -259,7 +259,11 @@ class ProxyIdentity:
         self.name = dns_identity(namespace, service_account, trust_domain)
         self.spiffe = spiffe_id(namespace, service_account, trust_domain)
         self.token_file = token_file
-        self._client = ControlClient(control, timeout=timeout)
+        self._client = (
+            control
+            if isinstance(control, ControlClient)
+            else ControlClient(control, timeout=timeout)
+        )
         self._clock = clock
         self._backoff = backoff or ExponentialBackoff(base=0.5, maximum=30.0)
         self._pending: KeyAndCsr | None = None  # a key awaiting its certificate
@@ -447,6 +451,12 @@ class ProxyIdentity:
     def _install(self, cert: _Certified, contexts: _Contexts) -> None:
         self._cert = cert
         self._server, self._client_ctx, self._h2_client = contexts
+        tls = self._client.tls
+        if tls is not None:  # the control plane's API: verified with the mesh's current anchors
+            try:
+                tls.set_anchors(cert.anchors_pem)
+            except ValueError as exc:
+                log.warning("identity %s: keeping the control plane's anchors: %s", self.name, exc)
         for callback in list(self.on_change):
             try:
                 callback()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from weft.addr import Address, format_addr, parse_hostport
+from weft.control.client import ControlClient, ControlTLS
 from weft.control.follow import ControlStreams
 from weft.core.accept import DETECT_MAX, DialGate
 from weft.discovery import Discovery, Resolution
@@ -415,16 +416,42 @@ class ProxyServer:
         await self._stopped.wait()
 
 
+def control_client(config: ProxyConfig) -> ControlClient | None:
+    """The client every stream to the control plane shares; for an ``https://`` control plane,
+    verifying it as ``control_identity`` against ``control_trust_anchors`` (PEM text, or a
+    file holding it). ValueError naming what is wrong."""
+    if not config.control:
+        return None
+    tls = None
+    if config.control_identity and config.control_trust_anchors:
+        source = config.control_trust_anchors
+        if "-----BEGIN" in source:
+            pem = source.encode()
+        else:
+            try:
+                with open(source, "rb") as f:
+                    pem = f.read()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read the control plane's trust anchors {source}: {exc.strerror or exc}"
+                ) from None
+        tls = ControlTLS(pem, config.control_identity)
+    return ControlClient(config.control, tls=tls)
+
+
 def _identity(
-    config: ProxyConfig, metrics: ProxyMetrics, streams: ControlStreams
+    config: ProxyConfig,
+    metrics: ProxyMetrics,
+    streams: ControlStreams,
+    control: ControlClient | None,
 ) -> TlsSource | None:
     """This proxy's identity: certified by the control plane, from files, or none."""
-    if config.identity_token_file and config.control:
+    if config.identity_token_file and control is not None:
         from weft.proxy.identity import ProxyIdentity
 
         labels = config.labels
         return ProxyIdentity(
-            config.control,
+            control,
             namespace=labels.get("namespace", "default"),
             service_account=labels.get("serviceaccount", "default"),
             token_file=config.identity_token_file,
@@ -458,8 +485,9 @@ async def _first_certificate(identity: Any) -> None:
             log.warning("%s; still trying", exc)
 
 
-def configure(proxy: ProxyServer) -> None:
-    """Attach what the configuration asks for: identity (mutual TLS) and inbound policy."""
+def configure(proxy: ProxyServer, control: ControlClient | None = None) -> None:
+    """Attach what the configuration asks for: identity (mutual TLS) and inbound policy
+    (from ``control``, the control plane's client)."""
     config = proxy.config
     identity = proxy.identity
     streams = proxy.control_streams
@@ -473,11 +501,11 @@ def configure(proxy: ProxyServer) -> None:
             proxy.startup.append(lambda: _first_certificate(identity))
             proxy.closers.append(identity.close)  # type: ignore[attr-defined]
     pod, namespace = config.labels.get("pod"), config.labels.get("namespace")
-    if config.control and pod and namespace:
+    if control is not None and pod and namespace:
         from weft.proxy.inbound.policy import InboundPolicyWatch
 
         watch = InboundPolicyWatch(
-            config.control,
+            control,
             namespace=namespace,
             pod=pod,
             metrics=proxy.metrics,
@@ -503,21 +531,25 @@ POLICY_WAIT = 5.0
 
 async def run(
     config: ProxyConfig,
-    discovery_factory: Callable[[ControlStreams], Awaitable[Discovery | None]],
+    discovery_factory: Callable[
+        [ControlStreams, ControlClient | None], Awaitable[Discovery | None]
+    ],
 ) -> int:
     """Run a proxy until SIGTERM/SIGINT or ``POST /shutdown``; returns the exit status.
-    ``discovery_factory`` gets the registry its control-plane streams belong to."""
+    ``discovery_factory`` gets the registry its control-plane streams belong to and the
+    control plane's client (None without one). ValueError: the configuration cannot run."""
     streams = ControlStreams()
-    discovery = await discovery_factory(streams)
+    control = control_client(config)
+    discovery = await discovery_factory(streams, control)
     metrics = ProxyMetrics()
     proxy = ProxyServer(
         config,
         metrics=metrics,
         discovery=discovery,
-        identity=_identity(config, metrics, streams),
+        identity=_identity(config, metrics, streams, control),
         control_streams=streams,
     )
-    configure(proxy)
+    configure(proxy, control)
     loop = asyncio.get_running_loop()
     starting = loop.create_task(proxy.start())
 

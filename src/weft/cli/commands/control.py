@@ -81,6 +81,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --kubeconfig: run as one of several replicas; only the one holding the "
         "Lease weft-control (in $WEFT_POD_NAMESPACE) writes statuses",
     )
+    p.add_argument(
+        "--http-tls",
+        action="store_true",
+        help="with --kubeconfig: serve --http-listen over TLS as this control plane's mesh "
+        "identity (the service account $WEFT_POD_SERVICE_ACCOUNT in $WEFT_POD_NAMESPACE), which "
+        "proxies verify against their trust anchors",
+    )
     p.add_argument("--log-level", default=os.environ.get("WEFT_LOG", "info"))
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     p.set_defaults(func=run)
@@ -112,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             kube_context=args.context,
             leader_elect=args.leader_elect,
+            http_tls=args.http_tls,
+            tls_namespace=os.environ.get("WEFT_POD_NAMESPACE") or "weft-system",
+            tls_service_account=os.environ.get("WEFT_POD_SERVICE_ACCOUNT") or "weft-control",
         )
     except ValueError as exc:
         print(f"weft control: {exc}", file=sys.stderr)

@@ -6,11 +6,17 @@ and its init container (:mod:`weft.install.inject`, the same change the injector
 the result goes to stdout for ``kubectl apply -f -``; what was done to each object, and any
 warning about its annotations, goes to stderr. Objects without a pod template pass through
 unchanged. Invalid YAML is an error naming the file; nothing is printed then.
+
+The injected proxies verify the control plane's HTTPS API with the mesh's trust anchors, so
+``weft inject`` needs them: as ``linkerd inject`` does, it reads the installation from the cluster
+(``--kubeconfig``/``--context`` as kubectl takes them: the installed images, trust domain and
+anchors), or, offline, takes the anchors from ``--trust-anchors-file`` with the default values.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -28,8 +34,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="a manifest file, or - for standard input (repeatable)")  # fmt: skip
         if name == "inject":
             defaults = InjectConfig()
-            p.add_argument("--proxy-image", default=defaults.proxy_image)
-            p.add_argument("--init-image", default=defaults.init_image)
+            p.add_argument(
+                "--proxy-image",
+                default=None,
+                help=f"the proxy's image (installed, else {defaults.proxy_image})",
+            )
+            p.add_argument(
+                "--init-image",
+                default=None,
+                help=f"weft-init's image (installed, else {defaults.init_image})",
+            )
+            p.add_argument(
+                "--trust-anchors-file",
+                metavar="FILE",
+                default=None,
+                help="offline: the mesh's trust anchors (PEM) instead of the "
+                "cluster's installation",
+            )
+            p.add_argument(
+                "--kubeconfig", default=None, help="the kubeconfig ($KUBECONFIG, ~/.kube)"
+            )
+            p.add_argument("--context", default=None, help="the kubeconfig's context")
         p.set_defaults(func=run, uninject=name == "uninject")
 
 
@@ -45,6 +70,52 @@ def _label(doc: Any) -> str:
     return f'{str(kind).lower()} "{name or "?"}"'
 
 
+class _NoConfig(Exception):
+    pass
+
+
+def _inject_config(args: argparse.Namespace) -> InjectConfig:
+    """The installation's injection settings (from the cluster, or offline from the anchors
+    file), with the image flags applied; _NoConfig saying how to get them otherwise."""
+    images = {k: v for k, v in (("proxy_image", args.proxy_image),
+                                ("init_image", args.init_image)) if v}  # fmt: skip
+    if args.trust_anchors_file:
+        try:
+            with open(args.trust_anchors_file, encoding="ascii", errors="replace") as f:
+                anchors = f.read()
+        except OSError as exc:
+            raise _NoConfig(f"{args.trust_anchors_file}: {exc.strerror or exc}") from None
+        if "-----BEGIN CERTIFICATE-----" not in anchors:
+            raise _NoConfig(f"{args.trust_anchors_file}: no PEM certificate in it")
+        return dataclasses.replace(InjectConfig(trust_anchors=anchors), **images)
+    import asyncio
+
+    from weft.control.kube.client import connect
+    from weft.install import installed
+    from weft.install import values as values_mod
+    from weft.install.controlplane import inject_config
+
+    async def read() -> installed.Installed:
+        client = connect(args.kubeconfig, context=args.context)
+        try:
+            return await installed.read(client)
+        finally:
+            await client.close()
+
+    try:
+        current = asyncio.run(read())
+        values = values_mod.resolve(current.values, {}, {})
+    except Exception as exc:  # no kubeconfig, the API away, not installed, bad values
+        raise _NoConfig(
+            f"cannot read Weft's installation from the cluster ({exc}); to inject offline, "
+            "give --trust-anchors-file with the mesh's trust anchors"
+        ) from None
+    config = dataclasses.replace(
+        inject_config(values), trust_anchors=current.certs.trust_anchors.decode()
+    )
+    return dataclasses.replace(config, created_by=f"weft/cli {InjectConfig().version}", **images)
+
+
 def run(args: argparse.Namespace) -> int:
     command = "uninject" if args.uninject else "inject"
     docs: list[Any] = []
@@ -57,13 +128,13 @@ def run(args: argparse.Namespace) -> int:
         except yaml.YAMLError as exc:
             print(f"weft {command}: {name}: not valid YAML: {exc}", file=sys.stderr)
             return 1
-    config = InjectConfig(
-        **(
-            {}
-            if args.uninject
-            else {"proxy_image": args.proxy_image, "init_image": args.init_image}
-        )
-    )
+    config = InjectConfig()
+    if not args.uninject:
+        try:
+            config = _inject_config(args)
+        except _NoConfig as exc:
+            print(f"weft inject: {exc}", file=sys.stderr)
+            return 1
     done = "uninjected" if args.uninject else "injected"
     for doc in docs:
         if not isinstance(doc, dict):

@@ -31,6 +31,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--image-pull-policy", default=d.image_pull_policy,
                    choices=["Always", "IfNotPresent", "Never"])  # fmt: skip
     p.add_argument("--control", default=d.control, help="the control plane's API for proxies")
+    p.add_argument("--control-trust-anchors-file", metavar="FILE", default=None,
+                   help="the mesh's trust anchors (PEM), which proxies verify an https control "
+                        "plane with; read again when the file changes")  # fmt: skip
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the certificate and anchor files are checked (30)",
+    )
     p.add_argument("--control-namespace", default=d.control_namespace)
     p.add_argument("--trust-domain", default=d.trust_domain)
     p.add_argument("--proxy-version", default=d.version)
@@ -71,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         listen=listen,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        trust_anchors_file=args.control_trust_anchors_file,
+        reload_s=args.reload_interval,
     )
     try:
         uvloop.run(serve(settings))

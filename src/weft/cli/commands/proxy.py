@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from weft.addr import Address, parse_hostport
+from weft.control.client import ControlClient
 from weft.control.follow import ControlStreams
 from weft.discovery import Discovery
 from weft.proxy.config import DEFAULT_OPAQUE_PORTS, ProxyConfig
@@ -48,7 +49,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--control",
         default=_env("control", None),
-        help="control plane destination API: unix:PATH or http://HOST:PORT",
+        help="the control plane's API: unix:PATH, http://HOST:PORT or https://HOST:PORT",
+    )
+    p.add_argument(
+        "--control-identity",
+        default=_env("control-identity", None),
+        help="https: the identity the control plane's certificate must name",
+    )
+    p.add_argument(
+        "--control-trust-anchors",
+        default=_env("control-trust-anchors", None),
+        help="https: the trust anchors to verify it with: PEM text or a file",
     )
     p.add_argument(
         "--opaque-ports",
@@ -145,6 +156,8 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
             inbound_target=_addr(args.inbound_target, "inbound-target"),
             discovery_file=args.discovery_file,
             control=args.control,
+            control_identity=args.control_identity or None,
+            control_trust_anchors=args.control_trust_anchors or None,
             opaque_ports=ports,
             labels=labels,
             response_timeout=None
@@ -169,7 +182,7 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
 
 
 async def make_discovery(
-    config: ProxyConfig, streams: ControlStreams | None = None
+    config: ProxyConfig, streams: ControlStreams | None = None, control: ControlClient | None = None
 ) -> Discovery | None:
     if config.discovery_file:
         from weft.proxy.static_discovery import StaticDiscovery
@@ -179,7 +192,7 @@ async def make_discovery(
         from weft.proxy.control_discovery import ControlDiscovery
 
         return ControlDiscovery(
-            config.control, namespace=config.labels.get("namespace"), streams=streams
+            control or config.control, namespace=config.labels.get("namespace"), streams=streams
         )
     return None
 
@@ -197,7 +210,9 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     try:
-        return uvloop.run(run_proxy(config, lambda streams: make_discovery(config, streams)))
+        return uvloop.run(
+            run_proxy(config, lambda streams, control: make_discovery(config, streams, control))
+        )
     except OSError as exc:
         print(f"weft proxy: {exc}", file=sys.stderr)
         return 1

@@ -455,7 +455,7 @@ class InboundPolicyWatch:
 
     def __init__(
         self,
-        control: str,
+        control: str | ControlClient,
         *,
         namespace: str,
         pod: str,
@@ -474,7 +474,7 @@ class InboundPolicyWatch:
             except ValueError as exc:
                 raise ValueError(f"cluster network {cidr!r} is not a CIDR: {exc}") from None
         default = default_pod_policy(default_policy, cluster_networks)
-        self.client = ControlClient(control)
+        self.client = control if isinstance(control, ControlClient) else ControlClient(control)
         self.namespace = namespace
         self.pod = pod
         self.metrics = metrics
