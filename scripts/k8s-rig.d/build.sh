@@ -39,7 +39,7 @@ rig_kube_module() {
 }
 
 rig_build() {
-    local names="etcd kube-apiserver kube-controller-manager kubectl" n missing=""
+    local names="etcd kube-apiserver kube-controller-manager kube-scheduler kubectl" n missing=""
     for n in $names; do [ -x "$BIN/$n" ] || missing="$missing $n"; done
     if [ -z "$missing" ]; then
         say "already built: $BIN (kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
@@ -66,6 +66,7 @@ rig_build() {
     (cd "$kube" && go build -trimpath -ldflags "$ld" -o "$tmp/" \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler \
         k8s.io/kubernetes/cmd/kubectl) ||
         die "building k8s.io/kubernetes@$K8S_VERSION failed (module $kube; see the errors above)"
     t1=$(date +%s)

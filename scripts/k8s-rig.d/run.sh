@@ -14,9 +14,9 @@ KCM_CONTROLLERS=$KCM_CONTROLLERS,endpointslice-controller,endpointslice-mirrorin
 KCM_CONTROLLERS=$KCM_CONTROLLERS,serviceaccount-controller,serviceaccount-token-controller
 KCM_CONTROLLERS=$KCM_CONTROLLERS,namespace-controller,garbage-collector-controller
 KCM_CONTROLLERS=$KCM_CONTROLLERS,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller
-KCM_CONTROLLERS=$KCM_CONTROLLERS,pod-garbage-collector-controller
+KCM_CONTROLLERS=$KCM_CONTROLLERS,pod-garbage-collector-controller,node-lifecycle-controller
 
-PROCS="etcd kube-apiserver kube-controller-manager"
+PROCS="etcd kube-apiserver kube-controller-manager kube-scheduler"
 
 # N free TCP ports on 127.0.0.1, all held open at once so that they differ.
 rig_free_ports() {
@@ -58,6 +58,9 @@ extendedKeyUsage=serverAuth"
 extendedKeyUsage=clientAuth"
     # the bootstrap RBAC policy binds this user to the controller manager's roles
     rig_leaf_cert "$pki" kube-controller-manager "/CN=system:kube-controller-manager" \
+        "keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth"
+    rig_leaf_cert "$pki" kube-scheduler "/CN=system:kube-scheduler" \
         "keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
     # RS256 service-account tokens: every JWT library verifies them
@@ -186,6 +189,24 @@ rig_start_kcm() { # DIR DEADLINE
         curl -sfk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
 }
 
+# The scheduler of the rig in DIR, healthy by DEADLINE: it binds pods to the nodes that register
+# (none but a node agent's: with no node, pods stay Pending as before).
+rig_start_scheduler() { # DIR DEADLINE
+    local dir=$1 deadline=$2 SCHED_PORT
+    # shellcheck disable=SC1091
+    . "$dir/run/ports.env"
+    rig_start "$dir" kube-scheduler "$BIN/kube-scheduler" \
+        --kubeconfig "$dir/kube-scheduler.kubeconfig" \
+        --authentication-kubeconfig "$dir/kube-scheduler.kubeconfig" \
+        --authorization-kubeconfig "$dir/kube-scheduler.kubeconfig" \
+        --authentication-skip-lookup \
+        --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
+        --cert-dir "$dir/pki/scheduler-generated" \
+        --leader-elect=false --profiling=false
+    rig_wait "$dir" kube-scheduler "$deadline" "kube-scheduler /healthz" \
+        curl -sfk --max-time 2 "https://127.0.0.1:$SCHED_PORT/healthz"
+}
+
 rig_up() {
     local dir=$1 ttl=7200
     shift
@@ -211,18 +232,19 @@ rig_up() {
         ! rig_alive "$dir" "$n" || die "$dir is up ($n is running): scripts/k8s-rig down $dir first"
     done
     # a rig directory that was brought down is started afresh: new keys, empty etcd
-    rm -rf "${dir:?}/pki" "$dir/etcd" "$dir/logs" "$dir/run" "$dir/kubeconfig" "$dir/kube-controller-manager.kubeconfig"
+    rm -rf "${dir:?}/pki" "$dir/etcd" "$dir/logs" "$dir/run" "$dir/kubeconfig" "$dir/kube-controller-manager.kubeconfig" "$dir/kube-scheduler.kubeconfig"
     touch "$dir/$RIG_MARK"
     mkdir -p "$dir/logs" "$dir/run"
-    local t0 ports etcd_port peer_port api_port kcm_port
+    local t0 ports etcd_port peer_port api_port kcm_port sched_port
     t0=$(date +%s.%N)
     rig_pki "$dir/pki"
-    read -r etcd_port peer_port api_port kcm_port <<<"$(rig_free_ports 4)"
+    read -r etcd_port peer_port api_port kcm_port sched_port <<<"$(rig_free_ports 5)"
     local api="https://127.0.0.1:$api_port" pki=$dir/pki
-    printf 'ETCD_PORT=%s\nAPISERVER_PORT=%s\nKCM_PORT=%s\nAPISERVER=%s\n' \
-        "$etcd_port" "$api_port" "$kcm_port" "$api" >"$dir/run/ports.env"
+    printf 'ETCD_PORT=%s\nAPISERVER_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\nAPISERVER=%s\n' \
+        "$etcd_port" "$api_port" "$kcm_port" "$sched_port" "$api" >"$dir/run/ports.env"
     rig_kubeconfig "$dir/kubeconfig" "$api" "$pki" admin
     rig_kubeconfig "$dir/kube-controller-manager.kubeconfig" "$api" "$pki" kube-controller-manager
+    rig_kubeconfig "$dir/kube-scheduler.kubeconfig" "$api" "$pki" kube-scheduler
     local deadline=$(($(date +%s) + TIMEOUT))
 
     # The watchdog first: whatever happens to the caller, the rig ends after --ttl seconds.
@@ -246,6 +268,8 @@ rig_up() {
     rig_start_apiserver "$dir" "$deadline"
 
     rig_start_kcm "$dir" "$deadline"
+
+    rig_start_scheduler "$dir" "$deadline"
 
     say "up in $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)")s: $api ($dir/logs)"
     echo "$dir/kubeconfig"
@@ -287,6 +311,10 @@ rig_apiserver() { # stop|start DIR
                 rig_start_kcm "$dir" $(($(date +%s) + TIMEOUT))
                 say "kube-controller-manager up"
             fi
+            if ! rig_alive "$dir" kube-scheduler; then
+                rig_start_scheduler "$dir" $(($(date +%s) + TIMEOUT))
+                say "kube-scheduler up"
+            fi
             ;;
         *) die "apiserver: stop or start" ;;
     esac
@@ -298,7 +326,7 @@ rig_down() {
     [ -d "$dir" ] || die "$dir: no such directory"
     dir=$(cd "$dir" && pwd)
     [ -e "$dir/$RIG_MARK" ] || die "$dir is not a rig directory"
-    for n in watchdog kube-controller-manager kube-apiserver etcd; do
+    for n in watchdog kube-scheduler kube-controller-manager kube-apiserver etcd; do
         [ -f "$dir/run/$n.pid" ] || continue
         pid=$(cat "$dir/run/$n.pid")
         # the watchdog execs `down` when its time is up: that is this very process
@@ -311,7 +339,7 @@ rig_down() {
 rig_status() {
     local dir=$1 n up=0
     dir=$(cd "$dir" && pwd) || exit 1
-    for n in etcd kube-apiserver kube-controller-manager watchdog; do
+    for n in etcd kube-apiserver kube-controller-manager kube-scheduler watchdog; do
         if rig_alive "$dir" "$n"; then
             echo "$n running (pid $(cat "$dir/run/$n.pid"))"
             up=$((up + 1))

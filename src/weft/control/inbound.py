@@ -62,6 +62,7 @@ from weft.inbound import (
     RateLimitOverride,
     default_authorizations,
 )
+from weft.resources import pods
 from weft.resources.authn import MeshTLSAuthentication, NetworkAuthentication
 from weft.resources.errors import InvalidResources
 from weft.resources.httproute import HTTPRoute
@@ -156,7 +157,8 @@ class _Cache:
             return hit[1]
         parsed: Resource | None
         try:
-            parsed = KINDS[kind].parse(obj)
+            # a Pod as a cluster stores it holds much the local model refuses: its policy part
+            parsed = KINDS[kind].parse(pods.policy_view(obj) if kind == "Pod" else obj)
         except (InvalidResources, KeyError):
             parsed = None
         if len(self._items) >= MAX_CACHED:

@@ -7,7 +7,9 @@ identity through TokenReview (:class:`~weft.control.tokenreview.KubeTokenReviewe
 same API for the proxies (destinations, inbound policy, identity) on the same socket, and on TCP
 (with ``--http-tls``: HTTPS as its own mesh identity, :mod:`weft.control.servingcert`). It keeps
 no store of its own: resources are managed with kubectl (Weft's resource endpoints answer 404
-saying so), and nothing is aggregated here (``stat`` is 503). While the API server is out of
+saying so). Golden metrics are aggregated as in the local mesh (:mod:`weft.control.metrics`:
+every meshed pod's proxy scraped at the admin port its spec declares), for ``weft stat``,
+``weft routes`` and ``weft edges``. While the API server is out of
 reach the informers keep their caches and retry, so the proxies keep getting the last state.
 
 Not for: the local mesh (:class:`weft.control.server.ControlPlane`, which also serves its store
@@ -28,15 +30,17 @@ from typing import Any
 from weft.control.api import Api
 from weft.control.config import ControlConfig
 from weft.control.destinations import DestinationService
+from weft.control.edges import EdgesApi
 from weft.control.httpserver import HttpServer
 from weft.control.identity import IdentityService
 from weft.control.inbound import InboundPolicies
 from weft.control.kube.client import connect
 from weft.control.kube.leader import LeaderElector
 from weft.control.kube.state import CORE_KINDS, KubeState
+from weft.control.metrics import ScrapeConfig, Scraper, Stats
 from weft.control.routestatus import RouteStatusController
 from weft.control.servingcert import ServingCert
-from weft.control.state import StatusWriter
+from weft.control.state import KINDS, StatusWriter
 from weft.control.tokenreview import KubeTokenReviewer
 
 log = logging.getLogger("weft.control")
@@ -56,7 +60,7 @@ class ClusterControlPlane:
         self.config = config
         path = None if config.kubeconfig == IN_CLUSTER else config.kubeconfig
         self.client = connect(path, context=config.kube_context)
-        self.state = KubeState(self.client)
+        self.state = KubeState(self.client, (*KINDS, "Deployment"))
         settings = config.identity
         self.destinations = DestinationService(self.state, trust_domain=settings.trust_domain)
         self.leader: LeaderElector | None = None
@@ -93,12 +97,28 @@ class ClusterControlPlane:
             default_policy=config.default_inbound_policy,
             heartbeat=config.heartbeat,
         )
+        # golden metrics: every meshed pod's proxy scraped (its admin port from its spec)
+        self.stats = Stats(self.state, retention=config.retention)
+        self.scraper = Scraper(
+            self.state,
+            self.stats,
+            ScrapeConfig(
+                interval=config.scrape_interval,
+                timeout=config.scrape_timeout,
+                allowed_networks=(*(config.cluster_networks or (config.pod_cidr,)), "127.0.0.0/8"),
+            ),
+        )
+        self._scrape_task: asyncio.Task[None] | None = None
         self.api = Api(
             None,
             self.destinations,
-            None,
+            self.stats,
             heartbeat=config.heartbeat,
-            handlers={"identity": self.identity.handle, "inbound": self.inbound.handle},
+            handlers={
+                "identity": self.identity.handle,
+                "inbound": self.inbound.handle,
+                "edges": EdgesApi(self.stats, trust_domain=settings.trust_domain).handle,
+            },
             ready=self._not_ready,
         )
         self.http = HttpServer(self.api.handle)
@@ -146,6 +166,7 @@ class ClusterControlPlane:
             except OSError as exc:
                 log.warning("not listening on %s:%d: %s", host, port, exc.strerror or exc)
         self.route_status.resync()
+        self._scrape_task = asyncio.get_running_loop().create_task(self.scraper.run())
         if self.leader is not None:
             self.leader.start()
         log.info("control plane on the cluster's API, listening on %s", self.config.socket_path)
@@ -171,6 +192,10 @@ class ClusterControlPlane:
         if self.leader is not None:
             await self.leader.stop()
         await self.http.close(grace)
+        if self._scrape_task is not None:
+            self._scrape_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scrape_task
         if self.serving_cert is not None:
             await self.serving_cert.stop()
         self.route_status.close()

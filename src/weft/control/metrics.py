@@ -63,17 +63,24 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 from prometheus_client.parser import text_string_to_metric_families
 
 from weft.addr import parse_hostport
-from weft.control.store import Store
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, dns_identity
 from weft.resources import pods as podread
-from weft.resources.meta import ANNOTATION_PROXY_ADMIN, DEFAULT_SERVICE_ACCOUNT
+from weft.resources.meta import DEFAULT_SERVICE_ACCOUNT
 from weft.resources.models import selector_matches
+
+
+class Listing(Protocol):
+    """Where the pods, Deployments and Services come from: the local store or a cluster's
+    informers."""
+
+    def list(self, kind: str, namespace: str | None = None) -> Sequence[Mapping[str, Any]]: ...
+
 
 log = logging.getLogger("weft.control.metrics")
 
@@ -350,7 +357,7 @@ class Stats:
 
     def __init__(
         self,
-        store: Store,
+        store: Listing,
         *,
         clock: Callable[[], float] = time.time,
         retention: float = 3900.0,
@@ -511,7 +518,7 @@ class Stats:
         window: float,
     ) -> dict[str, Any]:
         running = [p for p in current if _running(p)]
-        meshed = [p for p in running if _annotation(p, ANNOTATION_PROXY_ADMIN)]
+        meshed = [p for p in running if podread.proxy_admin(p)]
         live_uids = {p["metadata"].get("uid") for p in current}
         totals = _Totals()
         for h in hists:
@@ -723,11 +730,6 @@ def _service_account(pod: Mapping[str, Any]) -> str:
     return account if isinstance(account, str) and account else DEFAULT_SERVICE_ACCOUNT
 
 
-def _annotation(pod: Mapping[str, Any], key: str) -> str | None:
-    value = (pod["metadata"].get("annotations") or {}).get(key)
-    return value if isinstance(value, str) and value else None
-
-
 def _running(pod: Mapping[str, Any]) -> bool:
     return podread.phase(pod) in ("Pending", "Running") and not podread.is_terminating(pod)
 
@@ -835,7 +837,7 @@ class Scraper:
 
     def __init__(
         self,
-        store: Store,
+        store: Listing,
         stats: Stats,
         config: ScrapeConfig | None = None,
         *,
@@ -865,14 +867,14 @@ class Scraper:
         """``(pod, host, port)`` of every pod with a sidecar whose admin address may be scraped."""
         out: list[tuple[Mapping[str, Any], str, int]] = []
         for pod in self.store.list("Pod"):
-            admin = _annotation(pod, ANNOTATION_PROXY_ADMIN)
+            admin = podread.proxy_admin(pod)  # the sidecar's admin port (or the annotation)
             if admin is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue  # no sidecar, or a finished pod whose proxy has stopped
             ident = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
             try:
                 host, port = parse_hostport(admin)
             except ValueError:
-                self._warn_once(ident, f"pod {ident}: invalid {ANNOTATION_PROXY_ADMIN} {admin!r}")
+                self._warn_once(ident, f"pod {ident}: invalid proxy admin address {admin!r}")
                 continue
             if not self.allowed(host):
                 self._warn_once(

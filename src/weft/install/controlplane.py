@@ -112,6 +112,7 @@ def rbac(values: Values) -> list[dict[str, Any]]:
         CONTROL: [
             _rule([""], ["pods", "services", "namespaces"], READ),
             _rule(["discovery.k8s.io"], ["endpointslices"], READ),
+            _rule(["apps"], ["deployments"], READ),
             _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], READ),
             _rule(
                 ["gateway.networking.k8s.io"],

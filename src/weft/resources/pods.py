@@ -155,6 +155,35 @@ def is_meshed(pod: Mapping[str, Any]) -> bool:
     return proxy_admin(pod) is not None
 
 
+_META_KEPT = ("name", "namespace", "labels", "annotations", "uid", "resourceVersion",
+              "creationTimestamp")  # fmt: skip
+_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+
+
+def policy_view(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a Pod that inbound policy reads (names, labels, annotations, the app
+    containers' ports and probes), shaped so :class:`weft.resources.models.Pod` reads it: a
+    cluster's Pod has many fields that model, made for the local mesh's manifests, refuses (and
+    its containers may have no ``command``, which the policy never reads)."""
+    meta = _map(pod.get("metadata"))
+    spec = _map(pod.get("spec"))
+    containers = []
+    for c in _seq(spec.get("containers")):
+        if not isinstance(c, Mapping):
+            continue
+        ports = [{k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
+                 for p in _seq(c.get("ports")) if isinstance(p, Mapping)]  # fmt: skip
+        view: dict[str, Any] = {"name": c.get("name"), "command": ["-"], "ports": ports}
+        view.update((k, c[k]) for k in _PROBES if k in c)
+        containers.append(view)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {k: meta[k] for k in _META_KEPT if k in meta},
+        "spec": {"containers": containers},
+    }
+
+
 __all__ = [
     "ADMIN_PORT_NAME",
     "PROXY_CONTAINER",
@@ -168,6 +197,7 @@ __all__ = [
     "labels",
     "name_of",
     "phase",
+    "policy_view",
     "proxy_admin",
     "service_account",
     "workload",

@@ -7,6 +7,12 @@ each meshed pod's identity token for the trust domain given by ``--trust-domain`
 mesh's control plane (unless ``--control`` names another one): restarts it with backoff when it
 exits, counting the restarts in ``<state dir>/control-status.json``. On SIGTERM it stops
 supervising, stops every pod (SIGTERM, grace period) and exits.
+
+With ``--kubeconfig FILE`` it is instead one node of the cluster the kubeconfig names, its
+kubelet (:mod:`weft.runtime.local.clusternode`): it brings up the node network itself (pods get
+addresses from ``--pod-cidr``; ``--service-cidr`` is the cluster's), registers the Node
+``--node-name``, and runs the pods the cluster's scheduler binds to it as their (injected) specs
+say. On SIGTERM it stops them, marks the node not ready and removes its network.
 """
 
 from __future__ import annotations
@@ -54,7 +60,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_TRUST_DOMAIN,
         help=f"the mesh's identity trust domain, given to the sidecars ({DEFAULT_TRUST_DOMAIN})",
     )
+    p.add_argument("--kubeconfig", default=None,
+                   help="be a node of this cluster, not the local mesh")  # fmt: skip
+    p.add_argument("--context", default=None, help="the kubeconfig's context")
+    p.add_argument("--node-name", default=None, help="the Node's name (this host's name)")
+    p.add_argument("--pod-cidr", default="10.244.0.0/16",
+                   help="with --kubeconfig: this node's pod range (10.244.0.0/16)")  # fmt: skip
+    p.add_argument("--service-cidr", default="10.96.0.0/16",
+                   help="with --kubeconfig: the cluster's services (10.96.0.0/16)")  # fmt: skip
     p.set_defaults(func=run)
+
+
+def _cluster_config(args: argparse.Namespace, state: StateDir) -> NodeConfig:
+    """A node of the kubeconfig's cluster: its own network and state, no mesh record."""
+    import socket
+
+    from lightkube.config.kubeconfig import KubeConfig
+
+    from weft.runtime.local import net, netrun
+
+    try:
+        kc = KubeConfig.from_file(args.kubeconfig)
+        conf = kc.get(context_name=args.context) if args.context else kc.get()
+    except Exception as exc:  # a missing or invalid file, an unknown context
+        raise ValueError(f"--kubeconfig {args.kubeconfig}: {exc}") from None
+    if conf is None:
+        raise ValueError(f"--kubeconfig {args.kubeconfig}: no context to use")
+    if netrun.netns_exists(net.NODE_NETNS):
+        raise ValueError(f"the node namespace {net.NODE_NETNS} exists: a local mesh runs here, "
+                         "or an agent did not stop cleanly (weft down removes it)")  # fmt: skip
+    network = net.MeshNetwork.parse(args.pod_cidr, args.service_cidr)
+    try:
+        state.prepare()
+        iptables = netrun.detect_iptables()
+    except (StateDirError, OSError, net.NetError) as exc:
+        raise ValueError(str(exc)) from None
+    return NodeConfig(
+        state_dir=state.root,
+        network=network,
+        iptables=iptables,
+        control_endpoint="",
+        drain_delay=args.drain_delay,
+        shutdown_timeout=args.shutdown_timeout,
+        trust_domain=args.trust_domain,
+        kube_listen=None,
+        kubeconfig=args.kubeconfig,
+        kube_context=args.context,
+        node_name=args.node_name or socket.gethostname().lower(),
+        api_server=str(conf.cluster.server),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +116,14 @@ def run(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, args.log_format)
     state = StateDir(resolve_state_dir(args.state_dir))
+    if args.kubeconfig:
+        try:
+            config = _cluster_config(args, state)
+        except ValueError as exc:
+            print(f"weft node: {exc}", file=sys.stderr)
+            return 2
+        asyncio.run(_main(config, None))
+        return 0
     try:
         record = state.read_record()
     except StateDirError as exc:

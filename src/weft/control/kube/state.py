@@ -21,6 +21,7 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Namespace, Pod, Service
 from lightkube.resources.discovery_v1 import EndpointSlice
 
@@ -42,6 +43,7 @@ RESOURCES: dict[str, Any] = {
     "Service": Service,
     "Pod": Pod,
     "EndpointSlice": EndpointSlice,
+    "Deployment": Deployment,  # for metrics' deployment rows (weft stat deploy)
     "HTTPRoute": _crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     "GRPCRoute": _crd("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
     **{

@@ -52,14 +52,15 @@ from typing import TYPE_CHECKING, Any
 from lightkube import AsyncClient
 
 from weft.control.client import KUBE_SOCKET
-from weft.control.kube.client import connect_endpoint
+from weft.control.kube.client import connect, connect_endpoint
 from weft.control.kube.state import KubeState
 from weft.control.state import StateEvent
 from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.resources import pods
 from weft.resources.errors import InvalidResources
 from weft.resources.models import Pod, Service
-from weft.runtime.local import net, netrun
+from weft.runtime.local import kubepod, net, netrun
+from weft.runtime.local.clusternode import ClusterNode
 from weft.runtime.local.kubeport import DEFAULT_LISTEN, KubePort
 from weft.runtime.local.pod import NetnsLauncher, NetnsProbes, PodRunner, base_env
 from weft.runtime.local.podapi import PodApi
@@ -99,6 +100,12 @@ class NodeConfig:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     # where this machine's kubectl reaches the local mesh's Kubernetes API (None: nowhere)
     kube_listen: tuple[str, int] | None = DEFAULT_LISTEN
+    # a real cluster's API instead (weft.runtime.local.clusternode): this node's name, and
+    # the API server's URL (from the kubeconfig)
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    node_name: str = NODE_NAME
+    api_server: str = ""
 
     def __post_init__(self) -> None:
         if not self.state_dir.is_absolute():
@@ -112,7 +119,7 @@ class NodeConfig:
             raise ValueError(f"resync_interval must be positive, got {self.resync_interval!r}")
         if not self.iptables.startswith("iptables"):
             raise ValueError(f"iptables must name an iptables binary, got {self.iptables!r}")
-        if not self.control_endpoint:
+        if not self.control_endpoint and not self.kubeconfig:
             raise ValueError("control_endpoint must not be empty")
 
 
@@ -147,6 +154,7 @@ class _Pod:
     terminating: bool = False
     finished: bool = False
     became_ready: bool = False
+    plan: kubepod.KubePodPlan | None = None  # a cluster's pod: what its spec asks for
 
     @property
     def key(self) -> Key:
@@ -169,10 +177,23 @@ class NodeAgent:
         control_supervisor: ControlSupervisor | None = None,
     ) -> None:
         self.config = config
-        self.client = client or connect_endpoint(config.control_endpoint)
+        if client is None:
+            client = (
+                connect(config.kubeconfig, context=config.kube_context)
+                if config.kubeconfig
+                else connect_endpoint(config.control_endpoint)
+            )
+        self.client = client
         self.control_supervisor = control_supervisor
         self.state = StateDir(config.state_dir)
-        self.cluster = KubeState(self.client, WATCH_KINDS, resync_s=60.0)
+        # a real cluster's node: registered, heartbeat, service rules, the way to its API
+        self.node: ClusterNode | None = None
+        kinds: tuple[str, ...] = WATCH_KINDS
+        if config.kubeconfig:
+            self.node = ClusterNode(self.client, config.node_name, config.network,
+                                    config.iptables, api_server=config.api_server)  # fmt: skip
+            kinds = (*WATCH_KINDS, "EndpointSlice")
+        self.cluster = KubeState(self.client, kinds, resync_s=60.0)
         self._ipam = net.Ipam(config.network.pod_cidr)
         self._pods: dict[Key, _Pod] = {}
         self._kick = asyncio.Event()
@@ -206,8 +227,14 @@ class NodeAgent:
         except BaseException:
             await _cancel(supervising)
             raise
+        if self.node is not None:
+            try:
+                await self.node.start()
+            except BaseException:
+                await self.node.stop()
+                raise
         kube_port = None
-        if self.config.kube_listen is not None:
+        if self.config.kube_listen is not None and self.node is None:
             execs = ExecServer(
                 lambda ns, name: self.cluster.get("Pod", ns, name),
                 state_dir=str(self.config.state_dir),
@@ -243,6 +270,8 @@ class NodeAgent:
                     await task
             self._unsubscribe()
             self.api.closing = True
+            if self.node is not None:
+                await self.node.stop()
             with contextlib.suppress(Exception):
                 await self.client.close()
 
@@ -257,13 +286,18 @@ class NodeAgent:
             self._kick.clear()
             synced = self.synced
             if synced and not was_synced:
-                log.info("watching the Kubernetes API (%s)", self.config.control_endpoint)
+                log.info(
+                    "watching the Kubernetes API (%s)",
+                    self.config.api_server or self.config.control_endpoint,
+                )
             was_synced = synced
             if synced and not self._stopping:
                 try:
                     self.reconcile()
                 except Exception:  # one bad object must not stop the agent
                     log.exception("reconcile failed")
+                if self.node is not None:
+                    await self.node.sync(self.cluster)
 
     def kick(self) -> None:
         self._kick.set()
@@ -286,13 +320,11 @@ class NodeAgent:
             elif _deleting(obj) and not pod.terminating:
                 grace = (obj.get("metadata") or {}).get("deletionGracePeriodSeconds")
                 self._terminate(pod, drain=True, grace=grace, delete=True)
+        # a cluster's scheduler binds pods to this node; the local mesh's agent takes them all
+        mine = (self.config.node_name,) if self.node is not None else (None, "", NODE_NAME)
         for obj in self.cluster.list("Pod"):
             key = pods.name_of(obj)
-            if key in self._pods or (obj.get("spec") or {}).get("nodeName") not in (
-                None,
-                "",
-                NODE_NAME,
-            ):
+            if key in self._pods or (obj.get("spec") or {}).get("nodeName") not in mine:
                 continue
             if _deleting(obj):
                 # a pod an earlier agent ran (its processes are gone) or never started
@@ -354,7 +386,12 @@ class NodeAgent:
         pod = _Pod(namespace, name, uid, obj, ip, net.pod_netns_name(namespace, name))
         self._pods[pod.key] = pod
         try:
-            spec = pod_spec(Pod.from_dict(obj), str(ip))
+            if self.node is not None:
+                pod.plan = kubepod.plan(obj, str(ip), pod_dir=self.state.pod_dir(namespace, name),
+                                        host_ip=str(self.config.network.gateway))  # fmt: skip
+                spec = pod.plan.spec
+            else:
+                spec = pod_spec(Pod.from_dict(obj), str(ip))
         except (InvalidResources, PodSpecError) as exc:
             self._start_failed(pod, "Invalid", f"cannot run: {exc}")
             self._ipam.release(ip)
@@ -368,9 +405,17 @@ class NodeAgent:
         try:
             self._push_status(pod, {"phase": "Pending", "podIP": str(pod.ip), "ready": False})
             admin = f"{pod.ip}:{net.PROXY_ADMIN_PORT}" if spec.meshed else None
-            if (pod.doc.get("spec") or {}).get("nodeName") != NODE_NAME or admin is not None:
+            bound = (pod.doc.get("spec") or {}).get("nodeName") == NODE_NAME
+            if self.node is None and (not bound or admin is not None):
                 self._spawn(self.api.bind(pod.key, NODE_NAME, admin))
-            if spec.meshed:
+            plan = pod.plan
+            if plan is not None:
+                for directory in plan.directories:
+                    directory.mkdir(parents=True, exist_ok=True)
+                    directory.chmod(0o777)  # an emptyDir: any of the pod's users may write
+                for volume in plan.unprovided:
+                    log.info("pod %s/%s: volume %s is not provided on this node", *pod.key, volume)
+            if (spec.meshed and plan is None) or (plan is not None and plan.identity_token):
                 try:
                     async with asyncio.timeout(TOKEN_TIMEOUT):
                         await self.tokens.issue(
@@ -386,13 +431,10 @@ class NodeAgent:
                 return
             if pod.terminating:
                 return
-            runner = PodRunner(
-                spec,
-                launcher=NetnsLauncher(pod.netns),
-                probes=NetnsProbes(pod.netns, str(pod.ip), net.NODE_NETNS),
-                log_dir=self.state.pod_dir(pod.namespace, pod.name),
-                on_status=lambda status: self._on_runner_status(pod, status),
-                proxy_argv=proxy_argv(
+            if plan is not None:  # its injected containers mesh it
+                sidecar = list(plan.proxy_argv) if plan.proxy_argv is not None else None
+            elif spec.meshed:  # the local mesh meshes every pod itself
+                sidecar = proxy_argv(
                     spec,
                     python=self.config.python,
                     control_endpoint=self.config.control_endpoint,
@@ -400,9 +442,19 @@ class NodeAgent:
                     trust_domain=self.config.trust_domain,
                     log_level=self.config.proxy_log_level,
                 )
-                if spec.meshed
-                else None,
+            else:
+                sidecar = None
+            runner = PodRunner(
+                spec,
+                launcher=NetnsLauncher(pod.netns),
+                probes=NetnsProbes(pod.netns, str(pod.ip), net.NODE_NETNS),
+                log_dir=self.state.pod_dir(pod.namespace, pod.name),
+                on_status=lambda status: self._on_runner_status(pod, status),
+                proxy_argv=sidecar,
                 base_env=self._env,
+                proxy_env=dict(plan.proxy_env) if plan is not None else None,
+                init=plan.init if plan is not None else (),
+                init_after=plan.init_after if plan is not None else (),
             )
             pod.runner = runner
             started = True
@@ -506,7 +558,8 @@ class NodeAgent:
             netns=pod.netns,
             ip=pod.ip,
             veth=net.veth_name(self.config.network.pod_cidr, pod.ip),
-            meshed=spec.meshed,
+            # a cluster's pod: its weft-init container installs the rules
+            meshed=spec.meshed and pod.plan is None,
             skip_inbound=spec.skip_inbound,
             skip_outbound=spec.skip_outbound,
         )

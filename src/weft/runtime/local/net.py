@@ -445,6 +445,22 @@ def pod_up_plan(pod: PodNet, net: MeshNetwork, *, iptables: str) -> list[Cmd]:
         Cmd(
             ("ip", "-n", NODE_NETNS, "link", "set", pod.veth, "addrgenmode", "none"), optional=True
         ),
+        # a pod may reach itself through a Service's cluster IP (DNATed back to its own port)
+        Cmd(
+            (
+                "ip",
+                "-n",
+                NODE_NETNS,
+                "link",
+                "set",
+                pod.veth,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "on",
+            ),
+            optional=True,
+        ),
         # No IPv6 link-local address on eth0: pods talk IPv4 through the proxy only.
         Cmd(("ip", "-n", pod.netns, "link", "set", "eth0", "addrgenmode", "none"), optional=True),
         _ip_batch(

@@ -60,6 +60,7 @@ from weft.runtime.local.lifecycle import (
     restart_backoff,
 )
 from weft.runtime.local.podplan import (
+    ContainerSpec,
     PodSpec,
     Probe,
 )
@@ -186,6 +187,9 @@ class PodRunner:
         on_status: StatusCallback,
         proxy_argv: Sequence[str] | None,
         base_env: Mapping[str, str],
+        proxy_env: Mapping[str, str] | None = None,
+        init: Sequence[ContainerSpec] = (),
+        init_after: Sequence[ContainerSpec] = (),
         backoff: ExponentialBackoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -207,7 +211,7 @@ class PodRunner:
             self._proxy = _Container(
                 name=PROXY_CONTAINER,
                 argv=list(proxy_argv),
-                env=dict(env),
+                env={**env, **(proxy_env or {})},
                 cwd="/",
                 log_path=log_dir / f"{PROXY_CONTAINER}.log",
                 proxy=True,
@@ -215,8 +219,9 @@ class PodRunner:
                 crash=CrashLoop(backoff),
                 readiness=Readiness(),
             )
-        self._apps = [
-            _Container(
+
+        def container(c: ContainerSpec) -> _Container:
+            return _Container(
                 name=c.name,
                 argv=list(c.argv),
                 env={**env, **dict(c.env)},
@@ -231,8 +236,11 @@ class PodRunner:
                 ),
                 user=c.user,
             )
-            for c in spec.containers
-        ]
+
+        self._apps = [container(c) for c in spec.containers]
+        # init containers (a cluster's pods): before the proxy, and after it is ready
+        self._init = [container(c) for c in init]
+        self._init_after = [container(c) for c in init_after]
         self._log_dir = log_dir
         self.phase = "Pending"
         self.terminating = False
@@ -257,6 +265,10 @@ class PodRunner:
         return ([self._proxy] if self._proxy else []) + self._apps
 
     @property
+    def init_containers(self) -> list[_Container]:
+        return self._init + self._init_after
+
+    @property
     def ready(self) -> bool:
         if self.terminating or self.phase != "Running":
             return False
@@ -277,6 +289,16 @@ class PodRunner:
         reason = self._reason()
         if reason:
             extra["reason"] = reason
+        if self.init_containers:
+            extra["initContainerStatuses"] = [
+                ContainerStatus(
+                    name=c.name,
+                    restart_count=c.restart_count,
+                    ready=c.finished is AfterExit.SUCCEEDED,
+                    state=dict(c.state),
+                ).to_dict()
+                for c in self.init_containers
+            ]
         return PodStatus(
             phase=self.phase,
             pod_ip=self.spec.ip,
@@ -319,11 +341,17 @@ class PodRunner:
         """Run the pod until it finishes or is terminated; returns the final phase."""
         self.report()
         try:
+            if not await self._run_init(self._init):
+                await self._finished.wait()
+                return self.phase
             if self._proxy is not None:
                 self._spawn_task(self._supervise(self._proxy))
                 if not await self._wait_proxy_ready():
                     await self._finished.wait()
                     return self.phase
+            if not await self._run_init(self._init_after):
+                await self._finished.wait()
+                return self.phase
             if self._stopping.is_set():
                 await self._finished.wait()
                 return self.phase
@@ -352,7 +380,7 @@ class PodRunner:
         self._stopping.set()
         self._wake.set()
         deadline = self._clock() + grace
-        await self._stop_containers(self._apps, deadline)
+        await self._stop_containers([*self.init_containers, *self._apps], deadline)
         if self._proxy is not None:
             await self._stop_containers([self._proxy], max(deadline, self._clock() + 2.0))
         await self._cancel_tasks()
@@ -420,6 +448,54 @@ class PodRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return not self._stopping.is_set()
+
+    async def _run_init(self, containers: list[_Container]) -> bool:
+        """Run each init container to completion, in order, as the kubelet does: one that
+        fails is run again with backoff, unless the pod's ``restartPolicy`` is ``Never`` (then
+        the pod fails). False when the pod stopped or failed meanwhile."""
+        for c in containers:
+            self.message = f"running init container {c.name}"
+            self.report()
+            while not self._stopping.is_set():
+                try:
+                    proc = await self._spawn(c)
+                except OSError as exc:
+                    c.state = {"waiting": {"reason": "StartError", "message": str(exc)}}
+                    code = 127
+                else:
+                    c.proc = proc
+                    c.state = {"running": {"startedAt": iso(self._wall())}}
+                    self.report()
+                    code = exit_code_of(await proc.wait())
+                    c.proc = None
+                    c.state = {"terminated": {"exitCode": code,
+                                              "reason": "Completed" if code == 0 else "Error",
+                                              "finishedAt": iso(self._wall())}}  # fmt: skip
+                if self._stopping.is_set():
+                    break
+                if code == 0:
+                    c.finished = AfterExit.SUCCEEDED
+                    self.report()
+                    break
+                if self.spec.restart_policy == "Never":
+                    log.warning("pod %s/%s: init container %s failed (%d)", *self._ids(), c.name,
+                                code)  # fmt: skip
+                    self.message = f"init container {c.name} exited with {code}"
+                    self.phase = "Failed"
+                    self._stopping.set()
+                    self._finished.set()
+                    return False
+                delay = c.crash.next_delay(0.0)
+                c.restart_count += 1
+                message = f"exited with {code}; back-off {delay:.1f}s"
+                c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
+                self.report()
+                if not await self._sleep(delay):
+                    break
+            if self._stopping.is_set():
+                return False  # terminate() ends the pod
+        self.message = None
+        return True
 
     async def _wait_proxy_ready(self) -> bool:
         assert self._proxy is not None
