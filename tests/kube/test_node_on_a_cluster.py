@@ -289,7 +289,14 @@ def test_the_demo_runs_meshed_on_the_cluster_with_the_agent_as_its_kubelet(node:
         assert spec["nodeName"] == node.name  # the scheduler bound it to this node
         inits = [c["name"] for c in spec["initContainers"]]
         assert inits == [INIT_CONTAINER, "weft-proxy"], inits  # injected by the API server's call
-        assert pod["status"]["podIP"].startswith("10.246.")
+        status = pod["status"]
+        assert status["podIP"].startswith("10.246.") and status["hostIP"] == GATEWAY
+        # reported as a kubelet reports it: weft-init done, the native sidecar running
+        init, proxy = status["initContainerStatuses"]
+        assert init["state"]["terminated"]["exitCode"] == 0 and "running" in proxy["state"]
+        conditions = {c["type"]: c["status"] for c in status["conditions"]}
+        assert conditions == {"PodScheduled": "True", "Initialized": "True",
+                              "ContainersReady": "True", "Ready": "True"}  # fmt: skip
     # mutual TLS on every edge, between the workloads' identities
     ctl = ["--control", f"unix:{sock}", "-n", app]
 

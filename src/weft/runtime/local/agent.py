@@ -491,6 +491,8 @@ class NodeAgent:
         self.kick()
 
     def _push_status(self, pod: _Pod, status: dict[str, Any]) -> None:
+        if self.node is not None:
+            status = kubepod.cluster_status(pod.doc, status)
         self.api.push_status(pod.key, status)
 
     async def _delete_object(self, pod: _Pod) -> None:

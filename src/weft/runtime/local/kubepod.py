@@ -271,4 +271,56 @@ def plan(obj: Mapping[str, Any], ip: str, *, pod_dir: Path, host_ip: str) -> Kub
     )
 
 
-__all__ = ["WEFT_IMAGE", "KubePodPlan", "plan"]
+def cluster_status(obj: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """The runner's ``status`` as a kubelet reports it for the Pod ``obj``: each container's
+    status where its spec is (a native sidecar's among ``initContainerStatuses``), with its
+    ``image`` and ``started``, and the four conditions (``PodScheduled``, ``Initialized``,
+    ``ContainersReady``, ``Ready``): a merge patch replaces the whole list, so the scheduler's
+    ``PodScheduled`` is written again here."""
+    spec = obj.get("spec") or {}
+    images = {str(c.get("name")): str(c.get("image") or "")
+              for key in ("initContainers", "containers") for c in spec.get(key) or []
+              if isinstance(c, Mapping)}  # fmt: skip
+    statuses = {str(s.get("name")): dict(s) for key in ("initContainerStatuses",
+                "containerStatuses") for s in status.get(key) or []}  # fmt: skip
+
+    def ordered(key: str) -> list[dict[str, Any]]:
+        out = []
+        for c in spec.get(key) or []:
+            s = statuses.get(str(c.get("name")))
+            if s is None:
+                s = {"name": c.get("name"), "ready": False, "restartCount": 0,
+                     "state": {"waiting": {"reason": "PodInitializing"}}}  # fmt: skip
+            s["image"] = images.get(str(s["name"]), "")
+            s["imageID"] = ""
+            s["started"] = "running" in (s.get("state") or {})
+            out.append(s)
+        return out
+
+    inits, apps = ordered("initContainers"), ordered("containers")
+
+    def done(s: Mapping[str, Any]) -> bool:
+        state = s.get("state") or {}
+        if s["name"] == PROXY_CONTAINER:  # a native sidecar: initialized once it runs
+            return "running" in state
+        return "terminated" in state and state["terminated"].get("exitCode") == 0
+
+    initialized = all(done(s) for s in inits)
+    ready = bool(status.get("ready"))
+
+    def condition(kind: str, value: bool) -> dict[str, Any]:
+        return {"type": kind, "status": "True" if value else "False"}
+
+    out = {k: v for k, v in status.items() if k not in ("containerStatuses", "ready")}
+    out["containerStatuses"] = apps
+    out["initContainerStatuses"] = inits
+    out["conditions"] = [
+        condition("PodScheduled", True),
+        condition("Initialized", initialized),
+        condition("ContainersReady", ready),
+        condition("Ready", ready),
+    ]
+    return out
+
+
+__all__ = ["WEFT_IMAGE", "KubePodPlan", "cluster_status", "plan"]
