@@ -436,6 +436,9 @@ class Harness:
         policy: str = "Always",
         grace: float = 5.0,
         meshed: bool = True,
+        init: tuple[ContainerSpec, ...] = (),
+        init_after: tuple[ContainerSpec, ...] = (),
+        proxy_env: dict[str, str] | None = None,
     ) -> PodRunner:
         spec = PodSpec(
             namespace="t",
@@ -456,6 +459,9 @@ class Harness:
             base_env=base_env(state_dir=str(self.tmp), python=sys.executable),
             backoff=ExponentialBackoff(base=0.05, maximum=0.2, jitter=0.0),
             ready_poll=0.02,
+            init=init,
+            init_after=init_after,
+            proxy_env=proxy_env,
         )
 
     def py(self, name: str, code: str, *args: str, **kw: Any) -> ContainerSpec:
@@ -478,6 +484,80 @@ async def test_job_runs_after_its_sidecar_and_stops_it(harness: Harness) -> None
     assert "terminated" in states[PROXY_CONTAINER]  # the sidecar was stopped with the job
     assert runner.container_pids() == {}
     assert "sidecar up" in (harness.tmp / f"{PROXY_CONTAINER}.log").read_text()
+
+
+# appends argv[2] to the file argv[1]
+APPEND = (
+    "import pathlib, sys; p = pathlib.Path(sys.argv[1]); "
+    "p.write_text((p.read_text() if p.exists() else '') + sys.argv[2] + ' ')"
+)
+# the same, only when the sidecar answers on port argv[3]
+APPEND_IF_SIDECAR = (
+    "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[3])), 1).close(); "
+    + APPEND.split("; ", 1)[1].replace("import pathlib, sys; ", "")
+)
+
+
+async def test_init_containers_run_in_order_around_the_sidecar(harness: Harness) -> None:
+    order = harness.tmp / "order"
+    before = harness.py("weft-init", APPEND, str(order), "init")
+    # after the sidecar: it must already answer
+    after = harness.py("migrate", "import pathlib; " + APPEND_IF_SIDECAR, str(order), "migrate",
+                       str(harness.admin))  # fmt: skip
+    app = harness.py("app", APPEND, str(order), "app")
+    runner = harness.runner(app, policy="Never", init=(before,), init_after=(after,),
+                            proxy_env={"WEFT_PROXY_CONTROL_TRUST_ANCHORS": "pem"})  # fmt: skip
+    task = asyncio.create_task(runner.run())
+    await wait_until(lambda: order.exists() and "app" in order.read_text(), 20, what="the app")
+    assert order.read_text().split() == ["init", "migrate", "app"]
+    assert await asyncio.wait_for(task, 20) == "Succeeded"
+    final = harness.statuses[-1]
+    inits = {c["name"]: c for c in final["initContainerStatuses"]}
+    assert inits["weft-init"]["state"]["terminated"]["exitCode"] == 0
+    assert inits["migrate"]["ready"] is True
+
+
+async def test_the_sidecar_gets_its_own_environment(harness: Harness) -> None:
+    runner = harness.runner(harness.py("app", LISTEN, str(free_port()), "0"),
+                            proxy_env={"WEFT_PROXY_CONTROL_TRUST_ANCHORS": "pem"})  # fmt: skip
+    task = asyncio.create_task(runner.run())
+    await wait_until(lambda: PROXY_CONTAINER in runner.container_pids(), 10, what="the sidecar")
+    pid = runner.container_pids()[PROXY_CONTAINER]
+    environ = (await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)).split(b"\0")
+    assert b"WEFT_PROXY_CONTROL_TRUST_ANCHORS=pem" in environ
+    await asyncio.wait_for(runner.terminate(grace=1.0), 10)
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_failing_init_container_fails_the_pod_or_is_retried(harness: Harness) -> None:
+    # restartPolicy Never: the pod fails, and nothing else starts
+    started = harness.tmp / "started"
+    runner = harness.runner(harness.py("app", APPEND, str(started), "app"), policy="Never",
+                            init=(harness.py("weft-init", "import sys; sys.exit(2)"),))  # fmt: skip
+    assert await asyncio.wait_for(runner.run(), 20) == "Failed"
+    assert not started.exists() and runner.container_pids() == {}
+    assert "weft-init exited with 2" in str(harness.statuses[-1].get("message"))
+    # otherwise it runs again (with backoff) until it succeeds
+    marker = harness.tmp / "attempts"
+    code = (
+        "import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = len(p.read_text()) "
+        "if p.exists() else 0; p.write_text('x' * (n + 1)); sys.exit(0 if n >= 2 else 1)"
+    )
+    runner = harness.runner(harness.py("app", APPEND, str(started), "app"), policy="OnFailure",
+                            init=(harness.py("weft-init", code, str(marker)),),
+                            meshed=False)  # fmt: skip
+    assert await asyncio.wait_for(runner.run(), 20) == "Succeeded"
+    assert marker.read_text() == "xxx" and started.read_text().split() == ["app"]
+
+
+async def test_terminate_stops_a_running_init_container(harness: Harness) -> None:
+    sleeper = harness.py("weft-init", "import time; time.sleep(60)")
+    runner = harness.runner(harness.py("app", LISTEN, str(free_port()), "0"), init=(sleeper,))
+    task = asyncio.create_task(runner.run())
+    await wait_until(lambda: "weft-init" in runner.container_pids(), 10, what="the init")
+    await asyncio.wait_for(runner.terminate(grace=1.0), 10)
+    await asyncio.wait_for(task, 5)
+    assert runner.container_pids() == {}
 
 
 async def test_failed_job_with_restart_policy_never(harness: Harness) -> None:

@@ -279,7 +279,8 @@ class PodRunner:
         return sum(c.restart_count for c in self.containers)
 
     def container_pids(self) -> dict[str, int]:
-        return {c.name: c.proc.pid for c in self.containers if c.proc is not None}
+        every = [*self.init_containers, *self.containers]
+        return {c.name: c.proc.pid for c in every if c.proc is not None}
 
     def status(self) -> dict[str, Any]:
         """The Pod's ``status`` as the agent reports it (Kubernetes shape)."""
