@@ -25,8 +25,9 @@ from weft.control.server import ControlPlane
 from weft.control.tokenreview import ROTATE_AFTER, KubeTokenReviewer, ReviewedToken
 from weft.identity.tokens import InvalidToken
 from weft.runtime.local import net
-from weft.runtime.local.agent import NodeAgent, NodeConfig, _Pod
+from weft.runtime.local.agent import NodeAgent, _Pod
 from weft.runtime.local.net import MeshNetwork
+from weft.runtime.local.nodeconfig import NodeConfig
 from weft.testing.proxy import wait_until
 
 needs_root = pytest.mark.skipif(

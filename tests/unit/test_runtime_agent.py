@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from weft.cli.main import main
-from weft.runtime.local.agent import NodeAgent, NodeConfig
+from weft.runtime.local.agent import NodeAgent
 from weft.runtime.local.net import MeshNetwork
+from weft.runtime.local.nodeconfig import NodeConfig
 from weft.runtime.local.podplan import token_path, write_token
 from weft.runtime.local.state import MeshRecord, StateDir
 

@@ -20,8 +20,9 @@ from weft.core.backoff import ExponentialBackoff
 from weft.resources.models import Pod
 from weft.runtime.base import PROXY_CONTAINER
 from weft.runtime.local import net
+from weft.runtime.local.launch import NetnsLauncher, NetnsProbes, base_env
 from weft.runtime.local.lifecycle import AfterExit, CrashLoop, Readiness, after_exit, exit_code_of
-from weft.runtime.local.pod import NetnsLauncher, NetnsProbes, PodRunner, base_env
+from weft.runtime.local.pod import PodRunner
 from weft.runtime.local.podplan import (
     ContainerSpec,
     PodSpec,

@@ -22,7 +22,7 @@ from weft.cli.commands.get import table_for
 from weft.resources.models import Pod
 from weft.resources.security import SecurityContext
 from weft.runtime.local import sandbox
-from weft.runtime.local.pod import NetnsLauncher
+from weft.runtime.local.launch import NetnsLauncher
 from weft.runtime.local.podplan import pod_spec
 from weft.runtime.local.users import (
     POD_UID_BASE,

@@ -24,7 +24,8 @@ import sys
 
 from weft.identity.names import DEFAULT_TRUST_DOMAIN
 from weft.runtime.base import RuntimeFailure
-from weft.runtime.local.agent import NodeAgent, NodeConfig
+from weft.runtime.local.agent import NodeAgent
+from weft.runtime.local.nodeconfig import NodeConfig
 from weft.runtime.local.state import StateDir, StateDirError, resolve_state_dir
 from weft.runtime.local.supervisor import ControlSupervisor, MeshControl
 

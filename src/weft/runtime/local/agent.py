@@ -24,6 +24,11 @@ Deployments and ReplicaSets are the control plane's (:mod:`~weft.runtime.local.d
 running, as the kubelet restarts control-plane pods (:mod:`~weft.runtime.local.supervisor`):
 restarted with backoff when it exits, its restarts counted for ``weft check``.
 
+With ``--kubeconfig`` the agent is a real cluster's kubelet instead
+(:mod:`~weft.runtime.local.clusternode`): it runs only the pods the cluster's scheduler binds to
+its Node, as their injected specs say (:mod:`~weft.runtime.local.kubepod`), and meshes nothing
+itself.
+
 While the API is away, pods keep running on the informers' last state, status reports wait and
 are retried, and the informers reconnect with backoff. When the agent starts, pod namespaces
 left by an earlier agent are removed (their processes died with it: every pod process has
@@ -39,11 +44,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import math
-import os
 import shutil
-import signal
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,15 @@ from weft.control.client import KUBE_SOCKET
 from weft.control.kube.client import connect, connect_endpoint
 from weft.control.kube.state import KubeState
 from weft.control.state import StateEvent
-from weft.identity.names import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from weft.resources import pods
 from weft.resources.errors import InvalidResources
 from weft.resources.models import Pod, Service
 from weft.runtime.local import kubepod, net, netrun
 from weft.runtime.local.clusternode import ClusterNode
-from weft.runtime.local.kubeport import DEFAULT_LISTEN, KubePort
-from weft.runtime.local.pod import NetnsLauncher, NetnsProbes, PodRunner, base_env
+from weft.runtime.local.kubeport import KubePort
+from weft.runtime.local.launch import NetnsLauncher, NetnsProbes, base_env
+from weft.runtime.local.nodeconfig import NODE_NAME, NodeConfig
+from weft.runtime.local.pod import PodRunner
 from weft.runtime.local.podapi import PodApi
 from weft.runtime.local.podexec import ExecServer
 from weft.runtime.local.podplan import PodSpec as RunSpec
@@ -75,52 +77,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("weft.node")
 
-NODE_NAME = "local"
 WATCH_KINDS = ("Pod", "Service")
 TOKEN_TIMEOUT = 30.0  # for a starting pod's token (the API away longer: the pod fails, retried)
 Key = tuple[str, str]  # (namespace, name)
 
 
 # -- configuration --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    """Everything ``weft node`` needs, validated."""
-
-    state_dir: Path
-    network: net.MeshNetwork
-    iptables: str
-    control_endpoint: str
-    python: str = sys.executable
-    drain_delay: float = 1.5
-    shutdown_timeout: float = 10.0
-    resync_interval: float = 1.0
-    proxy_log_level: str = "info"
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-    # where this machine's kubectl reaches the local mesh's Kubernetes API (None: nowhere)
-    kube_listen: tuple[str, int] | None = DEFAULT_LISTEN
-    # a real cluster's API instead (weft.runtime.local.clusternode): this node's name, and
-    # the API server's URL (from the kubeconfig)
-    kubeconfig: str | None = None
-    kube_context: str | None = None
-    node_name: str = NODE_NAME
-    api_server: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.state_dir.is_absolute():
-            raise ValueError(f"state_dir must be absolute, got {self.state_dir}")
-        check_trust_domain(self.trust_domain)
-        for name in ("drain_delay", "shutdown_timeout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (math.isfinite(self.resync_interval) and self.resync_interval > 0):
-            raise ValueError(f"resync_interval must be positive, got {self.resync_interval!r}")
-        if not self.iptables.startswith("iptables"):
-            raise ValueError(f"iptables must name an iptables binary, got {self.iptables!r}")
-        if not self.control_endpoint and not self.kubeconfig:
-            raise ValueError("control_endpoint must not be empty")
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
@@ -575,21 +537,7 @@ class NodeAgent:
             raise
 
     async def _teardown_netns(self, netns: str) -> None:
-        if netrun.netns_exists(netns):
-            try:
-                out = await netrun.run_cmd_async(net.Cmd(("ip", "netns", "pids", netns)))
-            except net.NetError:
-                out = ""
-            for tok in out.split():
-                if tok.isdigit():
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(int(tok), signal.SIGKILL)
-            try:
-                await netrun.run_plan_async(net.netns_delete_plan(netns))
-            except net.NetError as exc:
-                log.warning("cannot delete namespace %s: %s", netns, exc)
-        with contextlib.suppress(ValueError):
-            net.remove_pod_etc(netns)
+        await netrun.teardown_netns(netns)
 
     async def remove_stale_namespaces(self) -> list[str]:
         """Pod namespaces left by an earlier agent (their processes died with it): remove them."""

@@ -14,8 +14,10 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -31,7 +33,10 @@ from weft.runtime.local.net import (
     MeshNetwork,
     NetError,
     netns_delete_plan,
+    remove_pod_etc,
 )
+
+log = logging.getLogger("weft.node")
 
 # -- running plans --------------------------------------------------------------------------
 
@@ -103,6 +108,26 @@ async def run_cmd_async(cmd: Cmd, *, time_limit: float = 10.0) -> str:
 async def run_plan_async(plan: Iterable[Cmd], *, time_limit: float = 10.0) -> None:
     for cmd in plan:
         await run_cmd_async(cmd, time_limit=time_limit)
+
+
+async def teardown_netns(netns: str) -> None:
+    """Kill what still runs in pod namespace ``netns``, delete it and its ``/etc/netns`` files
+    (a failure to delete is logged: cleanup finds it later)."""
+    if netns_exists(netns):
+        try:
+            out = await run_cmd_async(Cmd(("ip", "netns", "pids", netns)))
+        except NetError:
+            out = ""
+        for tok in out.split():
+            if tok.isdigit():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(tok), signal.SIGKILL)
+        try:
+            await run_plan_async(netns_delete_plan(netns))
+        except NetError as exc:
+            log.warning("cannot delete namespace %s: %s", netns, exc)
+    with contextlib.suppress(ValueError):
+        remove_pod_etc(netns)
 
 
 # -- inspection -----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from wsproto.events import (
 )
 
 from weft.runtime.local import net, netrun, users
-from weft.runtime.local.pod import base_env
+from weft.runtime.local.launch import base_env
 
 log = logging.getLogger("weft.node")
 
