@@ -159,6 +159,18 @@ def names(pod: Mapping[str, object], key: str) -> list[str]:
     return [c["name"] for c in spec.get(key) or []]
 
 
+async def recreated(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    """Delete the namespace's pods; the ones their ReplicaSet makes next."""
+    kube.kubectl("delete", "pods", "--all", "-n", ns, "--wait=false")
+    for _ in range(300):
+        out = kube.kubectl("get", "pods", "-n", ns, "-o", "json")
+        fresh = [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+        if fresh:
+            return fresh
+        await asyncio.sleep(0.1)
+    return []
+
+
 async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
     kube: Kube, injector: tuple[Served, bytes]
 ) -> None:
@@ -185,25 +197,11 @@ async def test_the_api_server_calls_the_injector_for_annotated_namespaces(
         rotated = served.anchors.read_bytes() + _anchor()
         served.anchors.write_bytes(rotated)
         await asyncio.sleep(1.0)  # the injector checks every 0.2 s
-        kube.kubectl("delete", "pods", "--all", "-n", meshed, "--wait=false")
-        for _ in range(300):
-            out = kube.kubectl("get", "pods", "-n", meshed, "-o", "json")
-            fresh = [p for p in json.loads(out)["items"]
-                     if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-            if fresh:
-                break
-            await asyncio.sleep(0.1)
+        fresh = await recreated(kube, meshed)
         assert fresh and _proxy_anchors(fresh[0]) == rotated.decode()
         # the injector down: pods are still created (failurePolicy Ignore), unmeshed
         await served.stop()
-        kube.kubectl("delete", "pods", "--all", "-n", meshed, "--wait=false")
-        for _ in range(300):
-            out = kube.kubectl("get", "pods", "-n", meshed, "-o", "json")
-            fresh = [p for p in json.loads(out)["items"]
-                     if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-            if fresh:
-                break
-            await asyncio.sleep(0.1)
+        fresh = await recreated(kube, meshed)
         assert fresh and names(fresh[0], "initContainers") == []
     finally:
         kube.kubectl("delete", "mutatingwebhookconfiguration", config_name, check=False)

@@ -182,6 +182,7 @@ def node(kube_rig: KubeRig) -> Iterator[Node]:
     assert not netrun.netns_exists(NODE_NETNS)
     assert not [n for n in netrun.list_netns() if n.startswith("weft-")]
     assert not [r for r in netrun.weft_host_routes() if "10.246." in r]
+    assert not Path("/etc/netns").exists() or any(Path("/etc/netns").iterdir())
 
 
 def test_the_demo_runs_meshed_on_the_cluster_with_the_agent_as_its_kubelet(node: Node) -> None:

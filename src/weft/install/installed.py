@@ -74,3 +74,20 @@ async def read(client: AsyncClient) -> Installed:
 
 
 __all__ = ["Installed", "NotInstalled", "read"]
+
+
+def read_from(kubeconfig: str | None, context: str | None) -> Installed:
+    """:func:`read` from the cluster of ``kubeconfig`` (its ``context``; None: ``$KUBECONFIG``
+    or ``~/.kube/config``), for a command: blocking, its own connection."""
+    import asyncio
+
+    from weft.control.kube.client import connect
+
+    async def one() -> Installed:
+        client = connect(kubeconfig, context=context)
+        try:
+            return await read(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(one())

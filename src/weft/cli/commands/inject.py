@@ -88,22 +88,12 @@ def _inject_config(args: argparse.Namespace) -> InjectConfig:
         if "-----BEGIN CERTIFICATE-----" not in anchors:
             raise _NoConfig(f"{args.trust_anchors_file}: no PEM certificate in it")
         return dataclasses.replace(InjectConfig(trust_anchors=anchors), **images)
-    import asyncio
-
-    from weft.control.kube.client import connect
     from weft.install import installed
     from weft.install import values as values_mod
     from weft.install.controlplane import inject_config
 
-    async def read() -> installed.Installed:
-        client = connect(args.kubeconfig, context=args.context)
-        try:
-            return await installed.read(client)
-        finally:
-            await client.close()
-
     try:
-        current = asyncio.run(read())
+        current = installed.read_from(args.kubeconfig, args.context)
         values = values_mod.resolve(current.values, {}, {})
     except Exception as exc:  # no kubeconfig, the API away, not installed, bad values
         raise _NoConfig(

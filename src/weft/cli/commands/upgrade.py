@@ -12,7 +12,6 @@ The same cluster state prints the same bytes. Meshed pods get the new proxy when
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 
@@ -36,7 +35,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from lightkube import ApiError, ConfigError
 
-    from weft.control.kube.client import connect
     from weft.identity.ca import CaError
     from weft.install import controlplane, installed, render
     from weft.install import values as values_mod
@@ -47,15 +45,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render(crds(), header=header))
         return 0
 
-    async def read() -> installed.Installed:
-        client = connect(args.kubeconfig, context=args.context)
-        try:
-            return await installed.read(client)
-        finally:
-            await client.close()
-
     try:
-        current = asyncio.run(read())
+        current = installed.read_from(args.kubeconfig, args.context)
         values = values_mod.resolve(current.values, file_values(args), flag_values(args))
         current.certs.check(now=time.time())
     except installed.NotInstalled as exc:

@@ -21,7 +21,6 @@ Not for: a graceful stop (``weft down`` first asks the node agent to drain its p
 
 from __future__ import annotations
 
-import contextlib
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -147,11 +146,8 @@ def remove(
     for name in _etc_netns(etc_netns):
         net.remove_pod_etc(name, etc_netns=etc_netns)
         removed.append(f"{etc_netns / name}")
-    # /etc/netns exists only for pods' hosts files; an empty one is Weft's to remove
-    with contextlib.suppress(OSError):
-        if etc_netns.is_dir() and not any(etc_netns.iterdir()):
-            etc_netns.rmdir()
-            removed.append(str(etc_netns))
+    if net.remove_etc_netns_if_empty(etc_netns):
+        removed.append(str(etc_netns))
     if leftovers.routes:
         try:
             netrun.run_plan(net.host_routes_delete_plan(leftovers.routes))

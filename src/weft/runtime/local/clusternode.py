@@ -109,6 +109,7 @@ class ClusterNode:
         if self.relay is not None:
             await self.relay.close()
         if self._made_network:
+            net.remove_etc_netns_if_empty()  # the pods' hosts files went with them
             with contextlib.suppress(net.NetError):
                 await netrun.run_plan_async(net.netns_delete_plan(net.NODE_NETNS))
             with contextlib.suppress(net.NetError):

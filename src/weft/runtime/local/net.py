@@ -343,6 +343,18 @@ def remove_pod_etc(netns: str, *, etc_netns: Path = ETC_NETNS_DIR) -> None:
     shutil.rmtree(etc_netns / netns, ignore_errors=True)
 
 
+def remove_etc_netns_if_empty(etc_netns: Path = ETC_NETNS_DIR) -> bool:
+    """``/etc/netns`` exists only for pods' hosts files: an empty one is Weft's to remove;
+    whether it did."""
+    try:
+        if etc_netns.is_dir() and not any(etc_netns.iterdir()):
+            etc_netns.rmdir()
+            return True
+    except OSError:
+        pass
+    return False
+
+
 # -- command plans --------------------------------------------------------------------------
 
 
