@@ -70,7 +70,9 @@ class KubeState(CachedState):
         *,
         namespace: str | None = None,
         resync_s: float | None = None,
+        fields: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
+        """``fields``: a field selector per kind (a kubelet lists only its node's pods)."""
         super().__init__(kinds)
         self.client = client
         self.informers: dict[str, Informer] = {}
@@ -79,6 +81,7 @@ class KubeState(CachedState):
                 client,
                 RESOURCES[kind],
                 namespace=None if kind == "Namespace" else namespace,
+                fields=(fields or {}).get(kind),
                 cache=self.cache(kind),
                 on_change=self._dispatcher(kind),
                 resync_s=resync_s,

@@ -151,11 +151,13 @@ class NodeAgent:
         # a real cluster's node: registered, heartbeat, service rules, the way to its API
         self.node: ClusterNode | None = None
         kinds: tuple[str, ...] = WATCH_KINDS
+        fields: dict[str, dict[str, str]] = {}
         if config.kubeconfig:
             self.node = ClusterNode(self.client, config.node_name, config.network,
                                     config.iptables, api_server=config.api_server)  # fmt: skip
             kinds = (*WATCH_KINDS, "EndpointSlice")
-        self.cluster = KubeState(self.client, kinds, resync_s=60.0)
+            fields["Pod"] = {"spec.nodeName": config.node_name}  # this node's pods only
+        self.cluster = KubeState(self.client, kinds, resync_s=60.0, fields=fields)
         self._ipam = net.Ipam(config.network.pod_cidr)
         self._pods: dict[Key, _Pod] = {}
         self._kick = asyncio.Event()
