@@ -32,6 +32,19 @@ def test_node_config_validation(tmp_path: Path) -> None:
     assert NodeConfig(tmp_path, network, "iptables", "unix:/x").trust_domain == "cluster.local"
 
 
+def test_a_cluster_node_watches_only_its_own_pods(tmp_path: Path) -> None:
+    from weft.control.kube.client import connect_endpoint
+
+    config = NodeConfig(tmp_path, MeshNetwork.parse(), "iptables", "", kubeconfig="kc",
+                        node_name="node-1", kube_listen=None)  # fmt: skip
+    node = NodeAgent(config, client=connect_endpoint("127.0.0.1:1"))
+    assert node.node is not None
+    assert node.cluster.informers["Pod"].fields == {"spec.nodeName": "node-1"}
+    assert "EndpointSlice" in node.cluster.informers  # for the service rules
+    local = agent(tmp_path)  # the local mesh's agent: every pod, no Node
+    assert local.node is None and local.cluster.informers["Pod"].fields is None
+
+
 # -- identity tokens ------------------------------------------------------------------------
 
 

@@ -73,9 +73,6 @@ async def read(client: AsyncClient) -> Installed:
     return Installed(str(data.get("version", "")), values, certs)
 
 
-__all__ = ["Installed", "NotInstalled", "read"]
-
-
 def read_from(kubeconfig: str | None, context: str | None) -> Installed:
     """:func:`read` from the cluster of ``kubeconfig`` (its ``context``; None: ``$KUBECONFIG``
     or ``~/.kube/config``), for a command: blocking, its own connection."""
@@ -91,3 +88,6 @@ def read_from(kubeconfig: str | None, context: str | None) -> Installed:
             await client.close()
 
     return asyncio.run(one())
+
+
+__all__ = ["Installed", "NotInstalled", "read", "read_from"]

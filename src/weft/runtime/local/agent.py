@@ -435,7 +435,7 @@ class NodeAgent:
             if pod.runner is not None and not pod.runner.terminating and started:
                 # the pod ended by itself: make sure nothing of it keeps running
                 await pod.runner.terminate(grace=1.0)
-            await self._teardown_netns(pod.netns)
+            await netrun.teardown_netns(pod.netns)
             self.tokens.remove(pod.key)
             self._ipam.release(pod.ip)
             self.kick()
@@ -519,7 +519,7 @@ class NodeAgent:
 
     async def _setup_network(self, pod: _Pod, spec: RunSpec) -> None:
         if netrun.netns_exists(pod.netns):
-            await self._teardown_netns(pod.netns)
+            await netrun.teardown_netns(pod.netns)
         podnet = net.PodNet(
             netns=pod.netns,
             ip=pod.ip,
@@ -535,11 +535,8 @@ class NodeAgent:
             )
             self._write_hosts(pod)
         except BaseException:
-            await self._teardown_netns(pod.netns)
+            await netrun.teardown_netns(pod.netns)
             raise
-
-    async def _teardown_netns(self, netns: str) -> None:
-        await netrun.teardown_netns(netns)
 
     async def remove_stale_namespaces(self) -> list[str]:
         """Pod namespaces left by an earlier agent (their processes died with it): remove them."""
@@ -549,7 +546,7 @@ class NodeAgent:
                 continue
             if any(p.netns == name for p in self._pods.values()):
                 continue
-            await self._teardown_netns(name)
+            await netrun.teardown_netns(name)
             removed.append(name)
         if removed:
             log.info("removed %d stale pod namespaces", len(removed))
